@@ -1,0 +1,1 @@
+"""iopfd benchmarks: `python -m bench.run [--quick]` writes bench/results/latest.{json,md}."""

@@ -1,0 +1,156 @@
+"""`make bench`: iopfd's speed against the physical limit of its transport (issue 6).
+
+    python -m bench.run [--quick] [--only NAME[,NAME...]] [--out DIR]
+
+Runs, one after another in this one process tree: the transport ceilings
+(bench/ceilings.py), the daemon benches (bench/faults.py), and the model-only and
+sans-IO core benches of bench/bench_hwmodel.py and bench/bench_core.py when present,
+then writes `bench/results/latest.json` and `bench/results/latest.md`.
+
+Every section runs even if an earlier one failed; a failure is recorded under
+`errors` in the JSON and the run exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench import ceilings
+from bench.common import REPO, RESULTS, Entry, machine_facts, python_cmd, write_results
+
+SECTIONS = ("ceilings", "faults", "hwmodel", "core")
+COMPONENTS = {"hwmodel": "bench.bench_hwmodel", "core": "bench.bench_core"}
+
+
+def _entries_from_component(name: str, doc: Any) -> list[Entry]:
+    """Lift entries shaped like ours out of another bench's JSON; keep the rest as-is."""
+    rows = doc.get("entries") if isinstance(doc, dict) else doc
+    out = []
+    if isinstance(rows, list):
+        for row in rows:
+            if isinstance(row, dict) and "name" in row and "figure" in row:
+                known = {k: row.get(k) for k in ("ceiling", "ratio", "target", "met")}
+                detail = row.get("detail")
+                if not isinstance(detail, dict):
+                    detail = {
+                        k: v for k, v in row.items() if k not in {"name", "figure", "unit", *known}
+                    }
+                out.append(
+                    Entry(
+                        name=f"{name}.{row['name']}" if "." not in row["name"] else row["name"],
+                        figure=row["figure"],
+                        unit=str(row.get("unit", "")),
+                        detail=detail,
+                        **known,
+                    )
+                )
+    return out
+
+
+def run_component(name: str, quick: bool, timeout: float) -> tuple[list[Entry], Any]:
+    """Run another engineer's bench module as a subprocess; it prints JSON on stdout."""
+    module = COMPONENTS[name]
+    if importlib.util.find_spec(module) is None:
+        raise FileNotFoundError(f"{module} is not in the tree yet")
+    args = python_cmd("-m", module, *(["--quick"] if quick else []))
+    proc = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    doc = json.loads(proc.stdout)
+    return _entries_from_component(name, doc), doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs, small sizes (CI smoke)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.{json,md}")
+    args = ap.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; known: {list(SECTIONS)}")
+
+    t0 = time.monotonic()
+    facts = machine_facts()
+    entries: list[Entry] = []
+    errors: dict[str, str] = {}
+    components: dict[str, Any] = {}
+    notes: list[str] = []
+    rates: dict[str, float] = {}
+
+    def log(msg: str) -> None:
+        print(f"[bench {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    if "ceilings" in only or "faults" in only:
+        log("ceilings")
+        try:
+            ceiling_entries, rates = ceilings.measure(args.quick)
+            entries += ceiling_entries
+        except Exception as exc:
+            errors["ceilings"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
+    if "faults" in only:
+        log("daemon benches")
+        try:
+            faults = importlib.import_module("bench.faults")
+            fault_entries, fault_notes = faults.measure(args.quick, rates, log=log)
+            entries += fault_entries
+            notes += fault_notes
+        except Exception as exc:
+            errors["faults"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
+    for name in ("hwmodel", "core"):
+        if name not in only:
+            continue
+        log(f"component bench {COMPONENTS[name]}")
+        try:
+            comp_entries, doc = run_component(name, args.quick, timeout=120 if args.quick else 600)
+            entries += comp_entries
+            components[name] = doc
+        except FileNotFoundError as exc:
+            notes.append(str(exc))
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+
+    facts["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    facts["bench_wall_s"] = round(time.monotonic() - t0, 1)
+    extra: dict[str, Any] = {
+        "quick": args.quick,
+        "notes": notes,
+        "errors": errors,
+        "components": components,
+    }
+    write_results(
+        facts,
+        entries,
+        extra,
+        json_path=args.out / "latest.json",
+        md_path=args.out / "latest.md",
+    )
+    log(f"wrote {args.out / 'latest.json'} and latest.md ({len(entries)} entries)")
+    for e in entries:
+        verdict = "" if e.met is None else ("  met" if e.met else "  MISSED")
+        ratio = "" if e.ratio is None else f"  ratio {e.ratio:.3f}"
+        print(f"{e.name:40s} {e.figure:>14,.1f} {e.unit}{ratio}{verdict}")
+    for k, v in errors.items():
+        print(f"ERROR {k}: {v}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
