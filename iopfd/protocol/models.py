@@ -1,0 +1,330 @@
+"""Argument models of every protocol v1 op, validated at the daemon's boundary.
+
+One pydantic v2 model per op: ``extra="forbid"`` (unknown keys are ``EINVAL``),
+strict types (``true`` is not an int, ``1.0`` is not an int), and the integer ranges
+of docs/protocol.md's clarifications (uint32 IDs, cookies, pasid, grpid, perm, length;
+uint64 addresses). :func:`validate_request` maps every failure to a
+:class:`~iopfd.protocol.errors.RequestError` with the errno name the protocol wants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from iopfd.protocol.errors import EINVAL, EPROTO, RequestError
+
+U32_MAX: Final = (1 << 32) - 1
+U64_MAX: Final = (1 << 64) - 1
+PAGE_SIZE: Final = 4096
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (PROTOCOL_VERSION,)
+
+PERM_READ: Final = 1
+PERM_WRITE: Final = 2
+PERM_EXEC: Final = 4
+PERM_PRIV: Final = 8
+PERM_ALL: Final = PERM_READ | PERM_WRITE | PERM_EXEC | PERM_PRIV
+#: Page-request group index: 9 bits in the descriptor (vtd-hw.md 2.1).
+PRG_INDEX_MAX: Final = (1 << 9) - 1
+#: PASID width of the page request descriptor.
+PASID_MAX: Final = (1 << 20) - 1
+
+U32 = Annotated[int, Field(ge=0, le=U32_MAX)]
+U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
+#: An explicit PASID: 0 is RID_PASID (IOMMU_NO_PASID) and never valid on the wire.
+Pasid = Annotated[int, Field(ge=1, le=U32_MAX)]
+Perm = Annotated[int, Field(ge=1, le=PERM_ALL)]
+MapPerm = Annotated[int, Field(ge=1, le=PERM_READ | PERM_WRITE)]
+
+TRACE_TOPICS: Final = (
+    "fault",
+    "response",
+    "auto_response",
+    "invalidation",
+    "throttle",
+    "overflow",
+    "device",
+)
+TraceTopic = Literal[
+    "fault", "response", "auto_response", "invalidation", "throttle", "overflow", "device"
+]
+
+
+class Args(BaseModel):
+    """Base of every op's arguments (the request minus ``op`` and ``id``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_range(what: str, start: int, length: int, *, aligned: bool = True) -> None:
+    if length == 0:
+        raise ValueError(f"{what}: length must be > 0")
+    if aligned and (start % PAGE_SIZE or length % PAGE_SIZE):
+        raise ValueError(f"{what} and length must be 4 KiB aligned")
+    if start + length - 1 > U64_MAX:
+        raise ValueError(f"{what} + length overflows 64 bits")
+
+
+# --- session -------------------------------------------------------------------------
+
+
+class HelloArgs(Args):
+    version: U32
+    client: Annotated[str, Field(max_length=256)]
+
+
+# --- VMM operations ------------------------------------------------------------------
+
+
+class NoArgs(Args):
+    pass
+
+
+class BindArgs(Args):
+    rid: Annotated[str, Field(max_length=64)]
+
+
+class DevIdArgs(Args):
+    dev_id: U32
+
+
+class IoasMapArgs(Args):
+    ioas_id: U32
+    iova: U64
+    length: U32
+    perm: MapPerm
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        _check_range("iova", self.iova, self.length)
+        return self
+
+
+class IoasUnmapArgs(Args):
+    ioas_id: U32
+    iova: U64
+    length: U32
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        _check_range("iova", self.iova, self.length)
+        return self
+
+
+class HwptAllocArgs(Args):
+    dev_id: U32
+    pt_id: U32
+    flags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] = []
+    fault_id: U32 | None = None
+    data: dict[str, Any] | None = None
+
+
+class AttachArgs(Args):
+    dev_id: U32
+    pt_id: U32
+    pasid: Pasid | None = None
+
+
+class DetachArgs(Args):
+    dev_id: U32
+    pasid: Pasid | None = None
+
+
+class PageResponseItem(Args):
+    cookie: U32
+    # Any uint32: a code other than 0 or 1 is EINVAL in its slot, not for the request.
+    code: U32
+
+
+class PageResponseArgs(Args):
+    fault_id: U32
+    responses: list[PageResponseItem]
+
+
+class DmaArgs(Args):
+    dev_id: U32
+    pasid: Pasid | None = None
+    iova: U64
+    length: U32
+    perm: Perm
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        _check_range("iova", self.iova, self.length)
+        return self
+
+
+class DestroyArgs(Args):
+    """``destroy``'s table argument ``id`` is the request's own ``id`` (one key cannot hold
+    two values): a plain ``{"op": "destroy", "id": N}`` destroys object N and is answered
+    with id N. ``obj_id`` (an iopfd extension) names the object instead, which leaves the
+    request id free like any other request's."""
+
+    obj_id: U32 | None = None
+
+    def target(self, request_id: int) -> int:
+        return self.obj_id if self.obj_id is not None else request_id
+
+
+class HwptS1MapArgs(Args):
+    hwpt_id: U32
+    iova: U64
+    length: U32
+    gpa: U64
+    perm: Perm
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        _check_range("iova", self.iova, self.length)
+        _check_range("gpa", self.gpa, self.length)
+        return self
+
+
+class HwptS1UnmapArgs(Args):
+    hwpt_id: U32
+    iova: U64
+    length: U32
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        _check_range("iova", self.iova, self.length)
+        return self
+
+
+class HwptInvalidateArgs(Args):
+    hwpt_id: U32
+    iova: U64 | None = None
+    length: U32 | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if (self.iova is None) != (self.length is None):
+            raise ValueError("iova and length go together (omit both to invalidate all)")
+        if self.iova is not None and self.length is not None:
+            _check_range("iova", self.iova, self.length)
+        return self
+
+
+# --- admin operations ----------------------------------------------------------------
+
+
+class RidArgs(Args):
+    rid: Annotated[str, Field(max_length=64)]
+
+
+class InjectArgs(Args):
+    rid: Annotated[str, Field(max_length=64)]
+    pasid: Annotated[int, Field(ge=1, le=PASID_MAX)] | None = None
+    addr: U64
+    # 0 is allowed: with ``last`` it writes a stop marker (vtd-hw.md 2.1).
+    perm: Annotated[int, Field(ge=0, le=PERM_ALL)]
+    grpid: Annotated[int, Field(ge=0, le=PRG_INDEX_MAX)]
+    last: bool
+
+    @model_validator(mode="after")
+    def _aligned(self) -> Self:
+        if self.addr % PAGE_SIZE:
+            raise ValueError("addr must be 4 KiB aligned")
+        return self
+
+
+class SubscribeArgs(Args):
+    topics: Annotated[list[TraceTopic], Field(max_length=len(TRACE_TOPICS) * 4)]
+
+
+#: The argument model of every op, in protocol.md's order.
+OP_MODELS: Final[Mapping[str, type[Args]]] = {
+    "hello": HelloArgs,
+    "devices": NoArgs,
+    "bind": BindArgs,
+    "unbind": DevIdArgs,
+    "ioas_alloc": NoArgs,
+    "ioas_map": IoasMapArgs,
+    "ioas_unmap": IoasUnmapArgs,
+    "fault_alloc": NoArgs,
+    "hwpt_alloc": HwptAllocArgs,
+    "attach": AttachArgs,
+    "replace": AttachArgs,
+    "detach": DetachArgs,
+    "page_response": PageResponseArgs,
+    "dma": DmaArgs,
+    "destroy": DestroyArgs,
+    "hwpt_s1_map": HwptS1MapArgs,
+    "hwpt_s1_unmap": HwptS1UnmapArgs,
+    "hwpt_invalidate": HwptInvalidateArgs,
+    "status": NoArgs,
+    "topology": NoArgs,
+    "objects": NoArgs,
+    "pending": NoArgs,
+    "inject": InjectArgs,
+    "unplug": RidArgs,
+    "plug": RidArgs,
+    "reset": RidArgs,
+    "subscribe": SubscribeArgs,
+}
+
+#: Ops allowed only to peers for which ``hello`` said ``admin: true``.
+ADMIN_OPS: Final = frozenset(
+    {"status", "topology", "objects", "pending", "inject", "unplug", "plug", "reset", "subscribe"}
+)
+
+
+def _is_u32(value: object) -> bool:
+    return type(value) is int and 0 <= value <= U32_MAX
+
+
+def request_id(msg: Mapping[str, object]) -> int:
+    """The request's ``id``; ``EPROTO`` (with ``id`` null) when missing or not a uint32."""
+    rid = msg.get("id")
+    if not _is_u32(rid):
+        raise RequestError(EPROTO, "request id missing or not a uint32")
+    assert isinstance(rid, int)
+    return rid
+
+
+def request_op(msg: Mapping[str, object], rid: int) -> str:
+    """The request's ``op``; ``EPROTO`` when missing or not a string."""
+    op = msg.get("op")
+    if not isinstance(op, str):
+        raise RequestError(EPROTO, "request op missing or not a string", rid)
+    return op
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One readable line: ``field: problem; other.field: problem``."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def validate_args(op: str, args: Mapping[str, object], rid: int) -> Args:
+    """Validate ``args`` (the request minus ``op``/``id``) for ``op``; ``EINVAL`` on failure."""
+    model = OP_MODELS.get(op)
+    if model is None:
+        raise RequestError(EINVAL, "unknown op", rid)
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        raise RequestError(EINVAL, format_validation_error(exc), rid) from None
+
+
+def validate_request(msg: Mapping[str, object]) -> tuple[str, int, Args]:
+    """``(op, id, args)`` of one decoded request, or :class:`RequestError`.
+
+    ``EPROTO`` for a missing/invalid ``id`` or ``op``; ``EINVAL`` for an unknown op or
+    bad arguments. The session rule (``hello`` first) is the caller's.
+    """
+    rid = request_id(msg)
+    op = request_op(msg, rid)
+    args = {k: v for k, v in msg.items() if k != "op" and k != "id"}
+    return op, rid, validate_args(op, args, rid)

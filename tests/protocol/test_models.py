@@ -1,0 +1,186 @@
+"""Argument validation of every op (docs/protocol.md and iopfd's clarifications)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from iopfd.protocol.errors import RequestError
+from iopfd.protocol.models import ADMIN_OPS, OP_MODELS, validate_request
+
+#: A valid request of every op: the base the negative cases below mutate.
+VALID: dict[str, dict[str, Any]] = {
+    "hello": {"version": 1, "client": "t"},
+    "devices": {},
+    "bind": {"rid": "0000:3a:00.0"},
+    "unbind": {"dev_id": 1},
+    "ioas_alloc": {},
+    "ioas_map": {"ioas_id": 1, "iova": 0x1000, "length": 0x2000, "perm": 3},
+    "ioas_unmap": {"ioas_id": 1, "iova": 0x1000, "length": 0x1000},
+    "fault_alloc": {},
+    "hwpt_alloc": {"dev_id": 1, "pt_id": 2, "flags": ["nest_parent"]},
+    "attach": {"dev_id": 1, "pt_id": 2, "pasid": 5},
+    "replace": {"dev_id": 1, "pt_id": 2},
+    "detach": {"dev_id": 1},
+    "page_response": {"fault_id": 1, "responses": [{"cookie": 1, "code": 0}]},
+    "dma": {"dev_id": 1, "iova": 0, "length": 4096, "perm": 1},
+    "destroy": {"obj_id": 3},
+    "hwpt_s1_map": {"hwpt_id": 1, "iova": 0, "length": 4096, "gpa": 0x10000, "perm": 3},
+    "hwpt_s1_unmap": {"hwpt_id": 1, "iova": 0, "length": 4096},
+    "hwpt_invalidate": {"hwpt_id": 1},
+    "status": {},
+    "topology": {},
+    "objects": {},
+    "pending": {},
+    "inject": {"rid": "0000:3a:00.0", "addr": 0x1000, "perm": 1, "grpid": 3, "last": True},
+    "unplug": {"rid": "0000:3a:00.0"},
+    "plug": {"rid": "0000:3a:00.0"},
+    "reset": {"rid": "0000:3a:00.0"},
+    "subscribe": {"topics": []},
+}
+
+
+def req(op: str, **kw: Any) -> dict[str, Any]:
+    return {"op": op, "id": 9, **kw}
+
+
+def errno_of(msg: dict[str, Any]) -> str:
+    with pytest.raises(RequestError) as info:
+        validate_request(msg)
+    return info.value.errno
+
+
+def test_every_op_has_a_valid_example() -> None:
+    assert VALID.keys() == OP_MODELS.keys()
+    assert ADMIN_OPS.issubset(OP_MODELS)
+
+
+@pytest.mark.parametrize("op", sorted(VALID))
+def test_valid_arguments_are_accepted(op: str) -> None:
+    got_op, rid, _ = validate_request(req(op, **VALID[op]))
+    assert (got_op, rid) == (op, 9)
+
+
+@pytest.mark.parametrize("op", sorted(VALID))
+def test_an_unknown_key_is_einval_for_every_op(op: str) -> None:
+    assert errno_of(req(op, **VALID[op], bogus=1)) == "EINVAL"
+
+
+@pytest.mark.parametrize("rid", [None, -1, 2**32, "1", 1.0, True])
+def test_id_missing_or_not_uint32_is_eproto_with_null_id(rid: object) -> None:
+    msg: dict[str, Any] = {"op": "devices"}
+    if rid is not None:
+        msg["id"] = rid
+    with pytest.raises(RequestError) as info:
+        validate_request(msg)
+    assert info.value.errno == "EPROTO"
+    assert info.value.request_id is None
+
+
+@pytest.mark.parametrize("op", [None, 3, b"hello"])
+def test_op_missing_or_not_a_string_is_eproto_with_the_id(op: object) -> None:
+    msg: dict[str, Any] = {"id": 4}
+    if op is not None:
+        msg["op"] = op
+    with pytest.raises(RequestError) as info:
+        validate_request(msg)
+    assert (info.value.errno, info.value.request_id) == ("EPROTO", 4)
+
+
+def test_unknown_op_is_einval_with_message_unknown_op() -> None:
+    with pytest.raises(RequestError) as info:
+        validate_request(req("frobnicate"))
+    assert (info.value.errno, info.value.message) == ("EINVAL", "unknown op")
+
+
+@pytest.mark.parametrize(
+    ("op", "key", "value"),
+    [
+        ("unbind", "dev_id", -1),
+        ("unbind", "dev_id", 2**32),
+        ("unbind", "dev_id", True),
+        ("unbind", "dev_id", 1.0),
+        ("unbind", "dev_id", "1"),
+        ("ioas_map", "iova", 2**64),
+        ("ioas_map", "iova", -4096),
+        ("ioas_map", "length", 2**32),
+        ("ioas_map", "length", 0),
+        ("ioas_map", "iova", 0x1001),
+        ("ioas_map", "length", 0x1800),
+        ("ioas_map", "perm", 0),
+        ("ioas_map", "perm", 4),
+        ("ioas_unmap", "length", 0),
+        ("dma", "perm", 16),
+        ("dma", "perm", 0),
+        ("dma", "iova", 2**64 - 4096 * 0 - 4096 + 4096),
+        ("dma", "pasid", 0),
+        ("attach", "pasid", 0),
+        ("attach", "pasid", -1),
+        ("detach", "pasid", 2**32),
+        ("hwpt_alloc", "flags", "nest_parent"),
+        ("hwpt_alloc", "flags", [1]),
+        ("hwpt_alloc", "data", [1]),
+        ("page_response", "responses", [{"cookie": 1}]),
+        ("page_response", "responses", [{"cookie": 1, "code": -1}]),
+        ("page_response", "responses", {"cookie": 1, "code": 0}),
+        ("hwpt_s1_map", "gpa", 0x10),
+        ("inject", "grpid", 512),
+        ("inject", "addr", 0x10),
+        ("inject", "last", 1),
+        ("subscribe", "topics", ["faults"]),
+        ("hello", "version", "1"),
+        ("hello", "client", 1),
+    ],
+)
+def test_wrong_type_or_out_of_range_argument_is_einval(op: str, key: str, value: object) -> None:
+    assert errno_of(req(op, **{**VALID[op], key: value})) == "EINVAL"
+
+
+def _required(op: str) -> list[str]:
+    return [k for k, f in OP_MODELS[op].model_fields.items() if f.is_required()]
+
+
+@pytest.mark.parametrize("op", [op for op in sorted(VALID) if _required(op)])
+def test_missing_required_argument_is_einval(op: str) -> None:
+    required = _required(op)
+    args = dict(VALID[op])
+    del args[required[0]]
+    assert errno_of(req(op, **args)) == "EINVAL"
+
+
+def test_range_that_wraps_past_64_bits_is_einval() -> None:
+    assert errno_of(req("dma", dev_id=1, iova=2**64 - 4096, length=8192, perm=1)) == "EINVAL"
+
+
+def test_range_ending_exactly_at_the_top_of_the_address_space_is_accepted() -> None:
+    validate_request(req("dma", dev_id=1, iova=2**64 - 4096, length=4096, perm=1))
+
+
+def test_hwpt_invalidate_needs_iova_and_length_together() -> None:
+    assert errno_of(req("hwpt_invalidate", hwpt_id=1, iova=0)) == "EINVAL"
+    validate_request(req("hwpt_invalidate", hwpt_id=1, iova=0, length=4096))
+
+
+def test_page_response_code_outside_0_1_is_left_to_its_slot() -> None:
+    # A code other than 0/1 is EINVAL in its results slot, not for the whole request.
+    _, _, args = validate_request(req("page_response", fault_id=1,
+                                      responses=[{"cookie": 1, "code": 7}]))
+    assert args.responses[0].code == 7  # type: ignore[attr-defined]
+
+
+def test_error_message_names_the_field() -> None:
+    with pytest.raises(RequestError) as info:
+        validate_request(req("ioas_map", **{**VALID["ioas_map"], "iova": -1, "typo": 1}))
+    assert "iova" in info.value.message
+    assert "typo: unknown key" in info.value.message
+
+
+def test_destroy_without_obj_id_names_the_object_by_the_request_id() -> None:
+    _, rid, args = validate_request({"op": "destroy", "id": 12})
+    assert args.target(rid) == 12  # type: ignore[attr-defined]
+
+
+def test_destroy_obj_id_names_the_object_and_leaves_the_request_id_free() -> None:
+    _, rid, args = validate_request({"op": "destroy", "id": 1, "obj_id": 12})
+    assert (rid, args.target(rid)) == (1, 12)  # type: ignore[attr-defined]
