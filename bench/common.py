@@ -181,10 +181,12 @@ def python_cmd(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def spawn(args: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.setdefault("PYTHONPATH", str(REPO))
-    return subprocess.Popen(list(args), cwd=REPO, env=env, **kw)
+def spawn(
+    args: Sequence[str], env: Mapping[str, str] | None = None, **kw: Any
+) -> subprocess.Popen[bytes]:
+    full_env = dict(os.environ if env is None else env)
+    full_env.setdefault("PYTHONPATH", str(REPO))
+    return subprocess.Popen(list(args), cwd=REPO, env=full_env, **kw)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:

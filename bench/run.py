@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             fault_entries, fault_notes = faults.measure(args.quick, rates, log=log)
             entries += fault_entries
             notes += fault_notes
+        except ModuleNotFoundError as exc:
+            errors["faults"] = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
+            entries += getattr(exc, "entries", [])
             errors["faults"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
 

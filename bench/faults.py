@@ -1,0 +1,730 @@
+"""The daemon benches: iopfd's fault path against the transport ceilings of the same run.
+
+Each bench starts the real daemon (`python -m iopfd.server.main`) on a generated
+topology and drives it with raw frames (bench/wire.py), so the client costs what the
+ceiling's client costs:
+
+- serial fault round trip: `dma` on an unmapped page -> `fault` event -> `ioas_map` +
+  `page_response` (one write) -> `dma` reply; against trio ceiling / 2, since a fault
+  needs two round trips;
+- fault throughput: 16 devices x 4 PASIDs faulting with 256 `dma` in flight, answered in
+  batches (one `ioas_map` per contiguous run of pages, one `page_response` per batch);
+  groups/s against the pipelined ceiling;
+- scale: per-fault cost with 1 / 1 024 / 65 536 devices in the topology and with
+  1 / 10 000 / 100 000 groups pending in other queues; the daemons of one series run side
+  by side and are measured in interleaved rounds, so drift of the machine cancels;
+- invalidation: descriptors issued by one `ioas_unmap` on a nesting parent against the
+  minimum the VT-d caches need (vtd-hw.md 5.4);
+- memory: peak RSS while a client that never answers has page requests thrown at it;
+- start-up: exec to READY=1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bench.common import Entry, latency_summary_us, median
+from bench.wire import PAGE, READ, WRITE, Daemon, Fn, Wire, daemon, generated_functions
+
+Log = Callable[[str], None]
+IOVA_BASE = 0x10_0000_0000
+RW = READ | WRITE
+
+
+# --- a VMM at the frame level ---------------------------------------------------------------
+
+
+@dataclass
+class Vmm:
+    """One connection's objects: bound devices, one IOAS, fault queue(s), attachments."""
+
+    wire: Wire
+    ioas_id: int
+    dev_ids: dict[str, int] = field(default_factory=dict)
+    fault_ids: dict[str, int] = field(default_factory=dict)  # per rid
+    streams: list[tuple[int, int | None]] = field(default_factory=list)  # (dev_id, pasid)
+    next_iova: int = IOVA_BASE
+
+    def take_iova(self, pages: int = 1) -> int:
+        iova = self.next_iova
+        self.next_iova += pages * PAGE
+        return iova
+
+
+async def open_vmm(
+    path: str,
+    name: str,
+    rids: Sequence[str],
+    pasids: Sequence[int | None] = (None,),
+    *,
+    queue_per_device: bool = False,
+) -> Vmm:
+    """Bind `rids`, attach a fault-capable paging HWPT at each of `pasids` of each."""
+    wire = await Wire.open(path, name)
+    ioas_id = (await wire.call("ioas_alloc"))["ioas_id"]
+    vmm = Vmm(wire, ioas_id)
+    shared_fault = None if queue_per_device else (await wire.call("fault_alloc"))["fault_id"]
+    for rid in rids:
+        dev_id = (await wire.call("bind", rid=rid))["dev_id"]
+        fault_id = shared_fault or (await wire.call("fault_alloc"))["fault_id"]
+        hwpt_id = (
+            await wire.call("hwpt_alloc", dev_id=dev_id, pt_id=ioas_id, flags=[], fault_id=fault_id)
+        )["hwpt_id"]
+        for pasid in pasids:
+            args: dict[str, Any] = {"dev_id": dev_id, "pt_id": hwpt_id}
+            if pasid is not None:
+                args["pasid"] = pasid
+            await wire.call("attach", **args)
+            vmm.streams.append((dev_id, pasid))
+        vmm.dev_ids[rid] = dev_id
+        vmm.fault_ids[rid] = fault_id
+    return vmm
+
+
+def dma_request(vmm: Vmm, dev_id: int, pasid: int | None, iova: int) -> dict[str, Any]:
+    args: dict[str, Any] = {"dev_id": dev_id, "iova": iova, "length": PAGE, "perm": WRITE}
+    if pasid is not None:
+        args["pasid"] = pasid
+    return vmm.wire.request("dma", **args)
+
+
+# --- serial fault round trip -----------------------------------------------------------------
+
+
+async def serial_faults(vmm: Vmm, seconds: float, warmup: int) -> tuple[int, float, list[int]]:
+    """One fault at a time on the first stream; returns (faults, elapsed s, latencies ns)."""
+    wire = vmm.wire
+    dev_id, pasid = vmm.streams[0]
+    fault_id = next(iter(vmm.fault_ids.values()))
+    perf = time.perf_counter_ns
+    samples: list[int] = []
+    i = 0
+    start = 0
+    deadline = None
+    while True:
+        if i == warmup:
+            start = perf()
+            deadline = start + int(seconds * 1e9)
+        t0 = perf()
+        dma = dma_request(vmm, dev_id, pasid, vmm.take_iova())
+        await wire.send([dma])
+        event = None
+        while event is None:
+            for m in await wire.recv():
+                if m.get("event") == "fault":
+                    event = m
+                elif "event" not in m:
+                    raise RuntimeError(f"dma completed without a fault: {m}")
+        addr = event["faults"][0]["addr"]
+        mapping = wire.request("ioas_map", ioas_id=vmm.ioas_id, iova=addr, length=PAGE, perm=RW)
+        answer = wire.request(
+            "page_response", fault_id=fault_id, responses=[{"cookie": event["cookie"], "code": 0}]
+        )
+        await wire.send([mapping, answer])
+        waiting = {mapping["id"], answer["id"], dma["id"]}
+        while waiting:
+            for m in await wire.recv():
+                if "event" in m:
+                    raise RuntimeError(f"unexpected event in a serial run: {m}")
+                if not m.get("ok") or (m["id"] == dma["id"] and m["result"]["status"] != "ok"):
+                    raise RuntimeError(f"fault round trip failed: {m}")
+                waiting.discard(m["id"])
+        t1 = perf()
+        i += 1
+        if deadline is not None:
+            samples.append(t1 - t0)
+            if t1 >= deadline:
+                return len(samples), (t1 - start) / 1e9, samples
+
+
+# --- fault throughput -------------------------------------------------------------------------
+
+
+def _ranges(pages: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of page addresses as (iova, length)."""
+    out: list[tuple[int, int]] = []
+    for addr in sorted(set(pages)):
+        if out and out[-1][0] + out[-1][1] == addr:
+            out[-1] = (out[-1][0], out[-1][1] + PAGE)
+        else:
+            out.append((addr, PAGE))
+    return out
+
+
+async def fault_throughput(vmm: Vmm, seconds: float, window: int) -> dict[str, Any]:
+    """Keep `window` one-page `dma`s in flight over every stream; answer faults in batches."""
+    wire = vmm.wire
+    fault_id = next(iter(vmm.fault_ids.values()))
+    streams = vmm.streams
+    perf = time.perf_counter_ns
+    dma_ids: set[int] = set()
+    sent_at: dict[int, int] = {}
+    latencies: list[int] = []
+    k = 0
+
+    def new_dmas(n: int) -> list[dict[str, Any]]:
+        nonlocal k
+        out = []
+        now = perf()
+        for _ in range(n):
+            dev_id, pasid = streams[k % len(streams)]
+            k += 1
+            m = dma_request(vmm, dev_id, pasid, vmm.take_iova())
+            dma_ids.add(m["id"])
+            if k & 15 == 0:
+                sent_at[m["id"]] = now
+            out.append(m)
+        return out
+
+    await wire.send(new_dmas(window))
+    groups = records = batches = completed = 0
+    warm_until = perf() + int(min(0.3, seconds / 3) * 1e9)
+    start = deadline = 0
+    measuring = False
+    stopping = False
+    while dma_ids:
+        msgs = await wire.recv()
+        now = perf()
+        if not measuring and now >= warm_until and not stopping:
+            measuring = True
+            groups = records = batches = completed = 0
+            latencies.clear()
+            start = now
+            deadline = start + int(seconds * 1e9)
+        if measuring and now >= deadline:
+            measuring = False
+            stopping = True
+            elapsed = (now - start) / 1e9
+            result: dict[str, Any] = {"groups": groups, "records": records, "batches": batches}
+            result.update(elapsed=elapsed, completed=completed)
+        cookies = []
+        pages = []
+        done = 0
+        for m in msgs:
+            if "event" in m:
+                if m["event"] == "fault":
+                    cookies.append({"cookie": m["cookie"], "code": 0})
+                    pages += [f["addr"] for f in m["faults"]]
+                continue
+            mid = m["id"]
+            if not m.get("ok"):
+                raise RuntimeError(f"request failed under load: {m}")
+            if mid in dma_ids:
+                dma_ids.discard(mid)
+                if m["result"]["status"] != "ok":
+                    raise RuntimeError(f"dma under load ended {m['result']}")
+                done += 1
+                t = sent_at.pop(mid, None)
+                if t is not None and measuring:
+                    latencies.append(now - t)
+        out = [
+            wire.request("ioas_map", ioas_id=vmm.ioas_id, iova=iova, length=length, perm=RW)
+            for iova, length in _ranges(pages)
+        ]
+        if cookies:
+            out.append(wire.request("page_response", fault_id=fault_id, responses=cookies))
+            groups += len(cookies)
+            records += len(pages)
+            batches += 1
+        completed += done
+        if not stopping:
+            out += new_dmas(done)
+        if out:
+            await wire.send(out)
+    result["rate"] = result["groups"] / result["elapsed"]
+    result["latency"] = latency_summary_us(latencies)
+    return result
+
+
+# --- pending groups in other queues ----------------------------------------------------------
+
+
+async def fill_pending(admin: Wire, stuck: Vmm, count: int) -> None:
+    """Inject `count` one-page groups into the stuck VMM's queues.
+
+    Each (rid, pasid, grpid) is used once, as a device never reuses an outstanding PRG index.
+    """
+    rids = list(stuck.dev_ids)
+    pasids = sorted({p for _, p in stuck.streams}, key=lambda p: -1 if p is None else p)
+    per_rid = 512 * len(pasids)
+    if count > per_rid * len(rids):
+        raise ValueError(f"{count} pending groups need more stuck devices than {len(rids)}")
+
+    def injects() -> Any:
+        for n in range(count):
+            rid = rids[n % len(rids)]
+            slot = n // len(rids)
+            pasid = pasids[slot // 512]
+            msg: dict[str, Any] = {
+                "rid": rid,
+                "addr": IOVA_BASE + n * PAGE,
+                "perm": READ,
+                "grpid": slot % 512,
+                "last": True,
+            }
+            if pasid is not None:
+                msg["pasid"] = pasid
+            yield admin.request("inject", **msg)
+
+    await admin.pipeline(list(injects()), window=512)
+
+
+def pending_now(counters: dict[str, int]) -> int:
+    """The exactly-once identity of docs/protocol.md, solved for `pending`."""
+    return (
+        counters["groups"]
+        - counters["responses"]
+        - counters["auto_responses"]
+        - counters["throttled"]
+    )
+
+
+# --- the individual benches ---------------------------------------------------------------------
+
+
+def _ratio(figure: float, ceiling: float | None) -> float | None:
+    return None if not ceiling else round(figure / ceiling, 3)
+
+
+async def _bench_serial_and_throughput(
+    d: Daemon, quick: bool, rates: dict[str, float]
+) -> list[Entry]:
+    seconds = 0.4 if quick else 1.5
+    reps = 1 if quick else 3
+    rids = [f.rid for f in generated_functions(16)]
+    entries = []
+
+    vmm = await open_vmm(d.socket, "bench-serial", rids[:1], (None,))
+    rates_s, samples_all, cpu = [], [], []
+    for _ in range(reps):
+        c0 = d.cpu_ns()
+        n, elapsed, samples = await serial_faults(vmm, seconds, warmup=200)
+        cpu.append((d.cpu_ns() - c0) / n / 1000)
+        rates_s.append(n / elapsed)
+        samples_all += samples
+    await vmm.wire.aclose()
+    rate = median(rates_s)
+    ceiling = rates.get("trio_round_trip", 0) / 2 or None
+    ratio = _ratio(rate, ceiling)
+    entries.append(
+        Entry(
+            name="fault.serial_round_trip",
+            figure=round(rate),
+            unit="faults/s",
+            ceiling=None if ceiling is None else round(ceiling),
+            ratio=ratio,
+            target=">= 0.8 x trio ceiling / 2",
+            met=None if ratio is None else ratio >= 0.8,
+            detail={
+                **latency_summary_us(samples_all),
+                "rates": [round(r) for r in rates_s],
+                "daemon_cpu_us_per_fault": round(median(cpu), 1),
+                "note": "dma -> fault -> ioas_map+page_response -> dma reply, one at a time",
+            },
+        )
+    )
+
+    vmm = await open_vmm(d.socket, "bench-throughput", rids, (1, 2, 3, 4))
+    runs = []
+    cpu = []
+    for _ in range(reps):
+        c0 = d.cpu_ns()
+        r = await fault_throughput(vmm, seconds, window=256)
+        cpu.append((d.cpu_ns() - c0) / max(1, r["groups"]) / 1000)
+        runs.append(r)
+    await vmm.wire.aclose()
+    rate = median([r["rate"] for r in runs])
+    ceiling = rates.get("trio_pipelined") or None
+    ratio = _ratio(rate, ceiling)
+    best = min(runs, key=lambda r: abs(r["rate"] - rate))
+    entries.append(
+        Entry(
+            name="fault.throughput",
+            figure=round(rate),
+            unit="groups/s",
+            ceiling=None if ceiling is None else round(ceiling),
+            ratio=ratio,
+            target=">= 0.25 x pipelined ceiling",
+            met=None if ratio is None else ratio >= 0.25,
+            detail={
+                **best["latency"],
+                "rates": [round(r["rate"]) for r in runs],
+                "groups_per_batch": round(best["groups"] / max(1, best["batches"]), 1),
+                "daemon_cpu_us_per_group": round(median(cpu), 1),
+                "note": "16 devices x 4 PASIDs, 256 dma in flight, batched answers; "
+                "p50/p99: dma latency",
+            },
+        )
+    )
+    return entries
+
+
+async def _interleaved_rounds(
+    vmms: Sequence[tuple[Daemon, Vmm]], rounds: int, seconds: float
+) -> list[dict[str, Any]]:
+    """Serial fault rounds taking turns over the daemons; per daemon: cost per fault."""
+    per: list[dict[str, list[float]]] = [{"wall_us": [], "cpu_us": []} for _ in vmms]
+    for r in range(rounds + 1):
+        for i, (d, vmm) in enumerate(vmms):
+            c0 = d.cpu_ns()
+            n, elapsed, _ = await serial_faults(vmm, seconds, warmup=50)
+            if r == 0:
+                continue  # the first round of each warms caches, the allocator and the ATC
+            per[i]["wall_us"].append(elapsed / n * 1e6)
+            per[i]["cpu_us"].append((d.cpu_ns() - c0) / n / 1000)
+    return [{k: round(median(v), 1) for k, v in p.items()} for p in per]
+
+
+def _scale_entry(name: str, sizes: Sequence[int], costs: list[dict[str, Any]], what: str) -> Entry:
+    wall = [c["wall_us"] for c in costs]
+    cpu = [c["cpu_us"] for c in costs]
+    ratio = round(wall[-1] / wall[0], 3)
+    cpu_ratio = round(cpu[-1] / cpu[0], 3)
+    return Entry(
+        name=name,
+        figure=ratio,
+        unit=f"cost at {sizes[-1]:,} / cost at {sizes[0]:,} {what}",
+        ceiling=1.0,
+        ratio=ratio,
+        target="<= 1.1",
+        met=ratio <= 1.1,
+        detail={
+            "sizes": list(sizes),
+            "wall_us_per_fault": wall,
+            "daemon_cpu_us_per_fault": cpu,
+            "daemon_cpu_ratio": cpu_ratio,
+            "note": f"serial faults, interleaved rounds; daemon CPU ratio {cpu_ratio}",
+        },
+    )
+
+
+async def _bench_scale_devices(quick: bool, log: Log) -> tuple[Entry, dict[str, float]]:
+    sizes = (1, 1024) if quick else (1, 1024, 65536)
+    startup: dict[str, float] = {}
+    with ExitStack() as stack:
+        pairs = []
+        for n in sizes:
+            log(f"  scale: starting iopfd with {n} devices")
+            d = stack.enter_context(daemon(generated_functions(n)))
+            startup[str(n)] = round((d.ready_ns or 0) - d.started_ns) / 1e9
+            pairs.append((d, await open_vmm(d.socket, f"bench-scale-{n}", ["0000:00:00.0"])))
+        costs = await _interleaved_rounds(pairs, rounds=2 if quick else 5, seconds=0.25)
+        for _, vmm in pairs:
+            await vmm.wire.aclose()
+    return _scale_entry("scale.devices", sizes, costs, "devices"), startup
+
+
+async def _bench_scale_pending(quick: bool, log: Log) -> tuple[Entry, dict[str, Any]]:
+    sizes = (1, 1000) if quick else (1, 10_000, 100_000)
+    stuck_pasids: tuple[int | None, ...] = (None, 1, 2, 3, 4, 5, 6)
+    n_stuck = 32
+    functions = generated_functions(1 + n_stuck)
+    stuck_rids = [f.rid for f in functions[1:]]
+    mem: dict[str, Any] = {}
+    with ExitStack() as stack:
+        async with trio.open_nursery() as nursery:
+            pairs = []
+            for n in sizes:
+                log(f"  scale: starting iopfd and injecting {n:,} pending groups")
+                d = stack.enter_context(daemon(functions, limits={"max_pending": 1 << 16}))
+                stuck = await open_vmm(
+                    d.socket, "bench-stuck", stuck_rids, stuck_pasids, queue_per_device=True
+                )
+                nursery.start_soon(stuck.wire.drain_forever)
+                admin = await Wire.open(d.socket, "bench-admin")
+                rss0 = d.rss_kib()["VmRSS"]
+                t0 = time.perf_counter()
+                await fill_pending(admin, stuck, n)
+                inject_rate = n / (time.perf_counter() - t0)
+                counters = (await admin.call("status"))["counters"]
+                if pending_now(counters) != n:
+                    raise RuntimeError(f"expected {n} pending groups, the daemon has {counters}")
+                mem[str(n)] = {
+                    "rss_growth_kib": d.rss_kib()["VmRSS"] - rss0,
+                    "inject_per_s": round(inject_rate),
+                }
+                await admin.aclose()
+                pairs.append((d, await open_vmm(d.socket, f"bench-scale-{n}", [functions[0].rid])))
+            costs = await _interleaved_rounds(pairs, rounds=2 if quick else 5, seconds=0.25)
+            for _, vmm in pairs:
+                await vmm.wire.aclose()
+            nursery.cancel_scope.cancel()
+    big = str(sizes[-1])
+    mem["bytes_per_pending_group"] = round(mem[big]["rss_growth_kib"] * 1024 / sizes[-1])
+    return _scale_entry("scale.pending_groups", sizes, costs, "pending groups"), mem
+
+
+# Invalidation scenario: a nesting parent (stage 2) on 3 units, two nested (stage-1)
+# children, ATS and non-ATS functions, RID and PASID attachments.
+INV_FUNCTIONS = [
+    Fn("0000:10:00.0", "dmar0", ats=True),
+    Fn("0000:10:01.0", "dmar0", ats=True),
+    Fn("0000:10:02.0", "dmar0", ats=False, pri=False),
+    Fn("0000:20:00.0", "dmar1", ats=True),
+    Fn("0000:20:01.0", "dmar1", ats=True),
+    Fn("0000:20:02.0", "dmar1", ats=False, pri=False),
+    Fn("0000:30:00.0", "dmar2", ats=True),
+]
+# (hwpt, rid, pasid): "P" is the parent, "C1"/"C2" nested children built on it.
+INV_ATTACH: list[tuple[str, str, int | None]] = [
+    ("P", "0000:10:00.0", None),
+    ("P", "0000:10:02.0", None),
+    ("P", "0000:20:00.0", None),
+    ("P", "0000:20:02.0", None),
+    ("C1", "0000:10:00.0", 1),
+    ("C1", "0000:10:01.0", 1),
+    ("C1", "0000:20:01.0", 2),
+    ("C2", "0000:10:01.0", 2),
+    ("C2", "0000:30:00.0", None),
+]
+
+
+def invalidation_minimum() -> dict[str, int]:
+    """What one stage-2 unmap must invalidate, by hand from vtd-hw.md 5.4 and 5.5.
+
+    - IOTLB: one per (unit, DID); every domain has one DID per unit it is attached on, and
+      an IOTLB invalidation by a nested domain's DID covers all of its PASIDs;
+    - device TLB: one per (ATS function, PASID) attached to the parent or a child;
+    - one wait per unit touched (the scenario has far fewer than 16 descriptors per unit).
+    """
+    unit_of = {f.rid: f.iommu for f in INV_FUNCTIONS}
+    ats = {f.rid for f in INV_FUNCTIONS if f.ats}
+    iotlb = {(unit_of[rid], hwpt) for hwpt, rid, _ in INV_ATTACH}
+    devtlb = {(rid, pasid) for _, rid, pasid in INV_ATTACH if rid in ats}
+    units = {unit_of[rid] for _, rid, _ in INV_ATTACH}
+    return {"iotlb": len(iotlb), "dev_tlb": len(devtlb), "wait": len(units)}
+
+
+async def _bench_invalidation() -> Entry:
+    with daemon(INV_FUNCTIONS, iommus=["dmar0", "dmar1", "dmar2"]) as d:
+        wire = await Wire.open(d.socket, "bench-invalidation")
+        ioas = (await wire.call("ioas_alloc"))["ioas_id"]
+        dev = {}
+        for f in INV_FUNCTIONS:
+            dev[f.rid] = (await wire.call("bind", rid=f.rid))["dev_id"]
+        first = dev[INV_FUNCTIONS[0].rid]
+        hwpt = {
+            "P": (await wire.call("hwpt_alloc", dev_id=first, pt_id=ioas, flags=["nest_parent"]))[
+                "hwpt_id"
+            ]
+        }
+        for child in ("C1", "C2"):
+            hwpt[child] = (
+                await wire.call(
+                    "hwpt_alloc", dev_id=first, pt_id=hwpt["P"], flags=[], data={"type": "vtd_s1"}
+                )
+            )["hwpt_id"]
+        for name, rid, pasid in INV_ATTACH:
+            args: dict[str, Any] = {"dev_id": dev[rid], "pt_id": hwpt[name]}
+            if pasid is not None:
+                args["pasid"] = pasid
+            await wire.call("attach", **args)
+        await wire.call("ioas_map", ioas_id=ioas, iova=IOVA_BASE, length=16 * PAGE, perm=RW)
+        admin = await Wire.open(d.socket, "bench-admin")
+        before = (await admin.call("status"))["counters"]
+        await wire.call("ioas_unmap", ioas_id=ioas, iova=IOVA_BASE, length=16 * PAGE)
+        after = (await admin.call("status"))["counters"]
+        await admin.aclose()
+        await wire.aclose()
+    delta = {
+        k[len("iq_descriptors_") :]: after.get(k, 0) - before.get(k, 0)
+        for k in set(after) | set(before)
+        if k.startswith("iq_descriptors_") and after.get(k, 0) != before.get(k, 0)
+    }
+    issued = {
+        "iotlb": delta.get("iotlb", 0) + delta.get("pasid_iotlb", 0),
+        "dev_tlb": delta.get("dev_tlb", 0) + delta.get("pasid_dev_tlb", 0),
+        "wait": delta.get("wait", 0),
+    }
+    other = {
+        k: v
+        for k, v in delta.items()
+        if k not in {"iotlb", "pasid_iotlb", "dev_tlb", "pasid_dev_tlb", "wait"}
+    }
+    minimum = invalidation_minimum()
+    total, floor = sum(delta.values()), sum(minimum.values())
+    return Entry(
+        name="invalidation.s2_unmap_descriptors",
+        figure=total,
+        unit="descriptors per ioas_unmap",
+        ceiling=floor,
+        ratio=round(total / floor, 3),
+        target="= minimum exactly",
+        met=issued == minimum and not other,
+        detail={
+            "issued": issued,
+            "minimum": minimum,
+            "by_type": delta,
+            "invalidations_counter": after.get("invalidations", 0) - before.get("invalidations", 0),
+            "note": f"{len(INV_FUNCTIONS)} devices on 3 units, "
+            f"{sum(f.ats for f in INV_FUNCTIONS)} ATS, parent + 2 nested children",
+        },
+    )
+
+
+async def _bench_memory(quick: bool, bytes_per_group: int | None, log: Log) -> Entry:
+    total = 10_000 if quick else 1_000_000
+    max_pending = 4096
+    max_outbuf = 8 << 20
+    pasids: tuple[int | None, ...] = (None, 1, 2, 3, 4, 5, 6, 7)
+    functions = generated_functions(2)
+    with daemon(functions, limits={"max_pending": max_pending, "max_outbuf": max_outbuf}) as d:
+        async with trio.open_nursery() as nursery:
+            stuck = await open_vmm(d.socket, "bench-stuck", [functions[1].rid], pasids)
+            nursery.start_soon(stuck.wire.drain_forever)
+            admin = await Wire.open(d.socket, "bench-admin")
+            await trio.sleep(0.2)
+            idle = d.rss_kib()["VmRSS"]
+            samples: list[tuple[float, int]] = []
+
+            async def sample() -> None:
+                while True:
+                    samples.append((time.perf_counter(), d.rss_kib()["VmRSS"]))
+                    await trio.sleep(0.05)
+
+            nursery.start_soon(sample)
+            rid = functions[1].rid
+            t0 = time.perf_counter()
+            sent = 0
+            chunk = max_pending
+            queue_full_at = None  # once two queues' worth went in, RSS must stay put
+            while sent < total:
+                n = min(chunk, total - sent)
+                msgs = []
+                for j in range(sent, sent + n):
+                    pasid = pasids[(j // 512) % len(pasids)]
+                    args: dict[str, Any] = {
+                        "rid": rid,
+                        "addr": IOVA_BASE + (j % (1 << 20)) * PAGE,
+                        "perm": READ,
+                        "grpid": j % 512,
+                        "last": True,
+                    }
+                    if pasid is not None:
+                        args["pasid"] = pasid
+                    msgs.append(admin.request("inject", **args))
+                await admin.pipeline(msgs, window=512)
+                sent += n
+                if queue_full_at is None and sent >= 2 * max_pending:
+                    queue_full_at = time.perf_counter()
+            elapsed = time.perf_counter() - t0
+            counters = (await admin.call("status"))["counters"]
+            rss = d.rss_kib()
+            nursery.cancel_scope.cancel()
+    log(f"  memory: {total:,} page requests in {elapsed:.1f} s")
+    peak = rss["VmHWM"]
+    per_group = bytes_per_group or 2048
+    bound_kib = (max_pending * per_group + max_outbuf) // 1024
+    growth = peak - idle
+    # Flat: once the queue is full, further page requests are throttled and cost nothing.
+    later = [kib for t, kib in samples if queue_full_at is not None and t >= queue_full_at]
+    drift = (later[-1] - later[0]) if len(later) >= 2 else 0
+    flat = drift <= max(1024, idle // 50)
+    return Entry(
+        name="memory.stuck_client_rss",
+        figure=growth,
+        unit="KiB above idle (peak)",
+        ceiling=bound_kib,
+        ratio=round(growth / bound_kib, 3),
+        target="<= queue bound, flat over time",
+        met=growth <= bound_kib and flat,
+        detail={
+            "page_requests": total,
+            "idle_kib": idle,
+            "peak_kib": peak,
+            "end_kib": rss["VmRSS"],
+            "drift_after_queue_full_kib": drift,
+            "flat": flat,
+            "bound": f"max_pending {max_pending} x {per_group} B/group + max_outbuf {max_outbuf}",
+            "injected_per_s": round(total / elapsed),
+            "throttled": counters.get("throttled"),
+            "pending": pending_now(counters),
+            "rss_samples_kib": [kib for _, kib in samples[:: max(1, len(samples) // 40)]],
+            "note": f"{total:,} injected page requests, stuck client reads but never answers",
+        },
+    )
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+async def _measure(quick: bool, rates: dict[str, float], log: Log) -> tuple[list[Entry], list[str]]:
+    entries: list[Entry] = []
+    notes: list[str] = []
+    errors: list[str] = []
+
+    async def section(name: str, fn: Callable[[], Any]) -> Any:
+        log(name)
+        try:
+            return await fn()
+        except Exception as exc:
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            return None
+
+    async def serial() -> None:
+        with daemon(generated_functions(16)) as d:
+            start_s = ((d.ready_ns or 0) - d.started_ns) / 1e9
+            entries.extend(await _bench_serial_and_throughput(d, quick, rates))
+        starts = [start_s]
+        for _ in range(0 if quick else 2):
+            with daemon(generated_functions(16)) as d2:
+                starts.append(((d2.ready_ns or 0) - d2.started_ns) / 1e9)
+        entries.append(
+            Entry(
+                name="startup.exec_to_ready",
+                figure=round(median(starts) * 1000, 1),
+                unit="ms",
+                detail={"runs_ms": [round(s * 1000, 1) for s in starts], "note": "16 devices"},
+            )
+        )
+
+    await section("fault: serial round trip, throughput, start-up", serial)
+    dev = await section("scale: devices", lambda: _bench_scale_devices(quick, log))
+    if dev:
+        entries.append(dev[0])
+        entries[-1].detail["startup_s_by_devices"] = dev[1]
+    pend = await section("scale: pending groups", lambda: _bench_scale_pending(quick, log))
+    per_group = None
+    if pend:
+        entries.append(pend[0])
+        entries[-1].detail["memory"] = pend[1]
+        per_group = pend[1]["bytes_per_pending_group"]
+    inv = await section("invalidation", _bench_invalidation)
+    if inv:
+        entries.append(inv)
+    mem = await section("memory", lambda: _bench_memory(quick, per_group, log))
+    if mem:
+        entries.append(mem)
+    if errors:
+        raise RuntimeError("; ".join(errors)) if not entries else BenchPartialError(entries, errors)
+    return entries, notes
+
+
+class BenchPartialError(RuntimeError):
+    def __init__(self, entries: list[Entry], errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.entries = entries
+        self.errors = errors
+
+
+def measure(
+    quick: bool, rates: dict[str, float], log: Log = print
+) -> tuple[list[Entry], list[str]]:
+    return trio.run(_measure, quick, rates, log)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench import ceilings
+
+    q = "--quick" in sys.argv
+    _, r = ceilings.measure(q)
+    for e in measure(q, r)[0]:
+        print(e.as_dict())
