@@ -1,0 +1,32 @@
+"""The core's error value and its resource limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EINVAL = "EINVAL"
+ENOENT = "ENOENT"
+EBUSY = "EBUSY"
+EPERM = "EPERM"
+EOPNOTSUPP = "EOPNOTSUPP"
+ENODEV = "ENODEV"
+ENOSPC = "ENOSPC"
+
+
+class CoreError(Exception):
+    """A refused operation, carrying the errno name the daemon puts on the wire."""
+
+    def __init__(self, errno: str, message: str) -> None:
+        super().__init__(f"{errno}: {message}")
+        self.errno = errno
+        self.message = message
+
+
+@dataclass
+class CoreLimits:
+    """Bounds the core enforces (docs/protocol.md, *Fault events* and *extensions*)."""
+
+    max_pending: int = 4096            # unanswered groups per fault queue, then throttled
+    max_objects_per_context: int = 65536
+    max_retries: int = 8               # the device's per-page retry bound (machine setting)
+    max_partials_per_device: int = 2048  # non-last requests set aside per device (PRQ depth)

@@ -1,0 +1,46 @@
+"""What the core asks the daemon to do: plain frozen events out of ``Core.take_events``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iopfd.core.context import Context
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelivered:
+    """One page-request group for a fault queue: push ``{"event": "fault", ...}`` to ctx."""
+
+    ctx: Context
+    fault_id: int
+    cookie: int
+    faults: list[dict[str, int]]
+    throttled: int
+
+
+@dataclass(frozen=True, slots=True)
+class DmaDone:
+    """Completion of a ``dma`` request; ``tag`` is the caller's tag."""
+
+    ctx: Context
+    tag: object
+    status: str
+    faults: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """A record for ``subscribe``; topics in ``TRACE_TOPICS``."""
+
+    topic: str
+    record: dict[str, object]
+
+
+TRACE_TOPICS = frozenset(
+    {"fault", "response", "auto_response", "invalidation", "throttle", "overflow", "device"}
+)
+
+CoreEvent = FaultDelivered | DmaDone | Trace

@@ -1,0 +1,47 @@
+"""The invalidation queue client (``drivers/iommu/intel/dmar.c``: ``qi_submit_sync``).
+
+Every submission ends with an invalidation wait descriptor (SW=1; PD=1 for a drain)
+and is complete when ``submit`` returns: the hardware model executes in order. Cache
+tag flushes go in batches of at most ``QI_MAX_BATCHED_DESC_COUNT`` descriptors, one
+submission per batch, as ``qi_batch`` does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from hwmodel import InvWaitDescriptor
+from hwmodel.descriptors import InvDescriptor
+
+if TYPE_CHECKING:
+    from hwmodel import IommuUnit
+
+QI_MAX_BATCHED_DESC_COUNT = 16
+QI_DONE = 1
+QI_STATUS_ADDR = 0x1000  # the driver's status word; the model writes STATUS DATA there
+
+WAIT_SYNC = InvWaitDescriptor(sw=True, status_data=QI_DONE, status_addr=QI_STATUS_ADDR)
+WAIT_DRAIN = InvWaitDescriptor(sw=True, status_data=QI_DONE, status_addr=QI_STATUS_ADDR,
+                               pd=True)
+WAIT_FENCE = InvWaitDescriptor(sw=False, status_data=QI_DONE, fn=True)
+
+
+def qi_submit_sync(unit: IommuUnit, descs: Sequence[InvDescriptor], counters: Counter[str],
+                   *, drain: bool = False) -> None:
+    """Submit ``descs`` plus one wait (PD=1 with ``drain``) and return when done."""
+    batch = [*descs, WAIT_DRAIN if drain else WAIT_SYNC]
+    unit.iq.submit(batch)
+    for d in batch:
+        counters["iq_descriptors_" + d.NAME] += 1
+
+
+def qi_submit_batched(unit: IommuUnit, descs: Sequence[InvDescriptor],
+                      counters: Counter[str]) -> int:
+    """Submit in ``qi_batch`` chunks; returns the number of submissions (= waits)."""
+    n = 0
+    for i in range(0, len(descs), QI_MAX_BATCHED_DESC_COUNT):
+        qi_submit_sync(unit, descs[i:i + QI_MAX_BATCHED_DESC_COUNT], counters)
+        n += 1
+    return n

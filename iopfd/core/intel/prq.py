@@ -1,0 +1,143 @@
+"""The page request queue thread and the PASID drain (``drivers/iommu/intel/prq.c``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hwmodel import RESP_INVALID, IotlbInvDescriptor, PasidIotlbInvDescriptor
+from hwmodel.descriptors import DESC_SIZE, IOTLB_G_DSI, PIOTLB_G_PASID, InvDescriptor
+from iopfd.core.intel.cache import DEVTLB_MASK_ALL, devtlb_descriptor
+from iopfd.core.intel.dmar import WAIT_FENCE, qi_submit_sync
+from iopfd.core.io_pgfault import (
+    LAST_PAGE,
+    PASID_VALID,
+    discard_partials,
+    page_response,
+    report_device_fault,
+)
+
+if TYPE_CHECKING:
+    from iopfd.core.core import Core
+    from iopfd.core.intel.iommu import DeviceInfo, UnitState
+
+PRS_PPR = 1
+PRS_PRO = 2
+_CANONICAL_LOW = 1 << 47                    # 48-bit virtual addresses (4-level paging)
+_CANONICAL_HIGH = (1 << 64) - (1 << 47)
+#: Bound on drain rounds repeated because of PRO; each round takes the ring to empty.
+MAX_DRAIN_ROUNDS = 64
+
+
+def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
+    """One pass of ``prq_event_thread`` (vtd-hw.md 2.5); returns descriptors taken."""
+    unit = us.unit
+    prq = unit.prq
+    counters = core.counters
+    # 1. W1C PPR before reading head and tail, so later arrivals raise a new event.
+    unit.write_prs_w1c(PRS_PPR)
+    head = prq.head
+    tail = prq.tail
+    size = prq.size_bytes
+    devices = us.devices
+    taken = 0
+    # 2. Every descriptor from head to tail.
+    while head != tail:
+        req = prq.read_descriptor(head)
+        head = (head + DESC_SIZE) % size
+        taken += 1
+        addr = req.addr
+        rd, wr = req.rd_req, req.wr_req
+        if (
+            _CANONICAL_LOW <= addr < _CANONICAL_HIGH     # not canonical
+            or (req.pm_req and (rd or wr))               # privileged mode: not supported
+            or (req.exe_req and rd)                      # execute: not supported
+        ):
+            _bad_request(core, us, req.sid, req.pasid_present, req.pasid, req.prg_index,
+                         req.lpig, now)
+            continue
+        if req.lpig and not rd and not wr:
+            counters["stop_markers"] += 1                # Stop Marker: no response
+            continue
+        dev = devices.get(req.sid)                       # seed 000: one dict lookup
+        if dev is None:
+            _bad_request(core, us, req.sid, req.pasid_present, req.pasid, req.prg_index,
+                         req.lpig, now)
+            continue
+        pp = req.pasid_present
+        flags = (LAST_PAGE if req.lpig else 0) | (PASID_VALID if pp else 0)
+        perm = rd | wr << 1 | req.exe_req << 2 | req.pm_req << 3
+        report_device_fault(core, dev, (flags, req.pasid if pp else 0, req.prg_index, perm,
+                                        addr), now)
+    # 3. PQH once for the whole batch.
+    prq.write_head(tail)
+    counters["page_requests"] += taken
+    # 4. Overflow: once the ring is empty, partial groups may have lost their last
+    # request (auto-answered Success by the hardware): discard them, then clear PRO.
+    if unit.read_prs() & PRS_PRO and prq.head == prq.tail:
+        dropped = 0
+        for dev in devices.values():
+            if dev.n_partials:
+                dropped += discard_partials(core, dev, all_pasids=True)
+        unit.write_prs_w1c(PRS_PRO)
+        counters["prq_overflows"] += 1
+        if core.trace_enabled:
+            core.trace("overflow", iommu=unit.name, partials_discarded=dropped, t_ns=now)
+    return taken
+
+
+def _bad_request(  # noqa: PLR0917 - the descriptor's fields, on the hot path
+    core: Core, us: UnitState, sid: int, pp: bool, pasid: int, prgi: int,
+                 lpig: bool, now: int) -> None:
+    """``handle_bad_prq_event``: INVALID for the request itself, only if it is the last."""
+    core.counters["bad_requests"] += 1
+    if lpig:
+        page_response(core, us.unit, sid, pp, pasid if pp else 0, prgi, RESP_INVALID)
+    if core.trace_enabled:
+        core.trace("auto_response", iommu=us.unit.name, sid=sid,
+                   pasid=pasid if pp else None, grpid=prgi, code=RESP_INVALID,
+                   reason="bad_request", answered=lpig, t_ns=now)
+
+
+def _ring_holds(us: UnitState, sid: int, pasid: int | None) -> bool:
+    prq = us.unit.prq
+    for off in prq.pending_offsets():
+        req = prq.read_descriptor(off)
+        if req.sid == sid and (req.pasid if req.pasid_present else None) == pasid:
+            return True
+    return False
+
+
+def drain_pasid_prq(core: Core, dev: DeviceInfo, pasid: int | None, did: int,
+                    now: int) -> None:
+    """``intel_iommu_drain_pasid_prq`` (vtd-hw.md 4.2): when it returns, every page request
+    of (device, PASID) the function had posted was taken off the PRQ and reported.
+
+    Preconditions: the attachment is out of the lookup table, the PASID entry is not
+    present and the caches were invalidated.
+    """
+    if dev.iopf_refcount == 0:
+        return  # PRI never enabled for this device: nothing can be in flight
+    core.counters["drains"] += 1
+    us = dev.ustate
+    unit = dev.unit
+    # Software scan: requests already in the ring go through the PRQ thread first.
+    while _ring_holds(us, dev.sid, pasid):
+        prq_event_thread(core, us, now)
+    p = 0 if pasid is None else pasid
+    descs: list[InvDescriptor] = [WAIT_FENCE]
+    if pasid is None:
+        descs.append(IotlbInvDescriptor(granularity=IOTLB_G_DSI, did=did))
+    else:
+        descs.append(PasidIotlbInvDescriptor(granularity=PIOTLB_G_PASID, did=did, pasid=p))
+    if dev.fn.ats_enabled:
+        descs.append(devtlb_descriptor(dev.sid, dev.pfsid, pasid, 0, DEVTLB_MASK_ALL))
+    # Hardware drain: the devTLB completion is ordered behind every page request the
+    # function dispatched, and PD=1 orders the wait behind their PRQ writes (SPEC 7.10).
+    for _ in range(MAX_DRAIN_ROUNDS):
+        qi_submit_sync(unit, descs, core.counters, drain=True)
+        core.counters["invalidations"] += len(descs) - 1
+        overflowed = unit.read_prs() & PRS_PRO
+        prq_event_thread(core, us, now)
+        if not overflowed:
+            break
+        core.counters["drain_retries"] += 1  # spec step d: repeat b and c

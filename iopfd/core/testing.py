@@ -1,0 +1,202 @@
+"""Helpers for tests, benches and demos of the core (like ``hwmodel.testing``).
+
+Not used by the core itself. ``Env`` is a machine, a core, one context and a clock;
+``check_invariants`` asserts the exactly-once and no-stale-translation invariants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hwmodel import (
+    IommuUnit,
+    Machine,
+    PageGroupResponseDescriptor,
+    Perm,
+    TopologySpec,
+    default_topology,
+)
+from iopfd.core.context import Context
+from iopfd.core.core import Core
+from iopfd.core.errors import CoreLimits
+from iopfd.core.eventq import FaultQueue
+from iopfd.core.events import CoreEvent, DmaDone, FaultDelivered, Trace
+from iopfd.core.hw_pagetable import HwPagetable
+from iopfd.core.io_pgfault import PENDING
+
+ACCEL = "0000:3a:00.0"
+NIC_PF = "0000:3b:00.0"
+NIC_VF0 = "0000:3b:00.1"
+ATS_NO_PRI = "0000:3c:00.0"
+ACCEL1 = "0000:5a:00.0"
+NO_PASID = "0000:5b:00.0"
+LEGACY = "0000:5c:00.0"
+
+RW = 3
+
+
+class Env:
+    """One core over one machine, a clock, and helpers that keep tests short."""
+
+    def __init__(self, topo: TopologySpec | None = None, limits: CoreLimits | None = None,
+                 **machine_kw: int) -> None:
+        self.machine = Machine(topo or default_topology(), **machine_kw)
+        self.core = Core(self.machine, limits)
+        self.now = 1_000_000
+        self.ctx = self.core.open_context("vmm")
+        self.events: list[CoreEvent] = []
+        # Every page group response the units executed, in order: (unit, descriptor).
+        self.responses: list[tuple[str, PageGroupResponseDescriptor]] = []
+        for unit in self.machine.iommus.values():
+            self._record(unit)
+
+    def _record(self, unit: IommuUnit) -> None:
+        orig = unit.send_page_response
+        name = unit.name
+
+        def send(resp: PageGroupResponseDescriptor) -> None:
+            self.responses.append((name, resp))
+            orig(resp)
+
+        setattr(unit, "send_page_response", send)  # noqa: B010 - a test probe
+
+    # ---- time and events
+    def service(self) -> list[CoreEvent]:
+        self.core.service(self.now)
+        ev = self.core.take_events()
+        self.events.extend(ev)
+        return ev
+
+    def tick(self, ns: int = 10_000_000) -> list[CoreEvent]:
+        self.now += ns
+        return self.service()
+
+    def settle(self, rounds: int = 40) -> list[CoreEvent]:
+        """Advance time until the machine has nothing due."""
+        out: list[CoreEvent] = []
+        for _ in range(rounds):
+            out += self.tick()
+            if self.core.next_deadline() is None:
+                break
+        return out
+
+    # ---- setup
+    def fault_hwpt(self, rid: str = ACCEL, pasid: int | None = 5, ctx: Context | None = None,
+                   *, fault: bool = True) -> tuple[int, int, int | None, int]:
+        """bind + IOAS + fault queue + paging HWPT, attached; (dev_id, ioas, fq, hwpt)."""
+        ctx = ctx or self.ctx
+        dev_id = ctx.bind(rid, self.now)
+        ioas = ctx.ioas_alloc()
+        fq = ctx.fault_alloc() if fault else None
+        hwpt = ctx.hwpt_alloc(dev_id, ioas, [], fq, None)
+        ctx.attach(dev_id, hwpt, pasid, self.now)
+        return dev_id, ioas, fq, hwpt
+
+    def inject(self, rid: str, pasid: int | None, addr: int, grpid: int, *,
+               last: bool = True, perm: int = RW) -> None:
+        self.core.inject(rid, pasid, addr, perm, grpid, last, self.now)
+
+
+def faults_of(events: Iterable[CoreEvent]) -> list[FaultDelivered]:
+    return [e for e in events if isinstance(e, FaultDelivered)]
+
+
+def dma_done(events: Iterable[CoreEvent]) -> list[DmaDone]:
+    return [e for e in events if isinstance(e, DmaDone)]
+
+
+def traces(events: Iterable[CoreEvent], topic: str) -> list[Trace]:
+    return [e for e in events if isinstance(e, Trace) and e.topic == topic]
+
+
+def check_invariants(env: Env) -> None:
+    """The issue's invariants, checked from outside and inside."""
+    core = env.core
+    c = core.status_counters()
+    pending_rows = core.pending(env.now)
+    # Exactly once, visible from outside.
+    assert c["groups"] == c["responses"] + c["auto_responses"] + c["throttled"] + len(
+        pending_rows), c
+    assert core.counters["double_answers_prevented"] == 0
+    for fn in env.machine.functions.values():
+        # A second answer to a group would reach the device as an unexpected PRGI.
+        assert fn.counters["unexpected_prgi"] == 0, fn
+    fqs = [o for ctx in core.contexts.values() for o in ctx.objects.values()
+           if isinstance(o, FaultQueue)]
+    hwpts = [o for ctx in core.contexts.values() for o in ctx.objects.values()
+             if isinstance(o, HwPagetable)]
+    per_domain: dict[int, int] = {}
+    for fq in fqs:
+        # Memory bounded; no group pending for an attachment that is gone.
+        assert len(fq.groups) <= core.limits.max_pending
+        for cookie, group in fq.groups.items():
+            assert group.state == PENDING
+            assert cookie < fq.next_cookie
+            att = group.attach
+            assert group.dev.attachments.get(att.pasid) is att, "group of a gone attachment"
+            assert att.groups.get(cookie) is group
+            assert att.fault is fq
+            per_domain[id(att.domain)] = per_domain.get(id(att.domain), 0) + 1
+    for hwpt in hwpts:
+        assert hwpt.domain.pending == per_domain.get(id(hwpt.domain), 0)
+    for dev in core.devices.values():
+        assert dev.n_partials == sum(len(v) for v in dev.partials.values())
+        assert dev.n_partials <= core.limits.max_partials_per_device
+        # PRI follows the fault-capable attachments.
+        fault_atts = sum(1 for a in dev.attachments.values() if a.fault is not None)
+        assert dev.iopf_refcount == fault_atts
+        if not dev.is_vf and dev.state != "removed":
+            assert dev.fn.pri.enabled == (fault_atts > 0) or dev.fn.pri.response_failure
+            ctxe = dev.unit.context(dev.sid)
+            assert ctxe is not None and ctxe.pre == (fault_atts > 0)
+    check_no_stale_translation(env)
+
+
+def check_no_stale_translation(env: Env) -> None:
+    """Every cached translation (IOTLB, ATC) agrees with the page tables as they are now.
+
+    (A stage-1 unmap without ``hwpt_invalidate`` legitimately leaves stale entries; the
+    tests that check this never leave one pending.)
+    """
+    core = env.core
+    for us in core.units.values():
+        unit = us.unit
+        owners: dict[int, HwPagetable] = {}
+        for hwpt in _all_hwpts(core):
+            entry = hwpt.domain.dids.get(unit.name)
+            if entry is not None:
+                owners[entry[0]] = hwpt
+        for did, bucket in unit._iotlb.items():  # introspection: the model's IOTLB
+            if not bucket:
+                continue
+            owner = owners.get(did)
+            assert owner is not None, f"{unit.name}: IOTLB entries for free DID {did}"
+            for (_tag, page), (target, perm, _pgtt) in bucket.items():
+                assert _walk(owner, page) == (target, perm), (unit.name, did, page)
+    for dev in core.devices.values():
+        fn = dev.fn
+        for (pasid, page), (target, perm) in fn.atc.items():
+            att = dev.attachments.get(pasid)
+            assert att is not None, f"{dev.name}: ATC entry for unattached pasid {pasid}"
+            assert _walk(att.hwpt, page) == (target, perm), (dev.name, pasid, page)
+
+
+def _all_hwpts(core: Core) -> list[HwPagetable]:
+    return [o for ctx in core.contexts.values() for o in ctx.objects.values()
+            if isinstance(o, HwPagetable)]
+
+
+def _walk(hwpt: HwPagetable, page: int) -> tuple[int, Perm] | None:
+    d = hwpt.domain
+    if d.s1 is None:
+        return d.s2.lookup_page(page)
+    s1 = d.s1.lookup_page(page)
+    if s1 is None:
+        return None
+    s2 = d.s2.lookup_page(s1[0])
+    if s2 is None:
+        return None
+    rw = Perm.READ | Perm.WRITE
+    return s2[0], (s1[1] & s2[1] & rw) | (s1[1] & (Perm.EXEC | Perm.PRIV))
+
+

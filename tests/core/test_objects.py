@@ -1,0 +1,238 @@
+"""The iommufd object model: IDs, references, destroy, hwpt_alloc and attach checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from iopfd.core import CoreError, CoreLimits
+from iopfd.core.testing import (
+    ACCEL,
+    ACCEL1,
+    ATS_NO_PRI,
+    LEGACY,
+    NIC_PF,
+    NIC_VF0,
+    NO_PASID,
+    Env,
+    check_invariants,
+)
+
+
+def errno_of(fn: object, *args: object) -> str:
+    with pytest.raises(CoreError) as ei:
+        fn(*args)  # type: ignore[operator]
+    return ei.value.errno
+
+
+def test_object_ids_are_uint32_from_1_unique_across_contexts_and_never_reused(env: Env) -> None:
+    other = env.core.open_context("other")
+    ids = [env.ctx.ioas_alloc(), other.ioas_alloc(), env.ctx.fault_alloc()]
+    assert ids == [1, 2, 3]
+    env.ctx.destroy(ids[0], env.now)
+    assert env.ctx.ioas_alloc() == 4
+
+
+def test_ids_of_another_context_are_enoent(env: Env) -> None:
+    other = env.core.open_context("other")
+    ioas = other.ioas_alloc()
+    assert errno_of(env.ctx.destroy, ioas, env.now) == "ENOENT"
+    assert errno_of(env.ctx.ioas_map, ioas, 0, 4096, 1, env.now) == "ENOENT"
+
+
+def test_destroy_of_ioas_under_a_hwpt_is_ebusy(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    assert errno_of(env.ctx.destroy, ioas, env.now) == "EBUSY"
+    env.ctx.destroy(hwpt, env.now)
+    env.ctx.destroy(ioas, env.now)
+
+
+def test_destroy_of_fault_queue_referenced_by_a_hwpt_is_ebusy(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    fq = env.ctx.fault_alloc()
+    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    assert errno_of(env.ctx.destroy, fq, env.now) == "EBUSY"
+    env.ctx.destroy(hwpt, env.now)
+    env.ctx.destroy(fq, env.now)
+
+
+def test_destroy_of_attached_hwpt_is_ebusy_until_detached(env: Env) -> None:
+    dev, _ioas, _fq, hwpt = env.fault_hwpt(pasid=None)
+    assert errno_of(env.ctx.destroy, hwpt, env.now) == "EBUSY"
+    env.ctx.detach(dev, None, env.now)
+    env.ctx.destroy(hwpt, env.now)
+
+
+def test_destroy_of_nest_parent_with_nested_children_is_ebusy(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    parent = env.ctx.hwpt_alloc(dev, ioas, ["nest_parent"], None, None)
+    child = env.ctx.hwpt_alloc(dev, parent, [], None, {"type": "vtd_s1"})
+    assert errno_of(env.ctx.destroy, parent, env.now) == "EBUSY"
+    env.ctx.destroy(child, env.now)
+    env.ctx.destroy(parent, env.now)
+
+
+def test_destroy_of_a_bound_device_is_ebusy(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    assert errno_of(env.ctx.destroy, dev, env.now) == "EBUSY"
+
+
+def test_bind_is_exclusive_and_checks_the_rid(env: Env) -> None:
+    other = env.core.open_context("other")
+    env.ctx.bind(ACCEL, env.now)
+    assert errno_of(other.bind, ACCEL, env.now) == "EBUSY"
+    assert errno_of(env.ctx.bind, ACCEL, env.now) == "EBUSY"
+    assert errno_of(env.ctx.bind, "0000:99:00.0", env.now) == "ENOENT"
+    assert errno_of(env.ctx.bind, "nonsense", env.now) == "EINVAL"
+
+
+def test_bind_enables_pasid_then_ats(env: Env) -> None:
+    fn = env.machine.function(ACCEL)
+    assert not fn.ats_enabled and not fn.pasid_enabled
+    env.ctx.bind(ACCEL, env.now)
+    assert fn.ats_enabled and fn.pasid_enabled
+
+
+def test_object_limit_gives_enospc() -> None:
+    env = Env(limits=CoreLimits(max_objects_per_context=2))
+    env.ctx.ioas_alloc()
+    env.ctx.fault_alloc()
+    assert errno_of(env.ctx.ioas_alloc) == "ENOSPC"
+
+
+# ---------------------------------------------------------------- hwpt_alloc
+
+
+def test_hwpt_alloc_unknown_flag_is_eopnotsupp_and_unknown_fault_id_enoent(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["dirty_tracking"], None, None) == \
+        "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["bogus"], None, None) == "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], 0xFFFF_FFFF, None) == "ENOENT"
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], ioas, None) == "ENOENT"
+    env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
+
+
+def test_hwpt_alloc_data_rules(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], None, {"type": "vtd_s1"}) == "EINVAL"
+    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    parent = env.ctx.hwpt_alloc(dev, ioas, ["nest_parent"], None, None)
+    assert errno_of(env.ctx.hwpt_alloc, dev, plain, [], None, {"type": "vtd_s1"}) == "EINVAL"
+    assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, None) == "EINVAL"
+    assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, {"type": "arm"}) == \
+        "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, parent, ["pasid"], None, {"type": "vtd_s1"}) \
+        == "EOPNOTSUPP"
+    env.ctx.hwpt_alloc(dev, parent, [], None, {"type": "vtd_s1"})
+
+
+# ---------------------------------------------------------------- attach checks
+
+
+def test_attach_takes_a_hwpt_not_an_ioas(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    assert errno_of(env.ctx.attach, dev, ioas, None, env.now) == "EINVAL"
+
+
+def test_attach_twice_is_ebusy_and_replace_unattached_is_einval(env: Env) -> None:
+    dev, ioas, _fq, hwpt = env.fault_hwpt(pasid=7)
+    assert errno_of(env.ctx.attach, dev, hwpt, 7, env.now) == "EBUSY"
+    assert errno_of(env.ctx.replace, dev, hwpt, 8, env.now) == "EINVAL"
+    assert errno_of(env.ctx.detach, dev, 8, env.now) == "EINVAL"
+
+
+def test_pasid_zero_is_einval_and_too_wide_is_einval(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    assert errno_of(env.ctx.attach, dev, hwpt, 0, env.now) == "EINVAL"
+    assert errno_of(env.ctx.attach, dev, hwpt, 1 << 20, env.now) == "EINVAL"
+    assert errno_of(env.ctx.dma, dev, 0, 0, 4096, 1, env.now, None) == "EINVAL"
+
+
+def test_pasid_on_a_device_without_pasid_is_eopnotsupp(env: Env) -> None:
+    dev = env.ctx.bind(NO_PASID, env.now)
+    ioas = env.ctx.ioas_alloc()
+    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    assert errno_of(env.ctx.attach, dev, hwpt, 3, env.now) == "EOPNOTSUPP"
+
+
+def test_fault_capable_attach_on_a_vf_is_einval(env: Env) -> None:
+    dev = env.ctx.bind(NIC_VF0, env.now)
+    ioas = env.ctx.ioas_alloc()
+    fq = env.ctx.fault_alloc()
+    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    assert errno_of(env.ctx.attach, dev, hwpt, None, env.now) == "EINVAL"
+    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    env.ctx.attach(dev, plain, None, env.now)
+    assert errno_of(env.ctx.replace, dev, hwpt, None, env.now) == "EINVAL"
+
+
+@pytest.mark.parametrize("rid", [ATS_NO_PRI, LEGACY])
+def test_fault_capable_attach_without_pri_is_eopnotsupp(env: Env, rid: str) -> None:
+    dev = env.ctx.bind(rid, env.now)
+    ioas = env.ctx.ioas_alloc()
+    fq = env.ctx.fault_alloc()
+    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    assert errno_of(env.ctx.attach, dev, hwpt, None, env.now) == "EOPNOTSUPP"
+
+
+def test_failed_replace_keeps_the_old_hwpt(env: Env) -> None:
+    dev, ioas, _fq, hwpt = env.fault_hwpt(NIC_VF0, pasid=None, fault=False)
+    fq = env.ctx.fault_alloc()
+    bad = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    assert errno_of(env.ctx.replace, dev, bad, None, env.now) == "EINVAL"
+    info = env.core.devices[NIC_VF0]
+    assert info.attachments[None].hwpt.id == hwpt
+    check_invariants(env)
+
+
+# ---------------------------------------------------------------- PRI refcount
+
+
+def test_pri_is_enabled_by_first_fault_capable_attachment_and_off_after_last(env: Env) -> None:
+    fn = env.machine.function(ACCEL)
+    dev, ioas, fq, hwpt = env.fault_hwpt(pasid=5)
+    info = env.core.devices[ACCEL]
+    assert fn.pri.enabled and info.unit.context(info.sid).pre
+    env.ctx.attach(dev, hwpt, 6, env.now)
+    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    env.ctx.attach(dev, plain, None, env.now)
+    env.ctx.detach(dev, 5, env.now)
+    assert fn.pri.enabled and info.iopf_refcount == 1
+    env.ctx.replace(dev, plain, 6, env.now)
+    assert not fn.pri.enabled and not info.unit.context(info.sid).pre
+    check_invariants(env)
+
+
+def test_each_unit_hands_out_domain_ids_from_2(env: Env) -> None:
+    dev0, _i0, _f0, h0 = env.fault_hwpt(ACCEL, pasid=None)
+    dev1, _i1, _f1, h1 = env.fault_hwpt(ACCEL1, pasid=None)
+    objs = {o["id"]: o for o in env.core.objects()}
+    assert objs[h0]["dids"] == {"dmar0": 2}
+    assert objs[h1]["dids"] == {"dmar1": 2}
+    dev2 = env.ctx.bind(NIC_PF, env.now)
+    h2 = env.ctx.hwpt_alloc(dev2, _i0, [], None, None)
+    env.ctx.attach(dev2, h2, None, env.now)
+    assert {o["id"]: o for o in env.core.objects()}[h2]["dids"] == {"dmar0": 3}
+    entry = env.machine.iommus["dmar0"].pasid_entry(env.core.devices[NIC_PF].sid, None)
+    assert entry is not None and entry.present and entry.did == 3
+
+
+def test_close_context_releases_everything(env: Env) -> None:
+    env.fault_hwpt(ACCEL, pasid=5)
+    env.fault_hwpt(ACCEL1, pasid=None)
+    env.core.close_context(env.ctx, env.now)
+    assert env.core.objects() == []
+    assert all(d["state"] == "free" for d in env.core.device_list())
+    assert not env.machine.function(ACCEL).pri.enabled
+    other = env.core.open_context("next")
+    other.bind(ACCEL, env.now)
+    check_invariants(env)
