@@ -1,0 +1,1 @@
+"""The trio daemon: listener, connections, hardware task, systemd glue."""

@@ -1,0 +1,130 @@
+"""The daemon's configuration: TOML file, then command-line flags on top.
+
+Every key is optional; the defaults are those of docs/operations.md. Unknown keys are
+an error, so that a typo in a config file fails at startup rather than being ignored.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from iopfd.protocol.frames import DEFAULT_MAX_FRAME
+from iopfd.protocol.models import format_validation_error
+
+DEFAULT_SOCKET = "/run/iopfd/iopfd.sock"
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class Limits(BaseModel):
+    """``[limits]``: the bounds that keep one client from growing the daemon."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    #: Unanswered groups per fault queue before throttling (docs/protocol.md).
+    max_pending: Annotated[int, Field(ge=1, le=1 << 20)] = 4096
+    #: Largest frame in either direction, announced by ``hello``.
+    max_frame: Annotated[int, Field(ge=4096, le=64 << 20)] = DEFAULT_MAX_FRAME
+    #: Unsent outgoing bytes per connection before the daemon drops it.
+    max_outbuf: Annotated[int, Field(ge=64 << 10, le=1 << 30)] = 8 << 20
+    #: SUCCESS answers a function retries a still-missing page before giving up.
+    max_retries: Annotated[int, Field(ge=0, le=1 << 16)] = 8
+    #: ``dma`` requests in flight per connection (``ENOSPC`` beyond).
+    max_dma_inflight: Annotated[int, Field(ge=1, le=1 << 16)] = 256
+    #: Objects per connection (``ENOSPC`` beyond).
+    max_objects: Annotated[int, Field(ge=1, le=1 << 24)] = 65536
+    #: Trace records buffered per subscriber before records are dropped.
+    trace_buffer: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
+
+
+class ConfigFile(BaseModel):
+    """The TOML file's top level."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    socket: str = DEFAULT_SOCKET
+    socket_mode: int = 0o660
+    admin_group: str | None = None
+    log_format: LogFormat | None = None
+    log_level: LogLevel = "info"
+    limits: Limits = Limits()
+    topology: dict[str, Any] | None = None
+    topology_file: str | None = None
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        # TOML has 0o660; a string "0660" is what people write from chmod habit.
+        if isinstance(value, str):
+            try:
+                return int(value, 8)
+            except ValueError:
+                raise ValueError("socket_mode must be an octal mode such as \"0660\"") from None
+        return value
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _mode_range(cls, value: int) -> int:
+        if not 0 <= value <= 0o777:
+            raise ValueError("socket_mode must be within 0..0o777")
+        return value
+
+
+@dataclass
+class Config:
+    """The resolved configuration the daemon runs with."""
+
+    socket: str = DEFAULT_SOCKET
+    socket_mode: int = 0o660
+    admin_group: str | None = None
+    log_format: LogFormat | None = None  # None: console on a TTY, else JSON
+    log_level: LogLevel = "info"
+    limits: Limits = field(default_factory=Limits)
+    #: An inline ``[topology]`` table (hwmodel.topology_from_dict) ...
+    topology: dict[str, Any] | None = None
+    #: ... or a topology TOML file (hwmodel.load_topology); neither: the default.
+    topology_file: Path | None = None
+    source: Path | None = None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read ``path`` (or return the defaults for ``None``); :class:`ConfigError` if bad."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        parsed = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+    if parsed.topology is not None and parsed.topology_file is not None:
+        raise ConfigError(f"{path}: give either [topology] or topology_file, not both")
+    topology_file = None
+    if parsed.topology_file is not None:
+        topology_file = path.parent / parsed.topology_file
+    return Config(
+        socket=parsed.socket,
+        socket_mode=parsed.socket_mode,
+        admin_group=parsed.admin_group,
+        log_format=parsed.log_format,
+        log_level=parsed.log_level,
+        limits=parsed.limits,
+        topology=parsed.topology,
+        topology_file=topology_file,
+        source=path,
+    )

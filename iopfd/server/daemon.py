@@ -1,0 +1,249 @@
+"""The daemon: owns the core, its connections, the hardware task and the listeners.
+
+One trio process, one thread. Every core call runs inline in some task and is
+followed, before the next ``await``, by ``core.service(now)`` and the dispatch of
+``core.take_events()`` (see :meth:`Daemon.after_call`), so the synchronous core never
+sees two callers at once and needs no lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import signal
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import trio
+
+from iopfd import __version__
+from iopfd.core.events import CoreEvent, DmaDone, FaultDelivered, Trace
+from iopfd.server.config import Config, Limits
+from iopfd.server.connection import Connection
+from iopfd.server.listener import BoundSocket, bind_unix_socket
+from iopfd.server.peer import is_admin, peer_credentials, resolve_group
+from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
+
+if TYPE_CHECKING:
+    from iopfd.core import Core
+
+log = structlog.get_logger("iopfd.daemon")
+
+#: accept() errors that mean "out of resources for now": back off, keep serving.
+_ACCEPT_RETRY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                                         errno.ENOMEM, errno.ECONNABORTED})
+
+
+def now_ns() -> int:
+    """The core's clock: trio's monotonic clock in integer nanoseconds."""
+    return int(trio.current_time() * 1e9)
+
+
+class Daemon:
+    def __init__(self, config: Config, core: Core) -> None:
+        self.config = config
+        self.limits: Limits = config.limits
+        self.core = core
+        self.server_name = f"iopfd/{__version__}"
+        self.admin_gid = resolve_group(config.admin_group)
+        self.counters: Counter[str] = Counter()
+        self.connections: dict[int, Connection] = {}
+        self._by_ctx: dict[int, Connection] = {}
+        self._subscribers: set[Connection] = set()
+        self._next_conn_id = 1
+        self.started = time.monotonic()
+        self._hw_wake = trio.Event()
+        self._hw_deadline: int | None = None
+        self.bound: BoundSocket | None = None
+        self.notifier = Notifier()
+        self.now_ns = now_ns
+
+    # --- the core, serviced ------------------------------------------------------
+
+    def after_call(self, now: int) -> None:
+        """Service the hardware and forward what came out; wake the hardware task
+        when the core now wants to run earlier than it planned to."""
+        core = self.core
+        try:
+            core.service(now)
+            self.dispatch(core.take_events(), now)
+        except Exception:
+            # A fault in the core is a bug; log it and keep the other clients served.
+            self.counters["internal_errors"] += 1
+            log.exception("core service failed")
+        deadline = core.next_deadline()
+        if deadline is not None and (self._hw_deadline is None or deadline < self._hw_deadline):
+            self._hw_wake.set()
+
+    def dispatch(self, events: list[CoreEvent], now: int) -> None:
+        by_ctx = self._by_ctx
+        for ev in events:
+            if type(ev) is FaultDelivered:
+                conn = by_ctx.get(ev.ctx.id)
+                if conn is None:
+                    continue
+                body: dict[str, object] = {"fault_id": ev.fault_id, "cookie": ev.cookie,
+                                           "faults": ev.faults}
+                if ev.throttled:
+                    body["throttled"] = ev.throttled
+                conn.push_event("fault", body)
+                log.debug("fault delivered", conn=conn.id, fault_id=ev.fault_id,
+                          cookie=ev.cookie, records=len(ev.faults))
+            elif type(ev) is DmaDone:
+                conn = by_ctx.get(ev.ctx.id)
+                if conn is None or not isinstance(ev.tag, int):
+                    continue  # the connection is gone; its DMAs ended with it
+                conn.dma_inflight.discard(ev.tag)
+                conn.reply_ok(ev.tag, {"status": ev.status, "faults": ev.faults,
+                                       "bytes": ev.bytes})
+            elif type(ev) is Trace and self._subscribers:
+                t = time.time()
+                for sub in self._subscribers:
+                    if ev.topic in sub.topics:
+                        sub.push_trace(ev.topic, t, ev.record)
+
+    async def _hardware_task(self) -> None:
+        """Runs the core at its deadlines (device retries with back-off); woken early
+        when a request schedules work sooner. Page requests need no poll: every request
+        is followed by a service call, the emulated interrupt."""
+        while True:
+            deadline = self.core.next_deadline()
+            self._hw_deadline = deadline
+            wake_at = math.inf if deadline is None else deadline / 1e9
+            with trio.move_on_at(wake_at):
+                await self._hw_wake.wait()
+            self._hw_wake = trio.Event()
+            self._hw_deadline = None
+            self.after_call(now_ns())
+
+    # --- connections -------------------------------------------------------------
+
+    def open_context(self, conn: Connection, client: str) -> None:
+        conn.client = client
+        conn.label = f"{client}#{conn.id}" if client else f"conn{conn.id}"
+        ctx = self.core.open_context(conn.label)
+        conn.ctx = ctx
+        self._by_ctx[ctx.id] = conn
+
+    def subscribe(self, conn: Connection, topics: frozenset[str]) -> None:
+        conn.topics = topics
+        self._subscribers.add(conn)
+        self._update_trace_enabled()
+
+    def _update_trace_enabled(self) -> None:
+        # The core builds trace records only while someone listens.
+        self.core.trace_enabled = bool(self._subscribers)
+
+    def release(self, conn: Connection) -> None:
+        """Everything the connection owned goes, as if its client had disconnected:
+        bound devices, objects, and its pending groups, answered INVALID."""
+        if conn.released:
+            return
+        conn.released = True
+        conn.closed = True
+        self.connections.pop(conn.id, None)
+        if conn in self._subscribers:
+            self._subscribers.discard(conn)
+            self._update_trace_enabled()
+        ctx = conn.ctx
+        if ctx is None:
+            return
+        now = now_ns()
+        try:
+            self.core.close_context(ctx, now)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("close_context failed", conn=conn.id)
+        self._by_ctx.pop(ctx.id, None)
+        self.after_call(now)
+
+    def status_counters(self) -> dict[str, int]:
+        counters = {f"daemon_{k}": v for k, v in self.counters.items()}
+        counters.update(self.core.status_counters())
+        return counters
+
+    async def _accept_loop(self, listener: trio.SocketListener,
+                           nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    log.warning("accept failed, backing off", error=os.strerror(exc.errno))
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            try:
+                cred = peer_credentials(stream.socket)
+            except OSError as exc:
+                log.warning("peer credentials unavailable, refusing", error=str(exc))
+                await stream.aclose()
+                continue
+            conn_id = self._next_conn_id
+            self._next_conn_id += 1
+            conn = Connection(self, stream, conn_id, cred, is_admin(cred, self.admin_gid))
+            self.connections[conn_id] = conn
+            self.counters["connections"] += 1
+            nursery.start_soon(conn.run)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def _listeners(self) -> list[trio.SocketListener]:
+        socks = listen_fds()
+        if socks:
+            log.info("socket activation", fds=[s.fileno() for s in socks])
+        else:
+            self.bound = bind_unix_socket(self.config.socket, self.config.socket_mode,
+                                          self.admin_gid)
+            socks = [self.bound.sock]
+            log.info("listening", socket=str(self.bound.path),
+                     mode=oct(self.config.socket_mode))
+        return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in socks]
+
+    def shutdown(self, reason: str) -> None:
+        """Close every connection now: each releases what it owned, answering its
+        pending groups, before the tasks are cancelled."""
+        for conn in list(self.connections.values()):
+            conn.abort(reason)
+            self.release(conn)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            await self.notifier.notify("WATCHDOG=1", self._status_line())
+            await trio.sleep(interval)
+
+    def _status_line(self) -> str:
+        return f"STATUS=serving {len(self.connections)} client(s)"
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+        listeners = self._listeners()
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._hardware_task)
+                    for listener in listeners:
+                        nursery.start_soon(self._accept_loop, listener, nursery)
+                    await self.notifier.notify("READY=1", self._status_line())
+                    interval = watchdog_interval_s()
+                    if interval is not None:
+                        nursery.start_soon(self._watchdog, interval)
+                    task_status.started()
+                    log.info("ready", server=self.server_name, pid=os.getpid())
+                    async for signum in signals:
+                        log.info("shutting down", signal=signal.Signals(signum).name)
+                        break
+                    await self.notifier.notify("STOPPING=1", "STATUS=stopping")
+                    self.shutdown("shutdown")
+                    nursery.cancel_scope.cancel()
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+            if self.bound is not None:
+                self.bound.remove()
+            self.notifier.close()
+        log.info("stopped", counters=self.status_counters())

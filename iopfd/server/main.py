@@ -1,0 +1,97 @@
+"""``iopfd``: the command line of the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import structlog
+import trio
+
+import hwmodel
+from iopfd import __version__
+from iopfd.core import Core, CoreLimits
+from iopfd.server.config import Config, ConfigError, load_config
+from iopfd.server.listener import SocketInUse
+from iopfd.server.logconfig import configure_logging
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="iopfd",
+        description="I/O page fault delivery daemon over an emulated Intel VT-d IOMMU.",
+    )
+    p.add_argument("--socket", metavar="PATH",
+                   help="listen on PATH (default: from the config, else /run/iopfd/iopfd.sock;"
+                        " ignored under socket activation)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--log-format", choices=("json", "console"),
+                   help="log line format (default: console on a terminal, else json)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--version", action="version", version=f"iopfd {__version__}")
+    return p
+
+
+def build_core(config: Config) -> Core:
+    """The hwmodel machine and the core, from the configured topology and limits."""
+
+    if config.topology is not None:
+        spec = hwmodel.topology_from_dict(config.topology)
+    elif config.topology_file is not None:
+        spec = hwmodel.load_topology(config.topology_file)
+    else:
+        spec = hwmodel.default_topology()
+    limits = config.limits
+    machine = hwmodel.Machine(spec, max_retries=limits.max_retries)
+    return Core(machine, CoreLimits(max_pending=limits.max_pending,
+                                    max_objects_per_context=limits.max_objects,
+                                    max_retries=limits.max_retries))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"iopfd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.socket is not None:
+        config.socket = args.socket
+    if args.log_format is not None:
+        config.log_format = args.log_format
+    if args.log_level is not None:
+        config.log_level = args.log_level
+    configure_logging(config.log_format, config.log_level)
+    log = structlog.get_logger("iopfd")
+
+    from iopfd.server.daemon import Daemon
+
+    failure: tuple[int, str, dict[str, object]] | None = None
+    try:
+        core = build_core(config)
+        daemon = Daemon(config, core)
+        trio.run(daemon.serve)
+    except (ValueError, ConfigError) as exc:
+        failure = (EXIT_USAGE, "bad configuration", {"error": str(exc)})
+    except KeyError as exc:
+        failure = (EXIT_USAGE, "unknown admin group",
+                   {"admin_group": config.admin_group, "error": str(exc)})
+    except SocketInUse as exc:
+        failure = (EXIT_RUNTIME, "cannot listen", {"error": str(exc)})
+    except OSError as exc:
+        failure = (EXIT_RUNTIME, "cannot listen or read a file",
+                   {"socket": config.socket, "error": str(exc)})
+    if failure is not None:
+        code, event, fields = failure
+        log.error(event, **fields)
+        return code
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

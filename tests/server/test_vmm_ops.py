@@ -1,0 +1,245 @@
+"""Every VMM op of docs/protocol.md over the wire: success and error paths."""
+
+from __future__ import annotations
+
+from conftest import DaemonProc
+from flows import (
+    ACCEL0,
+    ACCEL1,
+    ATS_NO_PRI,
+    IOVA,
+    LAST_PAGE,
+    LEGACY,
+    NIC_VF0,
+    PASID_VALID,
+    READ,
+    WRITE,
+    fault_event,
+    fault_path,
+)
+
+
+def test_devices_lists_every_function_with_the_protocol_fields(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        rows = {d["rid"]: d for d in c.call("devices")["devices"]}
+    assert {ACCEL0, NIC_VF0, ATS_NO_PRI, LEGACY} <= rows.keys()
+    for row in rows.values():
+        assert {"rid", "iommu", "pri", "ats", "pasid_bits", "pf", "state"} <= row.keys()
+    assert rows[ACCEL0]["pri"] is True and rows[ACCEL0]["pf"] is None
+    assert rows[NIC_VF0]["pf"] == "0000:3b:00.0"
+    assert rows[ATS_NO_PRI]["pri"] is False
+    assert rows[ACCEL0]["state"] == "free"
+
+
+def test_bind_is_exclusive_and_unbind_frees_the_device(iopfd: DaemonProc) -> None:
+    with iopfd.client() as a, iopfd.client() as b:
+        dev = a.call("bind", rid=ACCEL0)["dev_id"]
+        assert b.error("bind", rid=ACCEL0) == "EBUSY"
+        states = {d["rid"]: d["state"] for d in b.call("devices")["devices"]}
+        assert states[ACCEL0] == "bound"
+        assert a.call("unbind", dev_id=dev) == {}
+        assert a.error("unbind", dev_id=dev) == "ENOENT"
+        b.call("bind", rid=ACCEL0)
+
+
+def test_bind_of_an_unknown_or_malformed_rid_fails_cleanly(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        assert c.error("bind", rid="0000:ff:1f.7") in {"ENOENT", "ENODEV"}
+        assert c.error("bind", rid="not-a-rid") in {"EINVAL", "ENOENT"}
+
+
+def test_objects_are_private_to_their_connection(iopfd: DaemonProc) -> None:
+    with iopfd.client() as a, iopfd.client() as b:
+        p = fault_path(a)
+        assert b.error("unbind", dev_id=p.dev_id) == "ENOENT"
+        assert b.error("ioas_map", ioas_id=p.ioas_id, iova=0, length=4096, perm=READ) == "ENOENT"
+        assert b.error("page_response", fault_id=p.fault_id,
+                       responses=[{"cookie": 1, "code": 0}]) == "ENOENT"
+        assert b.error("attach", dev_id=p.dev_id, pt_id=p.hwpt_id) == "ENOENT"
+        assert b.error("destroy", obj_id=p.fault_id) == "ENOENT"
+        assert b.error("destroy", id=p.ioas_id) == "ENOENT"
+        assert b.error("dma", dev_id=p.dev_id, iova=0, length=4096, perm=READ) == "ENOENT"
+
+
+def test_ioas_map_and_unmap_report_the_bytes_unmapped(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        ioas = c.call("ioas_alloc")["ioas_id"]
+        assert c.call("ioas_map", ioas_id=ioas, iova=IOVA, length=0x4000,
+                      perm=READ | WRITE) == {}
+        assert c.call("ioas_unmap", ioas_id=ioas, iova=IOVA, length=0x2000) == {
+            "unmapped": 0x2000}
+        assert c.call("ioas_unmap", ioas_id=ioas, iova=IOVA, length=0x4000) == {
+            "unmapped": 0x2000}
+        assert c.error("ioas_map", ioas_id=ioas + 1000, iova=0, length=4096,
+                       perm=READ) == "ENOENT"
+        assert c.error("ioas_map", ioas_id=ioas, iova=0, length=4096, perm=4) == "EINVAL"
+
+
+def test_a_fault_is_delivered_answered_and_the_dma_completes(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        rid = c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
+        ev = fault_event(c)
+        assert ev["seq"] == 1 and ev["fault_id"] == p.fault_id and ev["cookie"] >= 1
+        assert "throttled" not in ev
+        rec = ev["faults"][-1]
+        assert set(rec) == {"flags", "dev_id", "pasid", "grpid", "perm", "addr", "length"}
+        assert rec["flags"] & LAST_PAGE and not rec["flags"] & PASID_VALID
+        assert (rec["dev_id"], rec["addr"], rec["length"]) == (p.dev_id, IOVA, 0)
+        assert rec["perm"] & READ
+        c.call("ioas_map", ioas_id=p.ioas_id, iova=IOVA, length=4096, perm=READ | WRITE)
+        assert c.call("page_response", fault_id=p.fault_id,
+                      responses=[{"cookie": ev["cookie"], "code": 0}]) == {"results": [None]}
+        done = c.wait_reply(rid)["result"]
+        assert done["status"] == "ok" and done["bytes"] == 4096 and done["faults"] >= 1
+
+
+def test_dma_does_not_block_later_requests(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        dma_id = c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
+        ev = fault_event(c)
+        # The dma waits for the answer; a later request is answered first.
+        assert c.call("devices")["devices"]
+        assert dma_id not in c.replies
+        c.call("page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"],
+                                                                 "code": 1}])
+        assert c.wait_reply(dma_id)["result"]["status"] == "invalid"
+
+
+def test_duplicate_id_of_a_dma_in_flight_is_einval(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        c.start("dma", id=500, dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
+        ev = fault_event(c)
+        assert c.error("dma", id=500, dev_id=p.dev_id, iova=IOVA, length=4096,
+                       perm=READ) == "EINVAL"
+        c.call("page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"],
+                                                                 "code": 1}])
+        assert c.wait_reply(500)["result"]["status"] == "invalid"
+
+
+def test_page_response_slots_fail_alone(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        dma_id = c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
+        cookie = fault_event(c)["cookie"]
+        results = c.call("page_response", fault_id=p.fault_id, responses=[
+            {"cookie": cookie + 1000, "code": 0},   # unknown
+            {"cookie": cookie, "code": 7},          # bad code: changes nothing
+            {"cookie": cookie, "code": 1},          # the answer
+            {"cookie": cookie, "code": 1},          # already answered
+        ])["results"]
+        assert results == ["EINVAL", "EINVAL", None, "EINVAL"]
+        assert c.wait_reply(dma_id)["result"]["status"] == "invalid"
+        assert c.call("page_response", fault_id=p.fault_id, responses=[]) == {"results": []}
+
+
+def test_dma_miss_without_pri_is_no_pri(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        dev = c.call("bind", rid=ATS_NO_PRI)["dev_id"]
+        ioas = c.call("ioas_alloc")["ioas_id"]
+        hwpt = c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=[])["hwpt_id"]
+        c.call("attach", dev_id=dev, pt_id=hwpt)
+        c.call("ioas_map", ioas_id=ioas, iova=IOVA, length=4096, perm=READ)
+        assert c.call("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ) == {
+            "status": "ok", "faults": 0, "bytes": 4096}
+        res = c.call("dma", dev_id=dev, iova=IOVA + 4096, length=4096, perm=READ)
+        assert res["status"] == "no_pri" and res["bytes"] == 0
+
+
+def test_hwpt_alloc_errors_follow_the_kernel(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        dev = c.call("bind", rid=ACCEL0)["dev_id"]
+        ioas = c.call("ioas_alloc")["ioas_id"]
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["dirty_tracking"]) == \
+            "EOPNOTSUPP"
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=[], fault_id=9999) == \
+            "ENOENT"
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=[],
+                       data={"type": "vtd_s1"}) == "EINVAL"
+        assert c.error("hwpt_alloc", dev_id=dev + 999, pt_id=ioas, flags=[]) == "ENOENT"
+
+
+def test_attach_replace_detach_rules(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        hwpt2 = c.call("hwpt_alloc", dev_id=p.dev_id, pt_id=p.ioas_id, flags=[],
+                       fault_id=p.fault_id)["hwpt_id"]
+        assert c.error("attach", dev_id=p.dev_id, pt_id=hwpt2) == "EBUSY"
+        assert c.error("attach", dev_id=p.dev_id, pt_id=p.ioas_id, pasid=3) == "EINVAL"
+        assert c.error("replace", dev_id=p.dev_id, pt_id=hwpt2, pasid=3) == "EINVAL"
+        c.call("replace", dev_id=p.dev_id, pt_id=hwpt2)
+        c.call("attach", dev_id=p.dev_id, pt_id=p.hwpt_id, pasid=3)
+        c.call("detach", dev_id=p.dev_id, pasid=3)
+        c.call("detach", dev_id=p.dev_id)
+        assert c.error("detach", dev_id=p.dev_id) in {"EINVAL", "ENOENT"}
+
+
+def test_fault_capable_attach_needs_pri_and_is_refused_on_a_vf(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        fault = c.call("fault_alloc")["fault_id"]
+        ioas = c.call("ioas_alloc")["ioas_id"]
+        for rid, code in ((ATS_NO_PRI, "EOPNOTSUPP"), (NIC_VF0, "EINVAL")):
+            dev = c.call("bind", rid=rid)["dev_id"]
+            try:
+                hwpt = c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=[],
+                              fault_id=fault)["hwpt_id"]
+            except Exception as exc:  # the kernel may refuse at alloc or at attach
+                assert getattr(exc, "code", None) == code
+                continue
+            assert c.error("attach", dev_id=dev, pt_id=hwpt) == code
+
+
+def test_destroy_refuses_objects_in_use_and_takes_id_or_obj_id(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        assert c.error("destroy", obj_id=p.fault_id) == "EBUSY"
+        assert c.error("destroy", obj_id=p.hwpt_id) == "EBUSY"
+        assert c.error("destroy", obj_id=p.ioas_id) == "EBUSY"
+        c.call("detach", dev_id=p.dev_id)
+        assert c.call("destroy", obj_id=p.hwpt_id) == {}
+        # The table's form: the request id names the object.
+        reply = c.request("destroy", id=p.fault_id)
+        assert reply == {"id": p.fault_id, "ok": True, "result": {}}
+        assert c.error("destroy", obj_id=p.fault_id) == "ENOENT"
+
+
+def test_nested_translation_faults_then_completes(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        dev = c.call("bind", rid=ACCEL1)["dev_id"]
+        ioas = c.call("ioas_alloc")["ioas_id"]
+        parent = c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["nest_parent"])["hwpt_id"]
+        fault = c.call("fault_alloc")["fault_id"]
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=parent, flags=[]) == "EINVAL"
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=parent, flags=[],
+                       data={"type": "arm_smmuv3"}) == "EOPNOTSUPP"
+        nested = c.call("hwpt_alloc", dev_id=dev, pt_id=parent, flags=[], fault_id=fault,
+                        data={"type": "vtd_s1"})["hwpt_id"]
+        c.call("attach", dev_id=dev, pt_id=nested, pasid=7)
+        gpa = 0x800_0000
+        c.call("ioas_map", ioas_id=ioas, iova=gpa, length=4096, perm=READ | WRITE)
+        dma_id = c.start("dma", dev_id=dev, pasid=7, iova=IOVA, length=4096, perm=READ)
+        ev = fault_event(c)
+        rec = ev["faults"][-1]
+        assert rec["pasid"] == 7 and rec["flags"] & PASID_VALID and rec["addr"] == IOVA
+        c.call("hwpt_s1_map", hwpt_id=nested, iova=IOVA, length=4096, gpa=gpa,
+               perm=READ | WRITE)
+        c.call("page_response", fault_id=fault, responses=[{"cookie": ev["cookie"], "code": 0}])
+        assert c.wait_reply(dma_id)["result"]["status"] == "ok"
+        assert c.call("hwpt_s1_unmap", hwpt_id=nested, iova=IOVA, length=4096) == {
+            "unmapped": 4096}
+        assert c.call("hwpt_invalidate", hwpt_id=nested, iova=IOVA, length=4096) == {}
+        assert c.call("hwpt_invalidate", hwpt_id=nested) == {}
+        assert c.error("hwpt_s1_map", hwpt_id=ioas, iova=0, length=4096, gpa=0,
+                       perm=READ) in {"EINVAL", "ENOENT"}
+
+
+def test_pasid_rules(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        assert c.error("attach", dev_id=p.dev_id, pt_id=p.hwpt_id, pasid=1 << 20) == "EINVAL"
+        legacy = c.call("bind", rid=LEGACY)["dev_id"]
+        ioas = c.call("ioas_alloc")["ioas_id"]
+        hwpt = c.call("hwpt_alloc", dev_id=legacy, pt_id=ioas, flags=[])["hwpt_id"]
+        assert c.error("attach", dev_id=legacy, pt_id=hwpt, pasid=1) == "EOPNOTSUPP"
