@@ -1,0 +1,553 @@
+"""PCIe functions: ATS (the ATC), PASID, the PRI capability, and the DMA engine.
+
+The DMA engine walks a transfer's pages in order, translating each through the ATC
+(ATS enabled) or the IOMMU. On a miss with PRI usable it sends one page request group
+and waits for the page group response; Success retries with back-off, Invalid Request
+fails the access, Response Failure (or a reserved code) stops PRI (PCIe 10.4.2.1).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hwmodel.descriptors import (
+    RESP_INVALID,
+    RESP_SUCCESS,
+    PageGroupResponseDescriptor,
+    PageRequestDescriptor,
+)
+from hwmodel.iommu import IommuUnit, Translation
+from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Perm, Rid
+from hwmodel.topology import FunctionSpec
+
+PRGI_COUNT = 512   # 9-bit page request group index
+
+# PRI Status register bits (vtd-hw.md 3.3)
+PRI_STATUS_RF = 1 << 0
+PRI_STATUS_UPRGI = 1 << 1
+PRI_STATUS_STOPPED = 1 << 8
+PRI_STATUS_PASID_REQUIRED = 1 << 15
+PRI_CTRL_ENABLE = 1 << 0
+PRI_CTRL_RESET = 1 << 1
+
+
+class PciError(Exception):
+    """A capability operation the function refuses; ``errno`` names the Linux error."""
+
+    def __init__(self, errno: str, message: str) -> None:
+        super().__init__(f"{errno}: {message}")
+        self.errno = errno
+        self.message = message
+
+
+class PriError(PciError):
+    pass
+
+
+class DmaStatus(enum.Enum):
+    OK = "ok"
+    INVALID = "invalid"
+    FAILURE = "failure"
+    NO_PRI = "no_pri"
+    RETRY_LIMIT = "retry_limit"
+    REMOVED = "removed"
+
+
+class _State(enum.Enum):
+    RUNNING = 0
+    WAIT_RESPONSE = 1
+    WAIT_CREDITS = 2
+    DUE = 3
+    DONE = 4
+
+
+@dataclass(eq=False)
+class PageRequestGroup:
+    """An outstanding page request group (PRG) of one function."""
+
+    prg_index: int
+    pasid: int | None
+    first_page: int
+    npages: int
+    transfer: DmaTransfer = field(repr=False)
+    issued_ns: int = 0
+
+
+@dataclass(eq=False)
+class DmaTransfer:
+    id: int
+    rid: Rid
+    pasid: int | None
+    iova: int
+    length: int
+    perm: Perm
+    tag: object = None
+    status: DmaStatus | None = None   # None while running
+    faults: int = 0                   # page requests this transfer issued
+    bytes: int = 0                    # bytes successfully accessed
+    retries: int = 0                  # retries after a Success response
+    started_ns: int = 0
+    finished_ns: int | None = None
+    # engine state
+    _next: int = field(default=0, repr=False)
+    _state: _State = field(default=_State.RUNNING, repr=False)
+    _successes: int = field(default=0, repr=False)   # Success answers for the current page
+    _group: PageRequestGroup | None = field(default=None, repr=False)
+    _due: int = field(default=0, repr=False)
+    _gen: int = field(default=0, repr=False)
+    _function: PciFunction | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None
+
+    @property
+    def waiting(self) -> str:
+        """What the transfer waits for: "response", "credits", "retry", "" (running/done)."""
+        return {_State.WAIT_RESPONSE: "response", _State.WAIT_CREDITS: "credits",
+                _State.DUE: "retry"}.get(self._state, "")
+
+
+class Fabric(Protocol):
+    """What a function needs from the machine: the link, the clock, the scheduler."""
+
+    now: int
+    max_retries: int
+    retry_backoff_ns: int
+    retry_backoff_max_ns: int
+    prg_max_pages: int
+
+    def post(self, fn: PciFunction, desc: PageRequestDescriptor) -> None: ...
+    def schedule(self, t: DmaTransfer, due: int) -> None: ...
+    def complete(self, t: DmaTransfer) -> None: ...
+
+
+class PriCapability:
+    """The PCIe Page Request Interface extended capability (one per PF; VFs share it)."""
+
+    def __init__(self, capacity: int, *, supported: bool, pasid_required: bool) -> None:
+        self.supported = supported
+        self.enabled = False
+        self.reset = False            # the Reset control bit reads back 0 (self-clearing)
+        self.response_failure = False
+        self.unexpected_prgi = False
+        self.capacity = capacity
+        self.allocation = 0
+        self.outstanding = 0
+        self.pasid_required = pasid_required
+        self.functions: list[PciFunction] = []   # the PF first, then its VFs
+        self.credit_waiters: deque[DmaTransfer] = deque()
+
+    def __repr__(self) -> str:
+        return (f"<PriCapability enabled={self.enabled} rf={self.response_failure} "
+                f"uprgi={self.unexpected_prgi} outstanding={self.outstanding}/{self.allocation}>")
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped: not issuing (Enable=0 or RF) and nothing outstanding."""
+        return (not self.enabled or self.response_failure) and self.outstanding == 0
+
+    @property
+    def usable(self) -> bool:
+        return self.supported and self.enabled and not self.response_failure
+
+    @property
+    def credits(self) -> int:
+        return max(0, self.allocation - self.outstanding)
+
+    @property
+    def control(self) -> int:
+        return PRI_CTRL_ENABLE if self.enabled else 0
+
+    @property
+    def status(self) -> int:
+        return ((PRI_STATUS_RF if self.response_failure else 0)
+                | (PRI_STATUS_UPRGI if self.unexpected_prgi else 0)
+                | (PRI_STATUS_STOPPED if self.stopped else 0)
+                | (PRI_STATUS_PASID_REQUIRED if self.pasid_required else 0))
+
+    def enable(self, reqs: int) -> None:
+        """``pci_enable_pri``: EBUSY unless disabled and stopped; Allocation = min(cap, reqs)."""
+        if not self.supported:
+            raise PriError("EOPNOTSUPP", "function has no PRI capability")
+        if self.enabled or not self.stopped:
+            raise PriError("EBUSY", "PRI must be disabled and stopped before enabling")
+        if reqs < 1:
+            raise PriError("EINVAL", "outstanding page request allocation must be >= 1")
+        self.allocation = min(self.capacity, reqs)
+        self.enabled = True
+
+    def disable(self) -> None:
+        """Clear Enable. Requests already sent still complete (responses are accepted)."""
+        self.enabled = False
+
+    def do_reset(self) -> None:
+        """Set the Reset bit (``pci_reset_pri``): needs Enable=0; clears RF, UPRGI and the
+        outstanding-request tracking (pending groups are forgotten, their transfers fail)."""
+        if not self.supported:
+            raise PriError("EOPNOTSUPP", "function has no PRI capability")
+        if self.enabled:
+            raise PriError("EBUSY", "PRI Reset needs Enable=0")
+        self._clear_state()
+
+    def write_status_w1c(self, bits: int) -> None:
+        if bits & PRI_STATUS_RF:
+            self.response_failure = False
+        if bits & PRI_STATUS_UPRGI:
+            self.unexpected_prgi = False
+
+    def _clear_state(self) -> None:
+        for fn in self.functions:
+            fn._abandon_pri_work(DmaStatus.FAILURE)
+        self.response_failure = False
+        self.unexpected_prgi = False
+        self.outstanding = 0
+        self.credit_waiters.clear()
+
+    def _return_credits(self, n: int) -> None:
+        self.outstanding -= n
+        assert self.outstanding >= 0
+
+
+class PciFunction:
+    def __init__(self, spec: FunctionSpec, iommu: IommuUnit, fabric: Fabric,
+                 pf: PciFunction | None = None, *, atc_entries: int = 4096) -> None:
+        self.rid = spec.rid
+        self.sid = spec.rid.sid
+        self.spec = spec
+        self.iommu = iommu
+        self.pf = pf
+        self.vfs: list[PciFunction] = []
+        self.present = True
+        self.ats_enabled = False
+        self.pasid_enabled = False
+        self.atc: dict[tuple[int | None, int], tuple[int, Perm]] = {}
+        self.atc_entries = atc_entries
+        self.counters: Counter[str] = Counter()
+        self._fabric = fabric
+        self._own_pri: PriCapability | None = None
+        if pf is None:
+            self._own_pri = PriCapability(spec.pri_capacity if spec.pri else 0,
+                                          supported=spec.pri, pasid_required=spec.pasid)
+            self._own_pri.functions.append(self)
+        else:
+            pf.vfs.append(self)
+            pf.pri.functions.append(self)
+        self._groups: dict[int, PageRequestGroup] = {}
+        self._next_prgi = 0
+        self._cancelled_prgis: set[int] = set()
+        self._injected: Counter[int] = Counter()
+        self._transfers: dict[int, DmaTransfer] = {}
+
+    def __repr__(self) -> str:
+        return f"<PciFunction {self.rid} {self.spec.name}>"
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def pri(self) -> PriCapability:
+        """The PRI capability; a VF returns its PF's (PRI is a PF resource)."""
+        if self.pf is not None:
+            return self.pf.pri
+        assert self._own_pri is not None
+        return self._own_pri
+
+    @property
+    def is_vf(self) -> bool:
+        return self.pf is not None
+
+    def enable_pasid(self) -> None:
+        if not self.spec.pasid:
+            raise PciError("EOPNOTSUPP", f"{self.rid} has no PASID capability")
+        self.pasid_enabled = True
+
+    def disable_pasid(self) -> None:
+        self.pasid_enabled = False
+
+    def enable_ats(self) -> None:
+        if not self.spec.ats:
+            raise PciError("EOPNOTSUPP", f"{self.rid} has no ATS capability")
+        self.ats_enabled = True
+
+    def disable_ats(self) -> None:
+        self.ats_enabled = False
+        self.atc.clear()
+
+    def enable_pri(self, reqs: int) -> None:
+        """``pci_enable_pri``: on a VF succeeds only if the PF's PRI is enabled (no-op)."""
+        if self.pf is not None:
+            if not self.pri.enabled:
+                raise PriError("EINVAL", f"VF {self.rid}: the PF's PRI is not enabled")
+            return
+        self.pri.enable(reqs)
+
+    @property
+    def outstanding_groups(self) -> int:
+        return len(self._groups)
+
+    def outstanding_prg_indices(self) -> list[int]:
+        return sorted(self._groups)
+
+    # ------------------------------------------------------------------ ATC
+    def invalidate_atc(self, pasid: int | None, start: int, size: int, all_pasids: bool) -> int:
+        """Execute an ATS invalidation request; returns entries removed."""
+        self.counters["atc_invalidations"] += 1
+        atc = self.atc
+        first, npages = start >> PAGE_SHIFT, size >> PAGE_SHIFT
+        if not all_pasids and npages <= len(atc):
+            keys = [(pasid, p) for p in range(first, first + npages) if (pasid, p) in atc]
+        else:
+            end = first + npages
+            keys = [k for k in atc if (all_pasids or k[0] == pasid) and first <= k[1] < end]
+        for k in keys:
+            del atc[k]
+        return len(keys)
+
+    def _atc_insert(self, key: tuple[int | None, int], val: tuple[int, Perm]) -> None:
+        atc = self.atc
+        if key not in atc and len(atc) >= self.atc_entries:
+            del atc[next(iter(atc))]
+            self.counters["atc_evictions"] += 1
+        atc[key] = val
+
+    def _translate(self, pasid: int | None, addr: int, perm: Perm) -> Translation:
+        c = self.counters
+        if self.ats_enabled:
+            page = addr >> PAGE_SHIFT
+            hit = self.atc.get((pasid, page))
+            if hit is not None and int(perm) & ~int(hit[1]) == 0:
+                c["atc_hits"] += 1
+                return Translation(True, hit[0] << PAGE_SHIFT | (addr & PAGE_MASK), hit[1], False)
+            c["atc_misses"] += 1
+            c["ats_translation_requests"] += 1
+            tr = self.iommu.translate(self.sid, pasid, addr, perm)
+            if tr.ok or tr.reason == "permission":
+                self._atc_insert((pasid, page), (tr.addr >> PAGE_SHIFT, tr.perm))
+            return tr
+        c["untranslated_requests"] += 1
+        return self.iommu.translate(self.sid, pasid, addr, perm)
+
+    # ------------------------------------------------------------------ DMA engine
+    def _begin(self, t: DmaTransfer) -> None:
+        t._function = self
+        self._transfers[t.id] = t
+        self.counters["dma_started"] += 1
+        self._run(t)
+
+    def _run(self, t: DmaTransfer) -> None:
+        """Walk pages from the cursor until done or waiting for the IOMMU."""
+        if t.status is not None:
+            return
+        t._state = _State.RUNNING
+        end = t.iova + t.length
+        fabric = self._fabric
+        while t._next < end:
+            addr = t._next
+            tr = self._translate(t.pasid, addr, t.perm)
+            if tr.ok:
+                nxt = min((addr | PAGE_MASK) + 1, end)
+                t.bytes += nxt - addr
+                t._next = nxt
+                t._successes = 0
+                continue
+            if t._successes > fabric.max_retries:
+                self._finish(t, DmaStatus.RETRY_LIMIT)
+                return
+            pri = self.pri
+            if not (pri.supported and pri.enabled and self.ats_enabled):
+                self._finish(t, DmaStatus.NO_PRI)
+                return
+            if pri.response_failure:
+                self._finish(t, DmaStatus.FAILURE)
+                return
+            self._issue_group(t, pri, addr, end)
+            return
+        self._finish(t, DmaStatus.OK)
+
+    def _issue_group(self, t: DmaTransfer, pri: PriCapability, addr: int, end: int) -> None:
+        fabric = self._fabric
+        credits = pri.credits
+        prgi = self._free_prgi() if credits > 0 else None
+        if prgi is None:
+            t._state = _State.WAIT_CREDITS
+            pri.credit_waiters.append(t)
+            self.counters["pri_credit_stalls"] += 1
+            return
+        first = addr >> PAGE_SHIFT
+        last_page = (end - 1) >> PAGE_SHIFT
+        limit = min(fabric.prg_max_pages, credits, last_page - first + 1)
+        n = 1
+        # Group further consecutive pages of the transfer that miss too.
+        while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT,
+                                                t.perm).ok:
+            n += 1
+        perm = t.perm
+        pp = t.pasid is not None
+        rd = bool(perm & (Perm.READ | Perm.EXEC)) or not perm & Perm.WRITE
+        wr = bool(perm & Perm.WRITE)
+        ex = bool(perm & Perm.EXEC)
+        pm = bool(perm & Perm.PRIV)
+        pasid = t.pasid if t.pasid is not None else 0
+        for i in range(n):
+            fabric.post(self, PageRequestDescriptor(
+                sid=self.sid, pasid_present=pp, pasid=pasid, exe_req=ex, pm_req=pm,
+                rd_req=rd, wr_req=wr, lpig=i == n - 1, prg_index=prgi,
+                addr=(first + i) << PAGE_SHIFT))
+        g = PageRequestGroup(prgi, t.pasid, first, n, t, fabric.now)
+        self._groups[prgi] = g
+        self._cancelled_prgis.discard(prgi)
+        pri.outstanding += n
+        t._group = g
+        t._state = _State.WAIT_RESPONSE
+        t.faults += n
+        c = self.counters
+        c["page_requests"] += n
+        c["page_request_groups"] += 1
+
+    def _free_prgi(self) -> int | None:
+        groups = self._groups
+        if len(groups) >= PRGI_COUNT:
+            return None
+        i = self._next_prgi
+        while i in groups:
+            i = (i + 1) % PRGI_COUNT
+        self._next_prgi = (i + 1) % PRGI_COUNT
+        return i
+
+    def _finish(self, t: DmaTransfer, status: DmaStatus) -> None:
+        if t.status is not None:
+            return
+        g = t._group
+        if g is not None:
+            self._drop_group(g)
+        t.status = status
+        t._state = _State.DONE
+        t.finished_ns = self._fabric.now
+        self._transfers.pop(t.id, None)
+        self.counters[f"dma_completed_{status.value}"] += 1
+        self._fabric.complete(t)
+
+    def _drop_group(self, g: PageRequestGroup) -> None:
+        """Forget an outstanding group (terminal condition): credits back, late
+        responses for its index are discarded silently (SPEC 7.9)."""
+        if self._groups.get(g.prg_index) is g:
+            del self._groups[g.prg_index]
+            self._cancelled_prgis.add(g.prg_index)
+            self.pri._return_credits(g.npages)
+        g.transfer._group = None
+
+    def _abandon_pri_work(self, status: DmaStatus) -> None:
+        """End every transfer of this function that waits on PRI (response or credits)."""
+        for t in list(self._transfers.values()):
+            if t._state in (_State.WAIT_RESPONSE, _State.WAIT_CREDITS):
+                self._finish(t, status)
+
+    def _wake_credit_waiters(self) -> None:
+        pri = self.pri
+        now = self._fabric.now
+        while pri.credit_waiters and pri.credits > 0:
+            t = pri.credit_waiters.popleft()
+            if t._state == _State.WAIT_CREDITS and t.status is None:
+                self._fabric.schedule(t, now)
+
+    # ------------------------------------------------------------------ responses
+    def receive_page_response(self, desc: PageGroupResponseDescriptor) -> None:
+        """A PRG Response message from the root complex (PCIe 10.4.2)."""
+        c = self.counters
+        c["page_responses_received"] += 1
+        pri = self.pri
+        if pri.response_failure:
+            c["page_responses_ignored_rf"] += 1
+            return
+        prgi = desc.prg_index
+        g = self._groups.pop(prgi, None)
+        if g is None:
+            if self._injected[prgi] > 0:
+                self._injected[prgi] -= 1
+                c["page_responses_to_injected"] += 1
+            elif prgi in self._cancelled_prgis:
+                self._cancelled_prgis.discard(prgi)
+                c["page_responses_discarded"] += 1
+            else:
+                pri.unexpected_prgi = True
+                c["unexpected_prgi"] += 1
+            return
+        pri._return_credits(g.npages)
+        t = g.transfer
+        t._group = None
+        rc = desc.response_code
+        fabric = self._fabric
+        if rc == RESP_SUCCESS:
+            c["page_responses_success"] += 1
+            t._successes += 1
+            t.retries += 1
+            c["retries"] += 1
+            k = t._successes
+            delay = 0 if k == 1 else min(fabric.retry_backoff_ns << (k - 2),
+                                         fabric.retry_backoff_max_ns)
+            fabric.schedule(t, fabric.now + delay)
+        elif rc == RESP_INVALID:
+            c["page_responses_invalid"] += 1
+            self._finish(t, DmaStatus.INVALID)
+        else:
+            # 0xF, or a reserved code (treated as Response Failure): PRI stops.
+            c["page_responses_failure"] += 1
+            if rc != 0xF:
+                c["page_responses_reserved_code"] += 1
+            pri.response_failure = True
+            self._finish(t, DmaStatus.FAILURE)
+            for fn in pri.functions:
+                fn._abandon_pri_work(DmaStatus.FAILURE)
+            pri.credit_waiters.clear()
+            return
+        self._wake_credit_waiters()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _remove(self) -> None:
+        for t in list(self._transfers.values()):
+            self._finish(t, DmaStatus.REMOVED)
+        self.present = False
+        self.atc.clear()
+        self._injected.clear()
+        if self._own_pri is not None:
+            self._own_pri.enabled = False
+
+    def _plug(self) -> None:
+        self.present = True
+        self.ats_enabled = False
+        self.pasid_enabled = False
+        self.atc.clear()
+        self._groups.clear()
+        self._cancelled_prgis.clear()
+        self._injected.clear()
+        self._next_prgi = 0
+        if self._own_pri is not None:
+            p = self._own_pri
+            p.enabled = False
+            p.response_failure = p.unexpected_prgi = False
+            p.outstanding = 0
+            p.allocation = 0
+            p.credit_waiters.clear()
+
+    def _flr(self) -> None:
+        for t in list(self._transfers.values()):
+            self._finish(t, DmaStatus.FAILURE)
+        self.atc.clear()
+        if self._own_pri is not None:
+            p = self._own_pri
+            p.enabled = False
+            p._clear_state()
+            p.allocation = 0
+
+
+def page_count(iova: int, length: int) -> int:
+    """Number of 4 KiB pages the byte range touches."""
+    if length <= 0:
+        return 0
+    return ((iova + length - 1) >> PAGE_SHIFT) - (iova >> PAGE_SHIFT) + 1
+
+
+__all__ = ["PAGE_SIZE", "DmaStatus", "DmaTransfer", "PciError", "PciFunction",
+           "PriCapability", "PriError"]
