@@ -1,0 +1,179 @@
+"""Detach, replace, unbind, teardown, hot removal: drain, then INVALID exactly once."""
+
+from __future__ import annotations
+
+import pytest
+
+from iopfd.core import CoreError
+from iopfd.core.testing import (
+    ACCEL,
+    NIC_PF,
+    NIC_VF0,
+    RW,
+    Env,
+    check_invariants,
+    dma_done,
+    faults_of,
+)
+
+A = 0x20_0000
+
+
+def _pending(env: Env) -> list[tuple[int, int]]:
+    return [(int(str(r["fault_id"])), int(str(r["cookie"]))) for r in env.core.pending(env.now)]
+
+
+def test_detach_answers_only_that_pasids_groups(env: Env) -> None:
+    dev, _ioas, fq, hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.attach(dev, hwpt, 6, env.now)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(ACCEL, 6, A, grpid=2)
+    env.service()
+    env.responses.clear()
+    env.ctx.detach(dev, 5, env.now)
+    assert [(r.pasid, r.prg_index, r.response_code) for _u, r in env.responses] == [(5, 1, 1)]
+    assert [r["pasid"] for r in env.core.pending(env.now)] == [6]
+    check_invariants(env)
+
+
+def test_detach_drains_a_request_already_in_the_queue(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=3)
+    env.machine.advance(env.now)            # in the PRQ, the thread has not run yet
+    assert env.machine.iommus["dmar0"].prq.used == 1
+    env.ctx.detach(dev, 5, env.now)
+    assert env.machine.iommus["dmar0"].prq.used == 0
+    assert faults_of(env.service()) == []   # never delivered: the attachment was gone
+    c = env.core.status_counters()
+    assert (c["groups"], c["auto_responses"], c["delivered"]) == (1, 1, 0)
+    check_invariants(env)
+
+
+def test_detach_drains_requests_still_posted_by_the_function(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.dma(dev, 5, A, 2 * 4096, RW, env.now, "t")   # requests posted, not delivered
+    assert env.machine.posted_page_requests == 2
+    env.ctx.detach(dev, 5, env.now)
+    assert env.machine.posted_page_requests == 0
+    (done,) = dma_done(env.service())
+    assert done.status == "invalid"
+    assert env.core.status_counters()["delivered"] == 0
+    check_invariants(env)
+
+
+def test_detach_discards_partials_of_that_pasid(env: Env) -> None:
+    dev, _ioas, _fq, hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.attach(dev, hwpt, 6, env.now)
+    env.inject(ACCEL, 5, A, grpid=1, last=False)
+    env.inject(ACCEL, 6, A, grpid=2, last=False)
+    env.service()
+    env.ctx.detach(dev, 5, env.now)
+    info = env.core.devices[ACCEL]
+    assert [f[1] for fs in info.partials.values() for f in fs] == [6]
+
+
+def test_replace_answers_groups_of_the_old_attachment_only_on_the_old_queue(env: Env) -> None:
+    dev, ioas, fq_old, old = env.fault_hwpt(pasid=5)
+    nic, nic_ioas, fq_new, new = env.fault_hwpt(NIC_PF, pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(NIC_PF, 5, A, grpid=2)
+    env.service()
+    env.ctx.replace(dev, new, 5, env.now)
+    assert _pending(env) == [(fq_new, 1)]          # the new queue's group is untouched
+    c = env.core.status_counters()
+    assert c["auto_responses"] == 1
+    env.inject(ACCEL, 5, A, grpid=3)
+    (ev,) = faults_of(env.service())
+    assert ev.fault_id == fq_new                   # later faults reach the new HWPT
+    check_invariants(env)
+
+
+def test_replace_to_a_non_fault_hwpt_answers_and_turns_pri_off(env: Env) -> None:
+    dev, ioas, _fq, _old = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.service()
+    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    env.ctx.replace(dev, plain, 5, env.now)
+    assert env.core.pending(env.now) == []
+    assert not env.machine.function(ACCEL).pri.enabled
+    check_invariants(env)
+
+
+def test_unbind_detaches_every_pasid_and_answers(env: Env) -> None:
+    dev, _ioas, _fq, hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.attach(dev, hwpt, None, env.now)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(ACCEL, None, A, grpid=2)
+    env.service()
+    env.ctx.unbind(dev, env.now)
+    assert env.core.pending(env.now) == []
+    assert env.core.devices[ACCEL].attachments == {}
+    assert env.core.status_counters()["auto_responses"] == 2
+    check_invariants(env)
+
+
+def test_close_context_answers_every_pending_group(env: Env) -> None:
+    env.fault_hwpt(ACCEL, pasid=5)
+    env.fault_hwpt(NIC_PF, pasid=None)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(NIC_PF, None, A, grpid=2)
+    env.service()
+    env.responses.clear()
+    env.core.close_context(env.ctx, env.now)
+    assert sorted(r.prg_index for _u, r in env.responses) == [1, 2]
+    assert all(r.response_code == 1 for _u, r in env.responses)
+    c = env.core.status_counters()
+    assert c["groups"] == c["auto_responses"] == 2
+    check_invariants(env)
+
+
+def test_unplug_drains_answers_and_leaves_the_dev_id_enodev(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.service()
+    env.ctx.dma(dev, 5, A + 0x10000, 4096, RW, env.now, "t")  # posted at unplug time
+    env.core.unplug(ACCEL, env.now)
+    assert env.core.pending(env.now) == []
+    (done,) = dma_done(env.service())
+    assert done.status in ("invalid", "removed")
+    row = next(d for d in env.core.device_list() if d["rid"] == ACCEL)
+    assert row["state"] == "removed"
+    with pytest.raises(CoreError) as ei:
+        env.ctx.attach(dev, 1, None, env.now)
+    assert ei.value.errno == "ENODEV"
+    with pytest.raises(CoreError) as ei:
+        env.core.unplug(ACCEL, env.now)
+    assert ei.value.errno == "EINVAL"
+    with pytest.raises(CoreError) as ei:
+        env.ctx.bind(ACCEL, env.now)
+    assert ei.value.errno == "ENODEV"
+    check_invariants(env)
+    env.core.plug(ACCEL, env.now)
+    env.ctx.unbind(dev, env.now)                 # the stale ID goes away
+    env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    assert len(faults_of(env.service())) == 1
+    check_invariants(env)
+
+
+def test_unplug_of_a_pf_takes_its_vfs(env: Env) -> None:
+    vf, _ioas, _fq, _hwpt = env.fault_hwpt(NIC_VF0, pasid=None, fault=False)
+    env.core.unplug(NIC_PF, env.now)
+    states = {d["rid"]: d["state"] for d in env.core.device_list()}
+    assert states[NIC_PF] == states[NIC_VF0] == "removed"
+    with pytest.raises(CoreError) as ei:
+        env.core.plug(NIC_VF0, env.now)
+    assert ei.value.errno == "EINVAL"
+    env.core.plug(NIC_PF, env.now)
+    states = {d["rid"]: d["state"] for d in env.core.device_list()}
+    assert states[NIC_PF] == states[NIC_VF0] == "free"
+    check_invariants(env)
+
+
+def test_reset_clears_response_failure_and_keeps_pri_for_fault_attachments(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    fn = env.machine.function(ACCEL)
+    fn.pri.response_failure = True
+    env.core.reset(ACCEL, env.now)
+    assert fn.pri.enabled and not fn.pri.response_failure
+    check_invariants(env)

@@ -1,0 +1,200 @@
+"""The fault path: PRQ thread, partial groups, handler lookup, throttling, overflow."""
+
+from __future__ import annotations
+
+from hwmodel import IommuSpec, Perm, TopologySpec, default_topology
+from iopfd.core import CoreLimits
+from iopfd.core.io_pgfault import LAST_PAGE, PASID_VALID
+from iopfd.core.testing import (
+    ACCEL,
+    ACCEL1,
+    RW,
+    Env,
+    check_invariants,
+    dma_done,
+    faults_of,
+    traces,
+)
+
+A = 0x4000_0000
+
+
+def test_partials_wait_for_the_last_and_the_group_comes_whole_in_arrival_order(env: Env) -> None:
+    dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    for i in (2, 0, 1):
+        env.inject(ACCEL, 5, A + i * 4096, grpid=7, last=False)
+    env.inject(ACCEL, 5, A + 0x9000, grpid=8, last=False)  # another group: not joined
+    assert faults_of(env.service()) == []
+    env.inject(ACCEL, 5, A + 0x5000, grpid=7, last=True)
+    (ev,) = faults_of(env.service())
+    assert ev.fault_id == fq and ev.cookie == 1 and ev.throttled == 0
+    assert [r["addr"] for r in ev.faults] == [A + 0x2000, A, A + 0x1000, A + 0x5000]
+    assert [r["flags"] for r in ev.faults] == [PASID_VALID] * 3 + [PASID_VALID | LAST_PAGE]
+    assert {(r["dev_id"], r["pasid"], r["grpid"], r["perm"], r["length"])
+            for r in ev.faults} == {(dev, 5, 7, RW, 0)}
+    assert env.core.devices[ACCEL].n_partials == 1  # grpid 8 still waits
+    c = env.core.status_counters()
+    assert (c["page_requests"], c["groups"], c["delivered"]) == (5, 1, 1)
+    check_invariants(env)
+
+
+def test_request_without_pasid_has_no_pasid_valid_flag(env: Env) -> None:
+    env.fault_hwpt(pasid=None)
+    env.inject(ACCEL, None, A, grpid=3)
+    (ev,) = faults_of(env.service())
+    assert ev.faults[0]["flags"] == LAST_PAGE and ev.faults[0]["pasid"] == 0
+
+
+def test_group_without_fault_capable_attachment_is_answered_invalid_once(env: Env) -> None:
+    dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)  # PRE on for the device
+    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    env.ctx.attach(dev, plain, None, env.now)
+    env.inject(ACCEL, None, A, grpid=4, last=False)
+    env.inject(ACCEL, None, A + 4096, grpid=4, last=True)
+    env.responses.clear()
+    assert faults_of(env.service()) == []
+    assert len(env.responses) == 1
+    _unit, resp = env.responses[0]
+    assert (resp.response_code, resp.prg_index, resp.pasid_present) == (1, 4, False)
+    c = env.core.status_counters()
+    assert (c["groups"], c["auto_responses"], c["delivered"]) == (1, 1, 0)
+    check_invariants(env)
+
+
+def test_request_to_a_device_with_page_requests_off_is_answered_by_the_hardware(env: Env) -> None:
+    env.ctx.bind(ACCEL, env.now)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.service()
+    c = env.core.status_counters()
+    assert c["hw_auto_responses"] == 1 and c["groups"] == 0 and c["page_requests"] == 0
+
+
+def test_bad_requests_priv_or_exec_read_are_answered_invalid_never_delivered(env: Env) -> None:
+    env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1, perm=int(Perm.READ | Perm.PRIV))
+    env.inject(ACCEL, 5, A, grpid=2, perm=int(Perm.READ | Perm.EXEC))
+    env.inject(ACCEL, 5, A, grpid=3, last=False, perm=int(Perm.WRITE | Perm.PRIV))
+    env.responses.clear()
+    assert faults_of(env.service()) == []
+    assert sorted((r.prg_index, r.response_code) for _u, r in env.responses) == [(1, 1), (2, 1)]
+    c = env.core.status_counters()
+    assert c["bad_requests"] == 3 and c["groups"] == 0 and c["page_requests"] == 3
+    check_invariants(env)
+
+
+def test_stop_marker_is_skipped_without_response(env: Env) -> None:
+    env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1, perm=0)
+    env.responses.clear()
+    assert faults_of(env.service()) == []
+    assert env.responses == []
+    assert env.core.status_counters()["stop_markers"] == 1
+
+
+def test_response_carries_rid_pasid_and_prgi_of_the_last_request(env: Env) -> None:
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=9)
+    env.inject(ACCEL, 9, A, grpid=0x1AB, last=False)
+    env.inject(ACCEL, 9, A + 4096, grpid=0x1AB)
+    (ev,) = faults_of(env.service())
+    env.responses.clear()
+    assert env.ctx.page_response(fq, [(ev.cookie, 1)], env.now) == [None]
+    ((unit, resp),) = env.responses
+    info = env.core.devices[ACCEL]
+    assert unit == "dmar0"
+    assert (resp.sid, resp.pasid_present, resp.pasid, resp.prg_index, resp.response_code) == \
+        (info.sid, True, 9, 0x1AB, 1)
+
+
+def test_cookies_start_at_1_and_only_grow(env: Env) -> None:
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    cookies = []
+    for g in range(4):
+        env.inject(ACCEL, 5, A, grpid=g)
+        (ev,) = faults_of(env.service())
+        cookies.append(ev.cookie)
+        env.ctx.page_response(fq, [(ev.cookie, 0)], env.now)  # freed at once
+    assert cookies == [1, 2, 3, 4]
+
+
+def test_full_fault_queue_answers_success_and_reports_throttled_on_next_event() -> None:
+    env = Env(limits=CoreLimits(max_pending=2))
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    for g in range(4):
+        env.inject(ACCEL, 5, A, grpid=g)
+    env.responses.clear()
+    evs = faults_of(env.service())
+    assert [e.cookie for e in evs] == [1, 2]
+    assert sorted((r.prg_index, r.response_code) for _u, r in env.responses) == [(2, 0), (3, 0)]
+    assert env.core.status_counters()["throttled"] == 2
+    env.ctx.page_response(fq, [(1, 0)], env.now)
+    env.inject(ACCEL, 5, A, grpid=9)
+    (ev,) = faults_of(env.service())
+    assert ev.cookie == 3 and ev.throttled == 2
+    env.ctx.page_response(fq, [(2, 0)], env.now)
+    env.inject(ACCEL, 5, A, grpid=10)
+    (ev,) = faults_of(env.service())
+    assert ev.throttled == 0
+    check_invariants(env)
+
+
+def test_prq_overflow_discards_partials_and_clears_pro() -> None:
+    topo = default_topology()
+    topo = TopologySpec((IommuSpec("dmar0", prq_order=0), IommuSpec("dmar1")), topo.functions)
+    env = Env(topo)
+    env.core.trace_enabled = True
+    env.fault_hwpt(pasid=5)
+    cap = env.machine.iommus["dmar0"].prq.capacity
+    for i in range(cap + 10):
+        env.inject(ACCEL, 5, A + i * 4096, grpid=1, last=False)
+    env.inject(ACCEL, 5, A, grpid=2)  # lost to the overflow: the hardware answers Success
+    ev = env.service()
+    c = env.core.status_counters()
+    assert c["prq_overflows"] == 1 and c["partials_discarded"] == cap
+    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.machine.iommus["dmar0"].read_prs() == 0
+    assert traces(ev, "overflow")
+    env.inject(ACCEL, 5, A, grpid=1)
+    (fe,) = faults_of(env.service())
+    assert len(fe.faults) == 1  # nothing of the discarded partials joined it
+    check_invariants(env)
+
+
+def test_dma_fault_map_success_completes_the_transfer(env: Env) -> None:
+    dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.dma(dev, 5, A, 3 * 4096, RW, env.now, "t")
+    (ev,) = faults_of(env.service())
+    assert len(ev.faults) == 3
+    env.ctx.ioas_map(ioas, A, 3 * 4096, RW, env.now)
+    env.ctx.page_response(fq, [(ev.cookie, 0)], env.now)
+    (done,) = dma_done(env.settle())
+    assert (done.tag, done.status, done.faults, done.bytes) == ("t", "ok", 3, 3 * 4096)
+    check_invariants(env)
+
+
+def test_dma_answered_invalid_fails(env: Env) -> None:
+    dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=None)
+    env.ctx.dma(dev, None, A, 4096, RW, env.now, 7)
+    (ev,) = faults_of(env.service())
+    env.ctx.page_response(fq, [(ev.cookie, 1)], env.now)
+    (done,) = dma_done(env.settle())
+    assert done.status == "invalid"
+
+
+def test_two_devices_two_units_each_find_their_own_attachment(env: Env) -> None:
+    d0, _i0, f0, _h0 = env.fault_hwpt(ACCEL, pasid=5)
+    d1, _i1, f1, _h1 = env.fault_hwpt(ACCEL1, pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(ACCEL1, 5, A, grpid=1)
+    evs = faults_of(env.service())
+    assert sorted((e.fault_id, e.faults[0]["dev_id"]) for e in evs) == sorted([(f0, d0),
+                                                                               (f1, d1)])
+
+
+def test_trace_records_only_when_enabled(env: Env) -> None:
+    env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    assert traces(env.service(), "fault") == []
+    env.core.trace_enabled = True
+    env.inject(ACCEL, 5, A, grpid=2)
+    (t,) = traces(env.service(), "fault")
+    assert t.record["grpid"] == 2 and t.record["rid"] == ACCEL
