@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,8 +111,9 @@ def wait_for_socket(proc: subprocess.Popen[bytes], path: str, log_path: Path) ->
         time.sleep(0.01)
 
 
-def start_daemon(tmp: Path, config: str = "", *, args: tuple[str, ...] = ()) -> DaemonProc:
-    sock = str(tmp / "run" / "iopfd.sock")
+def start_daemon(tmp: Path, config: str = "", *, socket_path: str | None = None,
+                 args: tuple[str, ...] = ()) -> DaemonProc:
+    sock = socket_path or str(tmp / "run" / "iopfd.sock")
     cfg = tmp / "iopfd.toml"
     cfg.write_text(config)
     log_path = tmp / "iopfd.log"
@@ -152,15 +154,14 @@ def iopfd(daemon: DaemonProc) -> Iterator[DaemonProc]:
 
 
 @pytest.fixture
-def own_daemon(tmp_path: Path) -> Iterator[DaemonProc]:
-    """A daemon of this test alone (for tests that stop or strain it)."""
-    d = start_daemon(tmp_path)
+def public_dir() -> Iterator[Path]:
+    """A directory uid 65534 can traverse (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="iopfd-test-"))
+    os.chmod(path, 0o755)
     try:
-        yield d
+        yield path
     finally:
-        if d.alive():
-            d.proc.kill()
-            d.proc.wait()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 __all__ = ["Closed", "DaemonProc", "RawClient", "finish", "start_daemon"]
