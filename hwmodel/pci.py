@@ -436,6 +436,7 @@ class PciFunction:
             del self._groups[g.prg_index]
             self._cancelled_prgis.add(g.prg_index)
             self.pri._return_credits(g.npages)
+            self._wake_credit_waiters()
         g.transfer._group = None
 
     def _abandon_pri_work(self, status: DmaStatus) -> None:

@@ -99,3 +99,16 @@ def test_flr_in_flight_group_response_is_discarded_silently_not_uprgi(accel: Bou
     accel.respond(r)
     assert not accel.fn.pri.unexpected_prgi
     assert accel.fn.counters["page_responses_discarded"] == 1
+
+
+def test_credits_returned_by_a_removed_vf_wake_transfers_of_the_pf() -> None:
+    m = Machine(default_topology())
+    pf = bind(m, NIC_PF, pasid=3, did=3, reqs=1)
+    vf = bind(m, NIC_VF0, pasid=4, did=4)
+    tv = m.start_dma(vf.fn.rid, 4, 0, PAGE, Perm.READ, now=0)
+    tp = m.start_dma(pf.fn.rid, 3, 0, PAGE, Perm.READ, now=0)
+    assert tv.faults == 1 and tp.waiting == "credits"
+    m.hot_remove(vf.fn.rid, now=1)
+    assert tv.status is DmaStatus.REMOVED and pf.fn.pri.outstanding == 0
+    m.advance(2)
+    assert tp.faults == 1 and tp.waiting == "response"
