@@ -1,0 +1,78 @@
+"""Clients of iopfd: the trio library, a blocking wrapper, and the reference VMM.
+
+``from clients import IopfClient`` for trio code, ``from clients.sync import
+SyncClient`` for scripts and notebooks; ``iopf-vmm`` (``clients.vmm``) is a
+complete demand-paging VMM built on the library. See docs/clients.md.
+"""
+
+from clients.client import (
+    DEFAULT_SOCKET,
+    ClientStats,
+    FaultQueue,
+    IopfClient,
+    PendingGroup,
+    TraceStream,
+    resolve_socket_path,
+)
+from clients.errors import (
+    Busy,
+    ConnectionLost,
+    EventGap,
+    InvalidArgument,
+    IopfError,
+    NoDevice,
+    NoSpace,
+    NoSuchObject,
+    NotPermitted,
+    NotSupported,
+    ProtocolViolation,
+    VersionMismatch,
+)
+from clients.records import (
+    PAGE_SIZE,
+    Device,
+    DmaResult,
+    DmaStatus,
+    FaultGroup,
+    FaultRecord,
+    HelloInfo,
+    PageResponse,
+    Perm,
+    ResponseCode,
+    Status,
+    TraceRecord,
+)
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "PAGE_SIZE",
+    "Busy",
+    "ClientStats",
+    "ConnectionLost",
+    "Device",
+    "DmaResult",
+    "DmaStatus",
+    "EventGap",
+    "FaultGroup",
+    "FaultQueue",
+    "FaultRecord",
+    "HelloInfo",
+    "InvalidArgument",
+    "IopfClient",
+    "IopfError",
+    "NoDevice",
+    "NoSpace",
+    "NoSuchObject",
+    "NotPermitted",
+    "NotSupported",
+    "PageResponse",
+    "PendingGroup",
+    "Perm",
+    "ProtocolViolation",
+    "ResponseCode",
+    "Status",
+    "TraceRecord",
+    "TraceStream",
+    "VersionMismatch",
+    "resolve_socket_path",
+]

@@ -1,0 +1,247 @@
+"""Values exchanged with iopfd, as small typed records.
+
+Field names follow the Linux iommufd uAPI (``struct iommu_hwpt_pgfault``,
+``struct iommu_hwpt_page_response``) so that code written against the
+kernel's fault fd reads the same here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+
+class Perm(enum.IntFlag):
+    """Access permissions, the uAPI bit values (``IOMMU_PGFAULT_PERM_*``)."""
+
+    READ = 1
+    WRITE = 2
+    EXEC = 4
+    PRIV = 8
+
+
+class ResponseCode(enum.IntEnum):
+    """Page response codes (``enum iommufd_page_response_code``)."""
+
+    SUCCESS = 0
+    INVALID = 1
+
+
+class DmaStatus(enum.StrEnum):
+    """How an emulated DMA ended (the ``status`` of a ``dma`` reply)."""
+
+    OK = "ok"
+    INVALID = "invalid"  # a group of this transfer was answered INVALID
+    FAILURE = "failure"  # PRI stopped by a Response Failure
+    NO_PRI = "no_pri"  # a translation miss on a device without PRI, or with PRI off
+    RETRY_LIMIT = "retry_limit"  # answered SUCCESS but the translation never appeared
+    REMOVED = "removed"  # the device was hot-unplugged meanwhile
+
+
+FLAG_PASID_VALID = 1
+FLAG_LAST_PAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRecord:
+    """One page request of a group (``struct iommu_hwpt_pgfault``)."""
+
+    flags: int
+    dev_id: int
+    pasid: int
+    grpid: int
+    perm: Perm
+    addr: int
+    length: int
+
+    @property
+    def pasid_valid(self) -> bool:
+        return bool(self.flags & FLAG_PASID_VALID)
+
+    @property
+    def last_page(self) -> bool:
+        return bool(self.flags & FLAG_LAST_PAGE)
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> FaultRecord:
+        return cls(
+            flags=int(d["flags"]),
+            dev_id=int(d["dev_id"]),
+            pasid=int(d["pasid"]),
+            grpid=int(d["grpid"]),
+            perm=Perm(int(d["perm"])),
+            addr=int(d["addr"]),
+            length=int(d.get("length", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FaultGroup:
+    """A page request group delivered on a fault queue, waiting for one answer.
+
+    Answer it exactly once with ``page_response`` (or ``client.answer(group,
+    code)``), quoting ``cookie``. Records are in arrival order, the one with
+    ``last_page`` set is last. ``throttled`` counts the groups the daemon
+    answered SUCCESS on its own since the previous event because this queue
+    was full (the device retries them later). ``received_ns`` is the client's
+    ``time.monotonic_ns()`` when the event was read off the socket.
+    """
+
+    fault_id: int
+    cookie: int
+    records: tuple[FaultRecord, ...]
+    throttled: int = 0
+    seq: int = 0
+    received_ns: int = 0
+
+    @property
+    def dev_id(self) -> int:
+        return self.records[0].dev_id
+
+    @property
+    def pasid(self) -> int | None:
+        """The PASID of the group, or None for a request without PASID (the RID)."""
+        first = self.records[0]
+        return first.pasid if first.pasid_valid else None
+
+    @property
+    def grpid(self) -> int:
+        return self.records[0].grpid
+
+    @property
+    def addresses(self) -> list[int]:
+        """The page addresses requested, in arrival order."""
+        return [r.addr for r in self.records]
+
+    @classmethod
+    def from_event(cls, ev: Mapping[str, Any], received_ns: int) -> FaultGroup:
+        return cls(
+            fault_id=int(ev["fault_id"]),
+            cookie=int(ev["cookie"]),
+            records=tuple(FaultRecord.from_wire(r) for r in ev["faults"]),
+            throttled=int(ev.get("throttled", 0)),
+            seq=int(ev.get("seq", 0)),
+            received_ns=received_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PageResponse:
+    """One answer for ``page_response``: the group's cookie and a ResponseCode."""
+
+    cookie: int
+    code: int = ResponseCode.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class DmaResult:
+    """The outcome of an emulated DMA: status, page requests issued, bytes accessed."""
+
+    status: str
+    faults: int
+    bytes: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == DmaStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class HelloInfo:
+    """What the daemon said in ``hello``."""
+
+    version: int
+    server: str
+    max_frame: int
+    admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A row of ``devices``; ``extra`` holds any additional keys the daemon sends."""
+
+    rid: str
+    iommu: str
+    pri: bool
+    ats: bool
+    pasid_bits: int
+    pf: str | None
+    state: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_vf(self) -> bool:
+        return self.pf is not None
+
+    @property
+    def pasid(self) -> bool:
+        return self.pasid_bits > 0
+
+    _KEYS = ("rid", "iommu", "pri", "ats", "pasid_bits", "pf", "state")
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Device:
+        return cls(
+            rid=str(d["rid"]),
+            iommu=str(d["iommu"]),
+            pri=bool(d["pri"]),
+            ats=bool(d["ats"]),
+            pasid_bits=int(d["pasid_bits"]),
+            pf=None if d.get("pf") is None else str(d["pf"]),
+            state=str(d["state"]),
+            extra={k: v for k, v in d.items() if k not in cls._KEYS},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The result of the admin op ``status``."""
+
+    version: str
+    uptime_s: float
+    clients: int
+    counters: Mapping[str, int]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Status:
+        known = ("version", "uptime_s", "clients", "counters")
+        return cls(
+            version=str(d["version"]),
+            uptime_s=float(d["uptime_s"]),
+            clients=int(d["clients"]),
+            counters={str(k): int(v) for k, v in d["counters"].items()},
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    """One record of the ``subscribe`` stream.
+
+    ``lost`` counts records dropped before this one, by the daemon (a slow
+    subscriber) plus by this client (a reader that fell behind its buffer).
+    ``fields`` holds the topic-specific keys (rid, cookie, code, ...).
+    """
+
+    seq: int
+    topic: str
+    t: float
+    fields: Mapping[str, Any]
+    lost: int = 0
+
+    @classmethod
+    def from_event(cls, ev: Mapping[str, Any], client_lost: int = 0) -> TraceRecord:
+        skip = ("event", "seq", "topic", "t", "lost")
+        return cls(
+            seq=int(ev.get("seq", 0)),
+            topic=str(ev.get("topic", "")),
+            t=float(ev.get("t", 0.0)),
+            fields={k: v for k, v in ev.items() if k not in skip},
+            lost=int(ev.get("lost", 0)) + client_lost,
+        )

@@ -1,0 +1,366 @@
+"""A blocking iopfd client for scripts and notebooks: plain sockets, no trio.
+
+``SyncClient`` has the same methods as :class:`clients.IopfClient`, without
+``await``::
+
+    from clients.sync import SyncClient
+    with SyncClient(client_name="notebook") as c:
+        print(c.status().counters)
+
+It is single-threaded: a call blocks until its reply arrives, queueing any
+fault groups or trace records that come in meanwhile; take them with
+:meth:`next_fault` / :meth:`next_trace`. Because the answer to a page fault
+must come from this same connection, a ``dma`` that faults can only finish if
+faults are answered while it waits: pass ``on_fault=handler`` to :meth:`dma`
+(the handler gets each group and returns its response code, after mapping
+what it needs through the same client).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from clients._frames import DEFAULT_MAX_FRAME, FrameDecoder, FramingError, encode_frame
+from clients.client import PROTOCOL_VERSION, PendingGroup, resolve_socket_path
+from clients.errors import ConnectionLost, EventGap, error_from_reply
+from clients.records import (
+    Device,
+    DmaResult,
+    FaultGroup,
+    HelloInfo,
+    PageResponse,
+    Perm,
+    ResponseCode,
+    Status,
+    TraceRecord,
+)
+
+FaultHandler = Callable[[FaultGroup], int]
+_T = TypeVar("_T")
+
+
+class SyncClient:
+    """One blocking connection to iopfd; ``timeout`` (seconds) bounds every call."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        client_name: str = "iopf-sync",
+        timeout: float | None = 30.0,
+    ) -> None:
+        self.timeout = timeout
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(resolve_socket_path(path))
+        except BaseException:
+            self._sock.close()
+            raise
+        self._decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+        self._next_id = 1
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._faults: collections.deque[FaultGroup] = collections.deque()
+        self._traces: collections.deque[TraceRecord] = collections.deque()
+        self._last_seq = 0
+        self._closed_reason: str | None = None
+        self.seq_gaps: list[EventGap] = []
+        r = self.request("hello", version=PROTOCOL_VERSION, client=client_name)
+        self.hello_info = HelloInfo(
+            version=int(r["version"]),
+            server=str(r.get("server", "")),
+            max_frame=int(r.get("max_frame", DEFAULT_MAX_FRAME)),
+            admin=bool(r.get("admin", False)),
+        )
+        self._decoder.max_frame = max(self.hello_info.max_frame, DEFAULT_MAX_FRAME)
+
+    def close(self) -> None:
+        """Close the connection; the daemon releases everything it owned."""
+        if self._closed_reason is None:
+            self._closed_reason = "client closed"
+        self._sock.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def admin(self) -> bool:
+        return self.hello_info.admin
+
+    # -- transport ------------------------------------------------------------
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send any request and wait for its ``result`` (raises IopfError on error)."""
+        req_id = self.send(op, **args)
+        return self.wait(req_id, op)
+
+    def send(self, op: str, **args: Any) -> int:
+        """Send a request without waiting; returns its id for :meth:`wait`."""
+        if self._closed_reason is not None:
+            raise ConnectionLost(self._closed_reason)
+        req_id = self._next_id
+        self._next_id = (self._next_id + 1) % (1 << 32)
+        msg: dict[str, Any] = {"op": op, "id": req_id}
+        msg.update(args)
+        try:
+            self._sock.sendall(encode_frame(msg))
+        except OSError as e:
+            self._lost(f"connection to iopfd lost while sending: {e!r}")
+        return req_id
+
+    def wait(
+        self, req_id: int, op: str = "", on_fault: FaultHandler | None = None
+    ) -> dict[str, Any]:
+        """Wait for the reply to ``req_id``, answering faults with ``on_fault`` meanwhile."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while req_id not in self._replies:
+            if on_fault is not None and self._faults:
+                self._handle_faults(on_fault)
+                continue
+            self._read_some(deadline)
+        reply = self._replies.pop(req_id)
+        if reply.get("ok"):
+            result = reply.get("result")
+            return result if isinstance(result, dict) else {}
+        err = reply.get("error")
+        err = err if isinstance(err, dict) else {}
+        raise error_from_reply(str(err.get("code", "EPROTO")), str(err.get("message", "")), op)
+
+    def _handle_faults(self, on_fault: FaultHandler) -> None:
+        groups = list(self._faults)
+        self._faults.clear()
+        by_queue: dict[int, list[tuple[int, int]]] = {}
+        for g in groups:
+            by_queue.setdefault(g.fault_id, []).append((g.cookie, int(on_fault(g))))
+        for fault_id, responses in by_queue.items():
+            self.page_response(fault_id, responses)
+
+    def _read_some(self, deadline: float | None) -> None:
+        if self._closed_reason is not None:
+            raise ConnectionLost(self._closed_reason)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no reply from iopfd in time")
+            self._sock.settimeout(left)
+        try:
+            data = self._sock.recv(1 << 16)
+        except TimeoutError:
+            raise
+        except OSError as e:
+            self._lost(f"connection to iopfd lost: {e!r}")
+        if not data:
+            self._lost("iopfd closed the connection")
+        now = time.monotonic_ns()
+        try:
+            msgs = self._decoder.feed(data)
+        except FramingError as e:
+            self._lost(f"iopfd sent a bad frame: {e}")
+        for msg in msgs:
+            self._dispatch(msg, now)
+
+    def _dispatch(self, msg: dict[str, Any], now: int) -> None:
+        if "event" in msg:
+            seq = msg.get("seq")
+            if isinstance(seq, int):
+                if seq != self._last_seq + 1:
+                    self.seq_gaps.append(EventGap(self._last_seq + 1, seq))
+                self._last_seq = seq
+            if msg["event"] == "fault":
+                self._faults.append(FaultGroup.from_event(msg, now))
+            elif msg["event"] == "trace":
+                self._traces.append(TraceRecord.from_event(msg))
+            return
+        req_id = msg.get("id")
+        if isinstance(req_id, int):
+            self._replies[req_id] = msg
+        else:
+            err = msg.get("error")
+            err = err if isinstance(err, dict) else {}
+            self._lost(f"iopfd: {err.get('code', 'EPROTO')}: {err.get('message', '')}")
+
+    def _lost(self, reason: str) -> Any:
+        self._closed_reason = reason
+        self._sock.close()
+        raise ConnectionLost(reason)
+
+    # -- events ---------------------------------------------------------------
+
+    def next_fault(self, timeout: float | None = None) -> FaultGroup | None:
+        """The next fault group of any of this client's queues, or None after ``timeout`` s."""
+        return self._next_event(self._faults, timeout)
+
+    def next_trace(self, timeout: float | None = None) -> TraceRecord | None:
+        """The next trace record (after :meth:`subscribe`), or None after ``timeout`` s."""
+        return self._next_event(self._traces, timeout)
+
+    def _next_event(self, q: collections.deque[_T], timeout: float | None) -> _T | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not q:
+            try:
+                self._read_some(deadline)
+            except TimeoutError:
+                return None
+        return q.popleft()
+
+    # -- operations (see IopfClient for the meaning of each) -----------------
+
+    def devices(self) -> list[Device]:
+        return [Device.from_wire(d) for d in self.request("devices")["devices"]]
+
+    def bind(self, rid: str) -> int:
+        return int(self.request("bind", rid=rid)["dev_id"])
+
+    def unbind(self, dev_id: int) -> None:
+        self.request("unbind", dev_id=dev_id)
+
+    def ioas_alloc(self) -> int:
+        return int(self.request("ioas_alloc")["ioas_id"])
+
+    def ioas_map(
+        self, ioas_id: int, iova: int, length: int, perm: int = Perm.READ | Perm.WRITE
+    ) -> None:
+        self.request("ioas_map", ioas_id=ioas_id, iova=iova, length=length, perm=int(perm))
+
+    def ioas_unmap(self, ioas_id: int, iova: int, length: int) -> int:
+        r = self.request("ioas_unmap", ioas_id=ioas_id, iova=iova, length=length)
+        return int(r["unmapped"])
+
+    def fault_alloc(self) -> int:
+        return int(self.request("fault_alloc")["fault_id"])
+
+    def hwpt_alloc(
+        self,
+        dev_id: int,
+        pt_id: int,
+        *,
+        flags: Sequence[str] = (),
+        fault_id: int | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        args: dict[str, Any] = {"dev_id": dev_id, "pt_id": pt_id, "flags": list(flags)}
+        if fault_id is not None:
+            args["fault_id"] = fault_id
+        if data is not None:
+            args["data"] = dict(data)
+        return int(self.request("hwpt_alloc", **args)["hwpt_id"])
+
+    def attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> None:
+        self.request("attach", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
+
+    def replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> None:
+        self.request("replace", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
+
+    def detach(self, dev_id: int, pasid: int | None = None) -> None:
+        self.request("detach", **_with_pasid({"dev_id": dev_id}, pasid))
+
+    def page_response(
+        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
+    ) -> list[str | None]:
+        items = [
+            {"cookie": r.cookie, "code": int(r.code)}
+            if isinstance(r, PageResponse)
+            else {"cookie": int(r[0]), "code": int(r[1])}
+            for r in responses
+        ]
+        r = self.request("page_response", fault_id=fault_id, responses=items)
+        return [None if x is None else str(x) for x in r["results"]]
+
+    def answer(self, group: FaultGroup, code: int = ResponseCode.SUCCESS) -> None:
+        (res,) = self.page_response(group.fault_id, [(group.cookie, int(code))])
+        if res is not None:
+            raise error_from_reply(res, f"cookie {group.cookie}", "page_response")
+
+    def dma(
+        self,
+        dev_id: int,
+        iova: int,
+        length: int,
+        perm: int,
+        pasid: int | None = None,
+        *,
+        on_fault: FaultHandler | None = None,
+    ) -> DmaResult:
+        """Run a DMA; groups arriving meanwhile go to ``on_fault`` (else they queue)."""
+        args = _with_pasid(
+            {"dev_id": dev_id, "iova": iova, "length": length, "perm": int(perm)}, pasid
+        )
+        req_id = self.send("dma", **args)
+        r = self.wait(req_id, "dma", on_fault)
+        return DmaResult(status=str(r["status"]), faults=int(r["faults"]), bytes=int(r["bytes"]))
+
+    def destroy(self, obj_id: int) -> None:
+        self.request("destroy", obj_id=obj_id)  # not `id`: that is the request id
+
+    def hwpt_s1_map(self, hwpt_id: int, iova: int, length: int, gpa: int, perm: int) -> None:
+        self.request(
+            "hwpt_s1_map", hwpt_id=hwpt_id, iova=iova, length=length, gpa=gpa, perm=int(perm)
+        )
+
+    def hwpt_s1_unmap(self, hwpt_id: int, iova: int, length: int) -> int:
+        r = self.request("hwpt_s1_unmap", hwpt_id=hwpt_id, iova=iova, length=length)
+        return int(r["unmapped"])
+
+    def hwpt_invalidate(
+        self, hwpt_id: int, iova: int | None = None, length: int | None = None
+    ) -> None:
+        args: dict[str, Any] = {"hwpt_id": hwpt_id}
+        if iova is not None:
+            args["iova"] = iova
+        if length is not None:
+            args["length"] = length
+        self.request("hwpt_invalidate", **args)
+
+    def status(self) -> Status:
+        return Status.from_wire(self.request("status"))
+
+    def topology(self) -> dict[str, Any]:
+        return self.request("topology")
+
+    def objects(self) -> dict[str, Any]:
+        return self.request("objects")
+
+    def pending(self) -> list[PendingGroup]:
+        return [PendingGroup.from_wire(d) for d in self.request("pending").get("pending", [])]
+
+    def inject(
+        self,
+        rid: str,
+        addr: int,
+        perm: int,
+        grpid: int,
+        *,
+        last: bool = True,
+        pasid: int | None = None,
+    ) -> None:
+        args = _with_pasid(
+            {"rid": rid, "addr": addr, "perm": int(perm), "grpid": grpid, "last": last}, pasid
+        )
+        self.request("inject", **args)
+
+    def unplug(self, rid: str) -> None:
+        self.request("unplug", rid=rid)
+
+    def plug(self, rid: str) -> None:
+        self.request("plug", rid=rid)
+
+    def reset(self, rid: str) -> None:
+        self.request("reset", rid=rid)
+
+    def subscribe(self, topics: Sequence[str] = ()) -> None:
+        """Start (or change) the trace stream; read it with :meth:`next_trace`."""
+        self.request("subscribe", topics=list(topics))
+
+
+def _with_pasid(args: dict[str, Any], pasid: int | None) -> dict[str, Any]:
+    if pasid is not None:
+        args["pasid"] = pasid
+    return args

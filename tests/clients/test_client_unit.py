@@ -1,0 +1,357 @@
+"""The trio client library against a scripted fake daemon (no hwmodel, no core)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import trio
+
+from clients import (
+    Busy,
+    ConnectionLost,
+    DmaStatus,
+    EventGap,
+    FaultGroup,
+    IopfClient,
+    IopfError,
+    NoSuchObject,
+    Perm,
+    ResponseCode,
+    resolve_socket_path,
+)
+
+# late import of the conftest's helpers under importlib import mode
+from tests.clients.conftest import DEFER, FakeConn, FakeDaemon, FakeErr  # type: ignore[import-not-found]
+
+# (method, args, kwargs, expected wire arguments, canned result, expected return)
+OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, Any], Any]] = [
+    ("bind", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {"dev_id": 7}, 7),
+    ("unbind", (7,), {}, {"dev_id": 7}, {}, None),
+    ("ioas_alloc", (), {}, {}, {"ioas_id": 8}, 8),
+    ("ioas_map", (8, 0x1000, 0x2000), {}, {"ioas_id": 8, "iova": 0x1000, "length": 0x2000,
+                                          "perm": 3}, {}, None),
+    ("ioas_unmap", (8, 0x1000, 0x2000), {}, {"ioas_id": 8, "iova": 0x1000, "length": 0x2000},
+     {"unmapped": 0x2000}, 0x2000),
+    ("fault_alloc", (), {}, {}, {"fault_id": 9}, 9),
+    ("hwpt_alloc", (7, 8), {"fault_id": 9}, {"dev_id": 7, "pt_id": 8, "flags": [],
+                                             "fault_id": 9}, {"hwpt_id": 10}, 10),
+    ("hwpt_alloc", (7, 10), {"data": {"type": "vtd_s1"}},
+     {"dev_id": 7, "pt_id": 10, "flags": [], "data": {"type": "vtd_s1"}}, {"hwpt_id": 11}, 11),
+    ("attach", (7, 10), {}, {"dev_id": 7, "pt_id": 10}, {}, None),
+    ("attach", (7, 10, 5), {}, {"dev_id": 7, "pt_id": 10, "pasid": 5}, {}, None),
+    ("replace", (7, 11), {"pasid": 5}, {"dev_id": 7, "pt_id": 11, "pasid": 5}, {}, None),
+    ("detach", (7,), {}, {"dev_id": 7}, {}, None),
+    ("page_response", (9, [(1, 0), (2, 1)]), {},
+     {"fault_id": 9, "responses": [{"cookie": 1, "code": 0}, {"cookie": 2, "code": 1}]},
+     {"results": [None, "EINVAL"]}, [None, "EINVAL"]),
+    ("destroy", (10,), {}, {"obj_id": 10}, {}, None),
+    ("hwpt_s1_map", (11, 0x4000, 0x1000, 0x8000, Perm.READ), {},
+     {"hwpt_id": 11, "iova": 0x4000, "length": 0x1000, "gpa": 0x8000, "perm": 1}, {}, None),
+    ("hwpt_s1_unmap", (11, 0x4000, 0x1000), {}, {"hwpt_id": 11, "iova": 0x4000,
+                                                 "length": 0x1000}, {"unmapped": 4096}, 4096),
+    ("hwpt_invalidate", (11,), {}, {"hwpt_id": 11}, {}, None),
+    ("hwpt_invalidate", (11, 0, 4096), {}, {"hwpt_id": 11, "iova": 0, "length": 4096}, {}, None),
+    ("topology", (), {}, {}, {"iommus": []}, {"iommus": []}),
+    ("objects", (), {}, {}, {"connections": []}, {"connections": []}),
+    ("inject", ("0000:3a:00.0", 0x1000, 1, 4), {"pasid": 3},
+     {"rid": "0000:3a:00.0", "addr": 0x1000, "perm": 1, "grpid": 4, "last": True, "pasid": 3},
+     {}, None),
+    ("unplug", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
+    ("plug", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
+    ("reset", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "wire", "result", "ret"), OPS)
+async def test_each_op_sends_its_exact_wire_arguments_and_decodes_its_result(
+    fake: FakeDaemon, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+    wire: dict[str, Any], result: dict[str, Any], ret: Any,
+) -> None:
+    fake.results[method] = result
+    async with IopfClient.open(fake.path, client_name="unit") as c:
+        got = await getattr(c, method)(*args, **kwargs)
+    req = fake.conns[0].requests[-1]
+    assert req["op"] == method
+    assert {k: v for k, v in req.items() if k not in ("op", "id")} == wire
+    assert got == ret
+
+
+async def test_hello_is_the_first_request_and_reports_admin(fake: FakeDaemon) -> None:
+    async with IopfClient.open(fake.path, client_name="vmm-a") as c:
+        assert c.admin
+        assert c.hello_info is not None and c.hello_info.server == "fake/0"
+    first = fake.conns[0].requests[0]
+    assert first["op"] == "hello" and first["version"] == 1 and first["client"] == "vmm-a"
+
+
+async def test_typed_results_for_devices_status_pending_and_dma(fake: FakeDaemon) -> None:
+    fake.results["devices"] = {"devices": [
+        {"rid": "0000:3a:00.0", "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
+         "pf": None, "state": "free", "pri_enabled": False},
+        {"rid": "0000:3a:00.1", "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 0,
+         "pf": "0000:3a:00.0", "state": "bound"},
+    ]}
+    fake.results["status"] = {"version": "0.1.0", "uptime_s": 1.5, "clients": 2,
+                              "counters": {"groups": 4}}
+    fake.results["pending"] = {"pending": [{"fault_id": 9, "cookie": 3, "rid": "0000:3a:00.0",
+                                            "pasid": None, "age_s": 0.25, "client": "x"}]}
+    fake.results["dma"] = {"status": "invalid", "faults": 2, "bytes": 0}
+    async with IopfClient.open(fake.path) as c:
+        devs = await c.devices()
+        st = await c.status()
+        pend = await c.pending()
+        res = await c.dma(1, 0x1000, 0x1000, Perm.READ, pasid=2)
+    assert devs[0].pasid and not devs[0].is_vf and devs[0].extra == {"pri_enabled": False}
+    assert devs[1].is_vf and devs[1].pf == "0000:3a:00.0"
+    assert st.counters["groups"] == 4 and st.clients == 2
+    assert pend[0].cookie == 3 and pend[0].pasid is None and pend[0].extra["client"] == "x"
+    assert res.status == DmaStatus.INVALID and not res.ok and res.faults == 2
+    assert fake.conns[0].requests[-1]["pasid"] == 2
+
+
+async def test_error_reply_raises_the_errno_subclass_and_keeps_the_connection(
+    fake: FakeDaemon,
+) -> None:
+    @fake.on("bind")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        raise FakeErr("EBUSY", "held by vmm-b")
+
+    fake.results["ioas_alloc"] = {"ioas_id": 2}
+    async with IopfClient.open(fake.path) as c:
+        with pytest.raises(Busy) as ei:
+            await c.bind("0000:3a:00.0")
+        assert ei.value.errno == "EBUSY" and ei.value.op == "bind"
+        assert "held by vmm-b" in str(ei.value)
+        assert await c.ioas_alloc() == 2
+
+
+async def test_unknown_errno_is_a_plain_iopf_error(fake: FakeDaemon) -> None:
+    @fake.on("ioas_alloc")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        raise FakeErr("EWHATEVER", "future errno")
+
+    async with IopfClient.open(fake.path) as c:
+        with pytest.raises(IopfError) as ei:
+            await c.ioas_alloc()
+    assert type(ei.value) is IopfError and ei.value.errno == "EWHATEVER"
+
+
+async def test_body_exception_propagates_unwrapped_out_of_open(fake: FakeDaemon) -> None:
+    with pytest.raises(NoSuchObject):
+        async with IopfClient.open(fake.path):
+            raise NoSuchObject("ENOENT", "x")
+
+
+async def test_dma_reply_waits_while_its_fault_is_answered_on_the_same_connection(
+    fake: FakeDaemon,
+) -> None:
+    answered = trio.Event()
+    answers: list[Any] = []
+
+    @fake.on("dma")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await conn.fault(9, 1, [0x1000, 0x2000])
+        await answered.wait()
+        await conn.reply(req, {"status": "ok", "faults": 2, "bytes": 8192})
+        return DEFER
+
+    @fake.on("page_response")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        answers.append(req["responses"])
+        answered.set()
+        return {"results": [None]}
+
+    fake.results["fault_alloc"] = {"fault_id": 9}
+    async with IopfClient.open(fake.path) as c:
+        fid = await c.fault_alloc()
+        groups: list[FaultGroup] = []
+
+        async def handler() -> None:
+            async for g in c.fault_queue(fid):
+                groups.append(g)
+                await c.answer(g, ResponseCode.SUCCESS)
+                return
+
+        async with trio.open_nursery() as n:
+            n.start_soon(handler)
+            res = await c.dma(1, 0x1000, 0x2000, Perm.READ | Perm.WRITE)
+    assert res.ok and res.faults == 2
+    assert answers == [[{"cookie": 1, "code": 0}]]
+    g = groups[0]
+    assert g.addresses == [0x1000, 0x2000] and g.records[-1].last_page
+    assert g.pasid is None and g.grpid == 3 and g.received_ns > 0
+
+
+async def test_replies_are_matched_by_id_not_by_order(fake: FakeDaemon) -> None:
+    release = trio.Event()
+
+    @fake.on("ioas_alloc")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await release.wait()
+        return {"ioas_id": 100}
+
+    @fake.on("fault_alloc")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        release.set()
+        return {"fault_id": 200}
+
+    async with IopfClient.open(fake.path) as c:
+        got: dict[str, int] = {}
+
+        async def slow() -> None:
+            got["ioas"] = await c.ioas_alloc()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(slow)
+            await trio.sleep(0.01)
+            got["fault"] = await c.fault_alloc()
+    assert got == {"ioas": 100, "fault": 200}
+
+
+async def test_throttled_count_reaches_the_group(fake: FakeDaemon) -> None:
+    async with IopfClient.open(fake.path) as c:
+        await fake.conns[0].fault(4, 17, [0x5000], throttled=6)
+        g = await c.fault_queue(4).receive()
+    assert (g.fault_id, g.cookie, g.throttled) == (4, 17, 6)
+
+
+async def test_seq_gap_is_raised_once_by_the_fault_iterator_which_then_continues(
+    fake: FakeDaemon,
+) -> None:
+    async with IopfClient.open(fake.path) as c:
+        conn = fake.conns[0]
+        q = c.fault_queue(4)
+        await conn.fault(4, 1, [0x1000])
+        await conn.fault(4, 2, [0x2000], seq=5)  # events 2..4 never arrived
+        assert (await q.receive()).cookie == 1
+        with pytest.raises(EventGap) as ei:
+            await q.receive()
+        assert (ei.value.expected, ei.value.got) == (2, 5)
+        assert (await q.receive()).cookie == 2
+        st = c.stats()
+    assert st.seq_gaps == 1 and st.missed_events == 3
+
+
+async def test_lost_connection_fails_waiting_and_later_calls_with_connection_lost(
+    fake: FakeDaemon,
+) -> None:
+    @fake.on("dma")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await conn.stream.aclose()
+        return DEFER
+
+    async with IopfClient.open(fake.path) as c:
+        q = c.fault_queue(1)
+        with pytest.raises(ConnectionLost, match="dma"):
+            await c.dma(1, 0, 4096, Perm.READ)
+        with pytest.raises(ConnectionLost):
+            await c.ioas_alloc()
+        with pytest.raises(ConnectionLost):
+            await q.receive()
+        assert c.closed
+
+
+async def test_eproto_with_null_id_closes_the_client_with_the_daemons_reason(
+    fake: FakeDaemon,
+) -> None:
+    @fake.on("ioas_alloc")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await conn.send({"id": None, "ok": False,
+                         "error": {"code": "EPROTO", "message": "bad frame"}})
+        return DEFER
+
+    async with IopfClient.open(fake.path) as c:
+        with pytest.raises(ConnectionLost, match="EPROTO: bad frame"):
+            await c.ioas_alloc()
+
+
+async def test_concurrent_requests_are_coalesced_into_few_writes(fake: FakeDaemon) -> None:
+    fake.results["ioas_alloc"] = {"ioas_id": 1}
+    async with IopfClient.open(fake.path) as c:
+        before = c.stats().writes
+        async with trio.open_nursery() as n:
+            for _ in range(64):
+                n.start_soon(c.ioas_alloc)
+        st = c.stats()
+    assert st.requests == 65 and st.replies == 65
+    assert st.writes - before <= 4
+
+
+async def test_cancelled_call_drops_its_late_reply_and_the_client_keeps_working(
+    fake: FakeDaemon,
+) -> None:
+    release = trio.Event()
+
+    @fake.on("dma")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await release.wait()
+        return {"status": "ok", "faults": 0, "bytes": 4096}
+
+    fake.results["ioas_alloc"] = {"ioas_id": 5}
+    async with IopfClient.open(fake.path) as c:
+        with trio.move_on_after(0.05):
+            await c.dma(1, 0, 4096, Perm.READ)
+        release.set()
+        assert await c.ioas_alloc() == 5
+        await trio.sleep(0.02)
+        assert c.stats().late_replies == 1 and c.stats().in_flight == 0
+
+
+async def test_destroy_of_a_fault_queue_ends_its_iterator(fake: FakeDaemon) -> None:
+    fake.results["fault_alloc"] = {"fault_id": 3}
+    async with IopfClient.open(fake.path) as c:
+        fid = await c.fault_alloc()
+        await c.destroy(fid)
+        got = [g async for g in c.fault_queue(fid)]
+    assert got == []
+
+
+async def test_receive_batch_takes_every_buffered_group(fake: FakeDaemon) -> None:
+    async with IopfClient.open(fake.path) as c:
+        for cookie in range(1, 6):
+            await fake.conns[0].fault(2, cookie, [cookie << 12])
+        with trio.fail_after(2):
+            while c.fault_queue(2).buffered < 5:
+                await trio.sleep(0.005)
+        batch = await c.fault_queue(2).receive_batch(max_groups=4)
+        rest = await c.fault_queue(2).receive_batch()
+    assert [g.cookie for g in batch] == [1, 2, 3, 4] and [g.cookie for g in rest] == [5]
+
+
+async def test_trace_records_carry_fields_and_count_client_side_drops(fake: FakeDaemon) -> None:
+    async with IopfClient.open(fake.path, trace_buffer=2) as c:
+        stream = await c.subscribe(["fault", "response"])
+        conn = fake.conns[0]
+        for i in range(4):
+            await conn.event("trace", topic="fault", t=1.0 + i, cookie=i, lost=0)
+        with trio.fail_after(2):
+            while c.stats().events < 4:
+                await trio.sleep(0.005)
+        a = await stream.__anext__()
+        b = await stream.__anext__()
+        await conn.event("trace", topic="response", t=9.0, cookie=9, lost=1)
+        d = await stream.__anext__()
+    assert fake.conns[0].requests[1]["topics"] == ["fault", "response"]
+    assert (a.fields["cookie"], b.fields["cookie"]) == (0, 1)
+    assert d.topic == "response" and d.lost == 1 + 2 and stream.dropped == 2
+
+
+async def test_socket_path_comes_from_argument_then_env_then_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IOPFD_SOCKET", "/tmp/env.sock")
+    assert resolve_socket_path("/tmp/arg.sock") == "/tmp/arg.sock"
+    assert resolve_socket_path() == "/tmp/env.sock"
+    monkeypatch.delenv("IOPFD_SOCKET")
+    assert resolve_socket_path() == "/run/iopfd/iopfd.sock"
+
+
+async def test_open_uses_iopfd_socket_env(
+    fake: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IOPFD_SOCKET", fake.path)
+    async with IopfClient.open() as c:
+        assert c.hello_info is not None
+    assert os.path.exists(fake.path)
