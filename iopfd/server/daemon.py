@@ -212,7 +212,8 @@ class Daemon:
 
     async def _watchdog(self, interval: float) -> None:
         while True:
-            await self.notifier.notify("WATCHDOG=1", self._status_line())
+            # Sent from the event loop itself: a stalled loop stops the pings.
+            self.notifier.notify("WATCHDOG=1", self._status_line())
             await trio.sleep(interval)
 
     def _status_line(self) -> str:
@@ -228,7 +229,7 @@ class Daemon:
                     nursery.start_soon(self._hardware_task)
                     for listener in listeners:
                         nursery.start_soon(self._accept_loop, listener, nursery)
-                    await self.notifier.notify("READY=1", self._status_line())
+                    self.notifier.notify("READY=1", self._status_line())
                     interval = watchdog_interval_s()
                     if interval is not None:
                         nursery.start_soon(self._watchdog, interval)
@@ -237,7 +238,7 @@ class Daemon:
                     async for signum in signals:
                         log.info("shutting down", signal=signal.Signals(signum).name)
                         break
-                    await self.notifier.notify("STOPPING=1", "STATUS=stopping")
+                    self.notifier.notify("STOPPING=1", "STATUS=stopping")
                     self.shutdown("shutdown")
                     nursery.cancel_scope.cancel()
         finally:

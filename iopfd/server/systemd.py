@@ -11,8 +11,6 @@ import os
 import socket
 from typing import Final
 
-import trio
-
 SD_LISTEN_FDS_START: Final = 3
 
 
@@ -54,11 +52,14 @@ class Notifier:
 
     def __init__(self, address: str | None = None) -> None:
         raw = address if address is not None else os.environ.pop("NOTIFY_SOCKET", None)
-        self._sock: trio.socket.SocketType | None = None
+        self._sock: socket.socket | None = None
         self.failures = 0
         addr = _notify_address(raw) if raw else None
         if addr is not None:
-            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # A non-blocking datagram to a local socket: sent at once or dropped, so it can
+            # be sent from any task without an await.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.setblocking(False)
             self._addr: str | bytes = addr
             self._sock = sock
 
@@ -66,7 +67,7 @@ class Notifier:
     def enabled(self) -> bool:
         return self._sock is not None
 
-    async def notify(self, *assignments: str) -> None:
+    def notify(self, *assignments: str) -> None:
         """Send ``READY=1``, ``STATUS=...`` etc. as one datagram; errors are ignored.
 
         A notification is advisory: systemd gone away must never stop the daemon; a
@@ -75,7 +76,7 @@ class Notifier:
         if self._sock is None:
             return
         try:
-            await self._sock.sendto("\n".join(assignments).encode(), self._addr)
+            self._sock.sendto("\n".join(assignments).encode(), self._addr)
         except OSError:
             self.failures += 1
 
