@@ -34,7 +34,6 @@ from typing import Any
 
 import trio
 
-from clients._frames import DEFAULT_MAX_FRAME, FrameDecoder, FramingError, encode_frame
 from clients.errors import ConnectionLost, EventGap, error_from_reply
 from clients.records import (
     Device,
@@ -47,6 +46,12 @@ from clients.records import (
     Status,
     TraceRecord,
 )
+from iopfd.protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    encode_frame,
+)
+from iopfd.protocol.frames import ProtocolViolation as FramingError
 
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/iopfd/iopfd.sock"
@@ -407,7 +412,7 @@ class IopfClient:
                     self._shutdown("iopfd closed the connection")
                     return
                 now = time.monotonic_ns()
-                for msg in self._decoder.feed(data):
+                for msg in self._decoder.feed(bytes(data)):
                     self._dispatch(msg, now)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._shutdown(f"connection to iopfd lost: {e!r}")

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from clients._frames import DEFAULT_MAX_FRAME, FrameDecoder, FramingError, encode_frame
 from clients.client import PROTOCOL_VERSION, PendingGroup, resolve_socket_path
 from clients.errors import ConnectionLost, EventGap, error_from_reply
 from clients.records import (
@@ -39,6 +38,12 @@ from clients.records import (
     Status,
     TraceRecord,
 )
+from iopfd.protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    encode_frame,
+)
+from iopfd.protocol.frames import ProtocolViolation as FramingError
 
 FaultHandler = Callable[[FaultGroup], int]
 _T = TypeVar("_T")

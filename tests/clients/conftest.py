@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from clients._frames import FrameDecoder, encode_frame
+from iopfd.protocol.frames import FrameDecoder, encode_frame
 
 DEFER = object()
 
