@@ -78,20 +78,23 @@ class _Layout:
         self.type_masks = tuple(
             sum(((1 << w) - 1) << lo for ww, lo, w in type_segs if ww == i) for i in range(4)
         )
+        # (name, limit, shift, low-bits mask, segments with masks, is_bool), computed once
+        self._plan = tuple(
+            (f.name, 1 << (f.width + f.shift), f.shift, (1 << f.shift) - 1,
+             tuple((w, lo, (1 << width) - 1, width) for w, lo, width in f.segs), f.is_bool)
+            for f in fields)
 
     def encode(self, obj: object) -> bytes:
         words = list(self.type_words)
-        for fld in self.fields:
-            raw = getattr(obj, fld.name)
-            v = int(raw)
-            limit = 1 << (fld.width + fld.shift)
+        for name, limit, shift, low, segs, _ in self._plan:
+            v = int(getattr(obj, name))
             if not 0 <= v < limit:
-                raise ValueError(f"{self.cls_name}.{fld.name}={v:#x} does not fit")
-            if fld.shift and v & ((1 << fld.shift) - 1):
-                raise ValueError(f"{self.cls_name}.{fld.name}={v:#x} is not aligned")
-            v >>= fld.shift
-            for word, lo, width in fld.segs:
-                words[word] |= (v & ((1 << width) - 1)) << lo
+                raise ValueError(f"{self.cls_name}.{name}={v:#x} does not fit")
+            if v & low:
+                raise ValueError(f"{self.cls_name}.{name}={v:#x} is not aligned")
+            v >>= shift
+            for word, lo, mask, width in segs:
+                words[word] |= (v & mask) << lo
                 v >>= width
         return _QWORDS.pack(*words)
 
@@ -107,13 +110,13 @@ class _Layout:
             if bad:
                 raise ValueError(f"{self.cls_name}: reserved bits {bad:#x} set in qw{i}")
         out: dict[str, Any] = {}
-        for fld in self.fields:
+        for name, _, shift, _, segs, is_bool in self._plan:
             v = 0
             pos = 0
-            for word, lo, width in fld.segs:
-                v |= ((words[word] >> lo) & ((1 << width) - 1)) << pos
+            for word, lo, mask, width in segs:
+                v |= ((words[word] >> lo) & mask) << pos
                 pos += width
-            out[fld.name] = bool(v) if fld.is_bool else v << fld.shift
+            out[name] = v != 0 if is_bool else v << shift
         return out
 
 
@@ -196,19 +199,19 @@ class PageRequestDescriptor(_Descriptor):
             raise ValueError(f"not a page request descriptor (type {qw0 & 0xFF:#x})")
         if qw0 & 0xFFC0_0000_0000_FC00:
             raise ValueError(f"page request descriptor: reserved bits set in qw0 ({qw0:#x})")
-        return cls(
-            sid=(qw0 >> 16) & 0xFFFF,
-            pasid_present=bool(qw0 >> 8 & 1),
-            pasid=(qw0 >> 32) & 0xFFFFF,
-            exe_req=bool(qw0 >> 52 & 1),
-            pm_req=bool(qw0 >> 53 & 1),
-            rd_req=bool(qw1 & 1),
-            wr_req=bool(qw1 >> 1 & 1),
-            lpig=bool(qw1 >> 2 & 1),
-            prg_index=(qw1 >> 3) & 0x1FF,
-            addr=qw1 & ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF,
-            priv_data_present=bool(qw0 >> 9 & 1),
-            priv_data=qw2 | qw3 << 64,
+        return cls(                                   # positional: the hot path
+            (qw0 >> 16) & 0xFFFF,                     # sid
+            qw0 & 0x100 != 0,                         # pasid_present
+            (qw0 >> 32) & 0xFFFFF,                    # pasid
+            qw0 >> 52 & 1 != 0,                       # exe_req
+            qw0 >> 53 & 1 != 0,                       # pm_req
+            qw1 & 1 != 0,                             # rd_req
+            qw1 & 2 != 0,                             # wr_req
+            qw1 & 4 != 0,                             # lpig
+            (qw1 >> 3) & 0x1FF,                       # prg_index
+            qw1 & 0xFFFF_FFFF_FFFF_F000,              # addr
+            qw0 & 0x200 != 0,                         # priv_data_present
+            qw2 | qw3 << 64,                          # priv_data
         )
 
 

@@ -342,7 +342,7 @@ class IommuUnit:
         c = self.counters
         c["page_requests_received"] += 1
         pasid = desc.pasid if desc.pasid_present else None
-        needs_response = desc.lpig and not desc.is_stop_marker
+        needs_response = desc.lpig and (desc.rd_req or desc.wr_req)   # not a stop marker
         e, fault = self._entry_for(desc.sid, pasid, page_request=True)
         if e is None:
             assert fault is not None
@@ -357,16 +357,17 @@ class IommuUnit:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
         prq = self.prq
-        if prq.is_full:
+        if (prq._tail + 32) % prq.size_bytes == prq._head:     # full: N-1 slots used
             c["prq_overflows"] += 1
             self._set_prs(PRS_PRO)
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
-        self._implicit_invalidation(e, pasid, desc.addr >> PAGE_SHIFT)
+        if e.did in self._iotlb:
+            self._implicit_invalidation(e, pasid, desc.addr >> PAGE_SHIFT)
         prq.hw_write(desc.encode())
         c["prq_writes"] += 1
-        if desc.is_stop_marker:
+        if desc.lpig and not needs_response:
             c["prq_stop_markers"] += 1
         self._set_prs(PRS_PPR)
 

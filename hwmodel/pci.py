@@ -383,12 +383,12 @@ class PciFunction:
         while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT,
                                                 t.perm).ok:
             n += 1
-        perm = t.perm
+        p = int(t.perm)
         pp = t.pasid is not None
-        rd = bool(perm & (Perm.READ | Perm.EXEC)) or not perm & Perm.WRITE
-        wr = bool(perm & Perm.WRITE)
-        ex = bool(perm & Perm.EXEC)
-        pm = bool(perm & Perm.PRIV)
+        rd = p & 5 != 0 or p & 2 == 0      # READ, or EXEC (needs read), or PRIV alone
+        wr = p & 2 != 0
+        ex = p & 4 != 0
+        pm = p & 8 != 0
         pasid = t.pasid if t.pasid is not None else 0
         for i in range(n):
             fabric.post(self, PageRequestDescriptor(
