@@ -170,6 +170,11 @@ class Connection:
                     self._finishing = True
                     self._writer_wake.set()
                     nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT_S
+            except Exception:
+                # A bug in this connection's tasks closes this connection, not the daemon.
+                self.daemon.counters["internal_errors"] += 1
+                self.close_reason = "internal_error"
+                log.exception("connection task failed")
             finally:
                 self.closed = True
                 self.daemon.release(self)

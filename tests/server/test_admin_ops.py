@@ -26,10 +26,14 @@ def test_topology_and_objects_show_owners(iopfd: DaemonProc) -> None:
     with iopfd.client(client="owner") as c:
         p = fault_path(c)
         topo = c.call("topology")
-        assert topo
-        assert ACCEL0 in repr(topo) and "owner" in repr(topo)
-        objs = c.call("objects")["objects"]
-        assert str(p.hwpt_id) in repr(objs) or p.hwpt_id in repr(objs)
+        assert {u["name"] for u in topo["iommus"]} == {"dmar0", "dmar1"}
+        row = next(d for d in topo["devices"] if d["rid"] == ACCEL0)
+        assert row["state"] == "bound" and row["owner"].startswith("owner#")
+        objs = {o["id"]: o for o in c.call("objects")["objects"]
+                if o["client"].startswith("owner#")}
+        assert {objs[p.dev_id]["type"], objs[p.ioas_id]["type"], objs[p.fault_id]["type"]} == {
+            "device", "ioas", "fault"}
+        assert objs[p.hwpt_id]["fault_id"] == p.fault_id
 
 
 def test_pending_lists_unanswered_groups_with_their_fields(iopfd: DaemonProc) -> None:

@@ -114,8 +114,9 @@ def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(tmp_path: Path) 
         finish(d)
 
 
-def test_dma_in_flight_per_connection_is_capped_with_enospc(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path, "[limits]\nmax_dma_inflight = 2\n")
+def test_dma_in_flight_and_objects_per_connection_are_capped_with_enospc(
+        tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "[limits]\nmax_dma_inflight = 2\nmax_objects = 6\n")
     try:
         with d.client() as c:
             p = fault_path(c)
@@ -129,8 +130,51 @@ def test_dma_in_flight_per_connection_is_capped_with_enospc(tmp_path: Path) -> N
             assert {c.wait_reply(i)["result"]["status"] for i in ids} == {"invalid"}
             c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
             fault_event(c)
+            c.call("ioas_alloc")
+            c.call("ioas_alloc")
+            assert c.error("ioas_alloc") == "ENOSPC"
+            with d.client() as other:  # the limit is per connection
+                other.call("fault_alloc")
     finally:
         finish(d)
+
+
+SMALL_TOPOLOGY = """
+[[iommu]]
+name = "dmar9"
+
+[[function]]
+rid = "0000:10:00.0"
+iommu = "dmar9"
+ats = true
+pri = true
+pri_capacity = 32
+pasid_bits = 8
+"""
+
+
+def test_topology_from_a_file_or_inline_replaces_the_default(tmp_path: Path) -> None:
+    (tmp_path / "topo.toml").write_text(SMALL_TOPOLOGY)
+    inline = SMALL_TOPOLOGY.replace("[[iommu]]", "[[topology.iommu]]").replace(
+        "[[function]]", "[[topology.function]]")
+    for config in ('topology_file = "topo.toml"\n', inline):
+        d = start_daemon(tmp_path, config)
+        try:
+            with d.client() as c:
+                rows = c.call("devices")["devices"]
+                assert [(r["rid"], r["iommu"], r["pasid_bits"]) for r in rows] == [
+                    ("0000:10:00.0", "dmar9", 8)]
+        finally:
+            finish(d)
+
+
+def test_a_bad_topology_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[topology.function]]\nrid = "zz"\n')
+    proc = subprocess.run([*iopfd_command(), "--config", str(cfg), "--socket",
+                           str(tmp_path / "s.sock")], capture_output=True, timeout=30,
+                          check=False)
+    assert proc.returncode == 2, proc.stderr
 
 
 def test_a_second_daemon_refuses_a_live_socket_and_the_first_keeps_serving(

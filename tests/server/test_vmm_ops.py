@@ -17,6 +17,7 @@ from flows import (
     fault_event,
     fault_path,
 )
+from iopfd_rawclient import RawClient
 
 
 def test_devices_lists_every_function_with_the_protocol_fields(iopfd: DaemonProc) -> None:
@@ -243,3 +244,25 @@ def test_pasid_rules(iopfd: DaemonProc) -> None:
         ioas = c.call("ioas_alloc")["ioas_id"]
         hwpt = c.call("hwpt_alloc", dev_id=legacy, pt_id=ioas, flags=[])["hwpt_id"]
         assert c.error("attach", dev_id=legacy, pt_id=hwpt, pasid=1) == "EOPNOTSUPP"
+
+
+def _auto(c: RawClient) -> int:
+    return int(c.call("status")["counters"]["auto_responses"])
+
+
+def test_detach_and_unbind_answer_the_pending_groups_they_orphan(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        p = fault_path(c)
+        c.call("attach", dev_id=p.dev_id, pt_id=p.hwpt_id, pasid=9)
+        c.call("inject", rid=ACCEL0, addr=0x1000, perm=READ, grpid=1, last=True)
+        c.call("inject", rid=ACCEL0, pasid=9, addr=0x2000, perm=READ, grpid=2, last=True)
+        fault_event(c)
+        fault_event(c)
+        before = _auto(c)
+        c.call("detach", dev_id=p.dev_id, pasid=9)   # the pasid's group only
+        assert _auto(c) == before + 1
+        pending = [r for r in c.call("pending")["pending"] if r["fault_id"] == p.fault_id]
+        assert [r["pasid"] for r in pending] == [None]
+        c.call("unbind", dev_id=p.dev_id)            # the rest
+        assert _auto(c) == before + 2
+        assert not [r for r in c.call("pending")["pending"] if r["fault_id"] == p.fault_id]
