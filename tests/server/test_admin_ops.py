@@ -7,8 +7,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from conftest import DaemonProc, finish, start_daemon
-from flows import ACCEL0, ACCEL1, IOVA, LAST_PAGE, READ, fault_event, fault_path
+from iopfd_flows import ACCEL0, ACCEL1, IOVA, LAST_PAGE, READ, fault_event, fault_path
+from iopfd_harness import DaemonProc, finish, start_daemon
 from iopfd_rawclient import RawClient, frame
 
 

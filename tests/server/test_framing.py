@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import DaemonProc
+from iopfd_harness import DaemonProc
 from iopfd_rawclient import RawClient, frame
 
 

@@ -10,8 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import DaemonProc, finish, iopfd_command, start_daemon
-from flows import ACCEL0, ACCEL1, IOVA, READ, fault_event, fault_path
+from iopfd_flows import ACCEL0, ACCEL1, IOVA, READ, fault_event, fault_path
+from iopfd_harness import DaemonProc, finish, iopfd_command, start_daemon
 from iopfd_rawclient import Closed, RawClient, frame
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import DaemonProc
+from iopfd_harness import DaemonProc
 
 
 def test_hello_reports_version_server_max_frame_and_admin(iopfd: DaemonProc) -> None:

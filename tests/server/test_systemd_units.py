@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import iopfd_command
+from iopfd_harness import iopfd_command
 from iopfd_rawclient import RawClient
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import DaemonProc
-from flows import (
+from iopfd_flows import (
     ACCEL0,
     ACCEL1,
     ATS_NO_PRI,
@@ -17,6 +16,7 @@ from flows import (
     fault_event,
     fault_path,
 )
+from iopfd_harness import DaemonProc
 from iopfd_rawclient import RawClient
 
 
