@@ -1,0 +1,53 @@
+"""`make bench QUICK=1` still runs end to end and writes results a reader can trust.
+
+No timing is asserted here (speed targets live in bench/results, never in tests); this
+pins only that every section ran and that each entry carries the fields issue 6 asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY_KEYS = {"name", "figure", "unit", "ceiling", "ratio", "target", "met"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_bench_runs_every_section_and_writes_valid_json(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert doc["quick"] is True
+    assert doc["errors"] == {}
+    machine = doc["machine"]
+    for key in ("cpu_count", "cpu_model", "python", "kernel", "loadavg"):
+        assert machine[key], key
+    names = {e["name"] for e in doc["entries"]}
+    for required in (
+        "ceiling.trio_round_trip",
+        "ceiling.blocking_round_trip",
+        "ceiling.trio_pipelined",
+    ):
+        assert required in names
+    for e in doc["entries"]:
+        assert e.keys() >= ENTRY_KEYS, e
+        assert isinstance(e["figure"], int | float)
+        if e["ratio"] is not None:
+            assert e["ceiling"] is not None, e["name"]
+        if e["target"] is not None:
+            assert isinstance(e["met"], bool), e["name"]
+    md = (tmp_path / "latest.md").read_text()
+    assert "| bench | figure |" in md
