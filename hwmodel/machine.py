@@ -138,7 +138,7 @@ class Machine:
             self._counters["page_requests_injected_to_absent"] += 1
             return
         if desc.lpig and not desc.is_stop_marker:
-            fn._injected[desc.prg_index] += 1
+            fn._injected[desc.prg_index] = fn._injected.get(desc.prg_index, 0) + 1
         self._counters["page_requests_injected"] += 1
         self.post(fn, desc)
 

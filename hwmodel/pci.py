@@ -239,7 +239,7 @@ class PciFunction:
         self._groups: dict[int, PageRequestGroup] = {}
         self._next_prgi = 0
         self._cancelled_prgis: set[int] = set()
-        self._injected: Counter[int] = Counter()
+        self._injected: dict[int, int] = {}   # PRGIs of injected groups awaiting a response
         self._transfers: dict[int, DmaTransfer] = {}
 
     def __repr__(self) -> str:
@@ -465,7 +465,7 @@ class PciFunction:
         prgi = desc.prg_index
         g = self._groups.pop(prgi, None)
         if g is None:
-            if self._injected[prgi] > 0:
+            if self._injected.get(prgi, 0) > 0:
                 self._injected[prgi] -= 1
                 c["page_responses_to_injected"] += 1
             elif prgi in self._cancelled_prgis:

@@ -140,6 +140,10 @@ def default_topology() -> TopologySpec:
 
 _IOMMU_KEYS = {"name", "segment", "prq_order", "iq_entries", "pds", "nest", "pasid_bits", "prs"}
 _FUNC_KEYS = {"rid", "iommu", "ats", "pri", "pri_capacity", "pasid_bits", "pf", "name"}
+# Keys a VF inherits from its PF when absent: (key, type, default; None = required).
+_FUNC_FIELDS: tuple[tuple[str, type, object], ...] = (
+    ("iommu", str, None), ("ats", bool, False), ("pri", bool, False),
+    ("pri_capacity", int, 0), ("pasid_bits", int, 0))
 
 
 def _get(d: Mapping[str, object], key: str, kind: type, default: object, where: str) -> object:
@@ -189,44 +193,44 @@ def topology_from_dict(d: Mapping[str, object]) -> TopologySpec:
     if not iommus:
         raise ValueError("a topology needs at least one [[iommu]]")
     raw = _table_list(d, "function")
+    rids: list[Rid] = []
     by_rid: dict[Rid, Mapping[str, object]] = {}
     for i, f in enumerate(raw):
         where = f"function[{i}]"
         bad = set(f) - _FUNC_KEYS
         if bad:
             raise ValueError(f"{where}: unknown keys {sorted(bad)}")
-        by_rid[Rid.parse(str(_get(f, "rid", str, None, where)))] = f
+        rid = Rid.parse(str(_get(f, "rid", str, None, where)))
+        rids.append(rid)
+        by_rid[rid] = f
     funcs: list[FunctionSpec] = []
-    for i, f in enumerate(raw):
+    empty: Mapping[str, object] = {}
+    for i, (rid, f) in enumerate(zip(rids, raw, strict=True)):
         where = f"function[{i}]"
-        rid = Rid.parse(str(f["rid"]))
-        pf_s = f.get("pf")
-        parent: Mapping[str, object] = {}
         pf: Rid | None = None
-        if pf_s is not None:
+        parent = empty
+        if "pf" in f:
             pf = Rid.parse(str(_get(f, "pf", str, None, where)))
             if pf not in by_rid:
                 raise ValueError(f"{where}: unknown PF {pf}")
             parent = by_rid[pf]
-
-        def inherit(key: str, kind: type, default: object, *, f: Mapping[str, object] = f,
-                    parent: Mapping[str, object] = parent, where: str = where) -> object:
+        vals: dict[str, object] = {}
+        for key, kind, default in _FUNC_FIELDS:
             if key in f:
-                return _get(f, key, kind, None, where)
-            if key in parent:
-                return _get(parent, key, kind, None, where)
-            if default is None:
+                vals[key] = _get(f, key, kind, None, where)
+            elif key in parent:
+                vals[key] = _get(parent, key, kind, None, f"{where} (from its PF)")
+            elif default is None:
                 raise ValueError(f"{where}: missing {key!r}")
-            return default
-
-        pri = bool(inherit("pri", bool, False))
+            else:
+                vals[key] = default
         funcs.append(FunctionSpec(
             rid=rid,
-            iommu=str(inherit("iommu", str, None)),
-            ats=bool(inherit("ats", bool, False)),
-            pri=pri,
-            pri_capacity=int(inherit("pri_capacity", int, 0)),  # type: ignore[call-overload]
-            pasid_bits=int(inherit("pasid_bits", int, 0)),  # type: ignore[call-overload]
+            iommu=str(vals["iommu"]),
+            ats=bool(vals["ats"]),
+            pri=bool(vals["pri"]),
+            pri_capacity=int(vals["pri_capacity"]),  # type: ignore[call-overload]
+            pasid_bits=int(vals["pasid_bits"]),  # type: ignore[call-overload]
             pf=pf,
             name=str(_get(f, "name", str, "", where)),
         ))
