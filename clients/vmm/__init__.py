@@ -1,0 +1,138 @@
+"""``iopf-vmm``: the reference VMM emulator, a complete fault-handling loop on iopfd.
+
+It binds devices, builds IOAS + fault queue + fault-capable HWPTs (optionally
+nested), attaches the RID and PASIDs, then plays a guest workload whose buffers
+start unmapped and serves every page request like a demand-paging VMM. See
+``iopf-vmm --help`` and docs/clients.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from clients.client import IopfClient
+from clients.errors import IopfError
+from clients.vmm.paging import DemandPagingVmm, VmmOptions
+from clients.vmm.report import Progress, RunInfo, print_summary
+from clients.vmm.workload import PATTERNS
+
+EXIT_OK = 0
+EXIT_INVARIANT = 1
+EXIT_SETUP = 2
+EXIT_CONNECTION = 3
+
+__all__ = ["DemandPagingVmm", "VmmOptions", "build_parser", "main", "run"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="iopf-vmm",
+        description="Reference VMM for iopfd: demand-pages a guest's DMA buffers by "
+        "serving I/O page faults, then prints what happened.",
+    )
+    p.add_argument("--socket", help="iopfd socket (default: $IOPFD_SOCKET, then "
+                   "/run/iopfd/iopfd.sock)")
+    p.add_argument("--device", action="append", default=[], metavar="RID",
+                   help="bind this device (repeatable; default: every PRI-capable free PF)")
+    p.add_argument("--pasids", type=int, default=2, metavar="N",
+                   help="PASIDs to attach per PASID-capable device, besides the RID (default 2)")
+    p.add_argument("--nested", action="store_true",
+                   help="nested translation: guest stage-1 table (vtd_s1) over the IOAS")
+    p.add_argument("--pattern", choices=PATTERNS, default="sequential")
+    p.add_argument("--pages", type=int, default=256, help="buffer pages per DMA stream")
+    p.add_argument("--dma-pages", type=int, default=4, help="pages per DMA transfer")
+    p.add_argument("--stride", type=int, default=8, help="stride of --pattern strided, in DMAs")
+    p.add_argument("--concurrency", type=int, default=8, help="DMAs in flight")
+    p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                   help="keep playing epochs this long (default 0: one pass over the buffers)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--bad-fraction", type=float, default=0.02,
+                   help="fraction of DMAs aimed outside guest memory (answered INVALID)")
+    p.add_argument("--batch", type=int, default=64, help="most groups per page_response")
+    p.add_argument("--progress", action="store_true",
+                   help="progress line on stderr even when it is not a terminal")
+    p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    p.add_argument("--name", default="iopf-vmm", help="client name shown to admins")
+    return p
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    if args.pages < 1 or args.dma_pages < 1 or args.stride < 1:
+        return "--pages, --dma-pages and --stride must be at least 1"
+    if not 1 <= args.concurrency <= 4096:
+        return "--concurrency must be within 1..4096"
+    if not 0.0 <= args.bad_fraction <= 1.0:
+        return "--bad-fraction must be within 0..1"
+    if args.pasids < 0 or args.duration < 0 or args.batch < 1:
+        return "--pasids and --duration must not be negative, --batch at least 1"
+    return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    """The whole session; returns the exit status."""
+    opts = VmmOptions(
+        devices=list(args.device), pasids=args.pasids, nested=args.nested,
+        pattern=args.pattern, pages=args.pages, dma_pages=args.dma_pages, stride=args.stride,
+        concurrency=args.concurrency, duration=args.duration, seed=args.seed,
+        bad_fraction=args.bad_fraction, batch=args.batch,
+    )
+    progress = Progress(enabled=args.progress or sys.stderr.isatty())
+    async with IopfClient.open(args.socket, client_name=args.name) as client:
+        vmm = DemandPagingVmm(client, opts, progress)
+        rids = await vmm.choose_devices()
+        if not rids:
+            print("iopf-vmm: no free PRI-capable device to bind", file=sys.stderr)
+            return EXIT_SETUP
+        try:
+            await vmm.setup(rids)
+        except IopfError as e:
+            print(f"iopf-vmm: setup: {e}", file=sys.stderr)
+            await vmm.teardown()
+            return EXIT_SETUP
+        if not args.json:
+            mode = "nested (vtd_s1 over nest_parent)" if opts.nested else "paging"
+            print(f"iopf-vmm: {len(rids)} device(s), {len(vmm.targets)} DMA streams, {mode}, "
+                  f"{opts.pattern}, {opts.pages} pages each, seed {opts.seed}", file=sys.stderr)
+        await vmm.run()
+        await vmm.check_nothing_pending()
+        await vmm.teardown()
+        assert client.hello_info is not None
+        info = RunInfo(
+            devices=rids, targets=len(vmm.targets),
+            mode="nested" if opts.nested else "paging", pattern=opts.pattern,
+            pages=opts.pages, seed=opts.seed, daemon=client.hello_info.server,
+        )
+        gaps = client.stats().seq_gaps
+        if gaps:
+            vmm.stats.violate(f"{gaps} event sequence gap(s)")
+        print_summary(info, vmm.stats, sys.stdout, args.json)
+        return EXIT_INVARIANT if vmm.stats.violations else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    problem = _check(args)
+    if problem:
+        print(f"iopf-vmm: {problem}", file=sys.stderr)
+        return EXIT_SETUP
+    try:
+        return trio.run(run, args)
+    except IopfError as e:
+        print(f"iopf-vmm: {e.errno}: {e}", file=sys.stderr)
+        return EXIT_SETUP
+    except (ConnectionError, FileNotFoundError) as e:
+        where = args.socket or os.environ.get("IOPFD_SOCKET") or "/run/iopfd/iopfd.sock"
+        print(f"iopf-vmm: cannot talk to iopfd at {where}: {e}", file=sys.stderr)
+        return EXIT_CONNECTION
+    except KeyboardInterrupt:
+        print("iopf-vmm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
