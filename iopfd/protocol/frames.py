@@ -36,7 +36,8 @@ def decode_body(body: bytes) -> dict[str, object]:
     except msgpack.ExtraData as exc:
         raise ProtocolViolation("trailing bytes after the msgpack object") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise ProtocolViolation(f"undecodable msgpack: {exc}") from exc
+        detail = str(exc)[:200] or type(exc).__name__
+        raise ProtocolViolation(f"undecodable msgpack: {detail}") from exc
     if not isinstance(obj, dict):
         raise ProtocolViolation(f"frame holds a msgpack {type(obj).__name__}, not a map")
     for key in obj:

@@ -293,17 +293,25 @@ def request_op(msg: Mapping[str, object], rid: int) -> str:
     return op
 
 
+#: Problems listed in one error message; the rest are counted, so that a hostile
+#: request with thousands of bad keys gets a short answer.
+MAX_LISTED_ERRORS: Final = 8
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One readable line: ``field: problem; other.field: problem``."""
     parts = []
-    for err in exc.errors(include_url=False, include_input=False):
+    errors = exc.errors(include_url=False, include_input=False)
+    for err in errors[:MAX_LISTED_ERRORS]:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif msg.startswith("Value error, "):
             msg = msg.removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
+        parts.append(f"{loc[:64]}: {msg}" if loc else msg)
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
     return "; ".join(parts)
 
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("iopfd.connection")
 
 RECEIVE_SIZE: Final = 256 * 1024
+#: Error messages are for people; a client's bad input never makes them long.
+MAX_ERROR_MESSAGE: Final = 1024
 #: How long a closing connection may take to flush its last frames (an EPROTO error).
 FLUSH_TIMEOUT_S: Final = 2.0
 
@@ -100,6 +102,8 @@ class Connection:
         self._enqueue(frame)
 
     def reply_error(self, rid: int | None, code: str, message: str) -> None:
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[:MAX_ERROR_MESSAGE] + "..."
         self._enqueue(encode_frame(
             {"id": rid, "ok": False, "error": {"code": code, "message": message}}))
 

@@ -119,3 +119,9 @@ def test_any_split_of_the_stream_decodes_the_same_messages(
     out += dec.feed(stream[pos:])
     assert out == msgs
     assert dec.buffered == 0
+
+
+def test_deeply_nested_msgpack_is_a_violation_not_a_crash() -> None:
+    body = b"\x81\xa1a" + b"\x91" * 100_000 + b"\x01"
+    with pytest.raises(ProtocolViolation):
+        FrameDecoder().feed(raw_frame(body))

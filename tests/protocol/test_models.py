@@ -184,3 +184,10 @@ def test_destroy_without_obj_id_names_the_object_by_the_request_id() -> None:
 def test_destroy_obj_id_names_the_object_and_leaves_the_request_id_free() -> None:
     _, rid, args = validate_request({"op": "destroy", "id": 1, "obj_id": 12})
     assert (rid, args.target(rid)) == (1, 12)  # type: ignore[attr-defined]
+
+
+def test_thousands_of_unknown_keys_get_a_short_message() -> None:
+    with pytest.raises(RequestError) as info:
+        validate_request({"op": "devices", "id": 1, **{f"k{i}": i for i in range(5000)}})
+    assert info.value.errno == "EINVAL"
+    assert len(info.value.message) < 1000 and "more" in info.value.message
