@@ -120,3 +120,16 @@ def test_encode_errors_reach_software_before_anything_is_queued(accel: Bound) ->
     with pytest.raises(ValueError):
         iq.submit([InvWaitDescriptor(), IotlbInvDescriptor(2, did=1 << 16)])
     assert iq.head == iq.tail == 0 and not iq.iqe
+
+
+def test_page_group_response_is_routed_by_sid_on_its_own_unit_only(machine: Machine) -> None:
+    a = bind(machine, "0000:3a:00.0")
+    other = bind(machine, ACCEL1)                      # behind dmar1
+    t = machine.start_dma(other.fn.rid, 5, 0, 0x1000, Perm.READ, now=0)
+    machine.advance(1)
+    (r,) = other.drain_prq()
+    a.unit.iq.submit([PageGroupResponseDescriptor(r.sid, True, 5, 1, r.prg_index)])
+    assert t.waiting == "response"                     # dmar0 has no function with that SID
+    assert a.unit.counters["page_responses_to_absent"] == 1
+    other.unit.iq.submit([PageGroupResponseDescriptor(r.sid, True, 5, 1, r.prg_index)])
+    assert t.status is not None and t.status.value == "invalid"

@@ -297,3 +297,17 @@ def test_pri_enable_refuses_unless_disabled_and_stopped_and_clamps_to_capacity()
     with pytest.raises(PriError) as ei:
         m.function(ATS_NO_PRI).pri.enable(4)
     assert ei.value.errno == "EOPNOTSUPP"
+
+
+def test_atc_keeps_partial_permissions_and_a_write_to_a_read_page_faults(accel: Bound) -> None:
+    m = accel.machine
+    accel.s2.map(0, 0x40000, PAGE, Perm.READ)
+    assert m.start_dma(accel.fn.rid, 5, 0, PAGE, Perm.READ, now=0).status is DmaStatus.OK
+    assert accel.fn.atc[(5, 0)] == (0x40, Perm.READ)
+    t = m.start_dma(accel.fn.rid, 5, 0, PAGE, Perm.WRITE, now=1)
+    (r,) = fault_cycle(accel, 2)
+    assert r.wr_req and not r.rd_req and t.faults == 1
+    accel.s2.map(0, 0x40000, PAGE, RW)                 # software upgrades the mapping
+    accel.respond(r)
+    m.advance(3)
+    assert t.status is DmaStatus.OK and accel.fn.atc[(5, 0)] == (0x40, RW)
