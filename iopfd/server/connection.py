@@ -112,7 +112,9 @@ class Connection:
         if self.closed:
             return
         self.seq += 1
-        self._enqueue(encode_frame({"event": event, "seq": self.seq, **body}))
+        msg = {"event": event, "seq": self.seq, **body}
+        msg["event"], msg["seq"] = event, self.seq  # a body key never overrides these
+        self._enqueue(encode_frame(msg))
 
     def push_trace(self, topic: str, t: float, record: dict[str, object]) -> None:
         """A trace record, or a dropped one if ``trace_buffer`` records wait unsent."""
@@ -123,6 +125,7 @@ class Connection:
             self.daemon.counters["trace_lost"] += 1
             return
         body: dict[str, object] = {"topic": topic, "t": t, **record}
+        body["topic"], body["t"] = topic, t
         if self.trace_lost:
             body["lost"] = self.trace_lost
             self.trace_lost = 0

@@ -79,31 +79,39 @@ class Daemon:
             self._hw_wake.set()
 
     def dispatch(self, events: list[CoreEvent], now: int) -> None:
-        by_ctx = self._by_ctx
+        """Forward each event to its connection. One event that cannot be forwarded is
+        logged and counted; the ones after it still go out."""
         for ev in events:
-            if type(ev) is FaultDelivered:
-                conn = by_ctx.get(ev.ctx.id)
-                if conn is None:
-                    continue
-                body: dict[str, object] = {"fault_id": ev.fault_id, "cookie": ev.cookie,
-                                           "faults": ev.faults}
-                if ev.throttled:
-                    body["throttled"] = ev.throttled
-                conn.push_event("fault", body)
-                log.debug("fault delivered", conn=conn.id, fault_id=ev.fault_id,
-                          cookie=ev.cookie, records=len(ev.faults))
-            elif type(ev) is DmaDone:
-                conn = by_ctx.get(ev.ctx.id)
-                if conn is None or not isinstance(ev.tag, int):
-                    continue  # the connection is gone; its DMAs ended with it
-                conn.dma_inflight.discard(ev.tag)
-                conn.reply_ok(ev.tag, {"status": ev.status, "faults": ev.faults,
-                                       "bytes": ev.bytes})
-            elif type(ev) is Trace and self._subscribers:
-                t = time.time()
-                for sub in self._subscribers:
-                    if ev.topic in sub.topics:
-                        sub.push_trace(ev.topic, t, ev.record)
+            try:
+                self._dispatch_one(ev)
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("event dispatch failed", event_type=type(ev).__name__)
+
+    def _dispatch_one(self, ev: CoreEvent) -> None:
+        if type(ev) is FaultDelivered:
+            conn = self._by_ctx.get(ev.ctx.id)
+            if conn is None:
+                return
+            body: dict[str, object] = {"fault_id": ev.fault_id, "cookie": ev.cookie,
+                                       "faults": ev.faults}
+            if ev.throttled:
+                body["throttled"] = ev.throttled
+            conn.push_event("fault", body)
+            log.debug("fault delivered", conn=conn.id, fault_id=ev.fault_id,
+                      cookie=ev.cookie, records=len(ev.faults))
+        elif type(ev) is DmaDone:
+            conn = self._by_ctx.get(ev.ctx.id)
+            if conn is None or not isinstance(ev.tag, int):
+                return  # the connection is gone; its DMAs ended with it
+            conn.dma_inflight.discard(ev.tag)
+            conn.reply_ok(ev.tag, {"status": ev.status, "faults": ev.faults,
+                                   "bytes": ev.bytes})
+        elif type(ev) is Trace and self._subscribers:
+            t = time.time()
+            for sub in self._subscribers:
+                if ev.topic in sub.topics:
+                    sub.push_trace(ev.topic, t, ev.record)
 
     async def _hardware_task(self) -> None:
         """Runs the core at its deadlines (device retries with back-off); woken early
