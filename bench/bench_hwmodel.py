@@ -61,10 +61,21 @@ def bench_prq(n: int, reps: int) -> dict[str, Any]:
         b = bind(m, ACCEL)
         unit = b.unit
         prq = unit.prq
-        descs = [PageRequestDescriptor(sid=b.fn.sid, pasid_present=True, pasid=5,
-                                       exe_req=False, pm_req=False, rd_req=True, wr_req=False,
-                                       lpig=True, prg_index=i % 512, addr=i << 12)
-                 for i in range(batch)]
+        descs = [
+            PageRequestDescriptor(
+                sid=b.fn.sid,
+                pasid_present=True,
+                pasid=5,
+                exe_req=False,
+                pm_req=False,
+                rd_req=True,
+                wr_req=False,
+                lpig=True,
+                prg_index=i % 512,
+                addr=i << 12,
+            )
+            for i in range(batch)
+        ]
         receive = unit.receive_page_request
         read = prq.read_descriptor
         done = 0
@@ -79,8 +90,12 @@ def bench_prq(n: int, reps: int) -> dict[str, Any]:
         assert unit.counters["prq_writes"] == done and not unit.read_prs() & PRS_PRO
 
     rate, rates = _median_rate(run, n, reps)
-    return {"name": "prq_page_requests", "figure": round(rate), "unit": "requests/s",
-            "detail": {"requests": n, "batch": batch, "reps": [round(r) for r in rates]}}
+    return {
+        "name": "prq_page_requests",
+        "figure": round(rate),
+        "unit": "requests/s",
+        "detail": {"requests": n, "batch": batch, "reps": [round(r) for r in rates]},
+    }
 
 
 def bench_dma_cycles(n: int, reps: int) -> dict[str, Any]:
@@ -102,8 +117,12 @@ def bench_dma_cycles(n: int, reps: int) -> dict[str, Any]:
         m.take_completed()
 
     rate, rates = _median_rate(run, n, reps)
-    return {"name": "dma_fault_cycles", "figure": round(rate), "unit": "cycles/s",
-            "detail": {"cycles": n, "reps": [round(r) for r in rates]}}
+    return {
+        "name": "dma_fault_cycles",
+        "figure": round(rate),
+        "unit": "cycles/s",
+        "detail": {"cycles": n, "reps": [round(r) for r in rates]},
+    }
 
 
 def bench_iq(n: int, reps: int) -> dict[str, Any]:
@@ -111,15 +130,21 @@ def bench_iq(n: int, reps: int) -> dict[str, Any]:
         m = Machine(default_topology())
         b = bind(m, ACCEL)
         iq = b.unit.iq
-        batch = [PasidIotlbInvDescriptor(PIOTLB_G_PSI, did=2, pasid=5, addr=0x10000),
-                 PasidDevTlbInvDescriptor(sid=b.fn.sid, pasid=5, addr=0x10000),
-                 InvWaitDescriptor(status_data=1, status_addr=0x1000)]
+        batch = [
+            PasidIotlbInvDescriptor(PIOTLB_G_PSI, did=2, pasid=5, addr=0x10000),
+            PasidDevTlbInvDescriptor(sid=b.fn.sid, pasid=5, addr=0x10000),
+            InvWaitDescriptor(status_data=1, status_addr=0x1000),
+        ]
         for _ in range(count // 3):
             iq.submit(batch)
 
     rate, rates = _median_rate(run, n, reps)
-    return {"name": "iq_descriptors", "figure": round(rate), "unit": "descriptors/s",
-            "detail": {"descriptors": n, "reps": [round(r) for r in rates]}}
+    return {
+        "name": "iq_descriptors",
+        "figure": round(rate),
+        "unit": "descriptors/s",
+        "detail": {"descriptors": n, "reps": [round(r) for r in rates]},
+    }
 
 
 def bench_codec(n: int, reps: int) -> dict[str, Any]:
@@ -131,8 +156,12 @@ def bench_codec(n: int, reps: int) -> dict[str, Any]:
             dec(d.encode())
 
     rate, rates = _median_rate(run, n, reps)
-    return {"name": "descriptor_round_trips", "figure": round(rate), "unit": "round trips/s",
-            "detail": {"n": n, "reps": [round(r) for r in rates]}}
+    return {
+        "name": "descriptor_round_trips",
+        "figure": round(rate),
+        "unit": "round trips/s",
+        "detail": {"n": n, "reps": [round(r) for r in rates]},
+    }
 
 
 def bench_build(n_functions: int) -> dict[str, Any]:
@@ -142,8 +171,12 @@ def bench_build(n_functions: int) -> dict[str, Any]:
     m = Machine(spec)
     t2 = time.perf_counter()
     assert len(m.functions) == n_functions
-    return {"name": f"machine_build_{n_functions}", "figure": round(t2 - t0, 3), "unit": "s",
-            "detail": {"topology_s": round(t1 - t0, 3), "machine_s": round(t2 - t1, 3)}}
+    return {
+        "name": f"machine_build_{n_functions}",
+        "figure": round(t2 - t0, 3),
+        "unit": "s",
+        "detail": {"topology_s": round(t1 - t0, 3), "machine_s": round(t2 - t1, 3)},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         bench_codec(200_000 // scale, reps),
         bench_build(4096 if args.quick else 65536),
     ]
-    json.dump({"entries": entries, "quick": args.quick, "python": sys.version.split()[0]},
-              sys.stdout, indent=2)
+    json.dump(
+        {"entries": entries, "quick": args.quick, "python": sys.version.split()[0]},
+        sys.stdout,
+        indent=2,
+    )
     sys.stdout.write("\n")
     return 0
 
