@@ -1,181 +1,203 @@
-"""`make demo` (interim): drive the emulated VT-d hardware and show what it did.
+"""``make demo``: iopfd, the reference VMM, and iopfctl, end to end, in a few seconds.
 
-Until the daemon exists this plays the kernel driver by hand against ``hwmodel``:
-a DMA faults, its page requests land in the page request queue, software answers with
-a page group response through the invalidation queue, the function retries and
-succeeds; then a stale device TLB, a page-request drain, and a Response Failure.
+Starts ``iopfd`` on a private socket with the default topology (JSON logs to a file),
+runs ``iopf-vmm`` against it so that you watch page faults being served, shows
+the first trace records and ``iopfctl status``, then stops the daemon with SIGTERM
+and checks that it exited 0 and removed its socket. Whatever happens (a failure,
+Ctrl-C, SIGTERM), nothing it started is left running.
+
+    python -m iopfd.demo [--duration SECONDS] [--nested] [-- extra iopf-vmm options]
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from types import FrameType
 
-from hwmodel import (
-    IOTLB_G_PSI,
-    PRS_PPR,
-    PRS_PRO,
-    RESP_FAILURE,
-    RESP_INVALID,
-    RESP_SUCCESS,
-    DmaTransfer,
-    IotlbInvDescriptor,
-    Machine,
-    PageRequestDescriptor,
-    PasidDevTlbInvDescriptor,
-    Perm,
-    default_topology,
-)
-from hwmodel.testing import ACCEL, NIC_PF, NIC_VF0, Bound, bind, response_for
-
-RW = Perm.READ | Perm.WRITE
+BIN = os.path.dirname(os.path.abspath(sys.executable))
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
 
 
-def say(title: str) -> None:
-    print(f"\n== {title}")
+def _tool(name: str) -> str:
+    """The console script installed next to this interpreter (the project's venv)."""
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else shutil.which(name) or name
 
 
-def show(*lines: str) -> None:
-    for line in lines:
-        print(f"   {line}")
+def _say(msg: str) -> None:
+    print(f"\n== {msg}", flush=True)
 
 
-def hexdump(raw: bytes) -> str:
-    return " ".join(raw[i:i + 8][::-1].hex() for i in range(0, 32, 8))   # qw0..qw3
+class Demo:
+    """The processes of one demo run; :meth:`cleanup` ends every one still alive."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.socket = os.path.join(workdir, "iopfd.sock")
+        self.log_path = os.path.join(workdir, "iopfd.log")
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start_daemon(self) -> None:
+        with open(self.log_path, "wb") as log:
+            # own session: a Ctrl-C reaches us, and we stop the daemon in order
+            self.daemon = subprocess.Popen(
+                [_tool("iopfd"), "--socket", self.socket, "--log-format", "json"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        print(f"iopfd pid {self.daemon.pid}, socket {self.socket}, logs {self.log_path}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"iopfd exited with {self.daemon.returncode} at startup")
+            if _accepts(self.socket):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("iopfd did not start listening in time")
+
+    def spawn(self, argv: Sequence[str], capture: bool = False) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, IOPFD_SOCKET=self.socket)
+        sys.stdout.flush()
+        # stderr joins stdout so progress and summary stay in order through a pipe
+        proc = subprocess.Popen(
+            list(argv), env=env, start_new_session=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=None if capture else subprocess.STDOUT,
+        )
+        self.children.append(proc)
+        return proc
+
+    def stop_daemon(self) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGTERM)
+        return self.daemon.wait(STOP_TIMEOUT_S)
+
+    def cleanup(self) -> None:
+        procs = [*self.children, *([self.daemon] if self.daemon else [])]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
-def describe(d: PageRequestDescriptor) -> str:
-    flags = "".join(c for c, on in (("R", d.rd_req), ("W", d.wr_req), ("X", d.exe_req),
-                                    ("P", d.pm_req)) if on) or "-"
-    pasid = f"pasid={d.pasid}" if d.pasid_present else "no-pasid"
-    last = " LPIG" if d.lpig else ""
-    return (f"rid={d.sid >> 8:02x}:{(d.sid >> 3) & 0x1F:02x}.{d.sid & 7} {pasid} "
-            f"prgi={d.prg_index} {flags} addr={d.addr:#x}{last}")
+def _accepts(path: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
-def registers(b: Bound) -> str:
-    u = b.unit
-    prs = u.read_prs()
-    bits = [n for n, bit in (("PPR", PRS_PPR), ("PRO", PRS_PRO)) if prs & bit] or ["-"]
-    return (f"{u.name}: PQH={u.prq.head:#06x} PQT={u.prq.tail:#06x} "
-            f"PRS={'|'.join(bits)}  ({u.prq.used} of {u.prq.capacity} slots used)")
+def _wait_for_subscriber(path: str) -> None:
+    """Let the trace client connect and subscribe before the VMM starts faulting."""
+    from clients.sync import SyncClient
+
+    deadline = time.monotonic() + 5.0
+    with SyncClient(path, client_name="iopfd-demo") as c:
+        while time.monotonic() < deadline and c.status().clients < 2:
+            time.sleep(0.02)
+    time.sleep(0.1)
 
 
-def transfer(t: DmaTransfer) -> str:
-    state = t.status.value if t.status else f"waiting for {t.waiting}"
-    return (f"DMA #{t.id} {t.rid} pasid={t.pasid} iova={t.iova:#x}+{t.length:#x}: {state}, "
-            f"{t.bytes:#x} bytes done, {t.faults} page requests, {t.retries} retries")
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
-def read_prq(b: Bound) -> list[PageRequestDescriptor]:
-    """What the driver's PRQ thread does: clear PPR, read head..tail, move the head."""
-    u = b.unit
-    u.write_prs_w1c(PRS_PPR)
-    out = []
-    for off in u.prq.pending_offsets():
-        d = u.prq.read_descriptor(off)
-        show(f"[{off:#06x}] {hexdump(bytes(u.prq.ring[off:off + 32]))}",
-             f"         {describe(d)}")
-        out.append(d)
-    u.prq.head = u.prq.tail
-    return out
+def run(args: argparse.Namespace, workdir: str) -> int:
+    demo = Demo(workdir)
+    failures: list[str] = []
+    try:
+        _say("starting iopfd on the default topology")
+        demo.start_daemon()
+        sys.stdout.flush()
+        subprocess.run([_tool("iopfctl"), "--socket", demo.socket, "devices"], check=False)
+
+        trace = demo.spawn([_tool("iopfctl"), "trace", "--topic", "fault", "--topic",
+                            "response", "--count", "16"], capture=True)
+        _wait_for_subscriber(demo.socket)
+        vmm_argv = [_tool("iopf-vmm"), "--socket", demo.socket, "--duration",
+                    str(args.duration), "--pattern", args.pattern, "--progress",
+                    *(["--nested"] if args.nested else []), *args.vmm_args]
+        _say(f"running the reference VMM for {args.duration:g} s: {' '.join(vmm_argv[1:])}")
+        vmm = demo.spawn(vmm_argv)
+        vmm_rc = vmm.wait()
+        if vmm_rc != 0:
+            failures.append(f"iopf-vmm exited {vmm_rc}")
+
+        try:
+            out, _ = trace.communicate(timeout=5)
+            _say("the first page faults and responses, as `iopfctl trace` saw them live")
+            print(out.decode(errors="replace").rstrip())
+        except subprocess.TimeoutExpired:
+            failures.append("iopfctl trace saw fewer than 16 records")
+
+        _say("iopfctl status")
+        sys.stdout.flush()
+        if subprocess.run([_tool("iopfctl"), "--socket", demo.socket, "status"],
+                          check=False).returncode != 0:
+            failures.append("iopfctl status failed")
+
+        _say("stopping iopfd with SIGTERM")
+        rc = demo.stop_daemon()
+        if rc != 0:
+            failures.append(f"iopfd exited {rc}")
+        if os.path.exists(demo.socket):
+            failures.append("iopfd left its socket behind")
+        if not failures:
+            print("iopfd exited 0 and removed its socket; nothing left running")
+    except KeyboardInterrupt:
+        failures.append("interrupted")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        failures.append(str(e))
+    finally:
+        demo.cleanup()
+    if failures:
+        print(f"\ndemo FAILED: {'; '.join(failures)} (daemon log: {demo.log_path})",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
-def counters(title: str, items: Iterable[tuple[str, int]]) -> None:
-    rows = [(k, v) for k, v in sorted(items) if v]
-    show(f"{title}:" + ("" if rows else " (idle)"))
-    for i in range(0, len(rows), 2):
-        show("   " + "    ".join(f"{k:<34}{v:>6}" for k, v in rows[i:i + 2]))
-
-
-def main() -> None:
-    m = Machine(default_topology())
-    say("Topology (the embedded default; hwmodel/default_topology.toml)")
-    for name, unit in m.iommus.items():
-        show(f"{name}: PRQ {unit.prq.entries} x 32 B, IQ {unit.iq.entries} x 32 B, "
-             f"PDS={int(unit.spec.pds)} NEST={int(unit.spec.nest)}")
-        for fn in m.functions.values():
-            if fn.iommu is unit:
-                caps = [c for c, on in (("ATS", fn.spec.ats), ("PASID", fn.spec.pasid)) if on]
-                if fn.spec.pri:
-                    caps.append("PRI(shared with PF)" if fn.pf else
-                                f"PRI(capacity {fn.spec.pri_capacity})")
-                show(f"   {fn.rid}  {fn.spec.name:<18} {' '.join(caps) or 'none'}")
-
-    say("Driver: enable PASID, ATS, PRI on 0000:3a:00.0; PASID 5 -> DID 2, empty stage-2 table")
-    b = bind(m, ACCEL, pasid=5, did=2)
-    show(f"PRI: Enable=1 allocation={b.fn.pri.allocation} (capacity {b.fn.pri.capacity}); "
-         f"context entry P=1 PRE=1")
-
-    say("The function DMAs 3 pages (read+write) at iova 0x10000: ATC miss, IOMMU miss")
-    t = m.start_dma(b.fn.rid, 5, 0x10000, 0x3000, RW, now=1_000)
-    show(transfer(t), f"{m.posted_page_requests} page requests posted on the link")
-    m.advance(2_000)
-    show(f"delivered; PRQ event fired on: {[u.name for u in m.take_interrupts()]}",
-         registers(b))
-
-    say("Software reads the PRQ (one group: same PRG index, LPIG on the last)")
-    reqs = read_prq(b)
-    show(registers(b))
-
-    say("Software maps the pages and answers the group: page group response, RC=Success")
-    b.s2.map(0x10000, 0x7_0000_0000, 0x3000, RW)
-    resp = response_for(reqs[-1], RESP_SUCCESS)
-    show(f"IQ descriptor type 0x9: {hexdump(resp.encode())}")
-    b.unit.iq.submit([resp])
-    show(transfer(t))
-    m.advance(3_000)
-    show("after advance(): " + transfer(t))
-
-    say("Stale device TLB: unmap a page and flush only the IOTLB")
-    b.s2.unmap(0x10000, 0x1000)
-    b.unit.iq.submit([IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x10000)])
-    t2 = m.start_dma(b.fn.rid, 5, 0x10000, 0x1000, Perm.READ, now=4_000)
-    show(f"ATC still holds (5, 0x10): {transfer(t2)}  <- stale, as real hardware")
-    b.unit.iq.submit([PasidDevTlbInvDescriptor(sid=b.fn.sid, pasid=5, addr=0x10000)])
-    t3 = m.start_dma(b.fn.rid, 5, 0x10000, 0x1000, Perm.READ, now=5_000)
-    show(f"after the P_devTLB invalidation: {transfer(t3)}")
-
-    say("Page-request drain: an invalidation wait with PD=1 pushes posted requests into the PRQ")
-    show(f"{m.posted_page_requests} posted, PRQ holds {b.unit.prq.used}")
-    b.drain_wait()
-    show(f"after wait(SW=1, PD=1): PRQ holds {b.unit.prq.used}, status write "
-         f"{b.unit.iq.status_memory}")
-    (r,) = read_prq(b)
-    b.respond(r, RESP_INVALID)
-    show("answered Invalid Request: " + transfer(t3))
-
-    say("Table 31: a request for a torn-down PASID is answered by the hardware itself")
-    t4 = m.start_dma(b.fn.rid, 5, 0x40000, 0x1000, Perm.READ, now=6_000)
-    b.unit.clear_pasid_present(b.fn.sid, 5)
-    m.advance(7_000)
-    ar = b.unit.auto_responses[-1]
-    show(f"auto response RC={ar.response_code} (Invalid Request) prgi={ar.prg_index}; "
-         f"PRQ untouched ({b.unit.prq.used} used); " + transfer(t4))
-
-    say("Response Failure through a VF stops the PF's PRI (VFs share it)")
-    pf = bind(m, NIC_PF, pasid=3, did=3)
-    vf = bind(m, NIC_VF0, pasid=4, did=4)
-    tp = m.start_dma(pf.fn.rid, 3, 0, 0x1000, Perm.READ, now=8_000)
-    tv = m.start_dma(vf.fn.rid, 4, 0, 0x1000, Perm.READ, now=8_000)
-    m.advance(9_000)
-    reqs = read_prq(pf)
-    vf_req = next(r for r in reqs if r.sid == vf.fn.sid)
-    pf.respond(vf_req, RESP_FAILURE)
-    pri = pf.fn.pri
-    show(f"PRI status: RF={int(pri.response_failure)} UPRGI={int(pri.unexpected_prgi)} "
-         f"Stopped={int(pri.stopped)} outstanding={pri.outstanding}",
-         transfer(tv), transfer(tp))
-    pri.disable()
-    pri.do_reset()
-    pri.enable(64)
-    show(f"after disable + reset + enable: RF={int(pri.response_failure)} "
-         f"Enable={int(pri.enabled)} allocation={pri.allocation}")
-
-    say("Counters")
-    for name, unit in m.iommus.items():
-        counters(name, unit.counters.items())
-    counters(f"{ACCEL}", b.fn.counters.items())
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m iopfd.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=4.0, help="VMM workload seconds")
+    p.add_argument("--pattern", default="sequential",
+                   choices=("sequential", "random", "strided"))
+    p.add_argument("--nested", action="store_true", help="nested (vtd_s1) translation")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
+    p.add_argument("vmm_args", nargs="*", help="extra iopf-vmm options, after --")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    workdir = tempfile.mkdtemp(prefix="iopfd-demo-")
+    rc = 1
+    try:
+        rc = run(args, workdir)
+    finally:
+        if args.keep or rc != 0:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return rc
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

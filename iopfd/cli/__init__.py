@@ -1,0 +1,1 @@
+"""iopfctl, the admin command line for iopfd."""

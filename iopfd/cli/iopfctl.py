@@ -1,0 +1,273 @@
+"""``iopfctl``: look at and poke a running iopfd.
+
+Every command prints a human table by default and the daemon's own result map
+with ``--json`` (``trace --json`` prints one JSON object per line). Exit status
+is 0 on success; on an error reply it is 1 and stderr says
+``iopfctl: <ERRNO>: <message>``; 3 when the daemon cannot be reached; 2 for a
+usage error. The socket comes from ``--socket``, then ``$IOPFD_SOCKET``, then
+/run/iopfd/iopfd.sock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from clients import IopfError, Perm, resolve_socket_path
+from clients.sync import SyncClient
+from iopfd.cli.tables import cell, key_values, render
+
+EXIT_OK = 0
+EXIT_ERRNO = 1
+EXIT_USAGE = 2
+EXIT_CONNECT = 3
+
+TRACE_TOPICS = ("fault", "response", "auto_response", "invalidation", "throttle", "overflow",
+                "device")
+
+Handler = Callable[[SyncClient, argparse.Namespace], dict[str, Any]]
+
+
+def _perm(text: str) -> int:
+    """``r``, ``rw``, ``rwxp``, ``READ|WRITE`` or a number."""
+    t = text.strip()
+    try:
+        return int(t, 0)
+    except ValueError:
+        pass
+    letters = {"r": Perm.READ, "w": Perm.WRITE, "x": Perm.EXEC, "p": Perm.PRIV}
+    value = 0
+    if "|" in t or t.upper() in Perm.__members__:
+        for name in t.upper().split("|"):
+            if name not in Perm.__members__:
+                raise argparse.ArgumentTypeError(f"unknown permission {name!r}")
+            value |= Perm[name]
+        return value
+    for ch in t.lower():
+        if ch not in letters:
+            raise argparse.ArgumentTypeError(f"permission letters are r, w, x, p: {text!r}")
+        value |= letters[ch]
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+# -- commands: each returns the result map; printing is separate -------------
+
+
+def _plain(op: str) -> Handler:
+    def run(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
+        return c.request(op)
+
+    return run
+
+
+def _rid_op(op: str) -> Handler:
+    def run(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
+        return c.request(op, rid=a.rid)
+
+    return run
+
+
+def _inject(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
+    args: dict[str, Any] = {"rid": a.rid, "addr": a.addr, "perm": a.perm, "grpid": a.grpid,
+                            "last": not a.not_last}
+    if a.pasid is not None:
+        args["pasid"] = a.pasid
+    return c.request("inject", **args)
+
+
+# -- human output ---------------------------------------------------------------
+
+
+def _show_status(r: Mapping[str, Any]) -> str:
+    head = key_values([("version", r.get("version")), ("uptime_s", r.get("uptime_s")),
+                       ("clients", r.get("clients"))])
+    counters = r.get("counters") or {}
+    rows = [{"counter": k, "value": v} for k, v in counters.items()]
+    out = head + "\n\n" + render(["counter", "value"], rows)
+    try:
+        identity = (counters["responses"] + counters["auto_responses"] + counters["throttled"]
+                    + counters.get("pending", 0))
+        verdict = "holds" if counters["groups"] == identity else "DOES NOT HOLD"
+        out += (f"\n\nexactly-once: groups {counters['groups']} == responses + auto_responses"
+                f" + throttled + pending {identity}: {verdict}")
+    except (KeyError, TypeError):
+        pass
+    return out
+
+
+def _show_devices(r: Mapping[str, Any]) -> str:
+    rows = [dict(d, pri_status=_pri_status(d.get("pri_status"))) for d in r.get("devices", [])]
+    cols = ["rid", "iommu", "state", "pri", "ats", "pasid_bits", "pf", "pri_enabled",
+            "ats_enabled", "pri_status"]
+    if any("owner" in d for d in rows):
+        cols += ["owner", "dev_id", "attached"]
+    return render(cols, rows)
+
+
+def _pri_status(st: object) -> str:
+    if not isinstance(st, Mapping):
+        return cell(st)
+    flags = [k for k, v in st.items() if v]
+    return ",".join(flags) or "ok"
+
+
+def _show_topology(r: Mapping[str, Any]) -> str:
+    iommus = list(r.get("iommus", []))
+    cols = ["name", "segment", "prq_entries", "prq_used", "prs", "nest", "pasid_bits",
+            "dids_in_use", "devices"]
+    present = [c for c in cols if any(c in u for u in iommus)] or cols
+    extra = sorted({k for u in iommus for k in u} - set(cols))
+    return (render(present + extra, iommus) + "\n\n" + _show_devices(r))
+
+
+def _show_objects(r: Mapping[str, Any]) -> str:
+    objs = list(r.get("objects", []))
+    base = ["id", "type", "client", "users"]
+    rows = [{**{k: o.get(k) for k in base},
+             "details": {k: v for k, v in o.items() if k not in base}} for o in objs]
+    return render([*base, "details"], rows) if rows else "no objects"
+
+
+def _show_pending(r: Mapping[str, Any]) -> str:
+    rows = list(r.get("pending", []))
+    if not rows:
+        return "no pending groups"
+    return render(["client", "fault_id", "cookie", "rid", "dev_id", "pasid", "grpid", "age_s"],
+                  rows)
+
+
+def _done(what: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda r: what
+
+
+# -- trace --------------------------------------------------------------------
+
+
+def _trace(c: SyncClient, a: argparse.Namespace) -> int:
+    c.subscribe(a.topic or [])
+    seen = 0
+    try:
+        while a.count is None or seen < a.count:
+            rec = c.next_trace(timeout=None)
+            if rec is None:
+                continue
+            seen += 1
+            if a.json:
+                line = {"seq": rec.seq, "topic": rec.topic, "t": rec.t, **rec.fields}
+                if rec.lost:
+                    line["lost"] = rec.lost
+                print(json.dumps(line, default=str), flush=True)
+            else:
+                lost = f"  (lost {rec.lost})" if rec.lost else ""
+                fields = " ".join(f"{k}={_trace_value(k, v)}" for k, v in rec.fields.items())
+                print(f"{_clock(rec.t)}  {rec.topic:<13} {fields}{lost}", flush=True)
+    except KeyboardInterrupt:
+        pass  # the normal way to stop following
+    return EXIT_OK
+
+
+def _clock(t: float) -> str:
+    """A trace timestamp as local time of day with microseconds (seconds if not wall time)."""
+    if t < 1e9:
+        return f"{t:15.6f}"
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e6):06d}"
+
+
+def _trace_value(key: str, value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and key in ("addr", "iova", "gpa"):
+        return f"{value:#x}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return cell(value)
+
+
+# -- parser -------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[Handler, Callable[[Mapping[str, Any]], str], str]] = {
+    "status": (_plain("status"), _show_status, "daemon version, uptime, clients and counters"),
+    "devices": (_plain("devices"), _show_devices, "PCI functions and their state"),
+    "topology": (_plain("topology"), _show_topology, "IOMMU units and devices with owners"),
+    "objects": (_plain("objects"), _show_objects, "every connection's iommufd objects"),
+    "pending": (_plain("pending"), _show_pending, "unanswered fault groups"),
+    "inject": (_inject, _done("injected"), "write a raw page request into a device's PRQ"),
+    "unplug": (_rid_op("unplug"), _done("unplugged"), "hot-remove a device"),
+    "plug": (_rid_op("plug"), _done("plugged"), "bring a removed device back"),
+    "reset": (_rid_op("reset"), _done("reset"), "function-level reset (clears PRI RF)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="iopfd socket (default $IOPFD_SOCKET, then /run/iopfd/iopfd.sock)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the daemon's result as JSON")
+    p = argparse.ArgumentParser(prog="iopfctl", parents=[common],
+                                description="Inspect and control a running iopfd.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, _, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        if name in ("inject", "unplug", "plug", "reset"):
+            sp.add_argument("rid", help="PCI requester ID, SSSS:BB:DD.F")
+        if name == "inject":
+            sp.add_argument("--addr", type=_int, required=True, help="page address")
+            sp.add_argument("--perm", type=_perm, default=int(Perm.READ),
+                            help="r, w, rw, rwx, READ|WRITE or a number (default r)")
+            sp.add_argument("--grpid", type=_int, default=0, help="page request group index")
+            sp.add_argument("--pasid", type=_int, default=None)
+            sp.add_argument("--not-last", action="store_true",
+                            help="leave LAST_PAGE clear (the group stays partial)")
+    tp = sub.add_parser("trace", parents=[common], help="follow the trace stream live",
+                        description="Follow the trace stream until Ctrl-C or --count records.")
+    tp.add_argument("--topic", action="append", choices=TRACE_TOPICS,
+                    help="only this topic (repeatable; default all)")
+    tp.add_argument("--count", type=int, default=None, help="stop after N records")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    socket_path = resolve_socket_path(getattr(args, "socket", None))
+    args.json = getattr(args, "json", False)
+    try:
+        client = SyncClient(socket_path, client_name="iopfctl", timeout=10.0)
+    except (OSError, ConnectionError) as e:
+        print(f"iopfctl: cannot connect to iopfd at {socket_path}: {e}", file=sys.stderr)
+        return EXIT_CONNECT
+    except IopfError as e:
+        print(f"iopfctl: {e.errno}: {e.message}", file=sys.stderr)
+        return EXIT_ERRNO
+    try:
+        with client:
+            if args.command == "trace":
+                return _trace(client, args)
+            handler, show, _ = COMMANDS[args.command]
+            result = handler(client, args)
+            if args.json:
+                print(json.dumps(result, indent=2, default=str))
+            else:
+                print(show(result))
+            return EXIT_OK
+    except IopfError as e:
+        print(f"iopfctl: {e.errno}: {e.message or e.op or ''}", file=sys.stderr)
+        return EXIT_ERRNO
+    except (OSError, ConnectionError) as e:
+        print(f"iopfctl: connection to iopfd at {socket_path} failed: {e}", file=sys.stderr)
+        return EXIT_CONNECT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
