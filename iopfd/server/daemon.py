@@ -57,6 +57,7 @@ class Daemon:
         self.started = time.monotonic()
         self._hw_wake = trio.Event()
         self._hw_deadline: int | None = None
+        self._hw_sleeping = False
         self.bound: BoundSocket | None = None
         self.notifier = Notifier()
         self.now_ns = now_ns
@@ -74,9 +75,11 @@ class Daemon:
             # A fault in the core is a bug; log it and keep the other clients served.
             self.counters["internal_errors"] += 1
             log.exception("core service failed")
-        deadline = core.next_deadline()
-        if deadline is not None and (self._hw_deadline is None or deadline < self._hw_deadline):
-            self._hw_wake.set()
+        if self._hw_sleeping:
+            deadline = core.next_deadline()
+            if deadline is not None and (self._hw_deadline is None
+                                         or deadline < self._hw_deadline):
+                self._hw_wake.set()
 
     def dispatch(self, events: list[CoreEvent], now: int) -> None:
         """Forward each event to its connection. One event that cannot be forwarded is
@@ -121,10 +124,12 @@ class Daemon:
             deadline = self.core.next_deadline()
             self._hw_deadline = deadline
             wake_at = math.inf if deadline is None else deadline / 1e9
+            self._hw_sleeping = True
             with trio.move_on_at(wake_at):
                 await self._hw_wake.wait()
+            # Awake: our own service call must not wake us again; the loop recomputes.
+            self._hw_sleeping = False
             self._hw_wake = trio.Event()
-            self._hw_deadline = None
             self.after_call(now_ns())
 
     # --- connections -------------------------------------------------------------
