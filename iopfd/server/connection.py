@@ -226,8 +226,6 @@ class Connection:
 
     def handle(self, msg: dict[str, object]) -> bool:
         """Run one request to its end; False when the connection must close (EPROTO)."""
-        from iopfd.server.ops import OPS
-
         daemon = self.daemon
         now = daemon.now_ns()
         self.requests += 1
@@ -240,7 +238,7 @@ class Connection:
             self._admit(op, rid)
             args = validate_args(op, {k: v for k, v in msg.items() if k != "op" and k != "id"},
                                  rid)
-            result = OPS[op](self, rid, args, now)
+            result = daemon.ops[op](self, rid, args, now)
         except RequestError as exc:
             if exc.closes_connection:
                 self._violation(exc.message, exc.request_id)

@@ -24,6 +24,7 @@ from iopfd.core.events import CoreEvent, DmaDone, FaultDelivered, Trace
 from iopfd.server.config import Config, Limits
 from iopfd.server.connection import Connection
 from iopfd.server.listener import BoundSocket, bind_unix_socket
+from iopfd.server.ops import OPS
 from iopfd.server.peer import is_admin, peer_credentials, resolve_group
 from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
 
@@ -61,6 +62,7 @@ class Daemon:
         self.bound: BoundSocket | None = None
         self.notifier = Notifier()
         self.now_ns = now_ns
+        self.ops = OPS
 
     # --- the core, serviced ------------------------------------------------------
 
