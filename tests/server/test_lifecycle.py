@@ -12,7 +12,7 @@ from pathlib import Path
 
 from iopfd_flows import ACCEL0, ACCEL1, IOVA, READ, fault_event, fault_path
 from iopfd_harness import DaemonProc, finish, iopfd_command, start_daemon
-from iopfd_rawclient import Closed, RawClient, frame
+from iopfd_rawclient import RawClient, frame
 
 
 def _pending_of(admin: RawClient, fault_id: int) -> list[dict[str, object]]:
@@ -226,4 +226,18 @@ def test_logs_are_json_lines_with_the_connection_bound(tmp_path: Path) -> None:
     assert {"conn", "peer_pid", "peer_uid"} <= bind.keys()
 
 
-__all__ = ["Closed"]
+
+
+
+def test_a_result_larger_than_max_frame_is_enospc_and_the_session_goes_on(
+        tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "[limits]\nmax_frame = 4096\n")
+    try:
+        with d.client() as c:
+            assert c.hello_result is not None and c.hello_result["max_frame"] == 4096
+            for _ in range(200):  # about 48 bytes each in the listing
+                c.call("ioas_alloc")
+            assert c.error("objects") == "ENOSPC"
+            assert c.call("ioas_alloc")["ioas_id"] > 0
+    finally:
+        finish(d)
