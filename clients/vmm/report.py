@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ def percentile(sorted_samples: list[int], q: float) -> int:
     """Nearest-rank percentile of already sorted samples (0 when there are none)."""
     if not sorted_samples:
         return 0
-    k = max(0, min(len(sorted_samples) - 1, round(q / 100 * len(sorted_samples) + 0.5) - 1))
+    k = max(0, min(len(sorted_samples) - 1, math.ceil(q / 100 * len(sorted_samples)) - 1))
     return sorted_samples[k]
 
 

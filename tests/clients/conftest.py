@@ -9,8 +9,13 @@ return ``DEFER`` and reply later with ``conn.reply``.
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -128,3 +133,68 @@ async def fake(nursery: trio.Nursery) -> AsyncIterator[FakeDaemon]:
         daemon = FakeDaemon(os.path.join(d, "fake.sock"))
         await nursery.start(daemon.serve)
         yield daemon
+
+
+# -- the real daemon, as a subprocess -----------------------------------------
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"iopfd exited early with {proc.returncode}")
+        if os.path.exists(path):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(path)
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.02)
+    raise RuntimeError("iopfd did not start listening in time")
+
+
+class LiveDaemon:
+    def __init__(self, tmpdir: str, config: str | None = None) -> None:
+        self.dir = tmpdir
+        self.path = os.path.join(tmpdir, "iopfd.sock")
+        self.log_path = os.path.join(tmpdir, "iopfd.log")
+        argv = [os.path.join(BIN, "iopfd"), "--socket", self.path, "--log-format", "json"]
+        if config is not None:
+            cfg = os.path.join(tmpdir, "iopfd.toml")
+            with open(cfg, "w") as f:
+                f.write(config)
+            argv += ["--config", cfg]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_socket(self.path, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[LiveDaemon]:
+    """One real iopfd per test module (default topology); stopped with SIGTERM after."""
+    with tempfile.TemporaryDirectory(prefix="iopfd-it-") as d:
+        daemon = LiveDaemon(d)
+        try:
+            yield daemon
+        finally:
+            rc = daemon.stop()
+            assert rc == 0, f"iopfd exited {rc}; log in {daemon.log_path}"
+            assert not os.path.exists(daemon.path), "iopfd left its socket behind"
