@@ -25,7 +25,7 @@ from iopfd.core.errors import (
 from iopfd.core.eventq import FaultQueue
 from iopfd.core.hw_pagetable import HwPagetable
 from iopfd.core.intel.cache import FlushPlan
-from iopfd.core.io_pgfault import auto_respond_attachment, respond
+from iopfd.core.io_pgfault import auto_respond_attachment, flush_responses, respond
 from iopfd.core.ioas import Ioas
 from iopfd.core.objects import UINT32_MAX, IommufdObject
 
@@ -351,6 +351,7 @@ class Context:
                 continue
             respond(core, fq.id, group, code, now)
             results.append(None)
+        flush_responses(core)
         return results
 
     # ------------------------------------------------------------------ DMA

@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hwmodel import InvDescriptor, Machine, PageRequestDescriptor, Perm, PriError, Rid
+from hwmodel import (
+    InvDescriptor,
+    IommuUnit,
+    Machine,
+    PageGroupResponseDescriptor,
+    PageRequestDescriptor,
+    PriError,
+    Rid,
+)
 from iopfd.core.context import Context, DmaTag
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, CoreError, CoreLimits
 from iopfd.core.eventq import FaultQueue
@@ -27,7 +35,7 @@ from iopfd.core.intel.iommu import (
     release,
 )
 from iopfd.core.intel.prq import prq_event_thread
-from iopfd.core.io_pgfault import PASID_VALID, discard_partials
+from iopfd.core.io_pgfault import PASID_VALID, discard_partials, flush_responses
 from iopfd.core.objects import IdAllocator
 
 #: Counters every ``status`` shows, even at zero (docs/protocol.md, *Admin*).
@@ -71,6 +79,8 @@ class Core:
         self.contexts: dict[int, Context] = {}
         self._next_ctx = 1
         self.last_flush = FlushStats()
+        # Page group responses waiting for the end of the current operation, per unit.
+        self.responses_out: dict[str, tuple[IommuUnit, list[PageGroupResponseDescriptor]]] = {}
         self.units: dict[str, UnitState] = {
             name: UnitState(unit, i) for i, (name, unit) in enumerate(machine.iommus.items())
         }
@@ -125,6 +135,7 @@ class Core:
                 prq_event_thread(self, units[unit.name], now)
         else:
             self.counters["service_round_limit"] += 1
+        flush_responses(self)  # nothing should be left; never let an answer linger
         for t in machine.take_completed():
             self.counters["dma_completed"] += 1
             tag = t.tag
@@ -266,9 +277,8 @@ class Core:
             raise CoreError(EINVAL, f"perm {perm!r} out of range")
         desc = PageRequestDescriptor(
             sid=dev.sid, pasid_present=pasid is not None, pasid=pasid or 0,
-            exe_req=bool(perm & Perm.EXEC), pm_req=bool(perm & Perm.PRIV),
-            rd_req=bool(perm & Perm.READ), wr_req=bool(perm & Perm.WRITE), lpig=bool(last),
-            prg_index=grpid, addr=addr)
+            exe_req=bool(perm & 4), pm_req=bool(perm & 8), rd_req=bool(perm & 1),
+            wr_req=bool(perm & 2), lpig=bool(last), prg_index=grpid, addr=addr)
         self.machine.inject_page_request(dev.rid, desc, now)
         self.counters["injected"] += 1
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from hwmodel import RESP_INVALID, RESP_SUCCESS, PageGroupResponseDescriptor
 from iopfd.core.events import FaultDelivered
-from iopfd.core.intel.dmar import qi_submit_sync
+from iopfd.core.intel.dmar import qi_submit_batched
 
 if TYPE_CHECKING:
     from hwmodel import IommuUnit
@@ -70,13 +70,33 @@ class IopfGroup:
 
 
 def page_response(  # noqa: PLR0917 - the descriptor's fields, on the hot path
-    core: Core, unit: IommuUnit, sid: int, pasid_present: bool, pasid: int,
-                  prgi: int, code: int) -> None:
-    """``intel_iommu_page_response``: a page group response through the unit's IQ, with
-    the RID, PASID (PP as the request had it) and PRGI of the group's last request."""
+    core: Core, unit: IommuUnit, sid: int, pasid_present: bool, pasid: int, prgi: int,
+    code: int,
+) -> None:
+    """``intel_iommu_page_response``: a page group response for the unit's IQ, with the
+    RID, PASID (PP as the request had it) and PRGI of the group's last request.
+
+    Responses are queued per unit and go out in ``qi_batch``-sized submissions when the
+    operation that produced them ends (``flush_responses``): the IQ keeps them in order,
+    and one wait descriptor covers a batch instead of one per response.
+    """
     desc = PageGroupResponseDescriptor(sid=sid, pasid_present=pasid_present, pasid=pasid,
                                        response_code=code, prg_index=prgi, lpig=True)
-    qi_submit_sync(unit, (desc,), core.counters)
+    out = core.responses_out.get(unit.name)
+    if out is None:
+        core.responses_out[unit.name] = (unit, [desc])
+    else:
+        out[1].append(desc)
+
+
+def flush_responses(core: Core) -> None:
+    """Submit every queued page group response (see ``page_response``)."""
+    if not core.responses_out:
+        return
+    batches = list(core.responses_out.values())
+    core.responses_out.clear()
+    for unit, descs in batches:
+        qi_submit_batched(unit, descs, core.counters)
 
 
 def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> None:
@@ -173,7 +193,8 @@ def _complete(core: Core, group: IopfGroup, code: int) -> None:
 
 
 def respond(core: Core, fault_id: int, group: IopfGroup, code: int, now: int) -> None:
-    """The client's answer; the caller already popped ``group`` from its fault queue."""
+    """The client's answer; the caller already popped ``group`` from its fault queue
+    and calls ``flush_responses`` once its whole batch of answers is done."""
     _complete(core, group, code)
     core.counters["responses"] += 1
     if core.trace_enabled:
@@ -198,6 +219,7 @@ def auto_respond_attachment(core: Core, attach: Attachment, reason: str, now: in
             core.trace("auto_response", rid=group.dev.name, pasid=_pasid(f[0], f[1]),
                        grpid=f[2], fault_id=fq.id, cookie=group.cookie, code=RESP_INVALID,
                        reason=reason, t_ns=now)
+    flush_responses(core)
     return len(groups)
 
 

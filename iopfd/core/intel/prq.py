@@ -12,6 +12,7 @@ from iopfd.core.io_pgfault import (
     LAST_PAGE,
     PASID_VALID,
     discard_partials,
+    flush_responses,
     page_response,
     report_device_fault,
 )
@@ -68,8 +69,9 @@ def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
         perm = rd | wr << 1 | req.exe_req << 2 | req.pm_req << 3
         report_device_fault(core, dev, (flags, req.pasid if pp else 0, req.prg_index, perm,
                                         addr), now)
-    # 3. PQH once for the whole batch.
+    # 3. PQH once for the whole batch; the answers the pass produced go out.
     prq.write_head(tail)
+    flush_responses(core)
     counters["page_requests"] += taken
     # 4. Overflow: once the ring is empty, partial groups may have lost their last
     # request (auto-answered Success by the hardware): discard them, then clear PRO.
