@@ -117,7 +117,7 @@ def serve(kind: str, path: str) -> None:
 # --- clients (run in the bench process) ---------------------------------------------------
 
 
-async def _trio_serial(path: str, seconds: float, warmup: int) -> tuple[int, float, list[int]]:
+async def trio_serial(path: str, seconds: float, warmup: int) -> tuple[int, float, list[int]]:
     stream = await trio.open_unix_socket(path)
     reader = FrameReader()
     perf = time.perf_counter_ns
@@ -171,7 +171,7 @@ def _blocking_serial(path: str, seconds: float, warmup: int) -> tuple[int, float
                     return len(samples), (t1 - start) / 1e9, samples
 
 
-async def _trio_pipelined(path: str, seconds: float, window: int) -> tuple[int, float, list[int]]:
+async def trio_pipelined(path: str, seconds: float, window: int) -> tuple[int, float, list[int]]:
     """Sliding window: every reply read is replaced by a new request in one coalesced write.
 
     Latency is sampled on one request in 64, enough for percentiles at negligible cost.
@@ -233,11 +233,11 @@ def _measure(
         for _ in range(reps):
             cpu0 = proc_cpu_s(proc.pid)
             if client == "trio":
-                n, elapsed, samples = trio.run(_trio_serial, path, seconds, warmup)
+                n, elapsed, samples = trio.run(trio_serial, path, seconds, warmup)
             elif client == "blocking":
                 n, elapsed, samples = _blocking_serial(path, seconds, warmup)
             else:
-                n, elapsed, samples = trio.run(_trio_pipelined, path, seconds, PIPELINE_WINDOW)
+                n, elapsed, samples = trio.run(trio_pipelined, path, seconds, PIPELINE_WINDOW)
             cpu1 = proc_cpu_s(proc.pid)
             rates.append(n / elapsed)
             samples_all += samples
