@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -772,12 +773,121 @@ def measure(
     return trio.run(_measure, quick, rates, log)
 
 
-if __name__ == "__main__":
+# --- profiling the daemon under one of the loads ----------------------------------------------
+
+
+def summarize_py_spy(raw: str, top: int = 40) -> str:
+    """Self and inclusive shares per function from `py-spy record -f raw` output."""
+    import collections
+
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") else f for f in stack.split(";")]
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    lines = [f"{total} samples", "", "self:"]
+    lines += [f"{100 * v / total:5.1f}%  {k}" for k, v in own.most_common(top // 2)]
+    lines += ["", "inclusive:"]
+    lines += [f"{100 * v / total:5.1f}%  {k}" for k, v in incl.most_common(top)]
+    return "\n".join(lines)
+
+
+async def _profile(load: str, seconds: float, out: str) -> None:
+    import shutil
+    import subprocess
     import sys
 
-    from bench import ceilings
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
+    functions = generated_functions(16)
+    limits = {"max_pending": 4096}
+    with daemon(functions, limits=limits) as d:
+        async with trio.open_nursery() as nursery:
+            rids = [f.rid for f in functions]
+            if load == "serial":
+                vmm = await open_vmm(d.socket, "profile", rids[:1])
+                await serial_faults(vmm, 0.5, 100)
+            elif load == "throughput":
+                vmm = await open_vmm(d.socket, "profile", rids, (1, 2, 3, 4))
+                await fault_throughput(vmm, 0.5, PIPELINE_WINDOW)
+            else:
+                stuck = await open_vmm(d.socket, "stuck", rids[1:2], (None, 1, 2, 3, 4, 5, 6, 7))
+                nursery.start_soon(stuck.wire.drain_forever)
+                vmm = Vmm(await Wire.open(d.socket, "admin"), 0)
+            spy = subprocess.Popen(
+                [
+                    py_spy,
+                    "record",
+                    "-p",
+                    str(d.pid),
+                    "-d",
+                    str(round(seconds)),
+                    "-r",
+                    "500",
+                    "-f",
+                    "raw",
+                    "-o",
+                    out,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await trio.sleep(0.3)
+            if load == "serial":
+                n, el, _ = await serial_faults(vmm, seconds, 0)
+                print(f"serial: {n / el:.0f} faults/s under the profiler")
+            elif load == "throughput":
+                r = await fault_throughput(vmm, seconds, PIPELINE_WINDOW)
+                print(f"throughput: {r['rate']:.0f} groups/s under the profiler")
+            else:
+                t0 = time.perf_counter()
+                sent = 0
+                while time.perf_counter() - t0 < seconds:
+                    msgs = [
+                        vmm.wire.request(
+                            "inject",
+                            rid=rids[1],
+                            pasid=1 + (j // 512) % 7,
+                            addr=IOVA_BASE + j * PAGE,
+                            perm=READ,
+                            grpid=j % 512,
+                            last=True,
+                        )
+                        for j in range(sent, sent + 4096)
+                    ]
+                    sent += await vmm.wire.pipeline(msgs, 512)
+                print(f"inject: {sent / (time.perf_counter() - t0):.0f} page requests/s")
+            await trio.to_thread.run_sync(spy.wait)
+            nursery.cancel_scope.cancel()
+    print(summarize_py_spy(Path(out).read_text()))
 
-    q = "--quick" in sys.argv
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.faults [--quick]`, or `profile serial|throughput|inject [SECONDS]`."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["profile"]:
+        load = args[1] if len(args) > 1 else "serial"
+        if load not in {"serial", "throughput", "inject"}:
+            raise SystemExit("profile what? serial | throughput | inject")
+        seconds = float(args[2]) if len(args) > 2 else 6.0
+        trio.run(_profile, load, seconds, f"/tmp/iopfd-profile-{load}.txt")
+        return
+    q = "--quick" in args
     _, r = ceilings.measure(q)
     for e in measure(q, r)[0]:
         print(e.as_dict())
+
+
+if __name__ == "__main__":
+    main()
