@@ -343,11 +343,21 @@ class Core:
                     self.trace("device", rid=d.name, state="free", t_ns=now)
 
     def reset(self, rid: str, now: int) -> None:
-        """Function-level reset; then re-enable what the attachments need."""
+        """Function-level reset, a terminal condition (SPEC 7.9): the function forgets
+        its outstanding groups, so before it is back in service everything it had posted
+        is drained, its partial requests dropped, and its pending groups answered INVALID
+        now (the device discards those answers; a client's late answer gets ``EINVAL``
+        instead of landing on a new group that reuses the PRGI). Then PRI is re-enabled
+        if fault-capable attachments remain."""
+        from iopfd.core.io_pgfault import auto_respond_attachment
+
         dev = self._admin_device(rid)
         if dev.state == "removed":
             raise CoreError(ENODEV, f"{dev.name} was removed")
         self.machine.flr(dev.rid, now)
+        self._final_drain(dev, now)
+        for att in list(dev.attachments.values()):
+            auto_respond_attachment(self, att, "reset", now)
         if dev.state == "bound":
             enable_dev_features(dev)
         if dev.iopf_refcount and not dev.is_vf and not dev.fn.pri.enabled:

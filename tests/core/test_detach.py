@@ -177,3 +177,17 @@ def test_reset_clears_response_failure_and_keeps_pri_for_fault_attachments(env: 
     env.core.reset(ACCEL, env.now)
     assert fn.pri.enabled and not fn.pri.response_failure
     check_invariants(env)
+
+
+def test_reset_answers_the_functions_pending_groups_and_drops_its_partials(env: Env) -> None:
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(ACCEL, 5, A, grpid=2, last=False)
+    (ev,) = faults_of(env.service())
+    env.core.reset(ACCEL, env.now)
+    assert env.core.pending(env.now) == []
+    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == ["EINVAL"]
+    env.inject(ACCEL, 5, A, grpid=1)          # the function is back in service
+    assert len(faults_of(env.service())) == 1
+    check_invariants(env)
