@@ -1,0 +1,120 @@
+"""Admin views, inject validation, traces and the events the daemon forwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from iopfd.core import TRACE_TOPICS, CoreError, CoreLimits
+from iopfd.core.testing import (
+    ACCEL,
+    NIC_PF,
+    NIC_VF0,
+    RW,
+    Env,
+    check_invariants,
+    dma_done,
+    faults_of,
+)
+
+A = 0x30_0000
+
+
+def _errno(fn: object, *args: object) -> str:
+    with pytest.raises(CoreError) as ei:
+        fn(*args)  # type: ignore[operator]
+    return ei.value.errno
+
+
+def test_device_list_rows(env: Env) -> None:
+    env.fault_hwpt(pasid=5)
+    rows = {r["rid"]: r for r in env.core.device_list()}
+    assert rows[ACCEL] == {
+        "rid": ACCEL, "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
+        "pf": None, "state": "bound", "ats_enabled": True, "pri_enabled": True,
+        "pri_status": {"response_failure": False, "unexpected_prgi": False,
+                       "stopped": False},
+    }
+    assert rows[NIC_VF0]["pf"] == NIC_PF and rows[NIC_VF0]["state"] == "free"
+
+
+def test_topology_and_objects_show_owner_attachments_and_dids(env: Env) -> None:
+    dev, ioas, fq, hwpt = env.fault_hwpt(pasid=5)
+    topo = env.core.topology()
+    units = {u["name"]: u for u in topo["iommus"]}  # type: ignore[attr-defined]
+    assert units["dmar0"]["dids_in_use"] == 1 and ACCEL in units["dmar0"]["devices"]
+    devs = {d["rid"]: d for d in topo["devices"]}  # type: ignore[attr-defined]
+    assert devs[ACCEL]["owner"] == "vmm" and devs[ACCEL]["attached"] == {"5": hwpt}
+    objs = {o["id"]: o for o in env.core.objects()}
+    assert objs[dev]["type"] == "device" and objs[ioas]["type"] == "ioas"
+    assert objs[fq]["type"] == "fault" and objs[hwpt]["type"] == "hwpt_paging"
+    assert objs[hwpt]["users"] == 1 and objs[fq]["users"] == 1 and objs[ioas]["users"] == 1
+
+
+def test_inject_validates_its_arguments(env: Env) -> None:
+    assert _errno(env.core.inject, "bogus", None, 0, 1, 0, True, env.now) == "EINVAL"
+    assert _errno(env.core.inject, "0000:99:00.0", None, 0, 1, 0, True, env.now) == "ENOENT"
+    assert _errno(env.core.inject, ACCEL, 1 << 20, 0, 1, 0, True, env.now) == "EINVAL"
+    assert _errno(env.core.inject, ACCEL, None, 0x123, 1, 0, True, env.now) == "EINVAL"
+    assert _errno(env.core.inject, ACCEL, None, 0, 1, 512, True, env.now) == "EINVAL"
+    assert _errno(env.core.inject, ACCEL, None, 0, 16, 0, True, env.now) == "EINVAL"
+
+
+def test_plug_of_a_present_device_is_einval_and_unknown_rid_enoent(env: Env) -> None:
+    assert _errno(env.core.plug, ACCEL, env.now) == "EINVAL"
+    assert _errno(env.core.unplug, "0000:99:00.0", env.now) == "ENOENT"
+    assert _errno(env.core.reset, "0000:99:00.0", env.now) == "ENOENT"
+
+
+def test_every_trace_topic_is_produced_when_enabled() -> None:
+    env = Env(limits=CoreLimits(max_pending=1))
+    env.core.trace_enabled = True
+    dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.ioas_map(ioas, A, 4096, RW, env.now)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(ACCEL, 5, A, grpid=2)                       # throttled
+    env.inject(ACCEL, 5, A, grpid=3, perm=9)               # bad request
+    (ev,) = faults_of(env.service())
+    env.ctx.page_response(fq, [(ev.cookie, 0)], env.now)
+    env.ctx.ioas_unmap(ioas, A, 4096, env.now)
+    env.core.unplug(ACCEL, env.now)
+    topics = {e.topic for e in env.core.take_events() + env.events if hasattr(e, "topic")}
+    assert topics >= {"fault", "throttle", "auto_response", "response", "invalidation",
+                      "device"}
+    assert topics <= TRACE_TOPICS
+
+
+def test_dma_done_of_a_closed_context_is_not_emitted(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")
+    env.service()
+    env.core.close_context(env.ctx, env.now)
+    assert dma_done(env.settle()) == []
+    check_invariants(env)
+
+
+def test_dma_arguments_are_checked(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    assert _errno(env.ctx.dma, dev, 5, A + 1, 4096, RW, env.now, 0) == "EINVAL"
+    assert _errno(env.ctx.dma, dev, 5, A, 0, RW, env.now, 0) == "EINVAL"
+    assert _errno(env.ctx.dma, dev, 5, A, 4096, 0, env.now, 0) == "EINVAL"
+    assert _errno(env.ctx.dma, dev, 5, A, 4096, 8, env.now, 0) == "EINVAL"
+    assert _errno(env.ctx.dma, 4242, 5, A, 4096, RW, env.now, 0) == "ENOENT"
+
+
+def test_ioas_map_rules(env: Env) -> None:
+    ioas = env.ctx.ioas_alloc()
+    assert _errno(env.ctx.ioas_map, ioas, A, 4096, 4, env.now) == "EINVAL"   # EXEC
+    assert _errno(env.ctx.ioas_map, ioas, A, 4095, 1, env.now) == "EINVAL"
+    assert _errno(env.ctx.ioas_map, ioas, (1 << 64) - 4096, 8192, 1, env.now) == "EINVAL"
+    env.ctx.ioas_map(ioas, A, 8192, RW, env.now)
+    assert _errno(env.ctx.ioas_map, ioas, A + 4096, 4096, RW, env.now) == "EBUSY"
+    assert env.ctx.ioas_unmap(ioas, A, 0x10000, env.now) == 8192
+
+
+def test_status_counters_have_every_protocol_name(env: Env) -> None:
+    c = env.core.status_counters()
+    for name in ("page_requests", "groups", "delivered", "responses", "auto_responses",
+                 "throttled", "prq_overflows", "invalidations", "bad_requests",
+                 "hw_auto_responses", "partials_discarded", "stop_markers", "drains",
+                 "dma_started", "dma_completed"):
+        assert c[name] == 0, name
