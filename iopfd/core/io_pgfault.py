@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from hwmodel import RESP_INVALID, RESP_SUCCESS, PageGroupResponseDescriptor
 from iopfd.core.events import FaultDelivered
 from iopfd.core.intel.dmar import qi_submit_batched
+from iopfd.core.objects import UINT32_MAX
 
 if TYPE_CHECKING:
     from hwmodel import IommuUnit
@@ -138,6 +139,15 @@ def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> 
         if core.trace_enabled:
             core.trace("auto_response", rid=dev.name, pasid=_pasid(flags, pasid),
                        grpid=grpid, code=RESP_INVALID, reason="no_handler", t_ns=now)
+        return
+
+    # Cookies are uint32 and never reused: a queue that handed out 2^32 - 1 of them
+    # cannot deliver any more (the client allocates a new one); its groups are refused.
+    if fq.next_cookie > UINT32_MAX:
+        page_response(core, dev.unit, dev.sid, bool(flags & PASID_VALID), pasid, grpid,
+                      RESP_INVALID)
+        core.counters["auto_responses"] += 1
+        core.counters["cookies_exhausted"] += 1
         return
 
     # Bounded memory: a full fault queue answers SUCCESS at once (the device retries).

@@ -198,3 +198,15 @@ def test_trace_records_only_when_enabled(env: Env) -> None:
     env.inject(ACCEL, 5, A, grpid=2)
     (t,) = traces(env.service(), "fault")
     assert t.record["grpid"] == 2 and t.record["rid"] == ACCEL
+
+
+def test_a_queue_out_of_uint32_cookies_refuses_groups_instead_of_reusing(env: Env) -> None:
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    queue = env.ctx.objects[fq]
+    queue.next_cookie = 0xFFFF_FFFF  # type: ignore[attr-defined]
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.inject(ACCEL, 5, A, grpid=2)
+    evs = faults_of(env.service())
+    assert [e.cookie for e in evs] == [0xFFFF_FFFF]
+    assert env.core.status_counters()["cookies_exhausted"] == 1
+    check_invariants(env)
