@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -112,6 +113,25 @@ class _Call:
         self.done = trio.Event()
         self.reply: dict[str, Any] | None = None
         self.error: str | None = None
+
+
+class PendingCall:
+    """A request already queued by :meth:`IopfClient.submit`; await :meth:`result`."""
+
+    __slots__ = ("_call", "_client", "id")
+
+    def __init__(self, client: IopfClient, req_id: int, call: _Call) -> None:
+        self._client = client
+        self._call = call
+        self.id = req_id
+
+    @property
+    def op(self) -> str:
+        return self._call.op
+
+    async def result(self) -> dict[str, Any]:
+        """The reply's ``result`` map; raises IopfError (errno) or ConnectionLost."""
+        return await self._client._result(self.id, self._call)
 
 
 class FaultQueue:
@@ -226,8 +246,18 @@ class IopfClient:
     number of tasks at once; frames queued together go out in one write.
     """
 
-    def __init__(self, stream: trio.abc.Stream, *, trace_buffer: int = 4096) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        trace_buffer: int = 4096,
+        raw_socket: socket.socket | None = None,
+    ) -> None:
         self._stream = stream
+        # the stdlib socket under ``stream``, for non-blocking sends without a task hop
+        self._raw = raw_socket
+        self._flush_scheduled = False
+        self._writer_busy = False
         self._decoder = FrameDecoder(DEFAULT_MAX_FRAME)
         self._max_frame = DEFAULT_MAX_FRAME
         self._calls: dict[int, _Call] = {}
@@ -266,8 +296,8 @@ class IopfClient:
         Exceptions from the body propagate unchanged (not wrapped in an
         ExceptionGroup).
         """
-        stream = await trio.open_unix_socket(resolve_socket_path(path))
-        client = cls(stream, trace_buffer=trace_buffer)
+        stream, raw = await _open_stream(resolve_socket_path(path))
+        client = cls(stream, trace_buffer=trace_buffer, raw_socket=raw)
         body_exc: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -296,8 +326,8 @@ class IopfClient:
         trace_buffer: int = 4096,
     ) -> IopfClient:
         """Connect with the reader and writer tasks in ``nursery``; close with :meth:`aclose`."""
-        stream = await trio.open_unix_socket(resolve_socket_path(path))
-        client = cls(stream, trace_buffer=trace_buffer)
+        stream, raw = await _open_stream(resolve_socket_path(path))
+        client = cls(stream, trace_buffer=trace_buffer, raw_socket=raw)
         nursery.start_soon(client._reader)
         nursery.start_soon(client._writer)
         try:
@@ -354,6 +384,18 @@ class IopfClient:
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send any request and return its ``result`` map (for ops without a method)."""
+        return await self.submit(op, **args).result()
+
+    def submit(self, op: str, **args: Any) -> PendingCall:
+        """Queue a request now and return a handle; ``await handle.result()`` later.
+
+        Requests of one connection are started by the daemon in the order they
+        arrive, and ``submit`` fixes that order at the call, whatever the task
+        scheduling. A fault handler can therefore submit a batch's ``ioas_map``
+        calls and then its ``page_response``, and await them together: one write,
+        one round trip, and the answers are applied after the mappings. (Calls made
+        from concurrent tasks have no such order between them.)
+        """
         if self._closed_reason is not None:
             raise ConnectionLost(self._closed_reason)
         req_id = self._alloc_id()
@@ -366,8 +408,17 @@ class IopfClient:
         self._calls[req_id] = call
         self._outbuf += frame
         self._n_requests += 1
-        with suppress(trio.WouldBlock):  # full: the writer is already due to run
-            self._bell_send.send_nowait(None)
+        return PendingCall(self, req_id, call)
+
+    async def _result(self, req_id: int, call: _Call) -> dict[str, Any]:
+        if self._outbuf and not (self._flush_scheduled or self._writer_busy):
+            # This call flushes. One scheduler pass first, so that every task made
+            # runnable together (a burst of dma calls, maps and a page_response) has
+            # queued its frame too: they all leave in one write.
+            self._flush_scheduled = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._flush_scheduled = False
+            self._flush()
         try:
             await call.done.wait()
         finally:
@@ -383,7 +434,8 @@ class IopfClient:
             return result if isinstance(result, dict) else {}
         err = reply.get("error")
         err = err if isinstance(err, dict) else {}
-        raise error_from_reply(str(err.get("code", "EPROTO")), str(err.get("message", "")), op)
+        raise error_from_reply(str(err.get("code", "EPROTO")), str(err.get("message", "")),
+                               call.op)
 
     def _alloc_id(self) -> int:
         while True:
@@ -391,6 +443,28 @@ class IopfClient:
             self._next_id = (self._next_id + 1) % _UINT32
             if req_id not in self._calls:
                 return req_id
+
+    def _flush(self) -> None:
+        """Send what is queued without blocking; the writer task takes over any rest."""
+        if not self._outbuf or self._writer_busy or self._closed_reason is not None:
+            return
+        if self._raw is not None:
+            try:
+                sent = self._raw.send(self._outbuf)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self._shutdown(f"connection to iopfd lost while sending: {e!r}")
+                return
+            if sent:
+                self._n_writes += 1
+                del self._outbuf[:sent]
+        if self._outbuf:
+            # the socket is full (or not ours to touch): the rest, and every frame
+            # queued after it, goes through the writer task, in order
+            self._writer_busy = True
+            with suppress(trio.WouldBlock):
+                self._bell_send.send_nowait(None)
 
     async def _writer(self) -> None:
         async for _ in self._bell_recv:
@@ -403,6 +477,7 @@ class IopfClient:
                     self._shutdown(f"connection to iopfd lost while sending: {e!r}")
                     return
                 self._n_writes += 1
+            self._writer_busy = False
 
     async def _reader(self) -> None:
         try:
@@ -725,6 +800,18 @@ class IopfClient:
         """
         await self.request("subscribe", topics=list(topics))
         return self._trace
+
+
+async def _open_stream(path: str) -> tuple[trio.SocketStream, socket.socket]:
+    """Connect to ``path``; return the trio stream and the stdlib socket under it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tsock = trio.socket.from_stdlib_socket(sock)  # same object, now non-blocking
+    try:
+        await tsock.connect(path)
+    except BaseException:
+        tsock.close()
+        raise
+    return trio.SocketStream(tsock), sock
 
 
 def _with_pasid(args: dict[str, Any], pasid: int | None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from clients.client import IopfClient
+from clients.client import IopfClient, PendingCall
 from clients.errors import IopfError
 from clients.records import PAGE_SHIFT, PAGE_SIZE, DmaStatus, FaultGroup, Perm, ResponseCode
 from clients.vmm.report import Progress, VmmStats
@@ -160,7 +160,7 @@ class DemandPagingVmm:
         st.batches += 1
         s2_new: list[int] = []
         s1_new: dict[int, list[int]] = {}
-        answers: list[tuple[int, int]] = []
+        answers: list[tuple[int, ResponseCode]] = []
         for g in groups:
             st.groups += 1
             st.faults += len(g.records)
@@ -185,55 +185,44 @@ class DemandPagingVmm:
             answers.append((g.cookie, ResponseCode.SUCCESS))
             st.answers["SUCCESS"] += 1
 
-        calls: list[Callable[[], Awaitable[None]]] = []
+        # Maps first, then the answers, all queued in this order and sent in one write:
+        # the daemon starts a connection's requests in arrival order, so every mapping
+        # is in place when the device sees SUCCESS and retries. One round trip a batch.
+        maps: list[tuple[PendingCall, int, str]] = []
         for first, n in page_runs(s2_new):
-            calls.append(self._ioas_map_call(first << PAGE_SHIFT, n))
+            gpa = first << PAGE_SHIFT
+            maps.append((self.c.submit("ioas_map", ioas_id=self.ioas, iova=gpa,
+                                       length=n * PAGE_SIZE, perm=int(RW)), n, "ioas"))
         for hwpt, pages in s1_new.items():
             for first, n in page_runs(pages):
-                calls.append(self._s1_map_call(hwpt, first << PAGE_SHIFT, n))
-        await self._all(calls)
-        # answered only once the mappings are in: the device retries right after SUCCESS
-        results = await self.c.page_response(self.fault_id, answers)
+                iova = first << PAGE_SHIFT
+                gpa = self.guest_gpa(iova)
+                assert gpa is not None
+                maps.append((self.c.submit("hwpt_s1_map", hwpt_id=hwpt, iova=iova,
+                                           length=n * PAGE_SIZE, gpa=gpa, perm=int(RW)),
+                             n, "s1"))
+        response = self.c.submit(
+            "page_response", fault_id=self.fault_id,
+            responses=[{"cookie": cookie, "code": int(code)} for cookie, code in answers],
+        )
+        for pending, npages, stage in maps:
+            try:
+                await pending.result()
+            except IopfError as e:
+                st.violate(f"{pending.op} of {npages} pages failed: {e}")
+                continue
+            if stage == "ioas":
+                st.map_calls += 1
+                st.pages_mapped += npages
+            else:
+                st.s1_map_calls += 1
+                st.s1_pages_mapped += npages
+        results = (await response.result())["results"]
         done = time.monotonic_ns()
         for (cookie, _), res in zip(answers, results, strict=True):
             if res is not None:
                 st.violate(f"page_response cookie {cookie}: {res}")
         st.fault_service_ns.extend(done - g.received_ns for g in groups)
-
-    def _ioas_map_call(self, gpa: int, npages: int) -> Callable[[], Awaitable[None]]:
-        async def call() -> None:
-            await self.c.ioas_map(self.ioas, gpa, npages * PAGE_SIZE, RW)
-            self.stats.map_calls += 1
-            self.stats.pages_mapped += npages
-
-        return call
-
-    def _s1_map_call(self, hwpt: int, iova: int, npages: int) -> Callable[[], Awaitable[None]]:
-        gpa = self.guest_gpa(iova)
-        assert gpa is not None
-
-        async def call() -> None:
-            await self.c.hwpt_s1_map(hwpt, iova, npages * PAGE_SIZE, gpa, RW)
-            self.stats.s1_map_calls += 1
-            self.stats.s1_pages_mapped += npages
-
-        return call
-
-    async def _all(self, calls: list[Callable[[], Awaitable[None]]]) -> None:
-        """Run the calls concurrently (their frames leave in one write); record failures."""
-
-        async def guarded(call: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await call()
-            except IopfError as e:
-                self.stats.violate(f"mapping failed: {e}")
-
-        if len(calls) == 1:
-            await guarded(calls[0])
-            return
-        async with trio.open_nursery() as n:
-            for call in calls:
-                n.start_soon(guarded, call)
 
     # -- the guest workload -------------------------------------------------
 

@@ -355,3 +355,35 @@ async def test_open_uses_iopfd_socket_env(
     async with IopfClient.open() as c:
         assert c.hello_info is not None
     assert os.path.exists(fake.path)
+
+
+async def test_submitted_requests_leave_in_submission_order_in_one_write(
+    fake: FakeDaemon,
+) -> None:
+    fake.results["page_response"] = {"results": []}
+    async with IopfClient.open(fake.path) as c:
+        conn = fake.conns[0]
+        chunks = conn.chunks
+        pending = [c.submit("ioas_map", ioas_id=1, iova=i << 12, length=4096, perm=3)
+                   for i in range(5)]
+        pending.append(c.submit("page_response", fault_id=2, responses=[]))
+        for p in pending:
+            await p.result()
+        assert conn.chunks == chunks + 1
+    got = [(r["op"], r.get("iova")) for r in fake.conns[0].requests[1:]]
+    assert got == [("ioas_map", i << 12) for i in range(5)] + [("page_response", None)]
+
+
+async def test_a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order(
+    fake: FakeDaemon,
+) -> None:
+    @fake.on("echo")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        return {"n": req["n"]}
+
+    async with IopfClient.open(fake.path) as c:
+        pending = [c.submit("echo", n=i, pad="x" * 100_000) for i in range(120)]
+        with trio.fail_after(20):
+            got = [(await p.result())["n"] for p in pending]
+    assert got == list(range(120))
+    assert [r["n"] for r in fake.conns[0].requests[1:]] == list(range(120))
