@@ -7,9 +7,10 @@ fully formed attachment (seed 003). Detach undoes it in the kernel's order:
 
 1. remove the attachment from the lookup table (the fault path can no longer find it);
 2. clear the PASID entry's Present bit; invalidate PASID cache, IOTLB, device TLB;
+   clear the whole entry (``intel_pasid_tear_down_entry``);
 3. drain (vtd-hw.md 4.2): every request the function had posted reaches the PRQ and is
    reported, finding no attachment, so it is answered INVALID (seed 001);
-4. clear the entry, discard that PASID's partial requests;
+4. discard that PASID's partial requests;
 5. auto-respond INVALID the groups the old attachment still has pending;
 6. drop the cache tags and the domain ID, the PRI reference, the HWPT reference.
 
@@ -170,9 +171,9 @@ def _release(core: Core, att: Attachment) -> None:
 def detach(core: Core, dev: DeviceInfo, pasid: int | None, now: int, reason: str) -> None:
     att = dev.attachments.pop(pasid)                                   # 1
     pasid_clear_present(dev, pasid, att.did, att.pgtt, core.counters)  # 2
+    pasid_clear_entry(dev, pasid)
     drain_pasid_prq(core, dev, pasid, att.did, now)                    # 3
-    pasid_clear_entry(dev, pasid)                                      # 4
-    discard_partials(core, dev, pasid)
+    discard_partials(core, dev, pasid)                                 # 4
     auto_respond_attachment(core, att, reason, now)                    # 5
     _release(core, att)                                                # 6
     core.counters["detaches"] += 1
