@@ -150,6 +150,10 @@ def print_summary(info: RunInfo, st: VmmStats, out: TextIO, as_json: bool) -> No
         w(f"  INVARIANTS BROKEN ({len(st.violations)}):\n")
         for v in st.violations:
             w(f"    - {v}\n")
+        if st.throttled and st.dma["retry_limit"]:
+            w("  note: the daemon throttled groups (its fault queue limit, max_pending) and\n"
+              "        answered them SUCCESS itself; devices that kept meeting a full queue\n"
+              "        ran out of retries: lower --concurrency or raise max_pending\n")
     else:
         w("  invariants     ok: every DMA ended as expected, every group answered\n")
 

@@ -387,3 +387,18 @@ async def test_a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order(
             got = [(await p.result())["n"] for p in pending]
     assert got == list(range(120))
     assert [r["n"] for r in fake.conns[0].requests[1:]] == list(range(120))
+
+
+async def test_iopfctl_prints_the_errno_name_and_exits_1_for_a_non_admin_peer(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from iopfd.cli.iopfctl import main as iopfctl
+
+    @fake.on("status")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        raise FakeErr("EPERM", "admin operations need root, the daemon's uid or its group")
+
+    rc = await trio.to_thread.run_sync(iopfctl, ["--socket", fake.path, "status"])
+    assert rc == 1
+    assert capsys.readouterr().err == (
+        "iopfctl: EPERM: admin operations need root, the daemon's uid or its group\n")

@@ -106,3 +106,28 @@ def test_vmm_exits_nonzero_when_a_device_vanishes_mid_run(live: LiveDaemon) -> N
     summary = json.loads(out)
     assert not summary["ok"] and summary["dma"].get("removed", 0) + \
         summary["dma"].get("ENODEV", 0) > 0
+
+
+def test_vmm_surfaces_throttling_by_a_full_fault_queue(tmp_path) -> None:
+    daemon = LiveDaemon(str(tmp_path), config="[limits]\nmax_pending = 2\n")
+    try:
+        proc = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket",
+             daemon.path, "--concurrency", "32", "--pages", "32", "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        summary = json.loads(proc.stdout)
+        with SyncClient(daemon.path) as admin:
+            k = admin.status().counters
+            pending = admin.pending()
+    finally:
+        assert daemon.stop() == 0
+    # the daemon answered SUCCESS for the VMM while its queue was full, and said so
+    # in the next fault event: the VMM counted what it was told
+    assert 0 < summary["throttled"] <= k["throttled"]
+    assert k["groups"] == k["responses"] + k["auto_responses"] + k["throttled"] + len(pending)
+    # devices that kept meeting a full queue ran out of retries: the VMM says so, exit 1
+    if summary["dma"].get("retry_limit"):
+        assert proc.returncode == 1 and not summary["ok"]
+    else:
+        assert proc.returncode == 0
