@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from hwmodel import RESP_INVALID, IotlbInvDescriptor, PasidIotlbInvDescriptor
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 PRS_PPR = 1
 PRS_PRO = 2
+_PAGE_REQ = struct.Struct("<QQ")              # qw0, qw1 of a page request descriptor
+_ADDR_MASK = 0xFFFF_FFFF_FFFF_F000
 _CANONICAL_LOW = 1 << 47                    # 48-bit virtual addresses (4-level paging)
 _CANONICAL_HIGH = (1 << 64) - (1 << 47)
 #: Bound on drain rounds repeated because of PRO; each round takes the ring to empty.
@@ -41,33 +44,39 @@ def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
     size = prq.size_bytes
     devices = us.devices
     taken = 0
-    # 2. Every descriptor from head to tail.
+    ring = prq.ring
+    # 2. Every descriptor from head to tail, read straight from the ring memory as the
+    # driver reads ``struct page_req_dsc`` (vtd-hw.md 2.1): no object per request.
     while head != tail:
-        req = prq.read_descriptor(head)
+        qw0, qw1 = _PAGE_REQ.unpack_from(ring, head)
         head = (head + DESC_SIZE) % size
         taken += 1
-        addr = req.addr
-        rd, wr = req.rd_req, req.wr_req
+        sid = (qw0 >> 16) & 0xFFFF
+        pp = (qw0 >> 8) & 1
+        pasid = (qw0 >> 32) & 0xFFFFF if pp else 0
+        exe = (qw0 >> 52) & 1
+        pm = (qw0 >> 53) & 1
+        rd = qw1 & 1
+        wr = (qw1 >> 1) & 1
+        lpig = (qw1 >> 2) & 1
+        prgi = (qw1 >> 3) & 0x1FF
+        addr = qw1 & _ADDR_MASK
         if (
             _CANONICAL_LOW <= addr < _CANONICAL_HIGH     # not canonical
-            or (req.pm_req and (rd or wr))               # privileged mode: not supported
-            or (req.exe_req and rd)                      # execute: not supported
+            or (pm and (rd or wr))                       # privileged mode: not supported
+            or (exe and rd)                              # execute: not supported
         ):
-            _bad_request(core, us, req.sid, req.pasid_present, req.pasid, req.prg_index,
-                         req.lpig, now)
+            _bad_request(core, us, sid, bool(pp), pasid, prgi, bool(lpig), now)
             continue
-        if req.lpig and not rd and not wr:
+        if lpig and not rd and not wr:
             counters["stop_markers"] += 1                # Stop Marker: no response
             continue
-        dev = devices.get(req.sid)                       # seed 000: one dict lookup
+        dev = devices.get(sid)                           # seed 000: one dict lookup
         if dev is None:
-            _bad_request(core, us, req.sid, req.pasid_present, req.pasid, req.prg_index,
-                         req.lpig, now)
+            _bad_request(core, us, sid, bool(pp), pasid, prgi, bool(lpig), now)
             continue
-        pp = req.pasid_present
-        flags = (LAST_PAGE if req.lpig else 0) | (PASID_VALID if pp else 0)
-        perm = rd | wr << 1 | req.exe_req << 2 | req.pm_req << 3
-        report_device_fault(core, dev, (flags, req.pasid if pp else 0, req.prg_index, perm,
+        flags = (LAST_PAGE if lpig else 0) | (PASID_VALID if pp else 0)
+        report_device_fault(core, dev, (flags, pasid, prgi, rd | wr << 1 | exe << 2 | pm << 3,
                                         addr), now)
     # 3. PQH once for the whole batch; the answers the pass produced go out.
     prq.write_head(tail)
