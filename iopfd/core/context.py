@@ -378,6 +378,10 @@ class Context:
             raise CoreError(EBUSY, "a bound device is released by unbind")
         if obj.users:
             raise CoreError(EBUSY, f"object {obj_id} is in use ({obj.users} users)")
+        if isinstance(obj, HwPagetable) and obj.domain.pending:
+            # Seed 004: a domain is freed only once its pending count is zero. Detach
+            # answers its groups first, so this only guards the rule.
+            raise CoreError(EBUSY, f"HWPT {obj_id} still has groups pending")
         self._destroy(obj, now)
 
     def _destroy(self, obj: IommufdObject, now: int) -> None:
