@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 # struct iommu_hwpt_pgfault flags
 PASID_VALID = 1
 LAST_PAGE = 2
+#: Internal only: a set-aside request the driver cannot service (PRIV, EXEC+READ); its
+#: group is answered INVALID and never delivered, so the bit never reaches a client.
+BAD_REQUEST = 1 << 8
 
 # A fault record: (flags, pasid, grpid, perm, addr); a tuple, the cheapest object.
 Fault = tuple[int, int, int, int, int]
@@ -123,10 +126,20 @@ def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> 
     faults = dev.partials.pop(grpid, None)
     if faults is None:
         faults = [fault]
+        core.counters["groups"] += 1
     else:
         dev.n_partials -= len(faults)
         faults.append(fault)
-    core.counters["groups"] += 1
+        core.counters["groups"] += 1
+        if any(f[0] & BAD_REQUEST for f in faults):
+            # A request of the group cannot be serviced: INVALID for all, not delivered.
+            page_response(core, dev.unit, dev.sid, bool(flags & PASID_VALID), pasid, grpid,
+                          RESP_INVALID)
+            core.counters["auto_responses"] += 1
+            if core.trace_enabled:
+                core.trace("auto_response", rid=dev.name, pasid=_pasid(flags, pasid),
+                           grpid=grpid, code=RESP_INVALID, reason="bad_request", t_ns=now)
+            return
 
     # Step 6: the attachment of (device, PASID): one dict read, no lock (seed 003).
     attach = dev.attachments.get(pasid if flags & PASID_VALID else None)
@@ -233,6 +246,16 @@ def auto_respond_attachment(core: Core, attach: Attachment, reason: str, now: in
     return len(groups)
 
 
+def discard_group_partials(core: Core, dev: DeviceInfo, grpid: int) -> int:
+    """Free the set-aside requests of one group (its last request was answered)."""
+    faults = dev.partials.pop(grpid, None)
+    if not faults:
+        return 0
+    dev.n_partials -= len(faults)
+    core.counters["partials_discarded"] += len(faults)
+    return len(faults)
+
+
 def discard_partials(core: Core, dev: DeviceInfo, pasid: int | None = None,
                      *, all_pasids: bool = False) -> int:
     """Free set-aside requests of ``dev`` (of one PASID, or all of them)."""
@@ -256,11 +279,13 @@ def discard_partials(core: Core, dev: DeviceInfo, pasid: int | None = None,
 
 
 __all__ = [
+    "BAD_REQUEST",
     "LAST_PAGE",
     "PASID_VALID",
     "Fault",
     "IopfGroup",
     "auto_respond_attachment",
+    "discard_group_partials",
     "discard_partials",
     "page_response",
     "report_device_fault",

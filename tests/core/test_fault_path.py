@@ -73,13 +73,38 @@ def test_bad_requests_priv_or_exec_read_are_answered_invalid_never_delivered(env
     env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=1, perm=int(Perm.READ | Perm.PRIV))
     env.inject(ACCEL, 5, A, grpid=2, perm=int(Perm.READ | Perm.EXEC))
-    env.inject(ACCEL, 5, A, grpid=3, last=False, perm=int(Perm.WRITE | Perm.PRIV))
     env.responses.clear()
     assert faults_of(env.service()) == []
     assert sorted((r.prg_index, r.response_code) for _u, r in env.responses) == [(1, 1), (2, 1)]
     c = env.core.status_counters()
-    assert c["bad_requests"] == 3 and c["groups"] == 0 and c["page_requests"] == 3
+    assert c["bad_requests"] == 2 and c["groups"] == 0 and c["page_requests"] == 2
     check_invariants(env)
+
+
+def test_group_with_a_bad_partial_is_answered_invalid_when_its_last_arrives(env: Env) -> None:
+    env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=3, last=False)
+    env.inject(ACCEL, 5, A + 4096, grpid=3, last=False, perm=int(Perm.WRITE | Perm.PRIV))
+    env.responses.clear()
+    assert faults_of(env.service()) == [] and env.responses == []
+    env.inject(ACCEL, 5, A + 8192, grpid=3)
+    assert faults_of(env.service()) == []
+    assert [(r.prg_index, r.response_code) for _u, r in env.responses] == [(3, 1)]
+    c = env.core.status_counters()
+    assert (c["bad_requests"], c["groups"], c["auto_responses"], c["delivered"]) == (1, 1, 1, 0)
+    assert env.core.devices[ACCEL].n_partials == 0
+    check_invariants(env)
+
+
+def test_bad_last_request_takes_its_groups_partials_with_it(env: Env) -> None:
+    env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=4, last=False)
+    env.inject(ACCEL, 5, A + 4096, grpid=4, perm=int(Perm.READ | Perm.EXEC))
+    assert faults_of(env.service()) == []
+    assert env.core.devices[ACCEL].n_partials == 0
+    env.inject(ACCEL, 5, A, grpid=4)                  # a fresh group with that index
+    (ev,) = faults_of(env.service())
+    assert len(ev.faults) == 1
 
 
 def test_stop_marker_is_skipped_without_response(env: Env) -> None:

@@ -10,8 +10,10 @@ from hwmodel.descriptors import DESC_SIZE, IOTLB_G_DSI, PIOTLB_G_PASID, InvDescr
 from iopfd.core.intel.cache import DEVTLB_MASK_ALL, devtlb_descriptor
 from iopfd.core.intel.dmar import WAIT_FENCE, qi_submit_sync
 from iopfd.core.io_pgfault import (
+    BAD_REQUEST,
     LAST_PAGE,
     PASID_VALID,
+    discard_group_partials,
     discard_partials,
     flush_responses,
     page_response,
@@ -66,14 +68,15 @@ def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
             or (pm and (rd or wr))                       # privileged mode: not supported
             or (exe and rd)                              # execute: not supported
         ):
-            _bad_request(core, us, sid, bool(pp), pasid, prgi, bool(lpig), now)
+            _bad_request(core, us, sid, pp, pasid, prgi, lpig,
+                         rd | wr << 1 | exe << 2 | pm << 3, addr, now)
             continue
         if lpig and not rd and not wr:
             counters["stop_markers"] += 1                # Stop Marker: no response
             continue
         dev = devices.get(sid)                           # seed 000: one dict lookup
         if dev is None:
-            _bad_request(core, us, sid, bool(pp), pasid, prgi, bool(lpig), now)
+            _bad_request(core, us, sid, pp, pasid, prgi, lpig, 0, addr, now)
             continue
         flags = (LAST_PAGE if lpig else 0) | (PASID_VALID if pp else 0)
         report_device_fault(core, dev, (flags, pasid, prgi, rd | wr << 1 | exe << 2 | pm << 3,
@@ -96,17 +99,28 @@ def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
     return taken
 
 
-def _bad_request(  # noqa: PLR0917 - the descriptor's fields, on the hot path
-    core: Core, us: UnitState, sid: int, pp: bool, pasid: int, prgi: int,
-                 lpig: bool, now: int) -> None:
-    """``handle_bad_prq_event``: INVALID for the request itself, only if it is the last."""
+def _bad_request(  # noqa: PLR0917 - the descriptor's fields
+    core: Core, us: UnitState, sid: int, pp: int, pasid: int, prgi: int, lpig: int,
+    perm: int, addr: int, now: int,
+) -> None:
+    """``handle_bad_prq_event``: a request the driver cannot service (or of an unknown
+    device). The last request of a group is answered INVALID at once, and the partials
+    of its group go; a non-last one of a known device is set aside marked bad, so that
+    its whole group is answered INVALID when the last request arrives and is never
+    delivered (docs/protocol.md, clarifications; the kernel drops it silently)."""
     core.counters["bad_requests"] += 1
+    dev = us.devices.get(sid)
     if lpig:
-        page_response(core, us.unit, sid, pp, pasid if pp else 0, prgi, RESP_INVALID)
+        page_response(core, us.unit, sid, bool(pp), pasid, prgi, RESP_INVALID)
+        if dev is not None:
+            discard_group_partials(core, dev, prgi)
+    elif dev is not None:
+        report_device_fault(core, dev, (BAD_REQUEST | (PASID_VALID if pp else 0), pasid, prgi,
+                                        perm, addr), now)
     if core.trace_enabled:
         core.trace("auto_response", iommu=us.unit.name, sid=sid,
                    pasid=pasid if pp else None, grpid=prgi, code=RESP_INVALID,
-                   reason="bad_request", answered=lpig, t_ns=now)
+                   reason="bad_request", answered=bool(lpig), t_ns=now)
 
 
 def _ring_holds(us: UnitState, sid: int, pasid: int | None) -> bool:
