@@ -20,6 +20,7 @@ from hwmodel import (
     PriError,
     Rid,
 )
+from iopfd.core import device as devops
 from iopfd.core.context import Context, DmaTag
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, CoreError, CoreLimits
 from iopfd.core.eventq import FaultQueue
@@ -35,7 +36,12 @@ from iopfd.core.intel.iommu import (
     release,
 )
 from iopfd.core.intel.prq import prq_event_thread
-from iopfd.core.io_pgfault import PASID_VALID, discard_partials, flush_responses
+from iopfd.core.io_pgfault import (
+    PASID_VALID,
+    auto_respond_attachment,
+    discard_partials,
+    flush_responses,
+)
 from iopfd.core.objects import IdAllocator
 
 #: Counters every ``status`` shows, even at zero (docs/protocol.md, *Admin*).
@@ -286,8 +292,6 @@ class Core:
         """Hot removal (seed 000): detach all (drain, auto-respond), PRI off, drain
         again, stop DMA, release; the owner's ``dev_id`` then gives ``ENODEV``. A PF
         takes its VFs with it, as the machine does."""
-        from iopfd.core import device as devops
-
         dev = self._admin_device(rid)
         if dev.state == "removed":
             raise CoreError(EINVAL, f"{dev.name} is already removed")
@@ -349,8 +353,6 @@ class Core:
         now (the device discards those answers; a client's late answer gets ``EINVAL``
         instead of landing on a new group that reuses the PRGI). Then PRI is re-enabled
         if fault-capable attachments remain."""
-        from iopfd.core.io_pgfault import auto_respond_attachment
-
         dev = self._admin_device(rid)
         if dev.state == "removed":
             raise CoreError(ENODEV, f"{dev.name} was removed")
