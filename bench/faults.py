@@ -329,17 +329,18 @@ async def _bench_serial_and_throughput(d: Daemon, quick: bool, ceiling_sock: str
     A shared machine's load changes over seconds; a ceiling measured a minute earlier
     would turn that drift into a wrong ratio. Pairing cancels it.
     """
-    seconds = 0.4 if quick else 1.2
-    reps = 1 if quick else 3
+    # Short slices, alternating: the load of a shared machine moves within a second.
+    seconds = 0.2 if quick else 0.3
+    reps = 2 if quick else 10
     rids = [f.rid for f in generated_functions(16)]
     entries = []
 
     vmm = await open_vmm(d.socket, "bench-serial", rids[:1], (None,))
     rates_s, ceil_s, ratios, samples_all, cpu, client_cpu = [], [], [], [], [], []
     for _ in range(reps):
-        cn, cel, _ = await ceilings.trio_serial(ceiling_sock, seconds, 200)
+        cn, cel, _ = await ceilings.trio_serial(ceiling_sock, seconds, 20)
         meter = CpuMeter(d)
-        n, elapsed, samples = await serial_faults(vmm, seconds, warmup=200, meter=meter)
+        n, elapsed, samples = await serial_faults(vmm, seconds, warmup=10, meter=meter)
         cpu.append(meter.daemon_ns / n / 1000)
         client_cpu.append(meter.client_ns / n / 1000)
         rates_s.append(n / elapsed)
@@ -372,6 +373,7 @@ async def _bench_serial_and_throughput(d: Daemon, quick: bool, ceiling_sock: str
 
     vmm = await open_vmm(d.socket, "bench-throughput", rids, (1, 2, 3, 4))
     runs, ceil_p, ratios, cpu, client_cpu = [], [], [], [], []
+    seconds, reps = (0.3, 2) if quick else (0.5, 6)
     for _ in range(reps):
         cn, cel, _ = await ceilings.trio_pipelined(ceiling_sock, seconds, PIPELINE_WINDOW)
         meter = CpuMeter(d)
@@ -413,18 +415,31 @@ async def _bench_serial_and_throughput(d: Daemon, quick: bool, ceiling_sock: str
 async def _interleaved_rounds(
     vmms: Sequence[tuple[Daemon, Vmm]], rounds: int, seconds: float
 ) -> list[dict[str, Any]]:
-    """Serial fault rounds taking turns over the daemons; per daemon: cost per fault."""
+    """Short serial fault rounds taking turns over the daemons; per daemon: cost per fault.
+
+    A round's cost is its median fault (a burst of load moves the mean, not the median);
+    a daemon's cost is its best round. Other processes on a shared machine only ever add
+    time, and over many short interleaved rounds every daemon gets quiet ones, so the
+    best round is the cost of the daemon itself. The median round is kept for the record.
+    """
     per: list[dict[str, list[float]]] = [{"wall_us": [], "cpu_us": []} for _ in vmms]
     for r in range(rounds + 1):
         for i, (d, vmm) in enumerate(vmms):
             meter = CpuMeter(d)
-            n, _, samples = await serial_faults(vmm, seconds, warmup=50, meter=meter)
+            n, _, samples = await serial_faults(vmm, seconds, warmup=20, meter=meter)
             if r == 0:
                 continue  # the first round of each warms caches, the allocator and the ATC
-            # The median fault of a round: a burst of load from elsewhere moves the mean, not it.
             per[i]["wall_us"].append(median(samples) / 1000)
             per[i]["cpu_us"].append(meter.daemon_ns / n / 1000)
-    return [{k: round(median(v), 1) for k, v in p.items()} for p in per]
+    return [
+        {
+            "wall_us": round(min(p["wall_us"]), 1),
+            "cpu_us": round(min(p["cpu_us"]), 1),
+            "wall_us_median_round": round(median(p["wall_us"]), 1),
+            "cpu_us_median_round": round(median(p["cpu_us"]), 1),
+        }
+        for p in per
+    ]
 
 
 def _scale_entry(name: str, sizes: Sequence[int], costs: list[dict[str, Any]], what: str) -> Entry:
@@ -444,8 +459,10 @@ def _scale_entry(name: str, sizes: Sequence[int], costs: list[dict[str, Any]], w
             "sizes": list(sizes),
             "p50_us_per_fault": wall,
             "daemon_cpu_us_per_fault": cpu,
+            "p50_us_per_fault_median_round": [c["wall_us_median_round"] for c in costs],
+            "daemon_cpu_us_per_fault_median_round": [c["cpu_us_median_round"] for c in costs],
             "daemon_cpu_ratio": cpu_ratio,
-            "note": f"median serial fault, interleaved rounds; daemon CPU ratio {cpu_ratio}",
+            "note": f"best of interleaved rounds; daemon CPU ratio {cpu_ratio}",
         },
     )
 
@@ -460,7 +477,7 @@ async def _bench_scale_devices(quick: bool, log: Log) -> tuple[Entry, dict[str, 
             d = stack.enter_context(daemon(generated_functions(n)))
             startup[str(n)] = round((d.ready_ns or 0) - d.started_ns) / 1e9
             pairs.append((d, await open_vmm(d.socket, f"bench-scale-{n}", ["0000:00:00.0"])))
-        costs = await _interleaved_rounds(pairs, rounds=2 if quick else 5, seconds=0.25)
+        costs = await _interleaved_rounds(pairs, rounds=3 if quick else 12, seconds=0.15)
         for _, vmm in pairs:
             await vmm.wire.aclose()
     return _scale_entry("scale.devices", sizes, costs, "devices"), startup
@@ -497,7 +514,7 @@ async def _bench_scale_pending(quick: bool, log: Log) -> tuple[Entry, dict[str, 
                 }
                 await admin.aclose()
                 pairs.append((d, await open_vmm(d.socket, f"bench-scale-{n}", [functions[0].rid])))
-            costs = await _interleaved_rounds(pairs, rounds=2 if quick else 5, seconds=0.25)
+            costs = await _interleaved_rounds(pairs, rounds=3 if quick else 12, seconds=0.15)
             for _, vmm in pairs:
                 await vmm.wire.aclose()
             nursery.cancel_scope.cancel()
