@@ -118,3 +118,16 @@ def test_status_counters_have_every_protocol_name(env: Env) -> None:
                  "hw_auto_responses", "partials_discarded", "stop_markers", "drains",
                  "dma_started", "dma_completed"):
         assert c[name] == 0, name
+
+
+def test_an_invalid_descriptor_is_counted_and_does_not_halt_the_queue(env: Env) -> None:
+    from hwmodel import IotlbInvDescriptor
+    from iopfd.core.intel.dmar import qi_submit_sync
+
+    unit = env.machine.iommus["dmar0"]
+    qi_submit_sync(unit, [IotlbInvDescriptor(granularity=0, did=2)], env.core.counters)
+    assert env.core.counters["iq_errors"] == 1 and not unit.iq.iqe
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    (ev,) = faults_of(env.service())
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == [None]

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hwmodel import InvWaitDescriptor
+from hwmodel import InvalidDescriptorError, InvWaitDescriptor
 from hwmodel.descriptors import InvDescriptor
 
 if TYPE_CHECKING:
@@ -30,11 +30,24 @@ WAIT_FENCE = InvWaitDescriptor(sw=False, status_data=QI_DONE, fn=True)
 
 def qi_submit_sync(unit: IommuUnit, descs: Sequence[InvDescriptor], counters: Counter[str],
                    *, drain: bool = False) -> None:
-    """Submit ``descs`` plus one wait (PD=1 with ``drain``) and return when done."""
+    """Submit ``descs`` plus one wait (PD=1 with ``drain``) and return when done.
+
+    An invalid descriptor (IQE) is handled as ``qi_check_fault`` does: the hardware
+    model turns it into a no-op wait and goes on with the rest, the error is counted
+    (``iq_errors``) and the unit is never left halted.
+    """
     batch = [*descs, WAIT_DRAIN if drain else WAIT_SYNC]
-    unit.iq.submit(batch)
     for d in batch:
         counters["iq_descriptors_" + d.NAME] += 1
+    try:
+        unit.iq.submit(batch)
+    except InvalidDescriptorError:
+        counters["iq_errors"] += 1
+        while unit.iq.iqe:
+            try:
+                unit.iq.clear_iqe(resume=True)
+            except InvalidDescriptorError:
+                counters["iq_errors"] += 1
 
 
 def qi_submit_batched(unit: IommuUnit, descs: Sequence[InvDescriptor],
