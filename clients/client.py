@@ -384,7 +384,8 @@ class IopfClient:
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send any request and return its ``result`` map (for ops without a method)."""
-        return await self.submit(op, **args).result()
+        req_id, call = self._queue(op, args)
+        return await self._result(req_id, call)
 
     def submit(self, op: str, **args: Any) -> PendingCall:
         """Queue a request now and return a handle; ``await handle.result()`` later.
@@ -396,6 +397,14 @@ class IopfClient:
         one round trip, and the answers are applied after the mappings. (Calls made
         from concurrent tasks have no such order between them.)
         """
+        req_id, call = self._queue(op, args)
+        if not (self._flush_scheduled or self._writer_busy):
+            # if nobody awaits a result in this scheduler pass, the writer task sends it
+            with suppress(trio.WouldBlock):
+                self._bell_send.send_nowait(None)
+        return PendingCall(self, req_id, call)
+
+    def _queue(self, op: str, args: dict[str, Any]) -> tuple[int, _Call]:
         if self._closed_reason is not None:
             raise ConnectionLost(self._closed_reason)
         req_id = self._alloc_id()
@@ -408,7 +417,7 @@ class IopfClient:
         self._calls[req_id] = call
         self._outbuf += frame
         self._n_requests += 1
-        return PendingCall(self, req_id, call)
+        return req_id, call
 
     async def _result(self, req_id: int, call: _Call) -> dict[str, Any]:
         if self._outbuf and not (self._flush_scheduled or self._writer_busy):
@@ -468,6 +477,10 @@ class IopfClient:
 
     async def _writer(self) -> None:
         async for _ in self._bell_recv:
+            if not self._writer_busy:
+                self._flush()  # a nudge from submit(): frames nobody has flushed yet
+                if not self._writer_busy:
+                    continue
             while self._outbuf:
                 data = bytes(self._outbuf)
                 self._outbuf.clear()

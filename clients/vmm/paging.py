@@ -346,6 +346,7 @@ class DemandPagingVmm:
     async def verify(self) -> None:
         """Every buffer page a DMA touched this epoch must translate: DMA it again, no fault."""
         st = self.stats
+        st.touched_pages = sum(len(p) for p in self.touched.values())
         for t in self.targets:
             for first, n in page_runs(sorted(self.touched.get(t.index, ()))):
                 for off in range(0, n, VERIFY_RUN_PAGES):

@@ -45,6 +45,7 @@ class VmmStats:
     s1_pages_mapped: int = 0  # guest stage-1 entries written on demand (nested)
     s1_map_calls: int = 0
     epochs: int = 0
+    touched_pages: int = 0  # buffer pages DMA'd in the last epoch
     verified_pages: int = 0
     verify_dmas: int = 0
     fault_service_ns: list[int] = field(default_factory=list)
@@ -98,6 +99,7 @@ def summary_dict(info: RunInfo, st: VmmStats) -> dict[str, Any]:
         "ioas_map_calls": st.map_calls,
         "s1_pages_mapped": st.s1_pages_mapped,
         "s1_map_calls": st.s1_map_calls,
+        "touched_pages": st.touched_pages,
         "verified_pages": st.verified_pages,
         "verify_dmas": st.verify_dmas,
         # event read off the socket -> page_response reply received (the VMM's service time)
@@ -144,8 +146,8 @@ def print_summary(info: RunInfo, st: VmmStats, out: TextIO, as_json: bool) -> No
     w("                 (fault event read -> page_response reply received)\n")
     w(f"  faulting dma   {_lat(d['faulting_dma_latency'])}\n")
     w("                 (dma sent -> dma reply, transfers that faulted)\n")
-    w(f"  verified       {st.verified_pages} touched pages mapped "
-      f"({st.verify_dmas} DMAs without a fault)\n")
+    w(f"  verified       {st.verified_pages} of {st.touched_pages} pages touched in the last "
+      f"epoch mapped ({st.verify_dmas} DMAs without a fault)\n")
     if st.violations:
         w(f"  INVARIANTS BROKEN ({len(st.violations)}):\n")
         for v in st.violations:

@@ -402,3 +402,20 @@ async def test_iopfctl_prints_the_errno_name_and_exits_1_for_a_non_admin_peer(
     assert rc == 1
     assert capsys.readouterr().err == (
         "iopfctl: EPERM: admin operations need root, the daemon's uid or its group\n")
+
+
+async def test_a_submitted_request_is_sent_even_before_anyone_awaits_it(
+    fake: FakeDaemon,
+) -> None:
+    got = trio.Event()
+
+    @fake.on("ioas_alloc")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        got.set()
+        return {"ioas_id": 4}
+
+    async with IopfClient.open(fake.path) as c:
+        pending = c.submit("ioas_alloc")
+        with trio.fail_after(2):
+            await got.wait()  # the daemon saw it while nobody awaited the handle
+        assert await pending.result() == {"ioas_id": 4}

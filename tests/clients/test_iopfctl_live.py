@@ -94,7 +94,9 @@ def _trace_proc(live: LiveDaemon, *extra: str) -> subprocess.Popen[str]:
 def _fault_response_auto_response(live: LiveDaemon, subscribers: int) -> None:
     """A delivered fault, its answer, then a group the daemon answers on detach."""
     with SyncClient(live.path, client_name="it-trace-vmm") as c:
+        deadline = time.monotonic() + 10
         while c.status().clients < subscribers + 1:
+            assert time.monotonic() < deadline, "iopfctl trace never connected"
             time.sleep(0.02)
         time.sleep(0.2)  # the subscribe follows the hello
         dev = c.bind("0000:3a:00.0")
