@@ -194,7 +194,8 @@ def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> 
     core.events.append(FaultDelivered(fq.ctx, fq.id, cookie, records, throttled))
     if core.trace_enabled:
         core.trace("fault", rid=dev.name, dev_id=dev_id, pasid=_pasid(flags, pasid),
-                   grpid=grpid, fault_id=fq.id, cookie=cookie, records=len(faults), t_ns=now)
+                   grpid=grpid, addr=faults[0][4], perm=fault[3], fault_id=fq.id,
+                   cookie=cookie, records=len(faults), t_ns=now)
 
 
 def _pasid(flags: int, pasid: int) -> int | None:
