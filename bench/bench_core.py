@@ -51,8 +51,9 @@ def _setup(core: Core, rid: str) -> tuple[Any, int, int, int]:
     return ctx, dev, ioas, fq
 
 
-def _cycles(core: Core, ctx: Any, dev: int, ioas: int, fq: int, n: int, start: int,
-            now: int) -> tuple[float, int]:
+def _cycles(
+    core: Core, ctx: Any, dev: int, ioas: int, fq: int, n: int, start: int, now: int
+) -> tuple[float, int]:
     """n fault cycles on fresh pages; returns (seconds, now)."""
     t0 = time.perf_counter()
     for i in range(n):
@@ -86,9 +87,12 @@ def bench_fault_cycle(n_functions: int, n: int, reps: int) -> dict[str, Any]:
         dt, now = _cycles(core, ctx, dev, ioas, fq, n, start, now)
         start += n
         per.append(dt / n * 1e6)
-    return {"name": f"fault_cycle_functions_{n_functions}", "figure": statistics.median(per),
-            "unit": "us/fault", "detail": {"functions": n_functions, "cycles": n,
-                                           "reps_us": per, "build_s": build_s}}
+    return {
+        "name": f"fault_cycle_functions_{n_functions}",
+        "figure": statistics.median(per),
+        "unit": "us/fault",
+        "detail": {"functions": n_functions, "cycles": n, "reps_us": per, "build_s": build_s},
+    }
 
 
 def bench_fault_path(n_functions: int, n: int, reps: int) -> dict[str, Any]:
@@ -109,19 +113,23 @@ def bench_fault_path(n_functions: int, n: int, reps: int) -> dict[str, Any]:
             k = min(batch, n - done)
             for i in range(k):
                 core.inject(rid, 5, BASE + i * 4096, RW, i % 512, True, now)
-            machine.advance(now)            # hardware side: not the core's cost
+            machine.advance(now)  # hardware side: not the core's cost
             t0 = time.perf_counter()
             core.service(now)
             events = core.take_events()
-            ctx.page_response(fq, [(e.cookie, 0) for e in events
-                                   if isinstance(e, FaultDelivered)], now)
+            ctx.page_response(
+                fq, [(e.cookie, 0) for e in events if isinstance(e, FaultDelivered)], now
+            )
             spent += time.perf_counter() - t0
             done += k
             now += 1
         per.append(spent / n * 1e6)
-    return {"name": f"fault_path_functions_{n_functions}", "figure": statistics.median(per),
-            "unit": "us/group", "detail": {"functions": n_functions, "groups": n,
-                                           "reps_us": per}}
+    return {
+        "name": f"fault_path_functions_{n_functions}",
+        "figure": statistics.median(per),
+        "unit": "us/group",
+        "detail": {"functions": n_functions, "groups": n, "reps_us": per},
+    }
 
 
 def bench_pending(k: int, n: int, reps: int) -> dict[str, Any]:
@@ -150,17 +158,27 @@ def bench_pending(k: int, n: int, reps: int) -> dict[str, Any]:
         dt, now = _cycles(core, ctx, dev, ioas, fq, n, start, now)
         start += n
         per.append(dt / n * 1e6)
-    return {"name": f"fault_cycle_pending_{k}", "figure": statistics.median(per),
-            "unit": "us/fault", "detail": {"pending_elsewhere": k, "cycles": n,
-                                           "reps_us": per}}
+    return {
+        "name": f"fault_cycle_pending_{k}",
+        "figure": statistics.median(per),
+        "unit": "us/fault",
+        "detail": {"pending_elsewhere": k, "cycles": n, "reps_us": per},
+    }
 
 
 def _inv_topology(n: int, m: int, k: int) -> TopologySpec:
     units = tuple(IommuSpec(f"dmar{i}") for i in range(m))
     funcs = tuple(
-        FunctionSpec(Rid(0, 1 + (i >> 5), (i >> 3) & 0x3, i & 7), f"dmar{i % m}",
-                     ats=i < k, pri=False, pri_capacity=0, pasid_bits=20 if i < k else 0)
-        for i in range(n))
+        FunctionSpec(
+            Rid(0, 1 + (i >> 5), (i >> 3) & 0x3, i & 7),
+            f"dmar{i % m}",
+            ats=i < k,
+            pri=False,
+            pri_capacity=0,
+            pasid_bits=20 if i < k else 0,
+        )
+        for i in range(n)
+    )
     return TopologySpec(units, funcs)
 
 
@@ -185,8 +203,8 @@ def bench_unmap(n: int, m: int, k: int, nested: int, reps: int) -> dict[str, Any
         nested_units.add(infos[j % k].unit.name)
         nested_ats += 1
     units_used = {i.unit.name for i in infos}
-    minimum_iotlb = len(units_used) + nested      # parent's DID per unit + each nested DID
-    minimum_devtlb = k + nested_ats               # per ATS function (RID) + per nested PASID
+    minimum_iotlb = len(units_used) + nested  # parent's DID per unit + each nested DID
+    minimum_devtlb = k + nested_ats  # per ATS function (RID) + per nested PASID
     times: list[float] = []
     stats = None
     for r in range(reps):
@@ -196,16 +214,24 @@ def bench_unmap(n: int, m: int, k: int, nested: int, reps: int) -> dict[str, Any
         times.append((time.perf_counter() - t0) * 1e6)
         stats = core.last_flush
     assert stats is not None
-    naive = n + nested + k + nested_ats           # one IOTLB flush per device attachment
-    return {"name": f"unmap_invalidations_n{n}_m{m}_k{k}_nested{nested}",
-            "figure": stats.descriptors, "unit": "descriptors",
-            "detail": {"iotlb": stats.iotlb, "devtlb": stats.devtlb, "waits": stats.waits,
-                       "submissions_per_unit": stats.per_unit,
-                       "minimum": minimum_iotlb + minimum_devtlb,
-                       "minimum_iotlb": minimum_iotlb, "minimum_devtlb": minimum_devtlb,
-                       "per_device_flush": naive,
-                       "at_minimum": stats.descriptors == minimum_iotlb + minimum_devtlb,
-                       "unmap_us_median": statistics.median(times)}}
+    naive = n + nested + k + nested_ats  # one IOTLB flush per device attachment
+    return {
+        "name": f"unmap_invalidations_n{n}_m{m}_k{k}_nested{nested}",
+        "figure": stats.descriptors,
+        "unit": "descriptors",
+        "detail": {
+            "iotlb": stats.iotlb,
+            "devtlb": stats.devtlb,
+            "waits": stats.waits,
+            "submissions_per_unit": stats.per_unit,
+            "minimum": minimum_iotlb + minimum_devtlb,
+            "minimum_iotlb": minimum_iotlb,
+            "minimum_devtlb": minimum_devtlb,
+            "per_device_flush": naive,
+            "at_minimum": stats.descriptors == minimum_iotlb + minimum_devtlb,
+            "unmap_us_median": statistics.median(times),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         entries.append(bench_pending(k, cycles, reps))
     for n, m, k, nested in ((8, 2, 8, 0), (64, 4, 32, 8), (256, 8, 128, 32)):
         entries.append(bench_unmap(n, m, k, nested, reps))
-    json.dump({"entries": entries, "quick": quick, "python": sys.version.split()[0]},
-              sys.stdout, indent=2)
+    json.dump(
+        {"entries": entries, "quick": quick, "python": sys.version.split()[0]}, sys.stdout, indent=2
+    )
     sys.stdout.write("\n")
     return 0
 
