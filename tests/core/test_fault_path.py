@@ -235,3 +235,34 @@ def test_a_queue_out_of_uint32_cookies_refuses_groups_instead_of_reusing(env: En
     assert [e.cookie for e in evs] == [0xFFFF_FFFF]
     assert env.core.status_counters()["cookies_exhausted"] == 1
     check_invariants(env)
+
+
+class _NoScan(dict):  # type: ignore[type-arg]
+    """A dict that refuses to be walked: lookups only (seed 000, seed 004 step 8)."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the fault path walked a table instead of a lookup")
+
+    def values(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the fault path walked a table instead of a lookup")
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the fault path walked a table instead of a lookup")
+
+
+def test_fault_path_and_answers_only_look_up_never_walk(env: Env) -> None:
+    dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.fault_hwpt(ACCEL1, pasid=None)
+    us = env.core.units["dmar0"]
+    us.devices = _NoScan(us.devices)
+    queue = env.ctx.objects[fq]
+    queue.groups = _NoScan(queue.groups)  # type: ignore[attr-defined]
+    info = env.core.devices[ACCEL]
+    info.attachments = _NoScan(info.attachments)
+    for g in range(3):
+        env.inject(ACCEL, 5, A, grpid=g, last=False)
+        env.inject(ACCEL, 5, A + 4096, grpid=g)
+    evs = faults_of(env.service())
+    assert len(evs) == 3
+    assert env.ctx.page_response(fq, [(e.cookie, 0) for e in evs] + [(99, 0)], env.now) == \
+        [None, None, None, "EINVAL"]
