@@ -122,16 +122,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SETUP
     try:
         return trio.run(run, args)
-    except IopfError as e:
-        print(f"iopf-vmm: {e.errno}: {e}", file=sys.stderr)
-        return EXIT_SETUP
-    except (ConnectionError, FileNotFoundError) as e:
-        where = args.socket or os.environ.get("IOPFD_SOCKET") or "/run/iopfd/iopfd.sock"
-        print(f"iopf-vmm: cannot talk to iopfd at {where}: {e}", file=sys.stderr)
-        return EXIT_CONNECTION
-    except KeyboardInterrupt:
-        print("iopf-vmm: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as exc:  # classified below; anything else is re-raised
+        leaves = _leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            # the daemon releases everything the connection owned when it closes
+            print("iopf-vmm: interrupted", file=sys.stderr)
+            return 130
+        if len(leaves) == 1 and isinstance(leaves[0], IopfError):
+            print(f"iopf-vmm: {leaves[0].errno}: {leaves[0]}", file=sys.stderr)
+            return EXIT_SETUP
+        if len(leaves) == 1 and isinstance(leaves[0], ConnectionError | FileNotFoundError):
+            where = args.socket or os.environ.get("IOPFD_SOCKET") or "/run/iopfd/iopfd.sock"
+            print(f"iopf-vmm: cannot talk to iopfd at {where}: {leaves[0]}", file=sys.stderr)
+            return EXIT_CONNECTION
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups that trio nurseries raise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 if __name__ == "__main__":

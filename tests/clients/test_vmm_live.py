@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,3 +132,35 @@ def test_vmm_surfaces_throttling_by_a_full_fault_queue(tmp_path) -> None:
         assert proc.returncode == 1 and not summary["ok"]
     else:
         assert proc.returncode == 0
+
+
+def test_interrupted_vmm_exits_130_and_the_daemon_releases_everything(
+    live: LiveDaemon,
+) -> None:
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket", live.path,
+         "--duration", "10", "--name", "it-interrupted"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        with SyncClient(live.path, client_name="it-watcher") as admin:
+            before = admin.status().counters["groups"]
+            deadline = time.monotonic() + 10
+            while admin.status().counters["groups"] < before + 50:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+            deadline = time.monotonic() + 5
+            while any(d.state == "bound" for d in admin.devices()):
+                assert time.monotonic() < deadline, "devices still bound after the VMM left"
+                time.sleep(0.02)
+            k = admin.status().counters
+            pending = admin.pending()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted" in err
+    assert pending == []
+    assert k["groups"] == k["responses"] + k["auto_responses"] + k["throttled"]
