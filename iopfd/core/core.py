@@ -168,7 +168,6 @@ class Core:
         for name, (unit, descs, _seen) in plan.per_unit.items():
             stats.waits += qi_submit_batched(unit, descs, self.counters)
             stats.per_unit[name] = len(descs)
-        self.counters["invalidations"] += stats.descriptors
         self.counters["flushes"] += 1
         self.last_flush = stats
         if self.trace_enabled and stats.descriptors:

@@ -12,13 +12,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hwmodel import InvalidDescriptorError, InvWaitDescriptor
+from hwmodel import InvalidDescriptorError, InvWaitDescriptor, PageGroupResponseDescriptor
 from hwmodel.descriptors import InvDescriptor
 
 if TYPE_CHECKING:
     from hwmodel import IommuUnit
 
 QI_MAX_BATCHED_DESC_COUNT = 16
+#: Descriptor types that invalidate nothing: waits and page group responses.
+_NOT_INVALIDATIONS = frozenset({InvWaitDescriptor.TYPE, PageGroupResponseDescriptor.TYPE})
 QI_DONE = 1
 QI_STATUS_ADDR = 0x1000  # the driver's status word; the model writes STATUS DATA there
 
@@ -39,6 +41,8 @@ def qi_submit_sync(unit: IommuUnit, descs: Sequence[InvDescriptor], counters: Co
     batch = [*descs, WAIT_DRAIN if drain else WAIT_SYNC]
     for d in batch:
         counters["iq_descriptors_" + d.NAME] += 1
+        if d.TYPE not in _NOT_INVALIDATIONS:
+            counters["invalidations"] += 1
     try:
         unit.iq.submit(batch)
     except InvalidDescriptorError:

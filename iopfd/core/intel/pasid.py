@@ -57,7 +57,6 @@ def pasid_clear_present(dev: DeviceInfo, pasid: int | None, did: int, pgtt: Pgtt
     dev.unit.clear_pasid_present(dev.sid, pasid)
     descs = flush_descriptors(dev, pasid, did, pgtt)
     qi_submit_sync(dev.unit, descs, counters)
-    counters["invalidations"] += len(descs)
 
 
 def pasid_clear_entry(dev: DeviceInfo, pasid: int | None) -> None:
@@ -72,4 +71,3 @@ def pasid_replace(  # noqa: PLR0917
     dev.unit.set_pasid_entry(dev.sid, pasid, pasid_entry_for(domain, did))
     descs = flush_descriptors(dev, pasid, old_did, old_pgtt)
     qi_submit_sync(dev.unit, descs, counters)
-    counters["invalidations"] += len(descs)

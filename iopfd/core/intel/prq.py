@@ -160,7 +160,6 @@ def drain_pasid_prq(core: Core, dev: DeviceInfo, pasid: int | None, did: int,
     # function dispatched, and PD=1 orders the wait behind their PRQ writes (SPEC 7.10).
     for _ in range(MAX_DRAIN_ROUNDS):
         qi_submit_sync(unit, descs, core.counters, drain=True)
-        core.counters["invalidations"] += len(descs) - 1
         overflowed = unit.read_prs() & PRS_PRO
         prq_event_thread(core, us, now)
         if not overflowed:
