@@ -75,7 +75,11 @@ class SyncClient:
         self._last_seq = 0
         self._closed_reason: str | None = None
         self.seq_gaps: list[EventGap] = []
-        r = self.request("hello", version=PROTOCOL_VERSION, client=client_name)
+        try:
+            r = self.request("hello", version=PROTOCOL_VERSION, client=client_name)
+        except BaseException:
+            self.close()
+            raise
         self.hello_info = HelloInfo(
             version=int(r["version"]),
             server=str(r.get("server", "")),

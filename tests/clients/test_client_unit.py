@@ -419,3 +419,45 @@ async def test_a_submitted_request_is_sent_even_before_anyone_awaits_it(
         with trio.fail_after(2):
             await got.wait()  # the daemon saw it while nobody awaited the handle
         assert await pending.result() == {"ioas_id": 4}
+
+
+async def test_sync_client_raises_version_mismatch_from_hello(fake: FakeDaemon) -> None:
+    from clients import VersionMismatch
+    from clients.sync import SyncClient
+
+    @fake.on("hello")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        raise FakeErr("EPROTONOSUPPORT", "supported versions: [2]")
+
+    def connect() -> None:
+        SyncClient(fake.path)
+
+    with pytest.raises(VersionMismatch, match=r"supported versions: \[2\]"):
+        await trio.to_thread.run_sync(connect)
+
+
+async def test_sync_client_queues_events_that_arrive_while_it_waits_for_a_reply(
+    fake: FakeDaemon,
+) -> None:
+    from clients.sync import SyncClient
+
+    @fake.on("ioas_alloc")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await conn.fault(3, 1, [0x1000, 0x2000])
+        await conn.event("trace", topic="response", t=1.0, cookie=1)
+        await conn.fault(3, 2, [0x3000], seq=conn.seq + 2)  # one event lost
+        return {"ioas_id": 11}
+
+    def script() -> tuple[Any, ...]:
+        with SyncClient(fake.path, timeout=5) as c:
+            ioas = c.ioas_alloc()
+            g1, g2 = c.next_fault(timeout=1), c.next_fault(timeout=1)
+            rec = c.next_trace(timeout=1)
+            none = c.next_fault(timeout=0.05)
+            return ioas, g1, g2, rec, none, c.seq_gaps
+
+    ioas, g1, g2, rec, none, gaps = await trio.to_thread.run_sync(script)
+    assert ioas == 11 and none is None
+    assert (g1.cookie, g1.addresses, g2.cookie) == (1, [0x1000, 0x2000], 2)
+    assert rec.topic == "response" and rec.fields["cookie"] == 1
+    assert [(g.expected, g.got) for g in gaps] == [(3, 4)]
