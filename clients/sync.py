@@ -288,6 +288,20 @@ class SyncClient:
         if res is not None:
             raise error_from_reply(res, f"cookie {group.cookie}", "page_response")
 
+    def answer_all(self, answers: Iterable[tuple[FaultGroup, int]]) -> list[str | None]:
+        """Answer many groups: one page_response per fault queue, results in input order."""
+        pairs = list(answers)
+        by_queue: dict[int, list[int]] = {}
+        for i, (g, _) in enumerate(pairs):
+            by_queue.setdefault(g.fault_id, []).append(i)
+        results: list[str | None] = [None] * len(pairs)
+        for fault_id, idxs in by_queue.items():
+            res = self.page_response(fault_id, [(pairs[i][0].cookie, int(pairs[i][1]))
+                                                for i in idxs])
+            for i, x in zip(idxs, res, strict=True):
+                results[i] = x
+        return results
+
     def dma(
         self,
         dev_id: int,

@@ -461,3 +461,27 @@ async def test_sync_client_queues_events_that_arrive_while_it_waits_for_a_reply(
     assert (g1.cookie, g1.addresses, g2.cookie) == (1, [0x1000, 0x2000], 2)
     assert rec.topic == "response" and rec.fields["cookie"] == 1
     assert [(g.expected, g.got) for g in gaps] == [(3, 4)]
+
+
+async def test_answer_all_sends_one_page_response_per_queue_and_keeps_input_order(
+    fake: FakeDaemon,
+) -> None:
+    @fake.on("page_response")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        return {"results": [None if r["cookie"] != 2 else "EINVAL" for r in req["responses"]]}
+
+    async with IopfClient.open(fake.path) as c:
+        conn = fake.conns[0]
+        for fid, cookie in ((5, 1), (6, 2), (5, 3)):
+            await conn.fault(fid, cookie, [cookie << 12])
+        groups = [await c.fault_queue(5).receive(), await c.fault_queue(6).receive(),
+                  await c.fault_queue(5).receive()]
+        groups = [groups[0], groups[1], groups[2]]
+        results = await c.answer_all([(groups[1], ResponseCode.INVALID),
+                                      (groups[0], ResponseCode.SUCCESS),
+                                      (groups[2], ResponseCode.SUCCESS)])
+    assert results == ["EINVAL", None, None]
+    sent = [(r["fault_id"], r["responses"]) for r in fake.conns[0].requests
+            if r["op"] == "page_response"]
+    assert sorted(sent) == [(5, [{"cookie": 1, "code": 0}, {"cookie": 3, "code": 0}]),
+                            (6, [{"cookie": 2, "code": 1}])]
