@@ -237,9 +237,12 @@ class Daemon:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly."""
-        listeners = self._listeners()
+        # Take the signals before the socket exists: a client (or a test) that sees the
+        # socket may signal at once, and must find the clean path already in place.
+        listeners: list[trio.SocketListener] = []
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                listeners = self._listeners()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._hardware_task)
                     for listener in listeners:
