@@ -476,7 +476,6 @@ async def test_answer_all_sends_one_page_response_per_queue_and_keeps_input_orde
             await conn.fault(fid, cookie, [cookie << 12])
         groups = [await c.fault_queue(5).receive(), await c.fault_queue(6).receive(),
                   await c.fault_queue(5).receive()]
-        groups = [groups[0], groups[1], groups[2]]
         results = await c.answer_all([(groups[1], ResponseCode.INVALID),
                                       (groups[0], ResponseCode.SUCCESS),
                                       (groups[2], ResponseCode.SUCCESS)])
