@@ -72,6 +72,34 @@ def run_component(name: str, quick: bool, timeout: float) -> tuple[list[Entry], 
     return _entries_from_component(name, doc), doc
 
 
+def cost_notes(entries: list[Entry]) -> list[str]:
+    """Where the time goes: the daemon's CPU per fault against the ceiling server's."""
+    by_name = {e.name: e for e in entries}
+    notes = []
+    ceiling = by_name.get("ceiling.trio_round_trip")
+    serial = by_name.get("fault.serial_round_trip")
+    if ceiling and serial and "daemon_cpu_us_per_fault" in serial.detail:
+        server = ceiling.detail["server_cpu_us_per_msg"]
+        daemon = serial.detail["daemon_cpu_us_per_fault"]
+        notes.append(
+            f"serial: iopfd spends {daemon} us of CPU per fault; the ceiling server spends "
+            f"{server} us per round trip, {2 * server:.0f} us for the two a fault needs, so "
+            f"roughly {max(0.0, daemon - 2 * server):.0f} us per fault is iopfd's own work."
+        )
+    pipe = by_name.get("ceiling.trio_pipelined")
+    thr = by_name.get("fault.throughput")
+    if pipe and thr and "daemon_cpu_us_per_group" in thr.detail:
+        server = pipe.detail["server_cpu_us_per_msg"]
+        daemon = thr.detail["daemon_cpu_us_per_group"]
+        client = thr.detail.get("client_cpu_us_per_group")
+        notes.append(
+            f"throughput: iopfd spends {daemon} us of CPU per group against {server} us per "
+            f"message for the pipelined ceiling server; the bench client spends {client} us "
+            "per group, so the daemon is the limit."
+        )
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs, small sizes (CI smoke)")
@@ -130,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"
 
+    notes += cost_notes(entries)
     facts["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     facts["bench_wall_s"] = round(time.monotonic() - t0, 1)
     extra: dict[str, Any] = {
