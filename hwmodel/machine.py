@@ -219,6 +219,16 @@ class Machine:
         return ran
 
     # ------------------------------------------------------------------ lifecycle
+    def stop_dma(self, rid: Rid, now: int) -> None:
+        """The driver stops a function's DMA ahead of its removal (vtd-hw.md 6.4 step 1;
+        a PF's VFs too): running transfers end REMOVED, while page requests already
+        sent stay outstanding until answered, so the drain still has them to settle."""
+        self._tick(now)
+        fn = self.function(rid)
+        for f in [*fn.vfs, fn]:
+            if f.present:
+                f._stop_dma(DmaStatus.REMOVED)
+
     def hot_remove(self, rid: Rid, now: int) -> None:
         """Surprise-remove a function (a PF takes its VFs with it): DMA stops (transfers end
         REMOVED), ATC cleared, its posted page requests are lost, invalidations ignored."""

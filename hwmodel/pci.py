@@ -478,6 +478,12 @@ class PciFunction:
         pri._return_credits(g.npages)
         t = g.transfer
         t._group = None
+        if t.status is not None:
+            # The driver stopped the transfer meanwhile (``_stop_dma``): the answer only
+            # settles the requests it had sent, and returns their credits.
+            c["page_responses_after_stop"] += 1
+            self._wake_credit_waiters()
+            return
         rc = desc.response_code
         fabric = self._fabric
         if rc == RESP_SUCCESS:
@@ -506,6 +512,14 @@ class PciFunction:
         self._wake_credit_waiters()
 
     # ------------------------------------------------------------------ lifecycle
+    def _stop_dma(self, status: DmaStatus) -> None:
+        """The driver stops the function's DMA (vtd-hw.md 6.4, step 1 of a removal):
+        every transfer ends with ``status``, but the page requests already sent stay
+        outstanding, holding their credits, until the drain answers them."""
+        for t in list(self._transfers.values()):
+            t._group = None  # the group stays in self._groups until it is answered
+            self._finish(t, status)
+
     def _remove(self) -> None:
         for t in list(self._transfers.values()):
             self._finish(t, DmaStatus.REMOVED)

@@ -296,6 +296,9 @@ class Core:
             raise CoreError(EINVAL, f"{dev.name} is already removed")
         victims = [self.devices[str(vf.rid)] for vf in dev.fn.vfs if vf.present]
         victims.append(dev)
+        # The driver stops DMA first (vtd-hw.md 6.4): a transfer in flight ends
+        # `removed`, and the page requests it sent are settled by the drains below.
+        self.machine.stop_dma(dev.rid, now)
         for victim in victims:
             for pasid in list(victim.attachments):
                 devops.detach(self, victim, pasid, now, "unplug")

@@ -131,3 +131,21 @@ def test_an_invalid_descriptor_is_counted_and_does_not_halt_the_queue(env: Env) 
     env.inject(ACCEL, 5, A, grpid=1)
     (ev,) = faults_of(env.service())
     assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == [None]
+
+
+def test_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_once(env: Env) -> None:
+    dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")
+    (ev,) = faults_of(env.service())
+    auto = env.core.counters["auto_responses"]
+    env.core.unplug(ACCEL, env.now)
+    (done,) = dma_done(env.settle())
+    assert done.status == "removed"
+    # The group it had sent was still settled, by the daemon, exactly once.
+    assert env.core.counters["auto_responses"] == auto + 1
+    assert env.core.pending(env.now) == []
+    # A late answer from the client gets EINVAL in its slot and changes nothing.
+    responses = env.core.counters["responses"]
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == ["EINVAL"]
+    assert env.core.counters["responses"] == responses
+    check_invariants(env)

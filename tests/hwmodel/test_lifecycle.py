@@ -112,3 +112,24 @@ def test_credits_returned_by_a_removed_vf_wake_transfers_of_the_pf() -> None:
     assert tv.status is DmaStatus.REMOVED and pf.fn.pri.outstanding == 0
     m.advance(2)
     assert tp.faults == 1 and tp.waiting == "response"
+
+
+def test_stop_dma_ends_transfers_removed_but_keeps_their_requests_outstanding() -> None:
+    from hwmodel import DmaStatus, Machine, Perm, default_topology
+    from hwmodel.testing import bind, response_for
+
+    m = Machine(default_topology())
+    b = bind(m, "0000:3a:00.0", pasid=5)
+    t = m.start_dma(b.fn.rid, 5, 0x10_0000, 4096, Perm.READ, 0)
+    m.advance(0)
+    sent = b.unit.prq.used
+    assert sent == 1 and b.fn.pri.outstanding == 1
+    m.stop_dma(b.fn.rid, 1)
+    assert t.status is DmaStatus.REMOVED
+    # The request it sent is still outstanding: its credit comes back with the answer.
+    assert b.fn.pri.outstanding == 1
+    desc = b.unit.prq.read_descriptor(b.unit.prq.head)
+    b.unit.iq.submit([response_for(desc, 0)])
+    assert b.fn.pri.outstanding == 0
+    assert not b.fn.pri.unexpected_prgi
+    assert b.fn.counters["page_responses_after_stop"] == 1
