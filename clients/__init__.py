@@ -5,15 +5,7 @@ SyncClient`` for scripts and notebooks; ``iopf-vmm`` (``clients.vmm``) is a
 complete demand-paging VMM built on the library. See docs/clients.md.
 """
 
-from clients.client import (
-    DEFAULT_SOCKET,
-    ClientStats,
-    FaultQueue,
-    IopfClient,
-    PendingGroup,
-    TraceStream,
-    resolve_socket_path,
-)
+from clients.client import DEFAULT_SOCKET, IopfClient, PendingCall, resolve_socket_path
 from clients.errors import (
     Busy,
     ConnectionLost,
@@ -28,8 +20,10 @@ from clients.errors import (
     ProtocolViolation,
     VersionMismatch,
 )
+from clients.queues import FaultQueue, TraceStream
 from clients.records import (
     PAGE_SIZE,
+    ClientStats,
     Device,
     DmaResult,
     DmaStatus,
@@ -37,6 +31,7 @@ from clients.records import (
     FaultRecord,
     HelloInfo,
     PageResponse,
+    PendingGroup,
     Perm,
     ResponseCode,
     Status,
@@ -66,6 +61,7 @@ __all__ = [
     "NotPermitted",
     "NotSupported",
     "PageResponse",
+    "PendingCall",
     "PendingGroup",
     "Perm",
     "ProtocolViolation",

@@ -245,3 +245,42 @@ class TraceRecord:
             fields={k: v for k, v in ev.items() if k not in skip},
             lost=int(ev.get("lost", 0)) + client_lost,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingGroup:
+    """A row of the admin op ``pending``: an unanswered group, any connection's."""
+
+    fault_id: int
+    cookie: int
+    rid: str
+    pasid: int | None
+    age_s: float
+    extra: Mapping[str, Any]
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> PendingGroup:
+        known = ("fault_id", "cookie", "rid", "pasid", "age_s")
+        pasid = d.get("pasid")
+        return cls(
+            fault_id=int(d["fault_id"]),
+            cookie=int(d["cookie"]),
+            rid=str(d["rid"]),
+            pasid=None if pasid is None else int(pasid),
+            age_s=float(d.get("age_s", 0.0)),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """Counters of one connection, as this client saw it."""
+
+    requests: int
+    replies: int
+    events: int
+    writes: int  # send_all calls: fewer than requests when writes were coalesced
+    seq_gaps: int
+    missed_events: int
+    late_replies: int  # replies to calls that were cancelled while waiting
+    in_flight: int

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from clients.client import PROTOCOL_VERSION, PendingGroup, resolve_socket_path
+from clients.client import PROTOCOL_VERSION, resolve_socket_path
 from clients.errors import ConnectionLost, EventGap, error_from_reply
 from clients.records import (
     Device,
@@ -33,6 +33,7 @@ from clients.records import (
     FaultGroup,
     HelloInfo,
     PageResponse,
+    PendingGroup,
     Perm,
     ResponseCode,
     Status,

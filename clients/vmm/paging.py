@@ -74,6 +74,7 @@ class DemandPagingVmm:
         self.stats = VmmStats()
         self.rng = random.Random(opts.seed)
         self.devices: list[_Device] = []
+        self._hwpt_by_dev: dict[int, int] = {}
         self.targets: list[Target] = []
         self.ioas = 0
         self.fault_id = 0
@@ -129,15 +130,14 @@ class DemandPagingVmm:
             for p in pasids:
                 await self.c.attach(dev_id, hwpt, pasid=p)
             self.devices.append(_Device(rid, dev_id, pasids, hwpt, parent))
+            self._hwpt_by_dev[dev_id] = hwpt
             layout.append((rid, dev_id, [None, *pasids]))
         self.targets = layout_targets(layout, self.opts.pages, self.opts.nested)
         self.guest_pages = len(self.targets) * self.opts.pages
 
     def _hwpt_of(self, dev_id: int) -> int:
-        for d in self.devices:
-            if d.dev_id == dev_id:
-                return d.hwpt
-        raise KeyError(dev_id)
+        """The HWPT a device's faults come from (the nested one in nested mode)."""
+        return self._hwpt_by_dev[dev_id]
 
     # -- the fault loop -----------------------------------------------------
 
