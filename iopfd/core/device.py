@@ -142,11 +142,23 @@ def _get_iopf(core: Core, dev: DeviceInfo, hwpt: HwPagetable) -> None:
         raise CoreError(EBUSY, f"{dev.name}: cannot enable PRI: {e}") from e
 
 
+def _get_did_and_iopf(core: Core, dev: DeviceInfo, hwpt: HwPagetable) -> int:
+    """The domain's DID on the device's unit and, for a fault-capable HWPT, a PRI
+    reference; either can fail (DIDs exhausted: ENOSPC; PRI: EBUSY) and then neither
+    is held."""
+    did = _domain_get_did(hwpt.domain, dev)
+    try:
+        _get_iopf(core, dev, hwpt)
+    except CoreError:
+        _domain_put_did(hwpt.domain, dev)
+        raise
+    return did
+
+
 def attach(core: Core, dev: DeviceInfo, pasid: int | None, hwpt: HwPagetable) -> Attachment:
     """Attach (checks done by the caller). The attachment becomes visible last."""
-    _get_iopf(core, dev, hwpt)
     domain = hwpt.domain
-    did = _domain_get_did(domain, dev)
+    did = _get_did_and_iopf(core, dev, hwpt)  # the fallible steps, before anything shows
     keys = _assign_tags(domain, dev, did, pasid)
     pasid_setup(dev, pasid, domain, did)
     att = Attachment(dev, pasid, hwpt, did, keys)
@@ -185,9 +197,8 @@ def replace(core: Core, dev: DeviceInfo, pasid: int | None, hwpt: HwPagetable,
     old = dev.attachments[pasid]
     if old.hwpt is hwpt:
         return
-    _get_iopf(core, dev, hwpt)  # the only step that can fail: before anything changes
     domain = hwpt.domain
-    did = _domain_get_did(domain, dev)
+    did = _get_did_and_iopf(core, dev, hwpt)  # the fallible steps: before anything changes
     keys = _assign_tags(domain, dev, did, pasid)
     att = Attachment(dev, pasid, hwpt, did, keys)
     # The entry switches in place; the old DID's cached translations are flushed.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from iopfd.core.errors import ENOSPC, CoreError
+
 if TYPE_CHECKING:
     from iopfd.core.context import Context
 
@@ -46,6 +48,6 @@ class IdAllocator:
     def alloc(self) -> int:
         obj_id = self._next
         if obj_id > UINT32_MAX:
-            raise OverflowError("object IDs exhausted")
+            raise CoreError(ENOSPC, "object IDs exhausted")
         self._next = obj_id + 1
         return obj_id

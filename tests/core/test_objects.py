@@ -236,3 +236,21 @@ def test_close_context_releases_everything(env: Env) -> None:
     other = env.core.open_context("next")
     other.bind(ACCEL, env.now)
     check_invariants(env)
+
+
+def test_exhausted_domain_ids_are_enospc_and_leave_nothing_held() -> None:
+    from iopfd.core.intel import iommu as intel_iommu
+
+    env = Env()
+    dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    ustate = env.core.devices[ACCEL].ustate
+    ustate._next_did = intel_iommu.MAX_DOMAIN_ID + 1   # every DID of dmar0 in use
+    hwpt2 = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    pri_refs = env.core.devices[ACCEL].iopf_refcount
+    with pytest.raises(CoreError) as ei:
+        env.ctx.attach(dev, hwpt2, 6, env.now)
+    assert ei.value.errno == "ENOSPC"
+    assert env.core.devices[ACCEL].iopf_refcount == pri_refs
+    assert 6 not in env.core.devices[ACCEL].attachments
+    env.ctx.destroy(hwpt2, env.now)                     # not left referenced
+    check_invariants(env)

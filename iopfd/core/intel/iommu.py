@@ -12,6 +12,7 @@ import heapq
 from typing import TYPE_CHECKING
 
 from hwmodel.descriptors import CC_G_DEVICE, ContextCacheInvDescriptor
+from iopfd.core.errors import ENOSPC, CoreError
 from iopfd.core.intel.dmar import qi_submit_sync
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class UnitState:
             return heapq.heappop(self._free_dids)
         did = self._next_did
         if did > MAX_DOMAIN_ID:
-            raise OverflowError(f"{self.unit.name}: domain IDs exhausted")
+            raise CoreError(ENOSPC, f"{self.unit.name}: domain IDs exhausted")
         self._next_did = did + 1
         return did
 
