@@ -609,6 +609,8 @@ class IopfClient:
         self, hwpt_id: int, iova: int | None = None, length: int | None = None
     ) -> None:
         """The guest's stage-1 invalidation: a range, or everything when both are None."""
+        if (iova is None) != (length is None):
+            raise ValueError("hwpt_invalidate takes iova and length together, or neither")
         args: dict[str, Any] = {"hwpt_id": hwpt_id}
         if iova is not None:
             args["iova"] = iova

@@ -336,6 +336,8 @@ class SyncClient:
     def hwpt_invalidate(
         self, hwpt_id: int, iova: int | None = None, length: int | None = None
     ) -> None:
+        if (iova is None) != (length is None):
+            raise ValueError("hwpt_invalidate takes iova and length together, or neither")
         args: dict[str, Any] = {"hwpt_id": hwpt_id}
         if iova is not None:
             args["iova"] = iova

@@ -103,6 +103,9 @@ def _show_status(r: Mapping[str, Any]) -> str:
                 f" + throttled + pending {identity}: {verdict}")
     except (KeyError, TypeError):
         pass
+    if counters.get("daemon_internal_errors"):
+        out += (f"\nWARNING: {counters['daemon_internal_errors']} internal errors in the daemon"
+                " (a bug: see its log)")
     return out
 
 
