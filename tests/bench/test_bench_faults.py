@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from bench.faults import INV_ATTACH, INV_FUNCTIONS, _ranges, invalidation_minimum
+from bench.faults import INV_LARGE, INV_SMALL, _ranges, invalidation_minimum
 from bench.wire import generated_functions, topology_toml
 from hwmodel.topology import generated_topology, topology_from_dict
 
@@ -12,14 +12,22 @@ from hwmodel.topology import generated_topology, topology_from_dict
 def test_invalidation_minimum_is_one_per_unit_did_one_per_ats_pasid_one_wait_per_unit() -> None:
     # Parent on dmar0 and dmar1, C1 on dmar0 and dmar1, C2 on dmar0 and dmar2: 6 (unit, DID).
     # ATS attachments: parent via 10:00.0 and 20:00.0; C1 x3; C2 x2 (10:01.0/2, 30:00.0).
-    assert invalidation_minimum() == {"iotlb": 6, "dev_tlb": 7, "wait": 3}
+    assert invalidation_minimum(INV_SMALL) == {"iotlb": 6, "dev_tlb": 7, "wait": 3}
+
+
+def test_large_invalidation_scenario_needs_more_than_one_linux_batch_per_unit() -> None:
+    # Per unit: parent + 4 children = 5 DIDs; 4 ATS RIDs of the parent + 4 ATS devices x 4
+    # children = 20 device-TLB entries; 25 descriptors, more than qi_batch's 16.
+    assert invalidation_minimum(INV_LARGE) == {"iotlb": 10, "dev_tlb": 40, "wait": 2}
 
 
 def test_invalidation_scenario_puts_one_nested_domain_on_two_devices_of_one_unit() -> None:
     # Two attachments of C1 behind dmar0 share one (unit, DID): one IOTLB invalidation
     # covers both, so an implementation that walks per device issues more than the minimum.
-    unit = {f.rid: f.iommu for f in INV_FUNCTIONS}
-    c1_on_dmar0 = {rid for hwpt, rid, _ in INV_ATTACH if hwpt == "C1" and unit[rid] == "dmar0"}
+    unit = {f.rid: f.iommu for f in INV_SMALL.functions}
+    c1_on_dmar0 = {
+        rid for hwpt, rid, _ in INV_SMALL.attach if hwpt == "C1" and unit[rid] == "dmar0"
+    }
     assert len(c1_on_dmar0) == 2
 
 
