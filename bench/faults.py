@@ -41,7 +41,7 @@ IOVA_BASE = 0x10_0000_0000
 RW = READ | WRITE
 #: The memory bench throws 10^6 page requests unless the daemon is too slow to take them
 #: in this long; `make bench` has to stay within a few minutes on 2 cores.
-MEMORY_BUDGET_S = 75
+MEMORY_BUDGET_S = 90
 
 
 # --- a VMM at the frame level ---------------------------------------------------------------
