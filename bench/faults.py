@@ -42,6 +42,7 @@ RW = READ | WRITE
 #: The memory bench throws 10^6 page requests unless the daemon is too slow to take them
 #: in this long; `make bench` has to stay within a few minutes on 2 cores.
 MEMORY_BUDGET_S = 90
+SECTION_TIMEOUT_S = 240
 
 
 # --- a VMM at the frame level ---------------------------------------------------------------
@@ -777,7 +778,9 @@ async def _measure(quick: bool, rates: dict[str, float], log: Log) -> tuple[list
     async def section(name: str, fn: Callable[[], Any]) -> Any:
         log(name)
         try:
-            return await fn()
+            # A daemon that stops answering must fail its section, not hang make bench.
+            with trio.fail_after(SECTION_TIMEOUT_S):
+                return await fn()
         except Exception as exc:
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
             return None
