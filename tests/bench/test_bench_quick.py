@@ -50,4 +50,4 @@ def test_quick_bench_runs_every_section_and_writes_valid_json(tmp_path: Path) ->
         if e["target"] is not None:
             assert isinstance(e["met"], bool), e["name"]
     md = (tmp_path / "latest.md").read_text()
-    assert "| bench | figure |" in md
+    assert "| bench | figure | unit | ceiling | ratio | target | met |" in md
