@@ -55,7 +55,7 @@ from hwmodel.pci import (
     PriError,
 )
 from hwmodel.prq import PageRequestQueue
-from hwmodel.rid import PAGE_SHIFT, PAGE_SIZE, Perm, Rid, perm_allows
+from hwmodel.rid import PAGE_SHIFT, PAGE_SIZE, Perm, Rid, perm_allows, perm_of
 from hwmodel.topology import (
     FunctionSpec,
     IommuSpec,
@@ -128,5 +128,6 @@ __all__ = [
     "generated_topology",
     "load_topology",
     "perm_allows",
+    "perm_of",
     "topology_from_dict",
 ]

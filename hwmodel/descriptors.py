@@ -307,6 +307,15 @@ class InvWaitDescriptor(_Descriptor):
         (_b("if_flag", 0, 4), _b("sw", 0, 5), _b("fn", 0, 6), _b("pd", 0, 7),
          _f("status_data", 0, 32, 32), _f("status_addr", 1, 2, 62, shift=2)))
 
+    def encode(self) -> bytes:
+        # Hand-written: every submission ends with a wait.
+        data, addr = self.status_data, self.status_addr
+        if not (0 <= data < 1 << 32 and 0 <= addr < 1 << 64) or addr & 3:
+            raise ValueError(f"InvWaitDescriptor status data/address out of range: {self!r}")
+        qw0 = (0x5 | self.if_flag << 4 | self.sw << 5 | self.fn << 6 | self.pd << 7
+               | data << 32)
+        return _QWORDS.pack(qw0, addr, 0, 0)
+
     @classmethod
     def decode(cls, b: bytes) -> InvWaitDescriptor:
         return cls(**cls._decode_kwargs(b))
@@ -401,9 +410,28 @@ class PageGroupResponseDescriptor(_Descriptor):
         (_b("pasid_present", 0, 4), _f("response_code", 0, 12, 4), _f("sid", 0, 16, 16),
          _f("pasid", 0, 32, 20), _b("lpig", 1, 2), _f("prg_index", 1, 3, 9)))
 
+    def encode(self) -> bytes:
+        # Hand-written: one of these goes out for every group answered.
+        return encode_page_group_response(self.sid, self.pasid_present, self.pasid,
+                                          self.response_code, self.prg_index, self.lpig)
+
     @classmethod
     def decode(cls, b: bytes) -> PageGroupResponseDescriptor:
         return cls(**cls._decode_kwargs(b))
+
+
+def encode_page_group_response(  # noqa: PLR0917 - the descriptor's fields
+    sid: int, pasid_present: bool, pasid: int, response_code: int, prg_index: int,
+    lpig: bool = True,
+) -> bytes:
+    """The 32-byte image of a page group response (vtd-hw.md 3.1), without building a
+    descriptor object; the same bits :class:`PageGroupResponseDescriptor` encodes."""
+    if not (0 <= sid <= 0xFFFF and 0 <= pasid < 1 << 20 and 0 <= response_code <= 0xF
+            and 0 <= prg_index < 1 << 9):
+        raise ValueError(f"page group response field out of range: sid={sid:#x} "
+                         f"pasid={pasid:#x} rc={response_code:#x} prgi={prg_index:#x}")
+    qw0 = 0x9 | pasid_present << 4 | response_code << 12 | sid << 16 | pasid << 32
+    return _QWORDS.pack(qw0, lpig << 2 | prg_index << 3, 0, 0)
 
 
 InvDescriptor = (

@@ -31,6 +31,7 @@ RID_PASID = 0  # the PASID table slot used for requests without PASID (IOMMU_NO_
 
 _RW = Perm.READ | Perm.WRITE
 _S1_ONLY = Perm.EXEC | Perm.PRIV
+_NO_PERM = Perm(0)
 
 
 class Pgtt(enum.IntEnum):
@@ -90,6 +91,8 @@ class Endpoint(Protocol):
 
     def receive_page_response(self, desc: PageGroupResponseDescriptor) -> None: ...
 
+    def receive_prg_response(self, prgi: int, rc: int) -> None: ...
+
     def invalidate_atc(self, pasid: int | None, start: int, size: int,
                        all_pasids: bool) -> int: ...
 
@@ -120,6 +123,9 @@ class IommuUnit:
         self.auto_responses: deque[PageGroupResponseDescriptor] = deque(maxlen=256)
         # called by a wait descriptor with PD=1: deliver every posted page request
         self.drain_hook: Callable[[IommuUnit], None] | None = None
+        # An observer of every page group response the IQ executes (tests, tracing);
+        # with none set the response path builds no descriptor object.
+        self.response_tap: Callable[[PageGroupResponseDescriptor], None] | None = None
         self.iotlb_entries = iotlb_entries
         self._contexts: dict[int, ContextEntry] = {}
         self._pasid_entries: dict[tuple[int, int | None], PasidEntry] = {}
@@ -190,7 +196,7 @@ class IommuUnit:
             assert fault is not None
             c["translation_table_faults"] += 1
             self._log_fault(sid, pasid, iova, fault)
-            return Translation(False, 0, Perm(0), True, fault[0])
+            return Translation(False, 0, _NO_PERM, True, fault[0])
         page = iova >> PAGE_SHIFT
         pgtt = e.pgtt
         tag = None if pgtt in (Pgtt.SECOND_STAGE, Pgtt.PASS_THROUGH) else (
@@ -205,7 +211,7 @@ class IommuUnit:
         walked = self._walk(e, page)
         if walked is None:
             c["translation_faults"] += 1
-            return Translation(False, 0, Perm(0), False, "not_mapped")
+            return Translation(False, 0, _NO_PERM, False, "not_mapped")
         tpage, tperm = walked
         self._iotlb_insert(e.did, (tag, page), (tpage, tperm, pgtt))
         addr = tpage << PAGE_SHIFT | (iova & PAGE_MASK)
@@ -393,11 +399,17 @@ class IommuUnit:
 
     def send_page_response(self, resp: PageGroupResponseDescriptor) -> None:
         """Format a PRG Response message toward the function named by the SID."""
-        ep = self.endpoints.get(resp.sid)
+        if self.response_tap is not None:
+            self.response_tap(resp)
+        self.send_prg_response(resp.sid, resp.prg_index, resp.response_code)
+
+    def send_prg_response(self, sid: int, prg_index: int, response_code: int) -> None:
+        """The PRG Response message itself (PCIe 10.4.2: RID, PRG index, code)."""
+        ep = self.endpoints.get(sid)
         if ep is None or not ep.present:
             self.counters["page_responses_to_absent"] += 1
             return
-        ep.receive_page_response(resp)
+        ep.receive_prg_response(prg_index, response_code)
 
     def _log_fault(self, sid: int, pasid: int | None, addr: int, fault: tuple[str, int]) -> None:
         self.fault_log.append(FaultRecord(sid, pasid, addr, fault[0], fault[1]))

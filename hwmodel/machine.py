@@ -15,7 +15,7 @@ from collections import Counter, deque
 from hwmodel.descriptors import PageRequestDescriptor
 from hwmodel.iommu import IommuUnit
 from hwmodel.pci import DmaStatus, DmaTransfer, PciFunction, _State, page_count
-from hwmodel.rid import Perm, Rid
+from hwmodel.rid import Perm, Rid, perm_of
 from hwmodel.topology import TopologySpec
 
 
@@ -103,7 +103,7 @@ class Machine:
         fn = self.function(rid)
         if length <= 0 or iova < 0 or iova + length > 1 << 64:
             raise ValueError(f"bad DMA range iova={iova:#x} length={length:#x}")
-        perm = Perm(perm)
+        perm = perm_of(int(perm))
         if not perm & (Perm.READ | Perm.WRITE | Perm.EXEC):
             raise ValueError("a DMA needs READ, WRITE or EXEC")
         if pasid is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, Perm
+from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, Perm, perm_of
 
 
 def _check_range(iova: int, length: int) -> None:
@@ -25,7 +25,7 @@ class PageTable:
     def map(self, iova: int, target: int, length: int, perm: Perm) -> None:
         _check_range(iova, length)
         _check_range(target, length)
-        perm = Perm(perm)
+        perm = perm_of(int(perm))
         first, tfirst = iova >> PAGE_SHIFT, target >> PAGE_SHIFT
         pages = self._pages
         for i in range(length >> PAGE_SHIFT):

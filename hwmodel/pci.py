@@ -456,13 +456,17 @@ class PciFunction:
     # ------------------------------------------------------------------ responses
     def receive_page_response(self, desc: PageGroupResponseDescriptor) -> None:
         """A PRG Response message from the root complex (PCIe 10.4.2)."""
+        self.receive_prg_response(desc.prg_index, desc.response_code)
+
+    def receive_prg_response(self, prgi: int, rc: int) -> None:
+        """A PRG Response message: its PRG index and response code are all the
+        function acts on."""
         c = self.counters
         c["page_responses_received"] += 1
         pri = self.pri
         if pri.response_failure:
             c["page_responses_ignored_rf"] += 1
             return
-        prgi = desc.prg_index
         g = self._groups.pop(prgi, None)
         if g is None:
             if self._injected.get(prgi, 0) > 0:
@@ -484,7 +488,6 @@ class PciFunction:
             c["page_responses_after_stop"] += 1
             self._wake_credit_waiters()
             return
-        rc = desc.response_code
         fabric = self._fabric
         if rc == RESP_SUCCESS:
             c["page_responses_success"] += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from hwmodel import Perm, Rid
+from hwmodel import Perm, Rid, perm_of
 from iopfd.core import device as devops
 from iopfd.core.device import IommufdDevice
 from iopfd.core.errors import (
@@ -56,7 +56,7 @@ def _check_range(iova: int, length: int, what: str = "iova") -> None:
 def _check_perm(perm: int, allowed: int) -> Perm:
     if not isinstance(perm, int) or perm <= 0 or perm & ~allowed:
         raise CoreError(EINVAL, f"perm {perm!r} must be a non-zero subset of {allowed:#x}")
-    return Perm(perm)
+    return perm_of(perm)
 
 
 class DmaTag:

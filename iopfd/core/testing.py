@@ -51,14 +51,12 @@ class Env:
             self._record(unit)
 
     def _record(self, unit: IommuUnit) -> None:
-        orig = unit.send_page_response
         name = unit.name
 
-        def send(resp: PageGroupResponseDescriptor) -> None:
+        def tap(resp: PageGroupResponseDescriptor) -> None:
             self.responses.append((name, resp))
-            orig(resp)
 
-        setattr(unit, "send_page_response", send)  # noqa: B010 - a test probe
+        unit.response_tap = tap
 
     # ---- time and events
     def service(self) -> list[CoreEvent]:

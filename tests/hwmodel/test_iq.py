@@ -133,3 +133,36 @@ def test_page_group_response_is_routed_by_sid_on_its_own_unit_only(machine: Mach
     assert a.unit.counters["page_responses_to_absent"] == 1
     other.unit.iq.submit([PageGroupResponseDescriptor(r.sid, True, 5, 1, r.prg_index)])
     assert t.status is not None and t.status.value == "invalid"
+
+
+@pytest.mark.parametrize(("word", "bit"), [(0, 5), (0, 8), (0, 52), (0, 63), (1, 0), (1, 1),
+                                           (1, 12), (2, 0), (3, 63)])
+def test_page_group_response_with_a_reserved_bit_halts_the_queue(
+        accel: Bound, word: int, bit: int) -> None:
+    """The IQ reads responses straight from ring memory; it must refuse exactly what
+    the descriptor's decoder refuses (QEMU's reserved masks, vtd-hw.md 3.1)."""
+    iq = accel.unit.iq
+    image = bytearray(PageGroupResponseDescriptor(0x3A00, True, 5, 0, 1).encode())
+    image[word * 8 + bit // 8] |= 1 << (bit % 8)
+    with pytest.raises(InvalidDescriptorError):
+        iq.submit_images([bytes(image)])
+    assert iq.iqe and iq.head == 0
+    assert accel.unit.counters["iq_descriptors_page_group_response"] == 0
+
+
+@pytest.mark.parametrize(("word", "bit"), [(0, 8), (0, 31), (1, 0), (1, 1), (2, 7), (3, 0)])
+def test_wait_with_a_reserved_bit_halts_the_queue(accel: Bound, word: int, bit: int) -> None:
+    iq = accel.unit.iq
+    image = bytearray(InvWaitDescriptor(status_data=7, status_addr=0x40).encode())
+    image[word * 8 + bit // 8] |= 1 << (bit % 8)
+    with pytest.raises(InvalidDescriptorError):
+        iq.submit_images([bytes(image)])
+    assert iq.iqe and iq.status_memory == {}
+
+
+def test_response_tap_sees_each_executed_response_whole(accel: Bound) -> None:
+    seen: list[PageGroupResponseDescriptor] = []
+    accel.unit.response_tap = seen.append
+    resp = PageGroupResponseDescriptor(0x3A00, True, 5, 1, 7)
+    accel.unit.iq.submit([resp, InvWaitDescriptor()])
+    assert seen == [resp]
