@@ -5,7 +5,7 @@ queue with its registers and Table 31 automatic responses, and the invalidation 
 from __future__ import annotations
 
 import enum
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -63,8 +63,10 @@ class ContextEntry:
     pre: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Translation:
+    """The result of one translation: a value (not frozen only for speed: two a DMA page)."""
+
     ok: bool
     addr: int
     perm: Perm
@@ -129,7 +131,8 @@ class IommuUnit:
         self.iotlb_entries = iotlb_entries
         self._contexts: dict[int, ContextEntry] = {}
         self._pasid_entries: dict[tuple[int, int | None], PasidEntry] = {}
-        self._iotlb: dict[int, dict[_IotlbKey, _IotlbVal]] = {}
+        # Buckets keep insertion order and evict their oldest entry in O(1).
+        self._iotlb: dict[int, OrderedDict[_IotlbKey, _IotlbVal]] = {}
         self._iotlb_size = 0
         self._nested_dids: set[int] = set()
         self._prs = 0
@@ -242,7 +245,7 @@ class IommuUnit:
     def _iotlb_insert(self, did: int, key: _IotlbKey, val: _IotlbVal) -> None:
         bucket = self._iotlb.get(did)
         if bucket is None:
-            bucket = self._iotlb[did] = {}
+            bucket = self._iotlb[did] = OrderedDict()
         if key not in bucket:
             if self._iotlb_size >= self.iotlb_entries:
                 self._iotlb_evict_one(bucket)
@@ -251,9 +254,9 @@ class IommuUnit:
         if val[2] == Pgtt.NESTED:
             self._nested_dids.add(did)
 
-    def _iotlb_evict_one(self, prefer: dict[_IotlbKey, _IotlbVal]) -> None:
+    def _iotlb_evict_one(self, prefer: OrderedDict[_IotlbKey, _IotlbVal]) -> None:
         victim = prefer if prefer else next(b for b in self._iotlb.values() if b)
-        del victim[next(iter(victim))]
+        victim.popitem(last=False)
         self._iotlb_size -= 1
         self.counters["iotlb_evictions"] += 1
 

@@ -9,7 +9,7 @@ fails the access, Response Failure (or a reserved code) stops PRI (PCIe 10.4.2.1
 from __future__ import annotations
 
 import enum
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -224,7 +224,8 @@ class PciFunction:
         self.present = True
         self.ats_enabled = False
         self.pasid_enabled = False
-        self.atc: dict[tuple[int | None, int], tuple[int, Perm]] = {}
+        # Insertion-ordered so that eviction of the oldest entry is O(1).
+        self.atc: OrderedDict[tuple[int | None, int], tuple[int, Perm]] = OrderedDict()
         self.atc_entries = atc_entries
         self.counters: Counter[str] = Counter()
         self._fabric = fabric
@@ -308,7 +309,7 @@ class PciFunction:
     def _atc_insert(self, key: tuple[int | None, int], val: tuple[int, Perm]) -> None:
         atc = self.atc
         if key not in atc and len(atc) >= self.atc_entries:
-            del atc[next(iter(atc))]
+            atc.popitem(last=False)
             self.counters["atc_evictions"] += 1
         atc[key] = val
 

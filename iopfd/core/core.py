@@ -15,7 +15,6 @@ from hwmodel import (
     InvDescriptor,
     IommuUnit,
     Machine,
-    PageGroupResponseDescriptor,
     PageRequestDescriptor,
     PriError,
     Rid,
@@ -86,7 +85,8 @@ class Core:
         self._next_ctx = 1
         self.last_flush = FlushStats()
         # Page group responses waiting for the end of the current operation, per unit.
-        self.responses_out: dict[str, tuple[IommuUnit, list[PageGroupResponseDescriptor]]] = {}
+        # Page group response images queued per unit until the operation ends.
+        self.responses_out: dict[str, tuple[IommuUnit, list[bytes]]] = {}
         self.units: dict[str, UnitState] = {
             name: UnitState(unit, i) for i, (name, unit) in enumerate(machine.iommus.items())
         }

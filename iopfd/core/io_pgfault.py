@@ -29,9 +29,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hwmodel import RESP_INVALID, RESP_SUCCESS, PageGroupResponseDescriptor
+from hwmodel import RESP_INVALID, RESP_SUCCESS
+from hwmodel.descriptors import encode_page_group_response
 from iopfd.core.events import FaultDelivered
-from iopfd.core.intel.dmar import qi_submit_batched
+from iopfd.core.intel.dmar import qi_submit_responses
 from iopfd.core.objects import UINT32_MAX
 
 if TYPE_CHECKING:
@@ -84,13 +85,12 @@ def page_response(  # noqa: PLR0917 - the descriptor's fields, on the hot path
     operation that produced them ends (``flush_responses``): the IQ keeps them in order,
     and one wait descriptor covers a batch instead of one per response.
     """
-    desc = PageGroupResponseDescriptor(sid=sid, pasid_present=pasid_present, pasid=pasid,
-                                       response_code=code, prg_index=prgi, lpig=True)
+    image = encode_page_group_response(sid, pasid_present, pasid, code, prgi, True)
     out = core.responses_out.get(unit.name)
     if out is None:
-        core.responses_out[unit.name] = (unit, [desc])
+        core.responses_out[unit.name] = (unit, [image])
     else:
-        out[1].append(desc)
+        out[1].append(image)
 
 
 def flush_responses(core: Core) -> None:
@@ -100,7 +100,7 @@ def flush_responses(core: Core) -> None:
     batches = list(core.responses_out.values())
     core.responses_out.clear()
     for unit, descs in batches:
-        qi_submit_batched(unit, descs, core.counters)
+        qi_submit_responses(unit, descs, core.counters)
 
 
 def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> None:

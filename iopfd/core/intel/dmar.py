@@ -62,3 +62,30 @@ def qi_submit_batched(unit: IommuUnit, descs: Sequence[InvDescriptor],
         qi_submit_sync(unit, descs[i:i + QI_MAX_BATCHED_DESC_COUNT], counters)
         n += 1
     return n
+
+
+_WAIT_SYNC_IMAGE = WAIT_SYNC.encode()
+
+
+def qi_submit_responses(unit: IommuUnit, images: Sequence[bytes],
+                        counters: Counter[str]) -> int:
+    """Page group responses already encoded (``encode_page_group_response``), in
+    ``qi_batch`` chunks each closed by a wait, as ``qi_submit_batched`` would send
+    them; no descriptor objects on the answer path. Returns the submissions made."""
+    n = 0
+    for i in range(0, len(images), QI_MAX_BATCHED_DESC_COUNT):
+        chunk = list(images[i:i + QI_MAX_BATCHED_DESC_COUNT])
+        counters["iq_descriptors_page_group_response"] += len(chunk)
+        counters["iq_descriptors_wait"] += 1
+        chunk.append(_WAIT_SYNC_IMAGE)
+        try:
+            unit.iq.submit_images(chunk)
+        except InvalidDescriptorError:
+            counters["iq_errors"] += 1
+            while unit.iq.iqe:
+                try:
+                    unit.iq.clear_iqe(resume=True)
+                except InvalidDescriptorError:
+                    counters["iq_errors"] += 1
+        n += 1
+    return n
