@@ -36,6 +36,11 @@ MAX_ERROR_MESSAGE: Final = 1024
 FLUSH_TIMEOUT_S: Final = 2.0
 
 
+#: Ops that report the core's state: they run on a serviced core even in the middle of
+#: a batch of requests (the batch is otherwise serviced once, at its end).
+OBSERVING_OPS: Final = frozenset({"status", "pending", "objects", "topology", "devices"})
+
+
 class Deferred:
     """Returned by an op whose reply comes later (``dma``: on its DmaDone event)."""
 
@@ -207,9 +212,17 @@ class Connection:
             except ProtocolViolation as exc:
                 self._violation(str(exc))
                 return
-            for msg in msgs:
-                if not self.handle(msg) or self.closed:
-                    return
+            # Every request of this read runs to its end, then the hardware is serviced
+            # once for all of them (the emulated interrupt): one PRQ pass, one head
+            # write and batched answers for a burst, with no await in between.
+            daemon = self.daemon
+            try:
+                for msg in msgs:
+                    if not self.handle(msg) or self.closed:
+                        return
+            finally:
+                if msgs:
+                    daemon.after_call(daemon.now_ns())
             try:
                 self.decoder.check()
             except ProtocolViolation as exc:
@@ -225,7 +238,8 @@ class Connection:
     # --- requests ----------------------------------------------------------------
 
     def handle(self, msg: dict[str, object]) -> bool:
-        """Run one request to its end; False when the connection must close (EPROTO)."""
+        """Run one request to its end; False when the connection must close (EPROTO).
+        The caller services the hardware (``Daemon.after_call``) after a batch."""
         daemon = self.daemon
         now = daemon.now_ns()
         self.requests += 1
@@ -238,6 +252,9 @@ class Connection:
             self._admit(op, rid)
             args = validate_args(op, {k: v for k, v in msg.items() if k != "op" and k != "id"},
                                  rid)
+            if op in OBSERVING_OPS:
+                # It must see the effect of every request before it, serviced.
+                daemon.after_call(now)
             result = daemon.ops[op](self, rid, args, now)
         except RequestError as exc:
             if exc.closes_connection:
@@ -255,7 +272,6 @@ class Connection:
         else:
             if not isinstance(result, Deferred):
                 self.reply_ok(rid, result)
-        daemon.after_call(now)
         return keep_open
 
     def _admit(self, op: str, rid: int) -> None:

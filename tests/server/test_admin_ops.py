@@ -261,3 +261,20 @@ def test_a_member_of_the_admin_group_is_admin(tmp_path: Path, public_dir: Path) 
     finally:
         finish(d)
 
+
+
+def test_a_pipelined_pending_sees_the_injected_group_before_it(iopfd: DaemonProc) -> None:
+    """Requests of one read are serviced as a batch; an op that reports state still
+    sees the effect of every request sent before it."""
+    with iopfd.client() as c:
+        p = fault_path(c)
+        c.send_raw(frame({"op": "inject", "id": 9001, "rid": ACCEL0, "addr": 0x7000_0000,
+                          "perm": READ, "grpid": 7, "last": True})
+                   + frame({"op": "pending", "id": 9002}))
+        assert c.wait_reply(9001)["ok"]
+        rows = [r for r in c.wait_reply(9002)["result"]["pending"]
+                if r["fault_id"] == p.fault_id]
+        assert [(r["grpid"], r["rid"]) for r in rows] == [(7, ACCEL0)]
+        ev = fault_event(c)
+        c.call("page_response", fault_id=p.fault_id,
+               responses=[{"cookie": ev["cookie"], "code": 0}])
