@@ -262,6 +262,7 @@ _SHOWN = (
     "p99_us",
     "daemon_cpu_us_per_fault",
     "daemon_cpu_us_per_group",
+    "relative_cost",
     "p50_us_per_fault",
     "issued",
     "minimum",
