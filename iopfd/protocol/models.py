@@ -91,27 +91,25 @@ class DevIdArgs(Args):
     dev_id: U32
 
 
-class IoasMapArgs(Args):
-    ioas_id: U32
+class IovaRangeArgs(Args):
+    """Arguments naming ``[iova, iova + length)``: 4 KiB aligned, not empty, in 64 bits."""
+
     iova: U64
     length: U32
+
+    @model_validator(mode="after")
+    def _iova_range(self) -> Self:
+        _check_range("iova", self.iova, self.length)
+        return self
+
+
+class IoasMapArgs(IovaRangeArgs):
+    ioas_id: U32
     perm: MapPerm
 
-    @model_validator(mode="after")
-    def _range(self) -> Self:
-        _check_range("iova", self.iova, self.length)
-        return self
 
-
-class IoasUnmapArgs(Args):
+class IoasUnmapArgs(IovaRangeArgs):
     ioas_id: U32
-    iova: U64
-    length: U32
-
-    @model_validator(mode="after")
-    def _range(self) -> Self:
-        _check_range("iova", self.iova, self.length)
-        return self
 
 
 class HwptAllocArgs(Args):
@@ -144,17 +142,10 @@ class PageResponseArgs(Args):
     responses: list[PageResponseItem]
 
 
-class DmaArgs(Args):
+class DmaArgs(IovaRangeArgs):
     dev_id: U32
     pasid: Pasid | None = None
-    iova: U64
-    length: U32
     perm: Perm
-
-    @model_validator(mode="after")
-    def _range(self) -> Self:
-        _check_range("iova", self.iova, self.length)
-        return self
 
 
 class DestroyArgs(Args):
@@ -169,29 +160,19 @@ class DestroyArgs(Args):
         return self.obj_id if self.obj_id is not None else request_id
 
 
-class HwptS1MapArgs(Args):
+class HwptS1MapArgs(IovaRangeArgs):
     hwpt_id: U32
-    iova: U64
-    length: U32
     gpa: U64
     perm: Perm
 
     @model_validator(mode="after")
-    def _range(self) -> Self:
-        _check_range("iova", self.iova, self.length)
+    def _gpa_range(self) -> Self:
         _check_range("gpa", self.gpa, self.length)
         return self
 
 
-class HwptS1UnmapArgs(Args):
+class HwptS1UnmapArgs(IovaRangeArgs):
     hwpt_id: U32
-    iova: U64
-    length: U32
-
-    @model_validator(mode="after")
-    def _range(self) -> Self:
-        _check_range("iova", self.iova, self.length)
-        return self
 
 
 class HwptInvalidateArgs(Args):

@@ -46,12 +46,18 @@ def qi_submit_sync(unit: IommuUnit, descs: Sequence[InvDescriptor], counters: Co
     try:
         unit.iq.submit(batch)
     except InvalidDescriptorError:
-        counters["iq_errors"] += 1
-        while unit.iq.iqe:
-            try:
-                unit.iq.clear_iqe(resume=True)
-            except InvalidDescriptorError:
-                counters["iq_errors"] += 1
+        _recover_iqe(unit, counters)
+
+
+def _recover_iqe(unit: IommuUnit, counters: Counter[str]) -> None:
+    """``qi_check_fault`` on IQE: count it; the bad descriptor becomes a no-op wait and
+    the queue goes on, until nothing bad is left."""
+    counters["iq_errors"] += 1
+    while unit.iq.iqe:
+        try:
+            unit.iq.clear_iqe(resume=True)
+        except InvalidDescriptorError:
+            counters["iq_errors"] += 1
 
 
 def qi_submit_batched(unit: IommuUnit, descs: Sequence[InvDescriptor],
@@ -81,11 +87,6 @@ def qi_submit_responses(unit: IommuUnit, images: Sequence[bytes],
         try:
             unit.iq.submit_images(chunk)
         except InvalidDescriptorError:
-            counters["iq_errors"] += 1
-            while unit.iq.iqe:
-                try:
-                    unit.iq.clear_iqe(resume=True)
-                except InvalidDescriptorError:
-                    counters["iq_errors"] += 1
+            _recover_iqe(unit, counters)
         n += 1
     return n
