@@ -495,7 +495,8 @@ def _scale_entry(
     return Entry(
         name=name,
         figure=ratio,
-        unit=f"x cost per fault at {sizes[0]:,} {what} (worst of {', '.join(map(str, sizes))})",
+        unit=f"worst cost per fault / cost at {sizes[0]:,} {what} "
+        f"(sizes {', '.join(f'{n:,}' for n in sizes)})",
         ceiling=1.0,
         ratio=ratio,
         target="<= 1.1",
