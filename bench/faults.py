@@ -869,6 +869,18 @@ async def _measure(quick: bool, rates: dict[str, float], log: Log) -> tuple[list
     if dev:
         entries.append(dev[0])
         entries[-1].detail["startup_s_by_devices"] = dev[1]
+        biggest = max(dev[1], key=int)
+        entries.append(
+            Entry(
+                name=f"startup.exec_to_ready_{biggest}_devices",
+                figure=round(dev[1][biggest] * 1000, 1),
+                unit="ms",
+                detail={
+                    "note": f"{int(biggest):,} devices (the topology file is parsed, "
+                    "validated and built into the machine before READY=1)"
+                },
+            )
+        )
     pend = await section("scale: pending groups", lambda: _bench_scale_pending(quick, log))
     per_group = None
     if pend:
