@@ -11,12 +11,16 @@ ceiling's client costs:
   batches (one `ioas_map` per contiguous run of pages, one `page_response` per batch);
   groups/s against the pipelined ceiling;
 - scale: per-fault cost with 1 / 1 024 / 65 536 devices in the topology and with
-  1 / 10 000 / 100 000 groups pending in other queues; the daemons of one series run side
-  by side and are measured in interleaved rounds, so drift of the machine cancels;
+  1 / 10 000 / 100 000 groups pending in other queues; the daemons of one series (two
+  per size) run side by side on one CPU and are compared within each of many interleaved
+  rounds, so the drift and bursts of a shared machine cancel;
 - invalidation: descriptors issued by one `ioas_unmap` on a nesting parent against the
   minimum the VT-d caches need (vtd-hw.md 5.4);
 - memory: peak RSS while a client that never answers has page requests thrown at it;
 - start-up: exec to READY=1.
+
+`python -m bench.faults profile serial|throughput|inject [SECONDS]` runs one load while
+py-spy samples the daemon and prints where its time goes.
 """
 
 from __future__ import annotations
