@@ -25,7 +25,7 @@ from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, CoreError, CoreLimi
 from iopfd.core.eventq import FaultQueue
 from iopfd.core.events import CoreEvent, DmaDone, Trace
 from iopfd.core.intel.cache import DEVTLB_MASK_ALL, FlushPlan, devtlb_descriptor
-from iopfd.core.intel.dmar import WAIT_FENCE, qi_submit_batched, qi_submit_sync
+from iopfd.core.intel.dmar import WAIT_FENCE, qi_submit_flush, qi_submit_sync
 from iopfd.core.intel.iommu import (
     PRQ_DEPTH,
     DeviceInfo,
@@ -162,11 +162,11 @@ class Core:
 
     # ------------------------------------------------------------------ invalidation
     def submit_flush(self, plan: FlushPlan, reason: str, now: int) -> FlushStats:
-        """Issue a flush plan: per unit, batches of at most 16 plus a wait each."""
+        """Issue a flush plan: per unit, its invalidations then one wait."""
         stats = FlushStats(reason=reason, iotlb=plan.iotlb, devtlb=plan.devtlb,
                            units=len(plan.per_unit))
         for name, (unit, descs, _seen) in plan.per_unit.items():
-            stats.waits += qi_submit_batched(unit, descs, self.counters)
+            stats.waits += qi_submit_flush(unit, descs, self.counters)
             stats.per_unit[name] = len(descs)
         self.counters["flushes"] += 1
         self.last_flush = stats

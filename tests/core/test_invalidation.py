@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hwmodel import IommuSpec, TopologySpec, default_topology, generated_topology
 from iopfd.core.intel.cache import CacheTagList, TagType, psi_aligned
-from iopfd.core.intel.dmar import QI_MAX_BATCHED_DESC_COUNT
 from iopfd.core.testing import (
     ACCEL,
     ACCEL1,
@@ -127,16 +126,8 @@ def test_ioas_shared_by_two_paging_hwpts_flushes_both(env: Env) -> None:
     check_no_stale_translation(env)
 
 
-def test_flush_batches_at_most_16_descriptors_per_submission() -> None:
-    env = Env(generated_topology(40, n_iommus=1))
-    ctx = env.ctx
-    ioas = ctx.ioas_alloc()
-    devs = [ctx.bind(rid, env.now) for rid in env.machine.functions]
-    hwpt = ctx.hwpt_alloc(devs[0], ioas, [], None, None)
-    for d in devs:
-        ctx.attach(d, hwpt, None, env.now)
-    ctx.ioas_map(ioas, A, 0x1000, RW, env.now)
-    unit = env.machine.iommus["dmar0"]
+def _record_submissions(env: Env, unit_name: str) -> list[int]:
+    unit = env.machine.iommus[unit_name]
     sizes: list[int] = []
     orig = unit.iq.submit
 
@@ -145,10 +136,45 @@ def test_flush_batches_at_most_16_descriptors_per_submission() -> None:
         orig(descs)  # type: ignore[arg-type]
 
     unit.iq.submit = submit  # type: ignore[method-assign]
-    ctx.ioas_unmap(ioas, A, 0x1000, env.now)
+    return sizes
+
+
+def _one_domain_on_every_function(env: Env) -> int:
+    ctx = env.ctx
+    ioas = ctx.ioas_alloc()
+    devs = [ctx.bind(rid, env.now) for rid in env.machine.functions]
+    hwpt = ctx.hwpt_alloc(devs[0], ioas, [], None, None)
+    for d in devs:
+        ctx.attach(d, hwpt, None, env.now)
+    ctx.ioas_map(ioas, A, 0x1000, RW, env.now)
+    return ioas
+
+
+def test_a_units_flush_is_one_submission_closed_by_one_wait() -> None:
+    """Seed 002: the invalidations of a unit, then a wait; not a wait per 16 as the
+    kernel's fixed-size qi_batch costs."""
+    env = Env(generated_topology(40, n_iommus=1))
+    ioas = _one_domain_on_every_function(env)
+    sizes = _record_submissions(env, "dmar0")
+    env.ctx.ioas_unmap(ioas, A, 0x1000, env.now)
     st = env.core.last_flush
     assert (st.iotlb, st.devtlb) == (1, 40)
-    assert st.waits == 3 and sizes == [QI_MAX_BATCHED_DESC_COUNT + 1] * 2 + [41 - 32 + 1]
+    assert st.waits == 1 and sizes == [1 + 40 + 1]
+    check_no_stale_translation(env)
+
+
+def test_a_flush_larger_than_the_queue_splits_where_the_queue_is_full() -> None:
+    """A submission of N descriptors needs N + 2 free slots (qi_submit_sync): 300
+    device-TLB invalidations on a 256-entry queue take two submissions, no more."""
+    env = Env(generated_topology(300, n_iommus=1))
+    ioas = _one_domain_on_every_function(env)
+    sizes = _record_submissions(env, "dmar0")
+    env.ctx.ioas_unmap(ioas, A, 0x1000, env.now)
+    st = env.core.last_flush
+    entries = env.machine.iommus["dmar0"].iq.entries
+    assert (st.iotlb, st.devtlb) == (1, 300)
+    assert st.waits == 2 and sizes == [entries - 2 + 1, 301 - (entries - 2) + 1]
+    check_no_stale_translation(env)
 
 
 def test_unmap_of_nothing_issues_nothing(env: Env) -> None:

@@ -1,9 +1,9 @@
 """The invalidation queue client (``drivers/iommu/intel/dmar.c``: ``qi_submit_sync``).
 
 Every submission ends with an invalidation wait descriptor (SW=1; PD=1 for a drain)
-and is complete when ``submit`` returns: the hardware model executes in order. Cache
-tag flushes go in batches of at most ``QI_MAX_BATCHED_DESC_COUNT`` descriptors, one
-submission per batch, as ``qi_batch`` does.
+and is complete when ``submit`` returns: the hardware model executes in order. A
+cache-tag flush is one submission per unit (``qi_submit_flush``); page group
+responses go in chunks of ``QI_MAX_BATCHED_DESC_COUNT``, each closed by a wait.
 """
 
 from __future__ import annotations
@@ -60,12 +60,18 @@ def _recover_iqe(unit: IommuUnit, counters: Counter[str]) -> None:
             counters["iq_errors"] += 1
 
 
-def qi_submit_batched(unit: IommuUnit, descs: Sequence[InvDescriptor],
-                      counters: Counter[str]) -> int:
-    """Submit in ``qi_batch`` chunks; returns the number of submissions (= waits)."""
+def qi_submit_flush(unit: IommuUnit, descs: Sequence[InvDescriptor],
+                    counters: Counter[str]) -> int:
+    """A cache-tag flush for one unit: one submission closed by one wait (seed 002:
+    the invalidations, then a wait). It is split only where the queue could not hold
+    it, ``count + 2`` slots per submission as ``qi_submit_sync`` requires (the kernel
+    also cuts at ``QI_MAX_BATCHED_DESC_COUNT``, the size of its fixed ``qi_batch``
+    array, which costs a wait per 16 descriptors; iopfd keeps to the minimum).
+    Returns the number of submissions (= waits)."""
+    room = max(1, unit.iq.entries - 2)
     n = 0
-    for i in range(0, len(descs), QI_MAX_BATCHED_DESC_COUNT):
-        qi_submit_sync(unit, descs[i:i + QI_MAX_BATCHED_DESC_COUNT], counters)
+    for i in range(0, len(descs), room):
+        qi_submit_sync(unit, descs[i:i + room], counters)
         n += 1
     return n
 
