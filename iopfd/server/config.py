@@ -44,6 +44,10 @@ class Limits(BaseModel):
     max_objects: Annotated[int, Field(ge=1, le=1 << 24)] = 65536
     #: Trace records buffered per subscriber before records are dropped.
     trace_buffer: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
+    #: Connections at once; one more gets ENOSPC and is closed.
+    max_connections: Annotated[int, Field(ge=1, le=1 << 16)] = 1024
+    #: Seconds a new connection has to send ``hello`` (EPROTO and closed after).
+    hello_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
 
 class ConfigFile(BaseModel):

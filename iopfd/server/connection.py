@@ -232,9 +232,20 @@ class Connection:
                          requests=self.requests)
 
     async def _reader(self) -> None:
+        hello_timeout = self.daemon.limits.hello_timeout_s
+        hello_deadline = trio.current_time() + hello_timeout
         while True:
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if self.hello_done:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                else:
+                    # A connection that never says hello must not hold a slot forever.
+                    with trio.move_on_at(hello_deadline) as waited:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if waited.cancelled_caught:
+                        self._violation(f"no hello within {hello_timeout:g} s")
+                        self.close_reason = "hello_timeout"
+                        return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.close_reason = "reset"
                 return

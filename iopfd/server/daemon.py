@@ -8,6 +8,7 @@ sees two callers at once and needs no lock.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -21,6 +22,8 @@ import trio
 
 from iopfd import __version__
 from iopfd.core.events import CoreEvent, DmaDone, FaultDelivered, Trace
+from iopfd.protocol.errors import ENOSPC
+from iopfd.protocol.frames import encode_frame
 from iopfd.server.config import Config, Limits
 from iopfd.server.connection import Connection
 from iopfd.server.listener import BoundSocket, bind_unix_socket
@@ -195,6 +198,17 @@ class Daemon:
                 cred = peer_credentials(stream.socket)
             except OSError as exc:
                 log.warning("peer credentials unavailable, refusing", error=str(exc))
+                await stream.aclose()
+                continue
+            if len(self.connections) >= self.limits.max_connections:
+                # Bounded whatever clients do: say why, then close (no context made).
+                self.counters["connections_refused"] += 1
+                log.warning("too many connections, refusing", peer_pid=cred.pid,
+                            peer_uid=cred.uid, limit=self.limits.max_connections)
+                with contextlib.suppress(OSError):
+                    os.write(stream.socket.fileno(), encode_frame(
+                        {"id": None, "ok": False, "error": {
+                            "code": ENOSPC, "message": "too many connections"}}))
                 await stream.aclose()
                 continue
             conn_id = self._next_conn_id

@@ -241,3 +241,45 @@ def test_a_result_larger_than_max_frame_is_enospc_and_the_session_goes_on(
             assert c.call("ioas_alloc")["ioas_id"] > 0
     finally:
         finish(d)
+
+
+def test_a_connection_that_never_says_hello_is_closed_with_eproto(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "[limits]\nhello_timeout_s = 0.3\n")
+    try:
+        silent = d.client(hello=False)
+        t0 = time.monotonic()
+        frames = silent.expect_closed(timeout=5)
+        assert time.monotonic() - t0 < 4
+        assert [f["error"]["code"] for f in frames] == ["EPROTO"]
+        silent.close()
+        with d.client() as c:  # a client that says hello in time is served
+            assert c.call("devices")["devices"]
+    finally:
+        finish(d)
+
+
+def test_connections_beyond_max_connections_get_enospc_and_are_closed(
+        tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "[limits]\nmax_connections = 2\n")
+    try:
+        first, second = d.client(client="one"), d.client(client="two")
+        third = d.client(hello=False)
+        frames = third.expect_closed(timeout=5)
+        assert [(f["id"], f["error"]["code"]) for f in frames] == [(None, "ENOSPC")]
+        third.close()
+        assert first.call("devices")["devices"] and second.call("devices")["devices"]
+        second.close()
+        deadline = time.monotonic() + 5
+        while True:  # the freed slot is taken by the next client
+            try:
+                with d.client(client="again") as again:
+                    counters = again.call("status")["counters"]
+                    assert counters["daemon_connections_refused"] >= 1
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        first.close()
+    finally:
+        finish(d)
