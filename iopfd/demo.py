@@ -12,6 +12,7 @@ Ctrl-C, SIGTERM), nothing it started is left running.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from types import FrameType
 BIN = os.path.dirname(os.path.abspath(sys.executable))
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _tool(name: str) -> str:
@@ -36,6 +38,16 @@ def _tool(name: str) -> str:
 
 def _say(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the demo dies, however it dies (even a
+    SIGKILL, which leaves it no chance to clean up): Linux PR_SET_PDEATHSIG."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: cleanup() still covers normal exits
+        pass
 
 
 class Demo:
@@ -54,6 +66,7 @@ class Demo:
             self.daemon = subprocess.Popen(
                 [_tool("iopfd"), "--socket", self.socket, "--log-format", "json"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - the demo runs no threads
             )
         print(f"iopfd pid {self.daemon.pid}, socket {self.socket}, logs {self.log_path}")
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -71,6 +84,7 @@ class Demo:
         # stderr joins stdout so progress and summary stay in order through a pipe
         proc = subprocess.Popen(
             list(argv), env=env, start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the demo runs no threads
             stdout=subprocess.PIPE if capture else None,
             stderr=None if capture else subprocess.STDOUT,
         )

@@ -85,3 +85,38 @@ def test_interrupted_demo_still_stops_everything_it_started() -> None:
     assert _processes_mentioning(os.path.dirname(sock)) == []
     assert "logs kept in" in rest  # a failed demo keeps the daemon log for a look
     shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
+
+
+def test_a_killed_demo_takes_its_daemon_and_vmm_with_it() -> None:
+    """SIGKILL leaves the demo no chance to clean up; its children still go
+    (PR_SET_PDEATHSIG), and the daemon, told by SIGTERM, removes its socket."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iopfd.demo", "--duration", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 30
+        for line in proc.stdout:
+            lines.append(line)
+            if "[  0.5/20 s]" in line or "[  1.0/20 s]" in line:
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+        m = re.search(r"iopfd pid (\d+), socket (\S+),", "".join(lines))
+        assert m, "".join(lines)
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    pid, sock = int(m.group(1)), m.group(2)
+    workdir = os.path.dirname(sock)
+    deadline = time.monotonic() + 15
+    while (_alive(pid) or _processes_mentioning(workdir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    assert _processes_mentioning(workdir) == []
+    assert not os.path.exists(sock)
+    shutil.rmtree(workdir, ignore_errors=True)
