@@ -49,6 +49,7 @@ class Machine:
             unit.endpoints[f.rid.sid] = fn
         for f in spec.functions:   # keep the topology's order
             self.functions[str(f.rid)] = by_rid[f.rid]
+        self._by_rid = by_rid      # Rid -> function: no string formatting per DMA
         self._links: dict[str, deque[tuple[PciFunction, PageRequestDescriptor]]] = {
             name: deque() for name in self.iommus}
         self._posted = 0
@@ -60,8 +61,9 @@ class Machine:
     # ------------------------------------------------------------------ lookup
     def function(self, rid: Rid | str) -> PciFunction:
         """The function named by ``rid``; ``KeyError`` if unknown, ``ValueError`` if malformed."""
-        key = str(rid) if isinstance(rid, Rid) else str(Rid.parse(rid.lower()))
-        return self.functions[key]
+        if isinstance(rid, Rid):
+            return self._by_rid[rid]
+        return self.functions[str(Rid.parse(rid.lower()))]
 
     @property
     def counters(self) -> Counter[str]:
