@@ -78,6 +78,8 @@ class Context:
         self.label = label
         self.objects: dict[int, IommufdObject] = {}
         self.closed = False
+        #: 4 KiB pages this context maps, in its IOASes and stage-1 tables.
+        self.mapped_pages = 0
 
     def __repr__(self) -> str:
         return f"<Context {self.id} {self.label!r}>"
@@ -170,11 +172,14 @@ class Context:
         ioas = self._get(ioas_id, Ioas, "an IOAS")
         _check_range(iova, length)
         p = _check_perm(perm, _RW)
+        self._check_map_length(length)
         table = ioas.table
         first = iova // PAGE_SIZE
-        for page in range(first, first + length // PAGE_SIZE):
+        npages = length // PAGE_SIZE
+        for page in range(first, first + npages):
             if table.lookup_page(page) is not None:
                 raise CoreError(EBUSY, f"iova {page * PAGE_SIZE:#x} is already mapped")
+        self._charge_pages(npages)
         # The IOAS maps iova to the same "host" address: the emulation has no memory.
         table.map(iova, iova, length, p)
         self.core.counters["ioas_maps"] += 1
@@ -183,6 +188,7 @@ class Context:
         ioas = self._get(ioas_id, Ioas, "an IOAS")
         _check_range(iova, length)
         unmapped = ioas.table.unmap(iova, length)
+        self.mapped_pages -= unmapped // PAGE_SIZE
         self.core.counters["ioas_unmaps"] += 1
         if unmapped:
             # Every domain using the IOAS, and through NESTING tags every nested DID
@@ -256,14 +262,36 @@ class Context:
         _check_range(iova, length)
         _check_range(gpa, length, "gpa")
         p = _check_perm(perm, _ALL_PERMS)
-        assert hwpt.domain.s1 is not None
-        hwpt.domain.s1.map(iova, gpa, length, p)
+        self._check_map_length(length)
+        s1 = hwpt.domain.s1
+        assert s1 is not None
+        first = iova // PAGE_SIZE
+        # Entries are rewritten in place (a guest rewrites its page table); only new
+        # ones are charged.
+        self._charge_pages(sum(1 for page in range(first, first + length // PAGE_SIZE)
+                               if s1.lookup_page(page) is None))
+        s1.map(iova, gpa, length, p)
 
     def hwpt_s1_unmap(self, hwpt_id: int, iova: int, length: int) -> int:
         hwpt = self._nested(hwpt_id)
         _check_range(iova, length)
         assert hwpt.domain.s1 is not None
-        return hwpt.domain.s1.unmap(iova, length)
+        unmapped = hwpt.domain.s1.unmap(iova, length)
+        self.mapped_pages -= unmapped // PAGE_SIZE
+        return unmapped
+
+    def _check_map_length(self, length: int) -> None:
+        limit = self.core.limits.max_map_length
+        if length > limit:
+            raise CoreError(EINVAL, f"length {length:#x} exceeds max_map_length ({limit:#x}): "
+                                    "map in several calls")
+
+    def _charge_pages(self, npages: int) -> None:
+        limit = self.core.limits.max_mapped_pages_per_context
+        if self.mapped_pages + npages > limit:
+            raise CoreError(ENOSPC, f"mapping {npages} more pages would exceed "
+                                    f"max_mapped_pages ({limit}) for this connection")
+        self.mapped_pages += npages
 
     def hwpt_invalidate(self, hwpt_id: int, iova: int | None, length: int | None,
                         now: int) -> None:
@@ -361,6 +389,9 @@ class Context:
         dev = self._device(dev_id).info
         self._check_pasid(dev, pasid)
         _check_range(iova, length)
+        if length > self.core.limits.max_dma_length:
+            raise CoreError(EINVAL, f"length {length:#x} exceeds max_dma_length "
+                                    f"({self.core.limits.max_dma_length:#x})")
         p = _check_perm(perm, _ALL_PERMS)
         try:
             self.core.machine.start_dma(dev.rid, pasid, iova, length, p, now,
@@ -385,6 +416,10 @@ class Context:
         self._destroy(obj, now)
 
     def _destroy(self, obj: IommufdObject, now: int) -> None:
+        if isinstance(obj, Ioas):
+            self.mapped_pages -= len(obj.table)
+        elif isinstance(obj, HwPagetable) and obj.is_nested and obj.domain.s1 is not None:
+            self.mapped_pages -= len(obj.domain.s1)
         if isinstance(obj, HwPagetable):
             if obj.parent is not None:
                 obj.parent.users -= 1

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from iopfd.protocol.frames import DEFAULT_MAX_FRAME
 from iopfd.protocol.models import format_validation_error
@@ -33,7 +40,7 @@ class Limits(BaseModel):
     #: Unanswered groups per fault queue before throttling (docs/protocol.md).
     max_pending: Annotated[int, Field(ge=1, le=1 << 20)] = 4096
     #: Largest frame in either direction, announced by ``hello``.
-    max_frame: Annotated[int, Field(ge=4096, le=64 << 20)] = DEFAULT_MAX_FRAME
+    max_frame: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = DEFAULT_MAX_FRAME
     #: Unsent outgoing bytes per connection before the daemon drops it.
     max_outbuf: Annotated[int, Field(ge=64 << 10, le=1 << 30)] = 8 << 20
     #: SUCCESS answers a function retries a still-missing page before giving up.
@@ -44,10 +51,25 @@ class Limits(BaseModel):
     max_objects: Annotated[int, Field(ge=1, le=1 << 24)] = 65536
     #: Trace records buffered per subscriber before records are dropped.
     trace_buffer: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
+    #: Bytes one ``dma`` may cover (EINVAL beyond): a request runs to its end
+    #: before anyone else is served, so one must stay short.
+    max_dma_length: Annotated[int, Field(ge=4096, le=1 << 32)] = 1 << 20
+    #: Bytes one ``ioas_map`` / ``hwpt_s1_map`` may cover (EINVAL beyond).
+    max_map_length: Annotated[int, Field(ge=4096, le=1 << 32)] = 64 << 20
+    #: 4 KiB pages one connection may have mapped at once (ENOSPC beyond).
+    max_mapped_pages: Annotated[int, Field(ge=1, le=1 << 28)] = 1 << 20
     #: Connections at once; one more gets ENOSPC and is closed.
     max_connections: Annotated[int, Field(ge=1, le=1 << 16)] = 1024
     #: Seconds a new connection has to send ``hello`` (EPROTO and closed after).
     hello_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    @model_validator(mode="after")
+    def _outbuf_holds_frames(self) -> Limits:
+        if self.max_outbuf < 2 * self.max_frame:
+            raise ValueError(f"max_outbuf ({self.max_outbuf}) must be at least twice "
+                             f"max_frame ({self.max_frame}): a client reading normally must "
+                             "never be dropped for one large reply")
+        return self
 
 
 class ConfigFile(BaseModel):

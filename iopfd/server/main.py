@@ -50,7 +50,25 @@ def build_core(config: Config) -> Core:
     machine = hwmodel.Machine(spec, max_retries=limits.max_retries)
     return Core(machine, CoreLimits(max_pending=limits.max_pending,
                                     max_objects_per_context=limits.max_objects,
-                                    max_retries=limits.max_retries))
+                                    max_retries=limits.max_retries,
+                                    max_dma_length=limits.max_dma_length,
+                                    max_map_length=limits.max_map_length,
+                                    max_mapped_pages_per_context=limits.max_mapped_pages,
+                                    max_partials_per_device=partials_fitting(
+                                        limits.max_frame)))
+
+
+#: The most a fault record packs to (msgpack: seven keys, uint32/uint64 values), and the
+#: rest of a ``fault`` event (event, seq, fault_id, cookie, throttled, the list header).
+FAULT_RECORD_MAX_BYTES = 68
+FAULT_EVENT_OVERHEAD_BYTES = 256
+
+
+def partials_fitting(max_frame: int) -> int:
+    """Partial requests set aside per device, so that the largest group (its partials
+    and its last request) always fits one ``fault`` event within ``max_frame``."""
+    fit = (max_frame - FAULT_EVENT_OVERHEAD_BYTES) // FAULT_RECORD_MAX_BYTES - 1
+    return max(1, min(CoreLimits.max_partials_per_device, fit))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

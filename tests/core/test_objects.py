@@ -254,3 +254,29 @@ def test_exhausted_domain_ids_are_enospc_and_leave_nothing_held() -> None:
     assert 6 not in env.core.devices[ACCEL].attachments
     env.ctx.destroy(hwpt2, env.now)                     # not left referenced
     check_invariants(env)
+
+
+def test_one_request_stays_short_and_mappings_are_bounded_per_context() -> None:
+    """A request runs to its end before anyone else is served, and a mapped page costs
+    memory: dma and map lengths are capped (EINVAL), mapped pages per context too
+    (ENOSPC), and unmap and destroy give the pages back."""
+    limits = CoreLimits(max_dma_length=8 << 12, max_map_length=16 << 12,
+                        max_mapped_pages_per_context=24)
+    env = Env(limits=limits)
+    ctx = env.ctx
+    dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    assert errno_of(ctx.dma, dev, 5, 0x10_0000, 9 << 12, 1, env.now, 0) == "EINVAL"
+    ctx.dma(dev, 5, 0x10_0000, 8 << 12, 1, env.now, 0)
+    assert errno_of(ctx.ioas_map, ioas, 0x20_0000, 17 << 12, 3, env.now) == "EINVAL"
+    ctx.ioas_map(ioas, 0x20_0000, 16 << 12, 3, env.now)
+    assert errno_of(ctx.ioas_map, ioas, 0x40_0000, 9 << 12, 3, env.now) == "ENOSPC"
+    ctx.ioas_map(ioas, 0x40_0000, 8 << 12, 3, env.now)
+    assert ctx.mapped_pages == 24
+    assert ctx.ioas_unmap(ioas, 0x20_0000, 4 << 12, env.now) == 4 << 12
+    assert ctx.mapped_pages == 20
+    other = ctx.ioas_alloc()
+    ctx.ioas_map(other, 0, 4 << 12, 3, env.now)
+    assert ctx.mapped_pages == 24
+    ctx.destroy(other, env.now)
+    assert ctx.mapped_pages == 20
+    check_invariants(env)

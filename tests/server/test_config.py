@@ -38,8 +38,8 @@ log_level = "debug"
 topology_file = "topo.toml"
 [limits]
 max_pending = 3
-max_frame = 8192
-max_outbuf = 65536
+max_frame = 65536
+max_outbuf = 131072
 max_retries = 2
 max_dma_inflight = 4
 max_objects = 10
@@ -68,9 +68,11 @@ def test_socket_mode_accepts_a_toml_octal_integer(tmp_path: Path) -> None:
         "log_format = 'xml'\n",
         "topology_file = 'a.toml'\n[topology]\niommu = []\n",
         "this is not toml",
+        "[limits]\nmax_frame = 4096\n",
+        "[limits]\nmax_frame = 1048576\nmax_outbuf = 1048576\n",
     ],
     ids=["typo", "limit-typo", "negative", "string-int", "bad-mode", "bad-format",
-         "two-topologies", "not-toml"],
+         "two-topologies", "not-toml", "frame-below-64k", "outbuf-below-two-frames"],
 )
 def test_a_bad_config_is_a_clear_error(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match=r"iopfd\.toml"):
@@ -85,3 +87,19 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_the_shipped_example_config_loads() -> None:
     c = load_config(REPO / "systemd" / "iopfd.toml")
     assert c.admin_group == "iopfd-admin"
+
+
+def test_the_largest_group_always_fits_one_fault_event() -> None:
+    """Partial requests kept per device follow max_frame, so no fault event can ever
+    exceed the frame size hello announced."""
+    import msgpack
+
+    from iopfd.server.main import partials_fitting
+
+    rec = {"flags": 3, "dev_id": 0xFFFF_FFFF, "pasid": 0xF_FFFF, "grpid": 511, "perm": 15,
+           "addr": 0xFFFF_FFFF_FFFF_F000, "length": 0}
+    for max_frame in (64 << 10, 100_000, 1 << 20, 64 << 20):
+        records = partials_fitting(max_frame) + 1
+        event = {"event": "fault", "seq": 0xFFFF_FFFF, "fault_id": 0xFFFF_FFFF,
+                 "cookie": 0xFFFF_FFFF, "faults": [rec] * records, "throttled": 0xFFFF_FFFF}
+        assert len(msgpack.packb(event)) <= max_frame

@@ -86,7 +86,7 @@ def test_sigint_also_shuts_down_cleanly(tmp_path: Path) -> None:
 
 
 def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path, "[limits]\nmax_outbuf = 65536\n")
+    d = start_daemon(tmp_path, "[limits]\nmax_outbuf = 131072\nmax_frame = 65536\n")
     try:
         with d.client(client="admin") as admin:
             slow = d.client(client="slow")
@@ -231,11 +231,11 @@ def test_logs_are_json_lines_with_the_connection_bound(tmp_path: Path) -> None:
 
 def test_a_result_larger_than_max_frame_is_enospc_and_the_session_goes_on(
         tmp_path: Path) -> None:
-    d = start_daemon(tmp_path, "[limits]\nmax_frame = 4096\n")
+    d = start_daemon(tmp_path, "[limits]\nmax_frame = 65536\n")
     try:
         with d.client() as c:
-            assert c.hello_result is not None and c.hello_result["max_frame"] == 4096
-            for _ in range(200):  # about 48 bytes each in the listing
+            assert c.hello_result is not None and c.hello_result["max_frame"] == 65536
+            for _ in range(1500):  # about 48 bytes each in the listing
                 c.call("ioas_alloc")
             assert c.error("objects") == "ENOSPC"
             assert c.call("ioas_alloc")["ioas_id"] > 0
@@ -262,7 +262,12 @@ def test_connections_beyond_max_connections_get_enospc_and_are_closed(
         tmp_path: Path) -> None:
     d = start_daemon(tmp_path, "[limits]\nmax_connections = 2\n")
     try:
-        first, second = d.client(client="one"), d.client(client="two")
+        first = d.client(client="one")
+        deadline = time.monotonic() + 5  # the harness's readiness probe must be gone
+        while first.call("status")["clients"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        second = d.client(client="two")
         third = d.client(hello=False)
         frames = third.expect_closed(timeout=5)
         assert [(f["id"], f["error"]["code"]) for f in frames] == [(None, "ENOSPC")]
