@@ -221,13 +221,14 @@ class Machine:
         return ran
 
     # ------------------------------------------------------------------ lifecycle
-    def stop_dma(self, rid: Rid, now: int) -> None:
-        """The driver stops a function's DMA ahead of its removal (vtd-hw.md 6.4 step 1;
-        a PF's VFs too): running transfers end REMOVED, while page requests already
-        sent stay outstanding until answered, so the drain still has them to settle."""
+    def stop_dma(self, rid: Rid, now: int, *, with_vfs: bool = True) -> None:
+        """The driver stops a function's DMA (vtd-hw.md 6.4 step 1 of a removal, which
+        takes a PF's VFs too; a release stops the one function): running transfers end
+        REMOVED, while page requests already sent stay outstanding until answered, so
+        the drain still has them to settle."""
         self._tick(now)
         fn = self.function(rid)
-        for f in [*fn.vfs, fn]:
+        for f in [*(fn.vfs if with_vfs else ()), fn]:
             if f.present:
                 f._stop_dma(DmaStatus.REMOVED)
 

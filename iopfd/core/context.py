@@ -156,6 +156,10 @@ class Context:
     def _unbind(self, idev: IommufdDevice, now: int, reason: str) -> None:
         if not idev.removed:
             dev = idev.info
+            # As VFIO's release quiesces the device: its DMA stops first, so no retry of
+            # this owner's can fault into the next owner's attachments; what it had
+            # sent is settled by the detaches' drains.
+            self.core.machine.stop_dma(dev.rid, now, with_vfs=False)
             for pasid in sorted(dev.attachments, key=lambda p: -1 if p is None else p,
                                 reverse=True):
                 devops.detach(self.core, dev, pasid, now, reason)

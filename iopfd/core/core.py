@@ -359,7 +359,11 @@ class Core:
         if dev.state == "removed":
             raise CoreError(ENODEV, f"{dev.name} was removed")
         self.machine.flr(dev.rid, now)
-        self._final_drain(dev, now)
+        dev.resetting = True  # what it had sent is answered INVALID, never delivered
+        try:
+            self._final_drain(dev, now)
+        finally:
+            dev.resetting = False
         for att in list(dev.attachments.values()):
             auto_respond_attachment(self, att, "reset", now)
         if dev.state == "bound":

@@ -142,7 +142,9 @@ def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> 
             return
 
     # Step 6: the attachment of (device, PASID): one dict read, no lock (seed 003).
-    attach = dev.attachments.get(pasid if flags & PASID_VALID else None)
+    # A function being reset (FLR) has forgotten its groups: answer, never deliver.
+    attach = None if dev.resetting else dev.attachments.get(
+        pasid if flags & PASID_VALID else None)
     fq = attach.fault if attach is not None else None
     if attach is None or fq is None:
         # No fault-capable handler: answer INVALID once, for the whole group.

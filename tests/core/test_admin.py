@@ -149,3 +149,17 @@ def test_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_once(env: 
     assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == ["EINVAL"]
     assert env.core.counters["responses"] == responses
     check_invariants(env)
+
+
+def test_reset_answers_what_the_function_had_sent_without_delivering_it(env: Env) -> None:
+    """FLR is a terminal condition: requests the function had posted are drained and
+    answered INVALID, never delivered as fault events the client could not answer."""
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.dma(dev, 5, A, 4 * 4096, RW, env.now, "t")   # posted, not yet serviced
+    assert env.machine.posted_page_requests
+    auto = env.core.counters["auto_responses"]
+    env.core.reset(ACCEL, env.now)
+    assert faults_of(env.core.take_events()) == []
+    assert env.core.counters["auto_responses"] == auto + 1
+    assert env.core.pending(env.now) == []
+    check_invariants(env)

@@ -191,3 +191,34 @@ def test_reset_answers_the_functions_pending_groups_and_drops_its_partials(env: 
     env.inject(ACCEL, 5, A, grpid=1)          # the function is back in service
     assert len(faults_of(env.service())) == 1
     check_invariants(env)
+
+
+def test_a_released_device_takes_none_of_its_dma_to_the_next_owner() -> None:
+    """A retry of tenant B's transfer must not fault into tenant C's attachment after
+    B closed: release stops the device's DMA first, as VFIO's does."""
+    env = Env()
+    core = env.core
+    b = core.open_context("tenantB")
+    dev_b, _, fq_b, _ = env.fault_hwpt(ACCEL, 5, ctx=b)
+    b.dma(dev_b, 5, 0x7000_0000, 0x1000, 3, env.now, "B")
+    for _ in range(2):  # SUCCESS without mapping: a back-off retry is scheduled
+        for fd in faults_of(env.service()):
+            b.page_response(fq_b, [(fd.cookie, 0)], env.now)
+    core.close_context(b, env.now)
+    core.service(env.now)  # no time passes: B's back-off retry is still due later
+    core.take_events()
+    c = core.open_context("tenantC")
+    env.fault_hwpt(ACCEL, 5, ctx=c)
+    assert faults_of(env.settle(5)) == []
+    assert not env.machine.function(ACCEL)._transfers
+    check_invariants(env)
+
+
+def test_unbind_ends_the_devices_dma_in_flight_as_removed(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.dma(dev, 5, 0x7000_0000, 0x1000, 3, env.now, "t")
+    assert faults_of(env.service())
+    env.ctx.unbind(dev, env.now)
+    assert [d.status for d in dma_done(env.settle())] == ["removed"]
+    assert env.core.pending(env.now) == []
+    check_invariants(env)

@@ -72,6 +72,7 @@ class DeviceInfo:
         "owner",
         "partials",
         "pfsid",
+        "resetting",
         "rid",
         "sid",
         "state",
@@ -94,6 +95,7 @@ class DeviceInfo:
         # written only by attach/replace/detach, read by the fault path without a lock.
         self.attachments: dict[int | None, Attachment] = {}
         self.iopf_refcount = 0         # fault-capable attachments; PRI (and PRE) follow it
+        self.resetting = False         # an FLR is settling its requests: deliver none
         self.partials: dict[int, list[Fault]] = {}  # grpid -> non-last requests, arrival order
         self.n_partials = 0
 
