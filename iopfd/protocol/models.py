@@ -132,9 +132,10 @@ class DetachArgs(Args):
 
 
 class PageResponseItem(Args):
-    cookie: U32
-    # Any uint32: a code other than 0 or 1 is EINVAL in its slot, not for the request.
-    code: U32
+    # Any integer: PROTOCOL.md applies responses "each on its own", so a cookie that is
+    # unknown or a code other than 0 or 1 (negative, huge) is EINVAL in its slot only.
+    cookie: int
+    code: int
 
 
 class PageResponseArgs(Args):

@@ -53,7 +53,10 @@ class Daemon:
         self.core = core
         self.server_name = f"iopfd/{__version__}"
         self.admin_gid = resolve_group(config.admin_group)
-        self.counters: Counter[str] = Counter()
+        # Every documented daemon_* counter is in status from the start, at 0.
+        self.counters: Counter[str] = Counter(dict.fromkeys(
+            ("connections", "connections_refused", "protocol_errors", "internal_errors",
+             "outbuf_overflows", "trace_lost"), 0))
         self.connections: dict[int, Connection] = {}
         self._by_ctx: dict[int, Connection] = {}
         self._subscribers: set[Connection] = set()

@@ -122,7 +122,7 @@ def test_unknown_op_is_einval_with_message_unknown_op() -> None:
         ("hwpt_alloc", "flags", [1]),
         ("hwpt_alloc", "data", [1]),
         ("page_response", "responses", [{"cookie": 1}]),
-        ("page_response", "responses", [{"cookie": 1, "code": -1}]),
+        ("page_response", "responses", [{"cookie": 1, "code": "0"}]),
         ("page_response", "responses", {"cookie": 1, "code": 0}),
         ("hwpt_s1_map", "gpa", 0x10),
         ("inject", "grpid", 512),
@@ -165,8 +165,10 @@ def test_hwpt_invalidate_needs_iova_and_length_together() -> None:
 def test_page_response_code_outside_0_1_is_left_to_its_slot() -> None:
     # A code other than 0/1 is EINVAL in its results slot, not for the whole request.
     _, _, args = validate_request(req("page_response", fault_id=1,
-                                      responses=[{"cookie": 1, "code": 7}]))
+                                      responses=[{"cookie": 1, "code": 7},
+                                                 {"cookie": -1, "code": -1}]))
     assert args.responses[0].code == 7  # type: ignore[attr-defined]
+    assert (args.responses[1].cookie, args.responses[1].code) == (-1, -1)  # type: ignore[attr-defined]
 
 
 def test_error_message_names_the_field() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from iopfd_flows import (
     ACCEL0,
     ACCEL1,
@@ -16,7 +18,7 @@ from iopfd_flows import (
     fault_event,
     fault_path,
 )
-from iopfd_harness import DaemonProc
+from iopfd_harness import DaemonProc, finish, start_daemon
 from iopfd_rawclient import RawClient
 
 
@@ -266,3 +268,32 @@ def test_detach_and_unbind_answer_the_pending_groups_they_orphan(iopfd: DaemonPr
         c.call("unbind", dev_id=p.dev_id)            # the rest
         assert _auto(c) == before + 2
         assert not [r for r in c.call("pending")["pending"] if r["fault_id"] == p.fault_id]
+
+
+def test_a_malformed_response_slot_fails_alone_and_the_others_apply(
+        iopfd: DaemonProc) -> None:
+    """PROTOCOL.md: responses are applied in order, each on its own."""
+    with iopfd.client() as c:
+        p = fault_path(c)
+        c.call("inject", rid=ACCEL0, addr=0x6000_0000, perm=READ, grpid=3, last=True)
+        ev = fault_event(c)
+        res = c.call("page_response", fault_id=p.fault_id,
+                     responses=[{"cookie": ev["cookie"], "code": 0},
+                                {"cookie": ev["cookie"] + 1000, "code": -1},
+                                {"cookie": -5, "code": 0},
+                                {"cookie": 7, "code": 1 << 40}])
+        assert res["results"] == [None, "EINVAL", "EINVAL", "EINVAL"]
+        assert not [r for r in c.call("pending")["pending"] if r["fault_id"] == p.fault_id]
+
+
+def test_every_daemon_counter_is_reported_from_the_start(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        with d.client() as c:
+            counters = c.call("status")["counters"]
+        for name in ("connections", "connections_refused", "protocol_errors",
+                     "internal_errors", "outbuf_overflows", "trace_lost"):
+            assert f"daemon_{name}" in counters, name
+        assert counters["daemon_internal_errors"] == 0
+    finally:
+        finish(d)
