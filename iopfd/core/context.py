@@ -120,6 +120,14 @@ class Context:
         if pasid >> dev.pasid_bits:
             raise CoreError(EINVAL, f"pasid {pasid:#x} exceeds {dev.pasid_bits} bits")
 
+    def _check_attach_pasid(self, dev: DeviceInfo, pasid: int | None) -> None:
+        """A PASID for attach, replace or detach: v6.12's ``vfio_df_ioctl_attach_pt`` and
+        ``vfio_df_ioctl_detach_pt`` take no flag, so PASID attach is ``EINVAL`` there."""
+        if pasid is not None and not self.core.profile.pasid_attach:
+            raise CoreError(EINVAL, f"kernel {self.core.profile.name} has no PASID attach "
+                                    "(VFIO_DEVICE_ATTACH_PASID came with 6.15)")
+        self._check_pasid(dev, pasid)
+
     # ------------------------------------------------------------------ devices
     def bind(self, rid: str, now: int) -> int:
         core = self.core
@@ -130,8 +138,9 @@ class Context:
         dev = core.devices.get(name)
         if dev is None:
             raise CoreError(ENOENT, f"no device {name}")
-        if dev.state == "removed":
-            raise CoreError(ENODEV, f"{name} was removed")
+        if dev.state == "removed" or core.removing(dev):
+            raise CoreError(ENODEV, f"{name} was removed" if dev.state == "removed"
+                            else f"{name} is being removed")
         if dev.state == "bound":
             raise CoreError(EBUSY, f"{name} is bound by another connection"
                             if dev.owner is not self else f"{name} is already bound here")
@@ -213,45 +222,57 @@ class Context:
     # ------------------------------------------------------------------ HWPTs
     def hwpt_alloc(self, dev_id: int, pt_id: int, flags: Sequence[str],
                    fault_id: int | None, data: Mapping[str, object] | None) -> int:
-        for flag in flags:
-            if flag not in HWPT_FLAGS:
-                raise CoreError(EOPNOTSUPP, f"hwpt flag {flag!r} is not supported")
+        """``iommufd_hwpt_alloc`` (``drivers/iommu/iommufd/hw_pagetable.c``), in its order:
+        the device (``ENOENT``), ``pt_id`` of any kind (``EINVAL`` when it is not an
+        object of this context), the per-kind flags (``EOPNOTSUPP``), then the fault
+        queue (``ENOENT``)."""
         idev = self._device(dev_id)
         pt = self.objects.get(pt_id) if isinstance(pt_id, int) else None
         if pt is None:
-            raise CoreError(ENOENT, f"no object {pt_id!r}")
-        fault: FaultQueue | None = None
-        if fault_id is not None:
-            fq = self.objects.get(fault_id) if isinstance(fault_id, int) else None
-            if not isinstance(fq, FaultQueue):
-                raise CoreError(ENOENT, f"no fault queue {fault_id!r}")
-            fault = fq
+            raise CoreError(EINVAL, f"pt_id {pt_id!r} is not an IOAS or HWPT of this "
+                                    "connection")
+        profile = self.core.profile
+        for flag in flags:
+            if flag not in HWPT_FLAGS or (flag == "pasid" and not profile.pasid_attach):
+                raise CoreError(EOPNOTSUPP, f"hwpt flag {flag!r} is not supported")
+        pasid_compat = "pasid" in flags
         unit_nest = idev.info.unit.spec.nest
         if isinstance(pt, Ioas):
+            nest_parent = "nest_parent" in flags
             if data is not None:
                 raise CoreError(EINVAL, "data is only for a nested HWPT")
-            nest_parent = "nest_parent" in flags
+            if fault_id is not None and not profile.paging_fault_hwpt:
+                # v6.12's paging valid_flags lack IOMMU_HWPT_FAULT_ID_VALID.
+                raise CoreError(EOPNOTSUPP, f"kernel {profile.name}: a paging HWPT cannot "
+                                            "be fault-capable (use a nested HWPT)")
+            if fault_id is not None and nest_parent:
+                # iommufd_hwpt_paging_alloc: a nesting parent is never fault-capable.
+                raise CoreError(EOPNOTSUPP, "a nest_parent HWPT cannot be fault-capable")
             if nest_parent and not unit_nest:
                 raise CoreError(EOPNOTSUPP, f"{idev.info.unit.name} has no nested translation")
+            fault = self._fault_queue(fault_id)
             obj_id = self._new_id()
             hwpt = HwPagetable(obj_id, self, ioas=pt, parent=None, nest_parent=nest_parent,
-                               fault=fault)
+                               fault=fault, pasid_compat=pasid_compat)
             pt.users += 1
             pt.hwpts[obj_id] = hwpt
         elif isinstance(pt, HwPagetable):
+            # ``iommufd_hwpt_nested_alloc``: FAULT_ID_VALID and (6.15+) PASID only, user
+            # data required (both ``EOPNOTSUPP``), then the parent (``EINVAL``).
+            if set(flags) - {"pasid"}:
+                raise CoreError(EOPNOTSUPP, "a nested HWPT takes no flag but pasid")
+            if data is None or "type" not in data:
+                raise CoreError(EOPNOTSUPP, "a nested HWPT needs data = {'type': 'vtd_s1'}")
             if not pt.nest_parent:
                 raise CoreError(EINVAL, f"HWPT {pt_id} was not allocated with nest_parent")
-            if flags:
-                raise CoreError(EOPNOTSUPP, "a nested HWPT takes no flag")
-            if data is None or "type" not in data:
-                raise CoreError(EINVAL, "a nested HWPT needs data = {'type': 'vtd_s1'}")
             if data["type"] != "vtd_s1":
                 raise CoreError(EOPNOTSUPP, f"data type {data['type']!r} is not supported")
             if not unit_nest:
                 raise CoreError(EOPNOTSUPP, f"{idev.info.unit.name} has no nested translation")
+            fault = self._fault_queue(fault_id)
             obj_id = self._new_id()
             hwpt = HwPagetable(obj_id, self, ioas=pt.ioas, parent=pt, nest_parent=False,
-                               fault=fault)
+                               fault=fault, pasid_compat=pasid_compat)
             pt.users += 1
             pt.children[obj_id] = hwpt
         else:
@@ -260,6 +281,15 @@ class Context:
             fault.users += 1
         self.objects[obj_id] = hwpt
         return obj_id
+
+    def _fault_queue(self, fault_id: int | None) -> FaultQueue | None:
+        """``iommufd_get_fault``: ``ENOENT`` unless ``fault_id`` is a fault queue here."""
+        if fault_id is None:
+            return None
+        fq = self.objects.get(fault_id) if isinstance(fault_id, int) else None
+        if not isinstance(fq, FaultQueue):
+            raise CoreError(ENOENT, f"no fault queue {fault_id!r}")
+        return fq
 
     def hwpt_s1_map(self, hwpt_id: int, iova: int, length: int, gpa: int, perm: int) -> None:
         hwpt = self._nested(hwpt_id)
@@ -320,9 +350,14 @@ class Context:
     # ------------------------------------------------------------------ attach
     def _attach_target(self, dev_id: int, pt_id: int,
                        pasid: int | None) -> tuple[DeviceInfo, HwPagetable]:
+        """``iommufd_device_change_pt`` up to the driver: the HWPT of any kind
+        (``ENOENT``; an IOAS or another kind ``EINVAL``), then, as
+        ``iommufd_hw_pagetable_attach`` checks them, PASID compatibility and the VF
+        rule (``EINVAL``). PRI itself is checked when the attach enables IOPF
+        (``ENODEV``, ``intel_iommu_enable_iopf``)."""
         idev = self._device(dev_id)
         dev = idev.info
-        self._check_pasid(dev, pasid)
+        self._check_attach_pasid(dev, pasid)
         pt = self.objects.get(pt_id) if isinstance(pt_id, int) else None
         if pt is None:
             raise CoreError(ENOENT, f"no object {pt_id!r}")
@@ -330,24 +365,46 @@ class Context:
             raise CoreError(EINVAL, "attach takes a HWPT; allocate a paging HWPT on the IOAS")
         if not isinstance(pt, HwPagetable):
             raise CoreError(EINVAL, f"object {pt_id} is not a HWPT")
-        if pt.fault is not None:
-            # iommufd_hwpt_compatible_device: PRI is shared by a PF and its VFs.
-            if dev.is_vf and dev.pri_supported:
-                raise CoreError(EINVAL, f"{dev.name} is a VF: PRI is shared with its PF")
-            if not dev.pri_supported:
-                raise CoreError(EOPNOTSUPP, f"{dev.name} cannot issue page requests (no PRI)")
-            if not dev.unit.spec.pds:
-                # Without ECAP.PDS detach could not drain page requests (vtd-hw.md 4.2).
-                raise CoreError(EOPNOTSUPP, f"{dev.unit.name} cannot drain page requests")
+        profile = self.core.profile
+        if pt.fault is not None and dev.is_vf and (
+                dev.pri_supported or not profile.vf_rule_pri_only):
+            # PRI is shared by a PF and its VFs and nothing coordinates it: v6.12's
+            # ``iommufd_fault_iopf_enable`` refuses any VF, v6.13+'s
+            # ``iommufd_hwpt_compatible_device`` a VF that supports PRI.
+            raise CoreError(EINVAL, f"{dev.name} is a VF: PRI is shared with its PF")
+        if profile.pasid_attach:
+            self._check_pasid_compat(dev, pt, pasid)
+        if pt.fault is not None and not dev.unit.spec.pds and dev.pri_supported:
+            # Without ECAP.PDS detach could not drain page requests (vtd-hw.md 4.2).
+            raise CoreError(EOPNOTSUPP, f"{dev.unit.name} cannot drain page requests")
         if pt.is_nested and not dev.unit.spec.nest:
             raise CoreError(EOPNOTSUPP, f"{dev.unit.name} has no nested translation")
         return dev, pt
 
+    @staticmethod
+    def _check_pasid_compat(dev: DeviceInfo, hwpt: HwPagetable, pasid: int | None) -> None:
+        """``iommufd_hwpt_pasid_compat`` (v6.15+): a PASID takes only a HWPT allocated with
+        ``IOMMU_HWPT_ALLOC_PASID``, and then the RID must hold none without it; the RID
+        takes a HWPT without it only while no PASID is attached."""
+        if pasid is None:
+            if not hwpt.pasid_compat and any(p is not None for p in dev.attachments):
+                raise CoreError(EINVAL, "a PASID is attached: the RID's HWPT needs the "
+                                        "pasid flag")
+            return
+        if not hwpt.pasid_compat:
+            raise CoreError(EINVAL, f"HWPT {hwpt.id} was not allocated with the pasid flag")
+        rid_att = dev.attachments.get(None)
+        if rid_att is not None and not rid_att.hwpt.pasid_compat:
+            raise CoreError(EINVAL, "the RID holds a HWPT without the pasid flag")
+
     def attach(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> None:
+        """``VFIO_DEVICE_ATTACH_IOMMUFD_PT``: where something is attached it is a replace
+        (``vfio_iommufd_physical_attach_ioas``)."""
         dev, hwpt = self._attach_target(dev_id, pt_id, pasid)
         if pasid in dev.attachments:
-            raise CoreError(EBUSY, "already attached there (use replace)")
-        devops.attach(self.core, dev, pasid, hwpt)
+            devops.replace(self.core, dev, pasid, hwpt, now)
+        else:
+            devops.attach(self.core, dev, pasid, hwpt)
 
     def replace(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> None:
         dev, hwpt = self._attach_target(dev_id, pt_id, pasid)
@@ -356,35 +413,48 @@ class Context:
         devops.replace(self.core, dev, pasid, hwpt, now)
 
     def detach(self, dev_id: int, pasid: int | None, now: int) -> None:
+        """``VFIO_DEVICE_DETACH_IOMMUFD_PT``: nothing attached there is not an error
+        (``vfio_iommufd_physical_detach_ioas`` returns)."""
         dev = self._device(dev_id).info
-        self._check_pasid(dev, pasid)
-        if pasid not in dev.attachments:
-            raise CoreError(EINVAL, "nothing attached there")
-        devops.detach(self.core, dev, pasid, now, "detach")
+        self._check_attach_pasid(dev, pasid)
+        if pasid in dev.attachments:
+            devops.detach(self.core, dev, pasid, now, "detach")
+
+    def device_reset(self, dev_id: int, now: int) -> None:
+        """``VFIO_DEVICE_RESET``: a function-level reset (``Core.flr``)."""
+        self.core.flr(self._device(dev_id).info, now)
 
     # ------------------------------------------------------------------ responses
     def page_response(self, fault_id: int, responses: Sequence[tuple[int, int]],
-                      now: int) -> list[str | None]:
+                      now: int) -> int:
+        """The fault fd's ``write()`` (``iommufd_fault_fops_write``): entries in order,
+        stopping at the first whose code is not SUCCESS/INVALID or whose cookie is not
+        pending here; what came before it stays applied. Returns how many were applied;
+        ``EINVAL`` when the very first entry is bad."""
         fq = self.objects.get(fault_id) if isinstance(fault_id, int) else None
         if not isinstance(fq, FaultQueue):
             raise CoreError(ENOENT, f"no fault queue {fault_id!r}")
         core = self.core
         groups = fq.groups
-        results: list[str | None] = []
+        done = 0
+        error = ""
         for cookie, code in responses:
             if code != 0 and code != 1:
-                core.counters["bad_responses"] += 1
-                results.append(EINVAL)
-                continue
+                error = f"entry {done}: code {code!r} is neither SUCCESS (0) nor INVALID (1)"
+                break
             group = groups.pop(cookie, None)  # seed 004 step 8: O(1), never a search
             if group is None:
-                core.counters["bad_responses"] += 1
-                results.append(EINVAL)
-                continue
+                error = f"entry {done}: cookie {cookie!r} is not pending in fault queue " \
+                        f"{fault_id}"
+                break
             respond(core, fq.id, group, code, now)
-            results.append(None)
+            done += 1
         flush_responses(core)
-        return results
+        if error:
+            core.counters["bad_responses"] += 1
+            if done == 0:
+                raise CoreError(EINVAL, error)
+        return done
 
     # ------------------------------------------------------------------ DMA
     def dma(  # noqa: PLR0917 - the documented public API

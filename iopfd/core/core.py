@@ -23,7 +23,7 @@ from iopfd.core import device as devops
 from iopfd.core.context import Context, DmaTag
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, CoreError, CoreLimits
 from iopfd.core.eventq import FaultQueue
-from iopfd.core.events import CoreEvent, DmaDone, Trace
+from iopfd.core.events import CoreEvent, DeviceRequest, DmaDone, Trace, UnplugDone
 from iopfd.core.intel.cache import DEVTLB_MASK_ALL, FlushPlan, devtlb_descriptor
 from iopfd.core.intel.dmar import WAIT_FENCE, qi_submit_flush, qi_submit_sync
 from iopfd.core.intel.iommu import (
@@ -37,21 +37,36 @@ from iopfd.core.intel.iommu import (
 from iopfd.core.intel.prq import prq_event_thread
 from iopfd.core.io_pgfault import (
     PASID_VALID,
-    auto_respond_attachment,
     discard_partials,
     flush_responses,
 )
 from iopfd.core.objects import IdAllocator
+from iopfd.core.profile import DEFAULT_KERNEL, KernelProfile, kernel_profile
 
 #: Counters every ``status`` shows, even at zero (docs/protocol.md, *Admin*).
 STATUS_COUNTERS = (
     "page_requests", "groups", "delivered", "responses", "auto_responses", "throttled",
     "prq_overflows", "invalidations", "bad_requests", "hw_auto_responses",
     "partials_discarded", "stop_markers", "drains", "dma_started", "dma_completed",
+    "no_handler_responses", "unexpected_prgi", "resets", "unplugs", "forced_unplugs",
 )
+#: Seconds an ``unplug`` waits for the owners to release the device (PROTOCOL.md v2
+#: item 9); vfio-pci re-sends its request every 10 s and never gives up.
+DEFAULT_UNPLUG_GRACE_NS = 10_000_000_000
 #: ``service`` stops after this many PRQ passes at one ``now`` (a guard, never reached
 #: in practice: the device's retries come after a back-off, so time must move on).
 MAX_SERVICE_ROUNDS = 1024
+
+
+@dataclass
+class Removal:
+    """An ``unplug`` waiting for the owners of its functions to release them."""
+
+    dev: DeviceInfo
+    victims: list[DeviceInfo]
+    deadline: int
+    ctx: Context | None
+    tag: object
 
 
 @dataclass
@@ -73,9 +88,11 @@ class FlushStats:
 class Core:
     """The kernel: intel driver, io-pgfault and iommufd, over a ``hwmodel.Machine``."""
 
-    def __init__(self, machine: Machine, limits: CoreLimits | None = None) -> None:
+    def __init__(self, machine: Machine, limits: CoreLimits | None = None,
+                 profile: KernelProfile | None = None) -> None:
         self.machine = machine
         self.limits = limits if limits is not None else CoreLimits()
+        self.profile = profile if profile is not None else kernel_profile(DEFAULT_KERNEL)
         self.counters: Counter[str] = Counter()
         self.events: list[CoreEvent] = []
         #: False: the hot path builds no Trace records (nobody subscribed).
@@ -91,11 +108,14 @@ class Core:
             name: UnitState(unit, i) for i, (name, unit) in enumerate(machine.iommus.items())
         }
         self.devices: dict[str, DeviceInfo] = {}
+        #: Removals waiting for owners to release their devices, by the unplugged rid.
+        self.removals: dict[str, Removal] = {}
         for name, fn in machine.functions.items():
-            dev = DeviceInfo(fn, self.units[fn.iommu.name])
-            self.devices[name] = dev
-            if fn.present:
-                probe(dev, self.counters)
+            self.devices[name] = DeviceInfo(fn, self.units[fn.iommu.name])
+        # PFs first: a VF's PRI is its PF's, enabled before it (profile 6.18).
+        for dev in sorted(self.devices.values(), key=lambda d: d.is_vf):
+            if dev.fn.present:
+                probe(dev, self.profile, self.counters)
             else:
                 dev.state = "removed"
 
@@ -142,6 +162,8 @@ class Core:
         else:
             self.counters["service_round_limit"] += 1
         flush_responses(self)  # nothing should be left; never let an answer linger
+        if self.removals:
+            self._service_removals(now)
         for t in machine.take_completed():
             self.counters["dma_completed"] += 1
             tag = t.tag
@@ -150,7 +172,11 @@ class Core:
                                            else "failure", t.faults, t.bytes))
 
     def next_deadline(self) -> int | None:
-        return self.machine.next_deadline()
+        deadline = self.machine.next_deadline()
+        for removal in self.removals.values():
+            if deadline is None or removal.deadline < deadline:
+                deadline = removal.deadline
+        return deadline
 
     def take_events(self) -> list[CoreEvent]:
         events = self.events
@@ -199,8 +225,9 @@ class Core:
                 "pasid_bits": fn.spec.pasid_bits,
                 "pf": str(fn.pf.rid) if fn.pf is not None else None,
                 "state": dev.state,
+                "removing": dev.name in self.removals,
                 "ats_enabled": bool(fn.ats_enabled),
-                "pri_enabled": bool(pri.enabled) and dev.iopf_refcount > 0,
+                "pri_enabled": bool(pri.enabled) and dev.pri_enabled,
                 "pri_status": {"response_failure": bool(pri.response_failure),
                                "unexpected_prgi": bool(pri.unexpected_prgi),
                                "stopped": bool(pri.stopped)},
@@ -216,6 +243,8 @@ class Core:
         out.update(self.counters)
         out["hw_auto_responses"] = sum(u.unit.counters["hw_auto_responses"]
                                        for u in self.units.values())
+        out["unexpected_prgi"] = sum(f.counters["unexpected_prgi"]
+                                     for f in self.machine.functions.values())
         out["pending"] = self.pending_count()
         return out
 
@@ -287,15 +316,54 @@ class Core:
         self.machine.inject_page_request(dev.rid, desc, now)
         self.counters["injected"] += 1
 
-    def unplug(self, rid: str, now: int) -> None:
-        """Hot removal (seed 000): detach all (drain, auto-respond), PRI off, drain
-        again, stop DMA, release; the owner's ``dev_id`` then gives ``ENODEV``. A PF
-        takes its VFs with it, as the machine does."""
+    def unplug(self, rid: str, now: int, *, force: bool = False,
+               grace_ns: int = DEFAULT_UNPLUG_GRACE_NS, ctx: Context | None = None,
+               tag: object = None) -> bool:
+        """Hot removal as vfio-pci's remove path does it (``vfio_unregister_group_dev``):
+        each owner of the function (a PF takes its VFs) gets a ``DeviceRequest`` and may
+        finish and unbind; its pending groups stay answerable meanwhile. Once every
+        owner released, or after ``grace_ns`` (at once with ``force``), the functions
+        are removed (``_remove``). True: removed now; False: an ``UnplugDone`` event
+        with ``ctx`` and ``tag`` comes when it is."""
         dev = self._admin_device(rid)
         if dev.state == "removed":
             raise CoreError(EINVAL, f"{dev.name} is already removed")
+        if dev.name in self.removals or any(dev in r.victims for r in self.removals.values()):
+            raise CoreError(EBUSY, f"a removal of {dev.name} is already in progress")
         victims = [self.devices[str(vf.rid)] for vf in dev.fn.vfs if vf.present]
         victims.append(dev)
+        bound = [v for v in victims if v.state == "bound"]
+        if force or not bound:
+            self._remove(dev, victims, now, forced=bool(bound))
+            return True
+        self.removals[dev.name] = Removal(dev, victims, now + grace_ns, ctx, tag)
+        for v in bound:
+            assert v.owner is not None
+            self.events.append(DeviceRequest(v.owner, v.dev_id, v.name))
+            self.counters["device_requests"] += 1
+            if self.trace_enabled:
+                self.trace("device", rid=v.name, state="removing", client=v.owner.label,
+                           t_ns=now)
+        return False
+
+    def removing(self, dev: DeviceInfo) -> bool:
+        """Whether an ``unplug`` is waiting for ``dev``'s owner (binding it is refused)."""
+        return any(dev in r.victims for r in self.removals.values())
+
+    def _service_removals(self, now: int) -> None:
+        for name, removal in list(self.removals.items()):
+            held = any(v.state == "bound" for v in removal.victims)
+            if held and now < removal.deadline:
+                continue
+            del self.removals[name]
+            self._remove(removal.dev, removal.victims, now, forced=held)
+            self.events.append(UnplugDone(removal.ctx, removal.tag, name, held))
+
+    def _remove(self, dev: DeviceInfo, victims: list[DeviceInfo], now: int, *,
+                forced: bool) -> None:
+        """The removal itself (seed 000): stop DMA, detach all (drain, auto-respond), PRI
+        off, drain again, release; a still-bound owner's ``dev_id`` then gives
+        ``ENODEV``. A PF takes its VFs with it, as the machine does."""
         # The driver stops DMA first (vtd-hw.md 6.4): a transfer in flight ends
         # `removed`, and the page requests it sent are settled by the drains below.
         self.machine.stop_dma(dev.rid, now)
@@ -307,6 +375,8 @@ class Core:
         for victim in victims:
             self._final_drain(victim, now)
         self.machine.hot_remove(dev.rid, now)
+        if forced:
+            self.counters["forced_unplugs"] += 1
         for victim in victims:
             release(victim)
             owner = victim.owner
@@ -317,7 +387,8 @@ class Core:
             victim.dev_id = 0
             self.counters["unplugs"] += 1
             if self.trace_enabled:
-                self.trace("device", rid=victim.name, state="removed", t_ns=now)
+                self.trace("device", rid=victim.name, state="removed", forced=forced,
+                           t_ns=now)
 
     def _final_drain(self, dev: DeviceInfo, now: int) -> None:
         """Fence the function against the PRQ once PRI is off: anything it had posted
@@ -343,38 +414,38 @@ class Core:
         for d in [dev, *(self.devices[str(vf.rid)] for vf in dev.fn.vfs)]:
             if d.state == "removed" and d.fn.present:
                 d.state = "free"
-                probe(d, self.counters)
+                probe(d, self.profile, self.counters)
                 self.counters["plugs"] += 1
                 if self.trace_enabled:
                     self.trace("device", rid=d.name, state="free", t_ns=now)
 
     def reset(self, rid: str, now: int) -> None:
-        """Function-level reset, a terminal condition (SPEC 7.9): the function forgets
-        its outstanding groups, so before it is back in service everything it had posted
-        is drained, its partial requests dropped, and its pending groups answered INVALID
-        now (the device discards those answers; a client's late answer gets ``EINVAL``
-        instead of landing on a new group that reuses the PRGI). Then PRI is re-enabled
-        if fault-capable attachments remain."""
+        """Admin ``reset``: the same function-level reset as the owner's ``device_reset``."""
         dev = self._admin_device(rid)
+        self.flr(dev, now)
+
+    def flr(self, dev: DeviceInfo, now: int) -> None:
+        """``VFIO_DEVICE_RESET`` (``pci_try_reset_function``): save the config space, FLR,
+        restore it; ``pci_restore_ats_state`` and ``pci_restore_pri_state`` bring ATS and
+        an enabled PRI back. The function forgets its outstanding page requests (PCIe
+        terminal condition, SPEC 7.9: credits back, answers that match nothing are
+        discarded) and a Response Failure is cleared. iommufd is not told: fault queues,
+        pending groups and attachments stay as they are, and the groups stay answerable
+        (``pci_dev_reset_iommu_prepare`` came after 6.18)."""
         if dev.state == "removed":
             raise CoreError(ENODEV, f"{dev.name} was removed")
+        fn = dev.fn
+        pri_was_enabled = fn.pf is None and fn.pri.enabled
         self.machine.flr(dev.rid, now)
-        dev.resetting = True  # what it had sent is answered INVALID, never delivered
-        try:
-            self._final_drain(dev, now)
-        finally:
-            dev.resetting = False
-        for att in list(dev.attachments.values()):
-            auto_respond_attachment(self, att, "reset", now)
-        if dev.state == "bound":
-            enable_dev_features(dev)
-        if dev.iopf_refcount and not dev.is_vf and not dev.fn.pri.enabled:
+        # The function forgot the groups its set-aside requests belong to: the kernel
+        # keeps them for the next group with that index, iopfd frees them.
+        discard_partials(self, dev, all_pasids=True)
+        if pri_was_enabled:
             try:
-                dev.fn.pri.do_reset()
-                dev.fn.pri.enable(PRQ_DEPTH)
-            except PriError as e:
+                fn.pri.enable(PRQ_DEPTH)
+            except PriError as e:  # pragma: no cover - the FLR left PRI disabled, stopped
                 self.counters["pri_enable_errors"] += 1
-                raise CoreError(EBUSY, f"{dev.name}: PRI not re-enabled: {e}") from None
+                raise CoreError(EBUSY, f"{dev.name}: PRI not restored: {e}") from None
         self.counters["resets"] += 1
         if self.trace_enabled:
             self.trace("device", rid=dev.name, state=dev.state, reset=True, t_ns=now)

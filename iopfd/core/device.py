@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from hwmodel import Pgtt
-from iopfd.core.errors import EBUSY, CoreError
+from iopfd.core.errors import CoreError
 from iopfd.core.intel.cache import TagKey, TagType
 from iopfd.core.intel.iommu import disable_iopf, enable_iopf
 from iopfd.core.intel.pasid import (
@@ -134,17 +134,13 @@ def _unassign_tags(att: Attachment) -> None:
 
 
 def _get_iopf(core: Core, dev: DeviceInfo, hwpt: HwPagetable) -> None:
-    if hwpt.fault is None:
-        return
-    try:
-        enable_iopf(dev, core.counters)
-    except Exception as e:  # PriError from the device: PRI cannot be (re)enabled now
-        raise CoreError(EBUSY, f"{dev.name}: cannot enable PRI: {e}") from e
+    if hwpt.fault is not None:
+        enable_iopf(dev, core.profile, core.counters)  # ENODEV without PRI
 
 
 def _get_did_and_iopf(core: Core, dev: DeviceInfo, hwpt: HwPagetable) -> int:
     """The domain's DID on the device's unit and, for a fault-capable HWPT, a PRI
-    reference; either can fail (DIDs exhausted: ENOSPC; PRI: EBUSY) and then neither
+    reference; either can fail (DIDs exhausted: ENOSPC; no PRI: ENODEV) and then neither
     is held."""
     did = _domain_get_did(hwpt.domain, dev)
     try:
@@ -174,8 +170,10 @@ def _release(core: Core, att: Attachment) -> None:
     dev = att.dev
     _unassign_tags(att)
     _domain_put_did(att.domain, dev)
-    if att.fault is not None:
-        disable_iopf(dev, core.counters)
+    if att.fault is not None and disable_iopf(dev, core.profile, core.counters):
+        # ``iopf_queue_remove_device``: the last fault-capable attachment went, so
+        # every request the device had set aside goes (PROTOCOL.md v2 item 5).
+        discard_partials(core, dev, all_pasids=True)
     att.hwpt.users -= 1
     att.hwpt.attached -= 1
 

@@ -32,6 +32,26 @@ class DmaDone:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    """vfio-pci's REQ interrupt (``vfio_pci_core_request``): the device is being
+    removed; its owner should finish, answer what it holds and release it."""
+
+    ctx: Context
+    dev_id: int
+    rid: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnplugDone:
+    """An ``unplug`` that waited for the owners completed: reply to ``tag`` on ``ctx``."""
+
+    ctx: Context | None
+    tag: object
+    rid: str
+    forced: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Trace:
     """A record for ``subscribe``; topics in ``TRACE_TOPICS``."""
 
@@ -43,4 +63,4 @@ TRACE_TOPICS = frozenset(
     {"fault", "response", "auto_response", "invalidation", "throttle", "overflow", "device"}
 )
 
-CoreEvent = FaultDelivered | DmaDone | Trace
+CoreEvent = FaultDelivered | DmaDone | DeviceRequest | UnplugDone | Trace

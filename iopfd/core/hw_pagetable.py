@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 class HwPagetable(IommufdObject):
-    __slots__ = ("attached", "children", "domain", "fault", "ioas", "nest_parent", "parent")
+    __slots__ = ("attached", "children", "domain", "fault", "ioas", "nest_parent", "parent",
+                 "pasid_compat")
 
     def __init__(
         self,
@@ -31,8 +32,11 @@ class HwPagetable(IommufdObject):
         parent: HwPagetable | None,
         nest_parent: bool,
         fault: FaultQueue | None,
+        pasid_compat: bool = False,
     ) -> None:
         super().__init__(obj_id, ctx)
+        #: Allocated with ``IOMMU_HWPT_ALLOC_PASID``: may be attached to a PASID.
+        self.pasid_compat = pasid_compat
         self.ioas = ioas  # for a nested HWPT: the parent's IOAS
         self.parent = parent
         self.nest_parent = nest_parent
@@ -60,6 +64,7 @@ class HwPagetable(IommufdObject):
             ioas_id=self.ioas.id,
             parent_id=self.parent.id if self.parent is not None else None,
             nest_parent=self.nest_parent,
+            pasid=self.pasid_compat,
             fault_id=self.fault.id if self.fault is not None else None,
             attached=self.attached,
             pending=self.domain.pending,

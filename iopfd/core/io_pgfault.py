@@ -1,28 +1,33 @@
 """The fault path (``drivers/iommu/io-pgfault.c`` + iommufd's handler), after seed 004.
 
-``report_device_fault`` reads top to bottom as Jason Gunthorpe's eight steps:
+``report_device_fault`` reads top to bottom as ``iommu_report_device_fault`` and Jason
+Gunthorpe's eight steps:
 
+- ``find_fault_handler`` first, for every request, last or not: the attachment of
+  (device, PASID) by one dict read, no lock (seed 003). No fault-capable attachment:
+  ``iopf_error_response`` answers INVALID at once and nothing is set aside
+  (PROTOCOL.md v2 item 4);
 1. one allocation per request: the fault record tuple (the group is the only other);
 2. the device's fault state is the ``DeviceInfo`` the PRQ thread found by dict lookup
    (seed 000), with no lock and no search;
 3. nothing here takes a lock that detach or unbind could hold (seed 003): the core is
    single-threaded and sans-IO, so every lookup is a plain dict read;
 4. a request without LAST_PAGE is set aside on the device's partial list and we return;
-5. the last request assembles the group: the partials of the same group index in
-   arrival order, the last one last;
-6. the attachment of (device, PASID) is found by one dict read; the group is counted
-   pending on its domain;
+5. the last request assembles the group: the partials of the same group index *and
+   PASID* in arrival order, the last one last (the kernel compares the index alone);
+6. the group is counted pending on its domain;
 7. the *group* is queued whole on the HWPT's fault queue under a fresh cookie;
 8. the answer finds the group by (fault queue, cookie), never by a list search.
 
 Why detach is safe without a lock: detach first removes the (device, PASID) entry
-from ``DeviceInfo.attachments`` (so step 6 can no longer find it), then clears the
+from ``DeviceInfo.attachments`` (so the lookup can no longer find it), then clears the
 PASID entry, invalidates, drains the PRQ (every request already posted is taken off
-and runs through steps 1-7, finding no attachment, hence answered INVALID), then
+and runs through the lookup, finding no attachment, hence answered INVALID), then
 auto-responds the groups queued before, and only then drops the HWPT reference. A
 group is owned by exactly one place at a time (``IopfGroup.state``): a fault queue's
 ``groups`` dict while pending, nobody once answered; every answer goes through
-``_complete`` which flips the state, so a second answer is impossible by construction.
+``_complete`` which flips the state, so a second answer is impossible by construction
+(the ownership the kernel gets from ``iopf_group_take_ownership``, proposed after 6.18).
 """
 
 from __future__ import annotations
@@ -41,12 +46,12 @@ if TYPE_CHECKING:
     from iopfd.core.device import Attachment
     from iopfd.core.intel.iommu import DeviceInfo
 
-# struct iommu_hwpt_pgfault flags
+# struct iommu_hwpt_pgfault flags, copied raw from the kernel's ``iommu_fault_page_request``
 PASID_VALID = 1
 LAST_PAGE = 2
-#: Internal only: a set-aside request the driver cannot service (PRIV, EXEC+READ); its
-#: group is answered INVALID and never delivered, so the bit never reaches a client.
-BAD_REQUEST = 1 << 8
+#: ``IOMMU_FAULT_PAGE_RESPONSE_NEEDS_PASID``: ``intel_prq_report`` sets it with
+#: PASID_VALID on every request that had a PASID, and iommufd copies ``flags`` raw.
+NEEDS_PASID = 4
 
 # A fault record: (flags, pasid, grpid, perm, addr); a tuple, the cheapest object.
 Fault = tuple[int, int, int, int, int]
@@ -103,10 +108,60 @@ def flush_responses(core: Core) -> None:
         qi_submit_responses(unit, descs, core.counters)
 
 
+def _no_handler(core: Core, dev: DeviceInfo, flags: int, pasid: int, grpid: int,  # noqa: PLR0917
+                now: int) -> None:
+    """``err_bad_iopf``: no fault-capable attachment for this request's (device, PASID):
+    ``iopf_error_response`` answers INVALID now, last request or not (the function
+    then sees extra responses for the PRG index, PCIe's unexpected-PRGI case). It
+    counts as a group of one request, answered by the daemon."""
+    page_response(core, dev.unit, dev.sid, bool(flags & PASID_VALID), pasid, grpid,
+                  RESP_INVALID)
+    counters = core.counters
+    counters["groups"] += 1
+    counters["auto_responses"] += 1
+    counters["no_handler_responses"] += 1
+    if not flags & LAST_PAGE:
+        counters["no_handler_partial_responses"] += 1
+    if core.trace_enabled:
+        core.trace("auto_response", rid=dev.name, pasid=_pasid(flags, pasid), grpid=grpid,
+                   code=RESP_INVALID, reason="no_handler", last=bool(flags & LAST_PAGE),
+                   t_ns=now)
+
+
+def _take_partials(core: Core, dev: DeviceInfo, grpid: int, flags: int,
+                   pasid: int) -> list[Fault] | None:
+    """Step 5: the set-aside requests of this group: same index *and* same PASID, in
+    arrival order. The kernel matches the index alone; a request of another PASID
+    under the same index is left over from an earlier group (a function has one group
+    per index outstanding) and is freed here, never delivered in this group."""
+    partial = dev.partials.pop(grpid, None)
+    if partial is None:
+        return None
+    dev.n_partials -= len(partial)
+    key = flags & PASID_VALID
+    same = [f for f in partial if f[1] == pasid and f[0] & PASID_VALID == key]
+    stale = len(partial) - len(same)
+    if stale:
+        core.counters["partials_discarded"] += stale
+    return same or None
+
+
 def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> None:
     """``iommu_report_device_fault``: one request from the PRQ thread."""
     # Steps 1-3: ``fault`` is the one allocation; ``dev`` came from a dict lookup.
     flags, pasid, grpid = fault[0], fault[1], fault[2]
+
+    # ``find_fault_handler``, for every request (last or not): the attachment of
+    # (device, PASID) by one dict read, no lock (seed 003), and its fault queue.
+    attach = dev.attachments.get(pasid if flags & PASID_VALID else None)
+    fq = attach.fault if attach is not None else None
+    if attach is None or fq is None:
+        _no_handler(core, dev, flags, pasid, grpid, now)
+        if flags & LAST_PAGE:
+            # The group's set-aside requests were answered with it; the kernel leaves
+            # them for the next group with this index, iopfd frees them.
+            discard_group_partials(core, dev, grpid)
+        return
 
     # Step 4: not the last request of its group: set it aside and return.
     if not flags & LAST_PAGE:
@@ -121,40 +176,13 @@ def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> 
         dev.n_partials += 1
         return
 
-    # Step 5: the last request completes the group (same grpid, PASID not compared,
-    # as the kernel), partials in arrival order, the last one last.
-    faults = dev.partials.pop(grpid, None)
+    # Step 5: the last request completes the group, partials in arrival order.
+    faults = _take_partials(core, dev, grpid, flags, pasid) if dev.n_partials else None
     if faults is None:
         faults = [fault]
-        core.counters["groups"] += 1
     else:
-        dev.n_partials -= len(faults)
         faults.append(fault)
-        core.counters["groups"] += 1
-        if any(f[0] & BAD_REQUEST for f in faults):
-            # A request of the group cannot be serviced: INVALID for all, not delivered.
-            page_response(core, dev.unit, dev.sid, bool(flags & PASID_VALID), pasid, grpid,
-                          RESP_INVALID)
-            core.counters["auto_responses"] += 1
-            if core.trace_enabled:
-                core.trace("auto_response", rid=dev.name, pasid=_pasid(flags, pasid),
-                           grpid=grpid, code=RESP_INVALID, reason="bad_request", t_ns=now)
-            return
-
-    # Step 6: the attachment of (device, PASID): one dict read, no lock (seed 003).
-    # A function being reset (FLR) has forgotten its groups: answer, never deliver.
-    attach = None if dev.resetting else dev.attachments.get(
-        pasid if flags & PASID_VALID else None)
-    fq = attach.fault if attach is not None else None
-    if attach is None or fq is None:
-        # No fault-capable handler: answer INVALID once, for the whole group.
-        page_response(core, dev.unit, dev.sid, bool(flags & PASID_VALID), pasid, grpid,
-                      RESP_INVALID)
-        core.counters["auto_responses"] += 1
-        if core.trace_enabled:
-            core.trace("auto_response", rid=dev.name, pasid=_pasid(flags, pasid),
-                       grpid=grpid, code=RESP_INVALID, reason="no_handler", t_ns=now)
-        return
+    core.counters["groups"] += 1
 
     # Cookies are uint32 and never reused: a queue that handed out 2^32 - 1 of them
     # cannot deliver any more (the client allocates a new one); its groups are refused.
@@ -177,12 +205,13 @@ def report_device_fault(core: Core, dev: DeviceInfo, fault: Fault, now: int) -> 
                        fault_id=fq.id, t_ns=now)
         return
 
-    # Step 7: queue the group whole under a cookie that was never used before.
+    # Steps 6-7: counted pending on its domain, queued whole under a cookie that was
+    # never used before.
     cookie = fq.take_cookie()
     group = IopfGroup(dev, faults, attach, cookie, now)
     fq.groups[cookie] = group
     attach.groups[cookie] = group
-    attach.domain.pending += 1  # step 6's per-domain count
+    attach.domain.pending += 1
     fq.delivered += 1
     core.counters["delivered"] += 1
     dev_id = dev.dev_id
@@ -282,8 +311,8 @@ def discard_partials(core: Core, dev: DeviceInfo, pasid: int | None = None,
 
 
 __all__ = [
-    "BAD_REQUEST",
     "LAST_PAGE",
+    "NEEDS_PASID",
     "PASID_VALID",
     "Fault",
     "IopfGroup",

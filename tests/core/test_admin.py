@@ -30,7 +30,8 @@ def test_device_list_rows(env: Env) -> None:
     rows = {r["rid"]: r for r in env.core.device_list()}
     assert rows[ACCEL] == {
         "rid": ACCEL, "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
-        "pf": None, "state": "bound", "ats_enabled": True, "pri_enabled": True,
+        "pf": None, "state": "bound", "removing": False, "ats_enabled": True,
+        "pri_enabled": True,
         "pri_status": {"response_failure": False, "unexpected_prgi": False,
                        "stopped": False},
     }
@@ -130,36 +131,47 @@ def test_an_invalid_descriptor_is_counted_and_does_not_halt_the_queue(env: Env) 
     _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=1)
     (ev,) = faults_of(env.service())
-    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == [None]
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
 
 
-def test_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_once(env: Env) -> None:
+def test_forced_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_once(
+        env: Env) -> None:
     dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")
     (ev,) = faults_of(env.service())
     auto = env.core.counters["auto_responses"]
-    env.core.unplug(ACCEL, env.now)
+    assert env.core.unplug(ACCEL, env.now, force=True) is True
     (done,) = dma_done(env.settle())
     assert done.status == "removed"
     # The group it had sent was still settled, by the daemon, exactly once.
     assert env.core.counters["auto_responses"] == auto + 1
     assert env.core.pending(env.now) == []
-    # A late answer from the client gets EINVAL in its slot and changes nothing.
+    assert env.core.counters["forced_unplugs"] == 1
+    # A late answer from the client is EINVAL and changes nothing.
     responses = env.core.counters["responses"]
-    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == ["EINVAL"]
+    assert _errno(env.ctx.page_response, fq, [(ev.cookie, 0)], env.now) == "EINVAL"
     assert env.core.counters["responses"] == responses
     check_invariants(env)
 
 
-def test_reset_answers_what_the_function_had_sent_without_delivering_it(env: Env) -> None:
-    """FLR is a terminal condition: requests the function had posted are drained and
-    answered INVALID, never delivered as fault events the client could not answer."""
-    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
-    env.ctx.dma(dev, 5, A, 4 * 4096, RW, env.now, "t")   # posted, not yet serviced
+def test_reset_leaves_the_fault_queues_alone_and_the_function_discards_stale_answers(
+        env: Env) -> None:
+    """VFIO_DEVICE_RESET tells neither iommufd nor the IOMMU driver: what the function
+    had posted is still reported and delivered, and stays answerable; the function,
+    which forgot those requests in the FLR (SPEC 7.9), discards the answers."""
+    dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")   # posted, not yet serviced
     assert env.machine.posted_page_requests
-    auto = env.core.counters["auto_responses"]
     env.core.reset(ACCEL, env.now)
-    assert faults_of(env.core.take_events()) == []
-    assert env.core.counters["auto_responses"] == auto + 1
-    assert env.core.pending(env.now) == []
+    events = env.service()
+    (ev,) = faults_of(events)
+    (done,) = dma_done(events)
+    assert done.status == "failure"                   # the FLR aborted the transfer
+    assert [r["cookie"] for r in env.core.pending(env.now)] == [ev.cookie]
+    fn = env.machine.function(ACCEL)
+    assert fn.pri.enabled                             # pci_restore_pri_state
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
+    assert fn.counters["page_responses_discarded"] == 1
+    assert fn.counters["unexpected_prgi"] == 0
+    assert env.core.counters["resets"] == 1
     check_invariants(env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iopfd.core import CoreError
+from iopfd.core import CoreError, DeviceRequest, UnplugDone
 from iopfd.core.testing import (
     ACCEL,
     NIC_PF,
@@ -88,14 +88,20 @@ def test_replace_answers_groups_of_the_old_attachment_only_on_the_old_queue(env:
     check_invariants(env)
 
 
-def test_replace_to_a_non_fault_hwpt_answers_and_turns_pri_off(env: Env) -> None:
-    dev, ioas, _fq, _old = env.fault_hwpt(pasid=5)
-    env.inject(ACCEL, 5, A, grpid=1)
+def test_replace_to_a_non_fault_hwpt_answers_and_leaves_the_iopf_queue(kenv: Env) -> None:
+    env = kenv
+    dev, ioas, _fq, _old = env.fault_hwpt(pasid=None)
+    env.inject(ACCEL, None, A, grpid=1, last=False)
+    env.inject(ACCEL, None, A + 4096, grpid=2)
     env.service()
     plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
-    env.ctx.replace(dev, plain, 5, env.now)
+    env.ctx.replace(dev, plain, None, env.now)
     assert env.core.pending(env.now) == []
-    assert not env.machine.function(ACCEL).pri.enabled
+    info = env.core.devices[ACCEL]
+    assert info.iopf_refcount == 0 and info.n_partials == 0
+    # intel_iommu_disable_iopf: v6.12 turns PRI and PRE off with the last fault-capable
+    # attachment; from v6.15 PRI stays on for the device's whole IOMMU lifetime.
+    assert env.machine.function(ACCEL).pri.enabled is env.core.profile.pri_at_probe
     check_invariants(env)
 
 
@@ -127,12 +133,12 @@ def test_close_context_answers_every_pending_group(env: Env) -> None:
     check_invariants(env)
 
 
-def test_unplug_drains_answers_and_leaves_the_dev_id_enodev(env: Env) -> None:
+def test_forced_unplug_drains_answers_and_leaves_the_dev_id_enodev(env: Env) -> None:
     dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=1)
     env.service()
     env.ctx.dma(dev, 5, A + 0x10000, 4096, RW, env.now, "t")  # posted at unplug time
-    env.core.unplug(ACCEL, env.now)
+    assert env.core.unplug(ACCEL, env.now, force=True) is True
     assert env.core.pending(env.now) == []
     (done,) = dma_done(env.service())
     assert done.status in ("invalid", "removed")
@@ -156,9 +162,70 @@ def test_unplug_drains_answers_and_leaves_the_dev_id_enodev(env: Env) -> None:
     check_invariants(env)
 
 
+def test_unplug_asks_the_owner_first_and_completes_when_it_unbinds(env: Env) -> None:
+    # vfio_unregister_group_dev: the REQ interrupt goes to the user, who may finish;
+    # the removal waits for the release.
+    dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    (ev,) = faults_of(env.service())
+    assert env.core.unplug(ACCEL, env.now, ctx=env.ctx, tag="u") is False
+    (req,) = [e for e in env.core.take_events() if isinstance(e, DeviceRequest)]
+    assert (req.ctx, req.dev_id, req.rid) == (env.ctx, dev, ACCEL)
+    assert next(d for d in env.core.device_list() if d["rid"] == ACCEL)["removing"]
+    # Still the owner's: the pending cookie is answerable, DMA still runs.
+    env.ctx.ioas_map(ioas, A, 4096, RW, env.now)
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
+    assert [e for e in env.tick() if isinstance(e, UnplugDone)] == []
+    other = env.core.open_context("other")
+    with pytest.raises(CoreError) as ei:
+        env.core.unplug(ACCEL, env.now)
+    assert ei.value.errno == "EBUSY"
+    env.ctx.unbind(dev, env.now)
+    with pytest.raises(CoreError) as ei:
+        other.bind(ACCEL, env.now)                   # never bound again on its way out
+    assert ei.value.errno == "ENODEV"
+    (done,) = [e for e in env.service() if isinstance(e, UnplugDone)]
+    assert (done.ctx, done.tag, done.rid, done.forced) == (env.ctx, "u", ACCEL, False)
+    assert next(d for d in env.core.device_list() if d["rid"] == ACCEL)["state"] == "removed"
+    c = env.core.status_counters()
+    assert (c["unplugs"], c["forced_unplugs"], c["responses"]) == (1, 0, 1)
+    check_invariants(env)
+
+
+def test_unplug_forces_the_removal_when_the_grace_period_ends(env: Env) -> None:
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    env.service()
+    assert env.core.unplug(ACCEL, env.now, grace_ns=5_000_000_000, tag=1) is False
+    assert env.core.next_deadline() == env.now + 5_000_000_000
+    assert [e for e in env.tick(4_000_000_000) if isinstance(e, UnplugDone)] == []
+    assert len(env.core.pending(env.now)) == 1       # answerable until the removal
+    (done,) = [e for e in env.tick(1_000_000_000) if isinstance(e, UnplugDone)]
+    assert done.forced and done.tag == 1
+    assert env.core.pending(env.now) == []           # answered INVALID by the daemon
+    c = env.core.status_counters()
+    assert (c["forced_unplugs"], c["auto_responses"]) == (1, 1)
+    with pytest.raises(CoreError) as ei:
+        env.ctx.dma(dev, 5, A, 4096, RW, env.now, 0)
+    assert ei.value.errno == "ENODEV"
+    check_invariants(env)
+
+
+def test_unplug_of_a_free_device_removes_it_at_once(env: Env) -> None:
+    assert env.core.unplug(ACCEL, env.now) is True
+    assert not [e for e in env.core.take_events() if isinstance(e, DeviceRequest)]
+    assert env.core.status_counters()["forced_unplugs"] == 0
+
+
 def test_unplug_of_a_pf_takes_its_vfs(env: Env) -> None:
     vf, _ioas, _fq, _hwpt = env.fault_hwpt(NIC_VF0, pasid=None, fault=False)
-    env.core.unplug(NIC_PF, env.now)
+    # The VF's owner is asked too (its PF goes, so does it); force ends the wait.
+    assert env.core.unplug(NIC_PF, env.now) is False
+    (req,) = [e for e in env.core.take_events() if isinstance(e, DeviceRequest)]
+    assert (req.dev_id, req.rid) == (vf, NIC_VF0)
+    env.ctx.unbind(vf, env.now)
+    (done,) = [e for e in env.service() if isinstance(e, UnplugDone)]
+    assert done.rid == NIC_PF and not done.forced
     states = {d["rid"]: d["state"] for d in env.core.device_list()}
     assert states[NIC_PF] == states[NIC_VF0] == "removed"
     with pytest.raises(CoreError) as ei:
@@ -170,26 +237,34 @@ def test_unplug_of_a_pf_takes_its_vfs(env: Env) -> None:
     check_invariants(env)
 
 
-def test_reset_clears_response_failure_and_keeps_pri_for_fault_attachments(env: Env) -> None:
-    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+def test_reset_clears_response_failure_and_restores_pri(kenv: Env) -> None:
+    env = kenv
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=None)
     fn = env.machine.function(ACCEL)
     fn.pri.response_failure = True
-    env.core.reset(ACCEL, env.now)
-    assert fn.pri.enabled and not fn.pri.response_failure
+    env.ctx.device_reset(dev, env.now)
+    assert fn.pri.enabled and not fn.pri.response_failure   # pci_restore_pri_state
     check_invariants(env)
 
 
-def test_reset_answers_the_functions_pending_groups_and_drops_its_partials(env: Env) -> None:
-    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
-    env.inject(ACCEL, 5, A, grpid=1)
-    env.inject(ACCEL, 5, A, grpid=2, last=False)
+def test_reset_keeps_pending_groups_answerable_and_frees_partials(kenv: Env) -> None:
+    env = kenv
+    dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=None)
+    env.inject(ACCEL, None, A, grpid=1)
+    env.inject(ACCEL, None, A, grpid=2, last=False)
     (ev,) = faults_of(env.service())
-    env.core.reset(ACCEL, env.now)
-    assert env.core.pending(env.now) == []
+    env.ctx.device_reset(dev, env.now)
+    assert [r["cookie"] for r in env.core.pending(env.now)] == [ev.cookie]
+    # The kernel keeps them for the next group with that index; the function forgot
+    # them, so iopfd frees them.
     assert env.core.devices[ACCEL].n_partials == 0
-    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == ["EINVAL"]
-    env.inject(ACCEL, 5, A, grpid=1)          # the function is back in service
-    assert len(faults_of(env.service())) == 1
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
+    env.inject(ACCEL, None, A, grpid=2)          # the function is back in service
+    (ev2,) = faults_of(env.service())
+    assert len(ev2.faults) == 1
+    with pytest.raises(CoreError) as ei:
+        env.ctx.device_reset(4242, env.now)
+    assert ei.value.errno == "ENOENT"
     check_invariants(env)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hwmodel import IommuSpec, Perm, TopologySpec, default_topology
 from iopfd.core import CoreLimits
-from iopfd.core.io_pgfault import LAST_PAGE, PASID_VALID
+from iopfd.core.io_pgfault import LAST_PAGE, NEEDS_PASID, PASID_VALID
 from iopfd.core.testing import (
     ACCEL,
     ACCEL1,
@@ -29,7 +29,10 @@ def test_partials_wait_for_the_last_and_the_group_comes_whole_in_arrival_order(e
     (ev,) = faults_of(env.service())
     assert ev.fault_id == fq and ev.cookie == 1 and ev.throttled == 0
     assert [r["addr"] for r in ev.faults] == [A + 0x2000, A, A + 0x1000, A + 0x5000]
-    assert [r["flags"] for r in ev.faults] == [PASID_VALID] * 3 + [PASID_VALID | LAST_PAGE]
+    # intel_prq_report sets NEEDS_PASID with PASID_VALID; iommufd copies flags raw.
+    assert [r["flags"] for r in ev.faults] == [5, 5, 5, 7]
+    assert [r["flags"] for r in ev.faults] == [PASID_VALID | NEEDS_PASID] * 3 + [
+        PASID_VALID | NEEDS_PASID | LAST_PAGE]
     assert {(r["dev_id"], r["pasid"], r["grpid"], r["perm"], r["length"])
             for r in ev.faults} == {(dev, 5, 7, RW, 0)}
     assert env.core.devices[ACCEL].n_partials == 1  # grpid 8 still waits
@@ -45,19 +48,43 @@ def test_request_without_pasid_has_no_pasid_valid_flag(env: Env) -> None:
     assert ev.faults[0]["flags"] == LAST_PAGE and ev.faults[0]["pasid"] == 0
 
 
-def test_group_without_fault_capable_attachment_is_answered_invalid_once(env: Env) -> None:
+def test_request_without_fault_capable_attachment_is_answered_invalid_on_arrival(
+        env: Env) -> None:
+    # iommu_report_device_fault: find_fault_handler runs for every request, and
+    # err_bad_iopf answers INVALID at once, last request or not; nothing is set aside.
     dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)  # PRE on for the device
-    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    plain = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
     env.ctx.attach(dev, plain, None, env.now)
     env.inject(ACCEL, None, A, grpid=4, last=False)
-    env.inject(ACCEL, None, A + 4096, grpid=4, last=True)
     env.responses.clear()
     assert faults_of(env.service()) == []
-    assert len(env.responses) == 1
-    _unit, resp = env.responses[0]
-    assert (resp.response_code, resp.prg_index, resp.pasid_present) == (1, 4, False)
+    assert [(r.response_code, r.prg_index, r.pasid_present) for _u, r in env.responses] == \
+        [(1, 4, False)]
+    assert env.core.devices[ACCEL].n_partials == 0
+    env.inject(ACCEL, None, A + 4096, grpid=4, last=True)
+    assert faults_of(env.service()) == []
+    assert [(r.response_code, r.prg_index) for _u, r in env.responses] == [(1, 4), (1, 4)]
     c = env.core.status_counters()
-    assert (c["groups"], c["auto_responses"], c["delivered"]) == (1, 1, 0)
+    # Each request answered on arrival counts as a group of one, answered by the daemon.
+    assert (c["groups"], c["auto_responses"], c["delivered"]) == (2, 2, 0)
+    assert (c["no_handler_responses"], c["no_handler_partial_responses"]) == (2, 1)
+    check_invariants(env)
+
+
+def test_extra_answers_of_a_dma_group_without_handler_are_unexpected_prgis(env: Env) -> None:
+    # A DMA miss on a HWPT without a fault queue under 6.18 (PRI on from probe): every
+    # request of the group is answered INVALID; the function takes the first and sees
+    # the others as responses matching no outstanding group (PCIe UPRGI).
+    dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    plain = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
+    env.ctx.attach(dev, plain, None, env.now)
+    env.ctx.dma(dev, None, A, 3 * 4096, RW, env.now, "t")
+    (done,) = dma_done(env.settle())
+    assert (done.status, done.faults) == ("invalid", 3)
+    fn = env.machine.function(ACCEL)
+    assert fn.counters["unexpected_prgi"] == 2 and fn.pri.unexpected_prgi
+    c = env.core.status_counters()
+    assert (c["unexpected_prgi"], c["groups"], c["auto_responses"]) == (2, 3, 3)
     check_invariants(env)
 
 
@@ -81,17 +108,22 @@ def test_bad_requests_priv_or_exec_read_are_answered_invalid_never_delivered(env
     check_invariants(env)
 
 
-def test_group_with_a_bad_partial_is_answered_invalid_when_its_last_arrives(env: Env) -> None:
+def test_a_bad_non_last_request_is_dropped_and_the_rest_of_its_group_delivered(
+        env: Env) -> None:
+    # handle_bad_prq_event answers only a last request; a non-last one is dropped and
+    # its group still reaches the handler without it.
     env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=3, last=False)
     env.inject(ACCEL, 5, A + 4096, grpid=3, last=False, perm=int(Perm.WRITE | Perm.PRIV))
     env.responses.clear()
     assert faults_of(env.service()) == [] and env.responses == []
     env.inject(ACCEL, 5, A + 8192, grpid=3)
-    assert faults_of(env.service()) == []
-    assert [(r.prg_index, r.response_code) for _u, r in env.responses] == [(3, 1)]
+    (ev,) = faults_of(env.service())
+    assert [r["addr"] for r in ev.faults] == [A, A + 8192]
+    assert env.responses == []
     c = env.core.status_counters()
-    assert (c["bad_requests"], c["groups"], c["auto_responses"], c["delivered"]) == (1, 1, 1, 0)
+    assert (c["bad_requests"], c["bad_requests_dropped"], c["groups"], c["delivered"]) == \
+        (1, 1, 1, 1)
     assert env.core.devices[ACCEL].n_partials == 0
     check_invariants(env)
 
@@ -122,7 +154,7 @@ def test_response_carries_rid_pasid_and_prgi_of_the_last_request(env: Env) -> No
     env.inject(ACCEL, 9, A + 4096, grpid=0x1AB)
     (ev,) = faults_of(env.service())
     env.responses.clear()
-    assert env.ctx.page_response(fq, [(ev.cookie, 1)], env.now) == [None]
+    assert env.ctx.page_response(fq, [(ev.cookie, 1)], env.now) == 1
     ((unit, resp),) = env.responses
     info = env.core.devices[ACCEL]
     assert unit == "dmar0"
@@ -264,5 +296,41 @@ def test_fault_path_and_answers_only_look_up_never_walk(env: Env) -> None:
         env.inject(ACCEL, 5, A + 4096, grpid=g)
     evs = faults_of(env.service())
     assert len(evs) == 3
-    assert env.ctx.page_response(fq, [(e.cookie, 0) for e in evs] + [(99, 0)], env.now) == \
-        [None, None, None, "EINVAL"]
+    assert env.ctx.page_response(fq, [(e.cookie, 0) for e in evs] + [(99, 0)], env.now) == 3
+
+
+def test_a_partial_of_one_pasid_never_joins_another_pasids_group(env: Env) -> None:
+    # The kernel matches set-aside requests by group index alone; iopfd matches the
+    # PASID too and frees the other PASID's leftover instead of delivering it.
+    dev, _ioas, fq5, _h5 = env.fault_hwpt(pasid=5)
+    ioas6 = env.ctx.ioas_alloc()
+    fq6 = env.ctx.fault_alloc()
+    h6 = env.ctx.hwpt_alloc(dev, ioas6, ["pasid"], fq6, None)
+    env.ctx.attach(dev, h6, 6, env.now)
+    env.inject(ACCEL, 5, A, grpid=9, last=False)
+    env.inject(ACCEL, 6, A + 4096, grpid=9, last=True)
+    (ev,) = faults_of(env.service())
+    assert ev.fault_id == fq6
+    assert [(r["pasid"], r["addr"]) for r in ev.faults] == [(6, A + 4096)]
+    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.core.status_counters()["partials_discarded"] == 1
+    env.inject(ACCEL, 5, A + 8192, grpid=9)
+    (ev5,) = faults_of(env.service())
+    assert ev5.fault_id == fq5 and [r["addr"] for r in ev5.faults] == [A + 8192]
+    check_invariants(env)
+
+
+def test_partials_are_all_freed_when_the_last_fault_capable_attachment_goes(env: Env) -> None:
+    # iopf_queue_remove_device frees the device's partial list.
+    dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
+    plain = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
+    env.ctx.attach(dev, plain, None, env.now)
+    env.inject(ACCEL, 5, A, grpid=1, last=False)
+    env.inject(ACCEL, 5, A + 4096, grpid=2, last=False)
+    env.service()
+    info = env.core.devices[ACCEL]
+    assert info.n_partials == 2
+    env.ctx.detach(dev, 5, env.now)
+    assert info.n_partials == 0 and info.partials == {}
+    assert info.iopf_refcount == 0
+    check_invariants(env)

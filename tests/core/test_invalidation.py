@@ -31,7 +31,7 @@ def test_unmap_of_a_domain_on_many_devices_issues_one_flush_per_did_and_per_ats_
     ioas = ctx.ioas_alloc()
     ctx.ioas_map(ioas, A, 0x10000, RW, env.now)
     devs = {rid: ctx.bind(rid, env.now) for rid in (ACCEL, NIC_PF, ACCEL1, LEGACY)}
-    hwpt = ctx.hwpt_alloc(devs[ACCEL], ioas, [], None, None)
+    hwpt = ctx.hwpt_alloc(devs[ACCEL], ioas, ["pasid"], None, None)
     for dev in devs.values():
         ctx.attach(dev, hwpt, None, env.now)
     ctx.attach(devs[ACCEL], hwpt, 5, env.now)   # same domain, same device, another PASID
@@ -68,8 +68,8 @@ def test_nesting_parent_unmap_reaches_every_nested_did(env: Env) -> None:
     ioas = ctx.ioas_alloc()
     ctx.ioas_map(ioas, A, 0x10000, RW, env.now)
     d0, d1 = ctx.bind(ACCEL, env.now), ctx.bind(ACCEL1, env.now)
-    parent = ctx.hwpt_alloc(d0, ioas, ["nest_parent"], None, None)
-    n0 = ctx.hwpt_alloc(d0, parent, [], None, {"type": "vtd_s1"})
+    parent = ctx.hwpt_alloc(d0, ioas, ["nest_parent", "pasid"], None, None)
+    n0 = ctx.hwpt_alloc(d0, parent, ["pasid"], None, {"type": "vtd_s1"})
     n1 = ctx.hwpt_alloc(d1, parent, [], None, {"type": "vtd_s1"})
     ctx.hwpt_s1_map(n0, 0x1000_0000, 0x2000, A, RW)
     ctx.hwpt_s1_map(n1, 0x2000_0000, 0x2000, A, RW)
@@ -94,8 +94,8 @@ def test_hwpt_invalidate_flushes_the_nested_domain_only(env: Env) -> None:
     ioas = ctx.ioas_alloc()
     ctx.ioas_map(ioas, A, 0x10000, RW, env.now)
     d0 = ctx.bind(ACCEL, env.now)
-    parent = ctx.hwpt_alloc(d0, ioas, ["nest_parent"], None, None)
-    nested = ctx.hwpt_alloc(d0, parent, [], None, {"type": "vtd_s1"})
+    parent = ctx.hwpt_alloc(d0, ioas, ["nest_parent", "pasid"], None, None)
+    nested = ctx.hwpt_alloc(d0, parent, ["pasid"], None, {"type": "vtd_s1"})
     ctx.hwpt_s1_map(nested, 0x1000_0000, 0x2000, A, RW)
     ctx.attach(d0, nested, 5, env.now)
     ctx.attach(d0, parent, None, env.now)

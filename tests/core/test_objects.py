@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from hwmodel import Rid, default_topology
 from iopfd.core import CoreError, CoreLimits
 from iopfd.core.testing import (
     ACCEL,
@@ -89,11 +92,16 @@ def test_bind_is_exclusive_and_checks_the_rid(env: Env) -> None:
     assert errno_of(env.ctx.bind, "nonsense", env.now) == "EINVAL"
 
 
-def test_bind_enables_pasid_then_ats(env: Env) -> None:
+def test_pasid_and_ats_are_on_from_probe_in_6_18_and_from_bind_in_6_12(kenv: Env) -> None:
+    # "iommu/vt-d: Move PRI enablement in probe path" (v6.15): PASID, ATS, then PRI at
+    # probe. Before it, iopfd enables PASID then ATS when the device is bound.
+    env = kenv
     fn = env.machine.function(ACCEL)
-    assert not fn.ats_enabled and not fn.pasid_enabled
+    at_probe = env.core.profile.pri_at_probe
+    assert fn.ats_enabled is fn.pasid_enabled is fn.pri.enabled is at_probe
     env.ctx.bind(ACCEL, env.now)
     assert fn.ats_enabled and fn.pasid_enabled
+    assert fn.pri.enabled is at_probe
 
 
 def test_object_limit_gives_enospc() -> None:
@@ -117,6 +125,47 @@ def test_hwpt_alloc_unknown_flag_is_eopnotsupp_and_unknown_fault_id_enoent(env: 
     env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
 
 
+def test_hwpt_alloc_of_a_pt_id_that_is_no_object_here_is_einval(kenv: Env) -> None:
+    # iommufd_hwpt_alloc: a failed iommufd_get_object(pt_id, ANY) becomes -EINVAL.
+    env = kenv
+    dev = env.ctx.bind(ACCEL, env.now)
+    other = env.core.open_context("other")
+    foreign = other.ioas_alloc()
+    assert errno_of(env.ctx.hwpt_alloc, dev, 4242, [], None, None) == "EINVAL"
+    assert errno_of(env.ctx.hwpt_alloc, dev, foreign, [], None, None) == "EINVAL"
+    fq = env.ctx.fault_alloc()
+    assert errno_of(env.ctx.hwpt_alloc, dev, fq, [], None, None) == "EINVAL"
+    assert errno_of(env.ctx.hwpt_alloc, 4242, foreign, [], None, None) == "ENOENT"
+
+
+def test_6_12_has_no_pasid_flag_and_no_fault_capable_paging_hwpt() -> None:
+    env = Env(kernel="6.12")
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    fq = env.ctx.fault_alloc()
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["pasid"], None, None) == "EOPNOTSUPP"
+    # The paging valid_flags lack FAULT_ID_VALID: refused before the fault lookup.
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], fq, None) == "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], 0xFFFF_FFFF, None) == "EOPNOTSUPP"
+    parent = env.ctx.hwpt_alloc(dev, ioas, ["nest_parent"], None, None)
+    assert errno_of(env.ctx.hwpt_alloc, dev, parent, ["pasid"], fq, {"type": "vtd_s1"}) \
+        == "EOPNOTSUPP"
+    nested = env.ctx.hwpt_alloc(dev, parent, [], fq, {"type": "vtd_s1"})
+    env.ctx.attach(dev, nested, None, env.now)
+    # VFIO_DEVICE_ATTACH_IOMMUFD_PT takes no flag in 6.12: no PASID attach at all.
+    assert errno_of(env.ctx.attach, dev, nested, 5, env.now) == "EINVAL"
+    assert errno_of(env.ctx.detach, dev, 5, env.now) == "EINVAL"
+    check_invariants(env)
+
+
+def test_a_nesting_parent_is_never_fault_capable(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    fq = env.ctx.fault_alloc()
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["nest_parent"], fq, None) == \
+        "EOPNOTSUPP"
+
+
 def test_hwpt_alloc_data_rules(env: Env) -> None:
     dev = env.ctx.bind(ACCEL, env.now)
     ioas = env.ctx.ioas_alloc()
@@ -124,11 +173,15 @@ def test_hwpt_alloc_data_rules(env: Env) -> None:
     plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
     parent = env.ctx.hwpt_alloc(dev, ioas, ["nest_parent"], None, None)
     assert errno_of(env.ctx.hwpt_alloc, dev, plain, [], None, {"type": "vtd_s1"}) == "EINVAL"
-    assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, None) == "EINVAL"
+    # iommufd_hwpt_nested_alloc: no user data is EOPNOTSUPP, as a flag beyond
+    # FAULT_ID_VALID and ALLOC_PASID is.
+    assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, None) == "EOPNOTSUPP"
     assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, {"type": "arm"}) == \
         "EOPNOTSUPP"
-    assert errno_of(env.ctx.hwpt_alloc, dev, parent, ["pasid"], None, {"type": "vtd_s1"}) \
-        == "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, parent, ["nest_parent"], None,
+                    {"type": "vtd_s1"}) == "EOPNOTSUPP"
+    nested = env.ctx.hwpt_alloc(dev, parent, ["pasid"], None, {"type": "vtd_s1"})
+    env.ctx.attach(dev, nested, 9, env.now)      # nested HWPTs accept ALLOC_PASID (6.15+)
     env.ctx.hwpt_alloc(dev, parent, [], None, {"type": "vtd_s1"})
 
 
@@ -141,11 +194,47 @@ def test_attach_takes_a_hwpt_not_an_ioas(env: Env) -> None:
     assert errno_of(env.ctx.attach, dev, ioas, None, env.now) == "EINVAL"
 
 
-def test_attach_twice_is_ebusy_and_replace_unattached_is_einval(env: Env) -> None:
-    dev, ioas, _fq, hwpt = env.fault_hwpt(pasid=7)
-    assert errno_of(env.ctx.attach, dev, hwpt, 7, env.now) == "EBUSY"
+def test_attach_where_attached_is_a_replace_and_detach_of_nothing_succeeds(env: Env) -> None:
+    # vfio_iommufd_physical_(pasid_)attach_ioas: attached -> iommufd_device_replace;
+    # vfio_iommufd_physical_(pasid_)detach_ioas returns when nothing is attached.
+    dev, ioas, fq, hwpt = env.fault_hwpt(pasid=7)
+    env.inject(ACCEL, 7, 0x1000, grpid=1)
+    env.service()
+    env.ctx.attach(dev, hwpt, 7, env.now)          # the same HWPT: nothing changes
+    assert len(env.core.pending(env.now)) == 1
+    other = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)
+    env.ctx.attach(dev, other, 7, env.now)         # a replace: the old group answered
+    info = env.core.devices[ACCEL]
+    assert info.attachments[7].hwpt.id == other
+    assert env.core.pending(env.now) == []
+    c = env.core.status_counters()
+    assert (c["replaces"], c["attaches"], c["auto_responses"]) == (1, 1, 1)
     assert errno_of(env.ctx.replace, dev, hwpt, 8, env.now) == "EINVAL"
-    assert errno_of(env.ctx.detach, dev, 8, env.now) == "EINVAL"
+    env.ctx.detach(dev, 8, env.now)                # nothing there: not an error
+    env.ctx.detach(dev, None, env.now)
+    assert c.get("detaches", 0) == env.core.status_counters().get("detaches", 0) == 0
+    check_invariants(env)
+
+
+def test_pasid_attach_needs_a_pasid_compatible_hwpt(env: Env) -> None:
+    # iommufd_hwpt_pasid_compat (v6.15+): every failure is EINVAL.
+    dev = env.ctx.bind(ACCEL, env.now)
+    ioas = env.ctx.ioas_alloc()
+    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    compat = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
+    assert errno_of(env.ctx.attach, dev, plain, 5, env.now) == "EINVAL"
+    env.ctx.attach(dev, plain, None, env.now)      # the RID holds a non-PASID HWPT ...
+    assert errno_of(env.ctx.attach, dev, compat, 5, env.now) == "EINVAL"   # ... so no PASID
+    env.ctx.attach(dev, compat, None, env.now)     # (a replace)
+    env.ctx.attach(dev, compat, 5, env.now)
+    # With a PASID attached, the RID may not take a non-PASID HWPT, by attach or replace.
+    assert errno_of(env.ctx.attach, dev, plain, None, env.now) == "EINVAL"
+    assert errno_of(env.ctx.replace, dev, plain, None, env.now) == "EINVAL"
+    assert errno_of(env.ctx.replace, dev, plain, 5, env.now) == "EINVAL"
+    assert env.core.devices[ACCEL].attachments[None].hwpt.id == compat
+    env.ctx.detach(dev, 5, env.now)
+    env.ctx.attach(dev, plain, None, env.now)
+    check_invariants(env)
 
 
 def test_pasid_zero_is_einval_and_too_wide_is_einval(env: Env) -> None:
@@ -164,24 +253,56 @@ def test_pasid_on_a_device_without_pasid_is_eopnotsupp(env: Env) -> None:
     assert errno_of(env.ctx.attach, dev, hwpt, 3, env.now) == "EOPNOTSUPP"
 
 
-def test_fault_capable_attach_on_a_vf_is_einval(env: Env) -> None:
+def _fault_capable(env: Env, dev: int, ioas: int) -> int:
+    """A fault-capable HWPT the profile allows: paging, or nested (6.12)."""
+    fq = env.ctx.fault_alloc()
+    if env.core.profile.paging_fault_hwpt:
+        return env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    parent = env.ctx.hwpt_alloc(dev, ioas, ["nest_parent"], None, None)
+    return env.ctx.hwpt_alloc(dev, parent, [], fq, {"type": "vtd_s1"})
+
+
+def test_fault_capable_attach_on_a_vf_is_einval(kenv: Env) -> None:
+    env = kenv
     dev = env.ctx.bind(NIC_VF0, env.now)
     ioas = env.ctx.ioas_alloc()
-    fq = env.ctx.fault_alloc()
-    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    hwpt = _fault_capable(env, dev, ioas)
     assert errno_of(env.ctx.attach, dev, hwpt, None, env.now) == "EINVAL"
     plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
     env.ctx.attach(dev, plain, None, env.now)
     assert errno_of(env.ctx.replace, dev, hwpt, None, env.now) == "EINVAL"
+    assert errno_of(env.ctx.attach, dev, hwpt, None, env.now) == "EINVAL"
+    check_invariants(env)
+
+
+def test_the_vf_rule_refuses_any_vf_in_6_12_and_a_pri_vf_in_6_18() -> None:
+    topo = default_topology()
+    nic = Rid.parse(NIC_PF)
+    funcs = tuple(replace(f, pri=False, pri_capacity=0) if nic in (f.rid, f.pf) else f
+                  for f in topo.functions)
+    topo = replace(topo, functions=funcs)                # the VF's PF has no PRI
+    errnos = {}
+    for kernel in ("6.12", "6.18"):
+        env = Env(topo, kernel=kernel)
+        dev = env.ctx.bind(NIC_VF0, env.now)
+        hwpt = _fault_capable(env, dev, env.ctx.ioas_alloc())
+        errnos[kernel] = errno_of(env.ctx.attach, dev, hwpt, None, env.now)
+    # 6.12: iommufd_fault_iopf_enable refuses is_virtfn; 6.18: the VF passes
+    # iommufd_hwpt_compatible_device and intel_iommu_enable_iopf finds no PRI.
+    assert errnos == {"6.12": "EINVAL", "6.18": "ENODEV"}
 
 
 @pytest.mark.parametrize("rid", [ATS_NO_PRI, LEGACY])
-def test_fault_capable_attach_without_pri_is_eopnotsupp(env: Env, rid: str) -> None:
+def test_fault_capable_attach_without_pri_is_enodev(kenv: Env, rid: str) -> None:
+    # intel_iommu_enable_iopf: -ENODEV without PRI (!pri_enabled in 6.18,
+    # !ats_enabled || !pri_supported in 6.12).
+    env = kenv
     dev = env.ctx.bind(rid, env.now)
-    ioas = env.ctx.ioas_alloc()
-    fq = env.ctx.fault_alloc()
-    hwpt = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
-    assert errno_of(env.ctx.attach, dev, hwpt, None, env.now) == "EOPNOTSUPP"
+    hwpt = _fault_capable(env, dev, env.ctx.ioas_alloc())
+    assert errno_of(env.ctx.attach, dev, hwpt, None, env.now) == "ENODEV"
+    assert env.core.devices[rid].attachments == {}
+    assert env.core.devices[rid].iopf_refcount == 0
+    check_invariants(env)
 
 
 def test_failed_replace_keeps_the_old_hwpt(env: Env) -> None:
@@ -197,17 +318,32 @@ def test_failed_replace_keeps_the_old_hwpt(env: Env) -> None:
 # ---------------------------------------------------------------- PRI refcount
 
 
-def test_pri_is_enabled_by_first_fault_capable_attachment_and_off_after_last(env: Env) -> None:
+def test_6_18_keeps_pri_on_while_the_iopf_refcount_follows_fault_attachments(env: Env) -> None:
     fn = env.machine.function(ACCEL)
-    dev, ioas, fq, hwpt = env.fault_hwpt(pasid=5)
     info = env.core.devices[ACCEL]
-    assert fn.pri.enabled and info.unit.context(info.sid).pre
+    assert fn.pri.enabled and info.unit.context(info.sid).pre   # from probe
+    dev, ioas, _fq, hwpt = env.fault_hwpt(pasid=5)
     env.ctx.attach(dev, hwpt, 6, env.now)
-    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    plain = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
     env.ctx.attach(dev, plain, None, env.now)
     env.ctx.detach(dev, 5, env.now)
-    assert fn.pri.enabled and info.iopf_refcount == 1
+    assert info.iopf_refcount == 1
     env.ctx.replace(dev, plain, 6, env.now)
+    assert info.iopf_refcount == 0
+    assert fn.pri.enabled and info.unit.context(info.sid).pre
+    check_invariants(env)
+
+
+def test_6_12_enables_pri_with_the_first_fault_attachment_and_off_after_last() -> None:
+    env = Env(kernel="6.12")
+    fn = env.machine.function(ACCEL)
+    info = env.core.devices[ACCEL]
+    assert not fn.pri.enabled
+    dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=None)
+    assert fn.pri.enabled and info.unit.context(info.sid).pre
+    assert info.iopf_refcount == 1
+    plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
+    env.ctx.replace(dev, plain, None, env.now)
     assert not fn.pri.enabled and not info.unit.context(info.sid).pre
     check_invariants(env)
 
@@ -232,7 +368,8 @@ def test_close_context_releases_everything(env: Env) -> None:
     env.core.close_context(env.ctx, env.now)
     assert env.core.objects() == []
     assert all(d["state"] == "free" for d in env.core.device_list())
-    assert not env.machine.function(ACCEL).pri.enabled
+    assert all(d.iopf_refcount == 0 for d in env.core.devices.values())
+    assert env.machine.function(ACCEL).pri.enabled     # 6.18: on from probe
     other = env.core.open_context("next")
     other.bind(ACCEL, env.now)
     check_invariants(env)
@@ -245,7 +382,7 @@ def test_exhausted_domain_ids_are_enospc_and_leave_nothing_held() -> None:
     dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     ustate = env.core.devices[ACCEL].ustate
     ustate._next_did = intel_iommu.MAX_DOMAIN_ID + 1   # every DID of dmar0 in use
-    hwpt2 = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    hwpt2 = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)
     pri_refs = env.core.devices[ACCEL].iopf_refcount
     with pytest.raises(CoreError) as ei:
         env.ctx.attach(dev, hwpt2, 6, env.now)

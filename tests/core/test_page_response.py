@@ -1,4 +1,5 @@
-"""Responses: found by (fault queue, cookie), applied in order, each on its own."""
+"""Responses: found by (fault queue, cookie), applied in order as the fault fd's
+``write()`` applies them (``iommufd_fault_fops_write``): a bad entry ends the write."""
 
 from __future__ import annotations
 
@@ -18,29 +19,56 @@ def _two_groups(env: Env) -> tuple[int, list[int]]:
     return fq, [e.cookie for e in faults_of(env.service())]
 
 
-def test_responses_are_applied_in_order_each_on_its_own(env: Env) -> None:
+def _einval(env: Env, fq: int, responses: list[tuple[int, int]]) -> None:
+    with pytest.raises(CoreError) as ei:
+        env.ctx.page_response(fq, responses, env.now)
+    assert ei.value.errno == "EINVAL"
+
+
+def test_entries_apply_in_order_and_stop_at_the_first_unknown_cookie(env: Env) -> None:
+    # iommufd_fault_fops_write: a bad entry ends the write; what came before stays.
     fq, (c1, c2) = _two_groups(env)
-    res = env.ctx.page_response(fq, [(c1, 0), (999, 0), (c2, 1)], env.now)
-    assert res == [None, "EINVAL", None]
-    assert env.core.status_counters()["responses"] == 2
+    assert env.ctx.page_response(fq, [(c1, 0), (999, 0), (c2, 1)], env.now) == 1
+    assert env.core.status_counters()["responses"] == 1
+    assert [r["cookie"] for r in env.core.pending(env.now)] == [c2]
+    assert env.ctx.page_response(fq, [(c2, 1)], env.now) == 1
     check_invariants(env)
 
 
-def test_repeated_cookie_is_einval_and_changes_nothing(env: Env) -> None:
-    fq, (c1, _c2) = _two_groups(env)
+def test_a_first_entry_that_is_bad_is_einval_and_applies_nothing(env: Env) -> None:
+    fq, (c1, c2) = _two_groups(env)
     env.responses.clear()
-    assert env.ctx.page_response(fq, [(c1, 0), (c1, 0), (c1, 1)], env.now) == \
-        [None, "EINVAL", "EINVAL"]
-    assert len(env.responses) == 1
-    check_invariants(env)
-
-
-def test_code_other_than_0_or_1_is_einval_and_keeps_the_group(env: Env) -> None:
-    fq, (c1, _c2) = _two_groups(env)
-    env.responses.clear()
-    assert env.ctx.page_response(fq, [(c1, 2), (c1, 0xF)], env.now) == ["EINVAL", "EINVAL"]
+    _einval(env, fq, [(999, 0), (c1, 0), (c2, 0)])
     assert env.responses == []
-    assert env.ctx.page_response(fq, [(c1, 0)], env.now) == [None]
+    assert len(env.core.pending(env.now)) == 2
+    check_invariants(env)
+
+
+def test_repeated_cookie_stops_at_the_repeat(env: Env) -> None:
+    fq, (c1, c2) = _two_groups(env)
+    env.responses.clear()
+    assert env.ctx.page_response(fq, [(c1, 0), (c1, 0), (c2, 1)], env.now) == 1
+    assert len(env.responses) == 1
+    assert [r["cookie"] for r in env.core.pending(env.now)] == [c2]
+    check_invariants(env)
+
+
+def test_code_other_than_0_or_1_stops_processing_and_keeps_the_group(env: Env) -> None:
+    fq, (c1, c2) = _two_groups(env)
+    env.responses.clear()
+    _einval(env, fq, [(c1, 2), (c2, 0)])
+    _einval(env, fq, [(c1, 0xF)])
+    assert env.responses == []
+    assert env.ctx.page_response(fq, [(c1, 0), (c2, -1)], env.now) == 1
+    assert [r["cookie"] for r in env.core.pending(env.now)] == [c2]
+    assert env.ctx.page_response(fq, [(c2, 0)], env.now) == 1
+    check_invariants(env)
+
+
+def test_an_empty_write_applies_nothing_and_returns_zero(env: Env) -> None:
+    fq, _cookies = _two_groups(env)
+    assert env.ctx.page_response(fq, [], env.now) == 0
+    assert len(env.core.pending(env.now)) == 2
 
 
 def test_unknown_or_foreign_fault_id_is_enoent_for_the_whole_call(env: Env) -> None:
@@ -63,7 +91,8 @@ def test_cookie_of_another_queue_is_einval(env: Env) -> None:
     fq, (c1, _c2) = _two_groups(env)
     _d, _i, fq2, _h = env.fault_hwpt(ACCEL1, pasid=5)
     assert fq2 is not None
-    assert env.ctx.page_response(fq2, [(c1, 0)], env.now) == ["EINVAL"]
+    _einval(env, fq2, [(c1, 0)])
+    assert len(env.core.pending(env.now)) == 2
 
 
 def test_late_answer_after_auto_response_is_einval(env: Env) -> None:
@@ -71,7 +100,7 @@ def test_late_answer_after_auto_response_is_einval(env: Env) -> None:
     dev_id = env.core.devices[ACCEL].dev_id
     env.ctx.detach(dev_id, 5, env.now)
     env.responses.clear()
-    assert env.ctx.page_response(fq, [(c1, 0), (c2, 0)], env.now) == ["EINVAL", "EINVAL"]
+    _einval(env, fq, [(c1, 0), (c2, 0)])
     assert env.responses == []
     c = env.core.status_counters()
     assert (c["auto_responses"], c["responses"]) == (2, 0)

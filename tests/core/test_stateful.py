@@ -1,19 +1,33 @@
 """Random interleavings of everything a client, an admin and the hardware can do.
 
-After every step: every completed group answered at most once and exactly once when
-it leaves the pending set; no answer to a group that is gone; ``groups == responses +
-auto_responses + throttled + pending``; no cached translation disagrees with the page
-tables; fault queues and partial lists stay within their bounds.
+Both kernel profiles. After every step: every completed group answered at most once
+and exactly once when it leaves the pending set; no answer to a group that is gone;
+``groups == responses + auto_responses + throttled + pending``; no cached translation
+disagrees with the page tables; fault queues and partial lists stay within their
+bounds. On the device side: each answer a client gives reaches the function as one
+page group response with the group's RID, PASID and PRG index; unexpected PRG indices
+come only from requests answered on arrival for want of a handler (per function);
+an FLR keeps every pending group pending; an unplug that waits keeps its device's
+groups answerable and completes exactly once, drained.
 """
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from hwmodel import IommuSpec, TopologySpec, default_topology
-from iopfd.core import Context, CoreError, CoreLimits, FaultDelivered, Trace
+from iopfd.core import (
+    Context,
+    CoreError,
+    CoreLimits,
+    DeviceRequest,
+    FaultDelivered,
+    Trace,
+    UnplugDone,
+)
 from iopfd.core.eventq import FaultQueue
 from iopfd.core.hw_pagetable import HwPagetable
 from iopfd.core.testing import (
@@ -36,27 +50,34 @@ ERRNOS = {"EINVAL", "ENOENT", "EBUSY", "EOPNOTSUPP", "ENODEV", "ENOSPC"}
 
 
 class CoreStateMachine(RuleBasedStateMachine):
-    @initialize()
-    def setup(self) -> None:
+    @initialize(kernel=st.sampled_from(["6.12", "6.18"]))
+    def setup(self, kernel: str) -> None:
         topo = default_topology()
         topo = TopologySpec((IommuSpec("dmar0", prq_order=0), IommuSpec("dmar1")),
                             topo.functions)
-        self.env = Env(topo, limits=CoreLimits(max_pending=3, max_partials_per_device=24))
+        self.env = Env(topo, limits=CoreLimits(max_pending=3, max_partials_per_device=24),
+                       kernel=kernel)
         self.env.core.trace_enabled = True
         self.ctxs: list[Context] = [self.env.ctx, self.env.core.open_context("b")]
         self.delivered: set[tuple[int, int]] = set()
         self.answered: set[tuple[int, int]] = set()
+        #: Requests answered on arrival for want of a handler, non-last, per device.
+        self.early_answers: dict[str, int] = {}
+        #: Unplugs waiting for owners: rid -> tag; and the tags that completed.
+        self.removals: dict[str, int] = {}
+        self.unplugs_done: set[int] = set()
+        self._tags = 0
         self._setup(self.ctxs[0], ACCEL, 5, fault=True, kind="paging")
         self._setup(self.ctxs[0], ACCEL, None, fault=True, kind="nested")
         self._setup(self.ctxs[1], ACCEL1, None, fault=True, kind="paging")
 
     def _setup(self, ctx: Context, rid: str, pasid: int | None, *, fault: bool,
-               kind: str) -> None:
+               kind: str, compat: bool = True) -> None:
         """bind (if needed), a HWPT of ``kind``, then attach or replace: one step."""
         now = self.env.now
         info = self.env.core.devices[rid]
         if info.owner is None and info.state == "free":
-            ctx.bind(rid, now)
+            self._try(ctx.bind, rid, now)
         if info.owner is not ctx:
             return
         dev = info.dev_id
@@ -68,24 +89,28 @@ class CoreStateMachine(RuleBasedStateMachine):
         if kind == "nested":
             parents = [i for i, o in ctx.objects.items()
                        if isinstance(o, HwPagetable) and o.nest_parent]
-            parent = parents[0] if parents else ctx.hwpt_alloc(dev, ioas, ["nest_parent"],
-                                                               None, None)
-            hwpt = self._try(ctx.hwpt_alloc, dev, parent, [], fq, {"type": "vtd_s1"})
+            flags = ["pasid"] if compat and self.env.core.profile.pasid_attach else []
+            parent = parents[0] if parents else self._try(
+                ctx.hwpt_alloc, dev, ioas, ["nest_parent", *flags], None, None)
+            if not isinstance(parent, int):
+                return
+            hwpt = self._try(ctx.hwpt_alloc, dev, parent, flags, fq, {"type": "vtd_s1"})
             if not isinstance(hwpt, int):
                 return
             ctx.hwpt_s1_map(hwpt, NESTED_IOVA, NPAGES * 4096, BASE, RW)
         else:
-            hwpt = self._try(ctx.hwpt_alloc, dev, ioas, ["nest_parent"] if kind == "parent"
-                             else [], fq, None)
+            flags = ["pasid"] if compat and self.env.core.profile.pasid_attach else []
+            hwpt = self._try(ctx.hwpt_alloc, dev, ioas, ["nest_parent", *flags]
+                             if kind == "parent" else flags, fq, None)
             if not isinstance(hwpt, int):
                 return
         op = ctx.replace if pasid in info.attachments else ctx.attach
         self._try(op, dev, hwpt, pasid, now)
 
     # ---------------------------------------------------------------- helpers
-    def _try(self, fn: object, *args: object) -> object:
+    def _try(self, fn: object, *args: object, **kw: object) -> object:
         try:
-            return fn(*args)  # type: ignore[operator]
+            return fn(*args, **kw)  # type: ignore[operator]
         except CoreError as e:
             assert e.errno in ERRNOS, e
             return None
@@ -123,10 +148,11 @@ class CoreStateMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- client rules
     @rule(data=st.data(), rid=st.sampled_from(RIDS), pasid=st.sampled_from(PASIDS),
-          fault=st.booleans(), kind=st.sampled_from(["paging", "parent", "nested"]))
+          fault=st.booleans(), kind=st.sampled_from(["paging", "parent", "nested"]),
+          compat=st.sampled_from([True, True, False]))
     def attach_new_hwpt(self, data: st.DataObject, rid: str, pasid: int | None, fault: bool,
-                        kind: str) -> None:
-        self._setup(self._ctx(data), rid, pasid, fault=fault, kind=kind)
+                        kind: str, compat: bool) -> None:
+        self._setup(self._ctx(data), rid, pasid, fault=fault, kind=kind, compat=compat)
 
     @rule(data=st.data(), rid=st.sampled_from(RIDS))
     def bind(self, data: st.DataObject, rid: str) -> None:
@@ -138,14 +164,15 @@ class CoreStateMachine(RuleBasedStateMachine):
         dev = self._dev(ctx, data)
         obj = ctx.objects.get(dev)
         info = getattr(obj, "info", None)
-        pasids = list(info.attachments) if info is not None and info.iopf_refcount else []
+        pasids = list(info.attachments) if info is not None and info.fn.pri.enabled else []
         self._try(ctx.unbind, dev, self.env.now)
         if info is not None and dev not in ctx.objects and pasids:
             self._assert_drained(info.name, pasids)
 
     @rule(data=st.data(), fault=st.booleans(), kind=st.sampled_from(["paging", "parent",
-                                                                      "nested"]))
-    def hwpt_alloc(self, data: st.DataObject, fault: bool, kind: str) -> None:
+                                                                      "nested"]),
+          compat=st.booleans())
+    def hwpt_alloc(self, data: st.DataObject, fault: bool, kind: str, compat: bool) -> None:
         ctx = self._ctx(data)
         dev = self._dev(ctx, data)
         fq = None
@@ -158,11 +185,13 @@ class CoreStateMachine(RuleBasedStateMachine):
                        if isinstance(o, HwPagetable) and o.nest_parent]
             if not parents:
                 return
-            hwpt = self._try(ctx.hwpt_alloc, dev, parents[0], [], fq, {"type": "vtd_s1"})
+            flags = ["pasid"] if compat else []
+            hwpt = self._try(ctx.hwpt_alloc, dev, parents[0], flags, fq, {"type": "vtd_s1"})
             if isinstance(hwpt, int):
                 ctx.hwpt_s1_map(hwpt, NESTED_IOVA, NPAGES * 4096, BASE, RW)
         else:
-            flags = ["nest_parent"] if kind == "parent" else []
+            flags = (["nest_parent"] if kind == "parent" else []) + (["pasid"] if compat
+                                                                       else [])
             self._try(ctx.hwpt_alloc, dev, ioas, flags, fq, None)
 
     @rule(data=st.data(), pasid=st.sampled_from(PASIDS), how=st.sampled_from(["attach",
@@ -199,9 +228,9 @@ class CoreStateMachine(RuleBasedStateMachine):
         dev = self._dev(ctx, data)
         pasid = self._pasid(ctx, dev, data)
         info = getattr(ctx.objects.get(dev), "info", None)
-        # With PRI off (PRE clear) the unit table-faults the device's requests itself:
-        # only a device with page requests on can have any in flight.
-        attached = info is not None and pasid in info.attachments and info.iopf_refcount > 0
+        # With PRI off the function sends no page request: only a device with PRI on
+        # (6.18: from probe; 6.12: with a fault-capable attachment) has any in flight.
+        attached = info is not None and pasid in info.attachments and info.fn.pri.enabled
         self._try(ctx.detach, dev, pasid, self.env.now)
         if attached and info is not None and pasid not in info.attachments:
             self._assert_drained(info.name, [pasid])
@@ -238,7 +267,37 @@ class CoreStateMachine(RuleBasedStateMachine):
                     addr = BASE + (addr - NESTED_IOVA)
                 if BASE <= addr < BASE + NPAGES * 4096:
                     self._try(ctx.ioas_map, ioas.id, addr, 4096, RW, self.env.now)
-        assert ctx.page_response(fq.id, [(cookie, code)], self.env.now) == [None]
+        before = len(self.env.responses)
+        assert ctx.page_response(fq.id, [(cookie, code)], self.env.now) == 1
+        # The answer reaches the function as one page group response for the group.
+        ((_unit, resp),) = self.env.responses[before:]
+        last = group.faults[-1]
+        assert (resp.sid, resp.prg_index, resp.response_code) == (group.dev.sid, last[2], code)
+        assert resp.pasid_present == bool(last[0] & 1)
+        assert not resp.pasid_present or resp.pasid == last[1]
+
+    @rule(data=st.data(), cut=st.integers(0, 3))
+    def respond_batch(self, data: st.DataObject, cut: int) -> None:
+        """The fault fd's write(): entries apply in order up to the first bad one."""
+        ctx = self._ctx(data)
+        fqs = [o for o in ctx.objects.values() if isinstance(o, FaultQueue) and o.groups]
+        if not fqs:
+            return
+        fq = data.draw(st.sampled_from(fqs))
+        cookies = sorted(fq.groups)
+        good = [(c, 1) for c in cookies[:cut]]
+        bad = data.draw(st.sampled_from([(fq.next_cookie + 3, 0), (cookies[-1], 5)]))
+        if bad[0] in dict(good):
+            return
+        entries = [*good, bad, *((c, 0) for c in cookies[cut:])]
+        if not good:
+            with pytest.raises(CoreError) as ei:
+                ctx.page_response(fq.id, entries, self.env.now)
+            assert ei.value.errno == "EINVAL"
+            assert sorted(fq.groups) == cookies
+            return
+        assert ctx.page_response(fq.id, entries, self.env.now) == len(good)
+        assert sorted(fq.groups) == cookies[len(good):]
 
     @rule(data=st.data(), what=st.sampled_from(["code", "unknown", "late", "foreign"]))
     def respond_wrong(self, data: st.DataObject, what: str) -> None:
@@ -259,16 +318,23 @@ class CoreStateMachine(RuleBasedStateMachine):
                     raise AssertionError("a foreign fault_id was accepted")
         elif what == "code" and fq.groups:
             cookie = next(iter(fq.groups))
-            assert ctx.page_response(fq.id, [(cookie, 2)], self.env.now) == ["EINVAL"]
+            self._einval(ctx, fq.id, [(cookie, 2)])
         elif what == "unknown":
-            assert ctx.page_response(fq.id, [(fq.next_cookie + 7, 0)], self.env.now) == \
-                ["EINVAL"]
+            self._einval(ctx, fq.id, [(fq.next_cookie + 7, 0)])
         elif what == "late":
             late = [c for (f, c) in self.answered if f == fq.id]
             if late:
                 cookie = data.draw(st.sampled_from(sorted(late)))
-                assert ctx.page_response(fq.id, [(cookie, 0)], self.env.now) == ["EINVAL"]
+                self._einval(ctx, fq.id, [(cookie, 0)])
         assert len(fq.groups) == before
+
+    def _einval(self, ctx: Context, fault_id: int, responses: list[tuple[int, int]]) -> None:
+        try:
+            ctx.page_response(fault_id, responses, self.env.now)
+        except CoreError as e:
+            assert e.errno == "EINVAL"
+        else:
+            raise AssertionError("a bad first entry was applied")
 
     @rule(data=st.data(), page=st.integers(0, NPAGES - 1), n=st.integers(1, NPAGES))
     def unmap(self, data: st.DataObject, page: int, n: int) -> None:
@@ -315,15 +381,50 @@ class CoreStateMachine(RuleBasedStateMachine):
                       False, self.env.now)
         self._try(self.env.core.inject, rid, pasid, BASE, RW, 7, True, self.env.now)
 
-    @rule(rid=st.sampled_from(RIDS),
-          how=st.sampled_from(["unplug", "plug", "plug", "plug", "reset"]))
+    @rule(rid=st.sampled_from(RIDS), how=st.sampled_from(["plug", "plug", "reset"]))
     def hotplug(self, rid: str, how: str) -> None:
         core = self.env.core
-        op = {"unplug": core.unplug, "plug": core.plug, "reset": core.reset}[how]
+        before = self._pending()
+        self._try(core.plug if how == "plug" else core.reset, rid, self.env.now)
+        if how == "reset":
+            # VFIO_DEVICE_RESET leaves the fault queues alone.
+            assert before <= self._pending() | self._answered_now()
+
+    @rule(data=st.data())
+    def device_reset(self, data: st.DataObject) -> None:
+        ctx = self._ctx(data)
+        before = self._pending()
+        self._try(ctx.device_reset, self._dev(ctx, data), self.env.now)
+        assert before <= self._pending() | self._answered_now()
+
+    @rule(rid=st.sampled_from(RIDS), force=st.sampled_from([False, False, True]),
+          grace_ms=st.sampled_from([0, 1, 20, 200]))
+    def unplug(self, rid: str, force: bool, grace_ms: int) -> None:
+        """vfio-pci's remove path: ask the owners, wait for the release or the grace."""
+        core = self.env.core
+        self._tags += 1
         was = core.devices[rid].state
-        self._try(op, rid, self.env.now)
-        if how == "unplug" and was != "removed":
+        done = self._try(core.unplug, rid, self.env.now, force=force,
+                         grace_ns=grace_ms * 1_000_000, tag=self._tags)
+        if done is True:
+            assert was != "removed"
             self._assert_drained(rid, None)
+        elif done is False:
+            assert not force
+            self.removals[rid] = self._tags
+
+    def _pending(self) -> set[tuple[int, int]]:
+        return {(int(str(r["fault_id"])), int(str(r["cookie"])))
+                for r in self.env.core.pending(self.env.now)}
+
+    def _answered_now(self) -> set[tuple[int, int]]:
+        """Groups answered by events not yet taken (a reset answers none itself)."""
+        out = set()
+        for ev in self.env.core.events:
+            if isinstance(ev, Trace) and ev.topic in ("response", "auto_response") and \
+                    ev.record.get("cookie") is not None:
+                out.add((int(str(ev.record["fault_id"])), int(str(ev.record["cookie"]))))
+        return out
 
     @rule(ns=st.sampled_from([0, 10_000, 1_000_000, 50_000_000]))
     def service(self, ns: int) -> None:
@@ -343,6 +444,18 @@ class CoreStateMachine(RuleBasedStateMachine):
             return
         env = self.env
         for ev in env.core.take_events():
+            if isinstance(ev, UnplugDone):
+                assert self.removals.pop(ev.rid) == ev.tag, "unplug completed twice"
+                assert ev.tag not in self.unplugs_done
+                self.unplugs_done.add(int(str(ev.tag)))
+                self._assert_drained(ev.rid, None)
+                assert env.core.devices[ev.rid].state == "removed"
+            elif isinstance(ev, DeviceRequest):
+                assert env.core.devices[ev.rid].owner is ev.ctx
+            elif isinstance(ev, Trace) and ev.record.get("reason") == "no_handler" and \
+                    not ev.record.get("last"):
+                rid = str(ev.record["rid"])
+                self.early_answers[rid] = self.early_answers.get(rid, 0) + 1
             if isinstance(ev, FaultDelivered):
                 key = (ev.fault_id, ev.cookie)
                 assert key not in self.delivered, "cookie handed out twice"
@@ -358,10 +471,17 @@ class CoreStateMachine(RuleBasedStateMachine):
         pending = {(int(str(r["fault_id"])), int(str(r["cookie"])))
                    for r in env.core.pending(env.now)}
         assert pending == self.delivered - self.answered
+        # A removal still waiting has its grace deadline ahead; every one completes.
+        for rid in self.removals:
+            assert rid in env.core.removals
+        # Unexpected PRG indices, per function: only the extra answers of requests
+        # answered on arrival without a handler can cause them.
+        for name, fn in env.machine.functions.items():
+            assert fn.counters["unexpected_prgi"] <= self.early_answers.get(name, 0), name
         check_invariants(env)
 
 
 CoreStateMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=200, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 test_core_state_machine = CoreStateMachine.TestCase

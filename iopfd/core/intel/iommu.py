@@ -11,8 +11,9 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
+from hwmodel import PciError
 from hwmodel.descriptors import CC_G_DEVICE, ContextCacheInvDescriptor
-from iopfd.core.errors import ENOSPC, CoreError
+from iopfd.core.errors import EBUSY, ENODEV, ENOSPC, CoreError
 from iopfd.core.intel.dmar import qi_submit_sync
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from iopfd.core.context import Context
     from iopfd.core.device import Attachment
     from iopfd.core.io_pgfault import Fault
+    from iopfd.core.profile import KernelProfile
 
 #: DID 0 is reserved (caching mode), 1 is FLPT_DEFAULT_DID; domains get 2 and up.
 FIRST_DOMAIN_ID = 2
@@ -72,7 +74,7 @@ class DeviceInfo:
         "owner",
         "partials",
         "pfsid",
-        "resetting",
+        "pri_enabled",
         "rid",
         "sid",
         "state",
@@ -94,8 +96,8 @@ class DeviceInfo:
         # The (device, PASID) attachment table the fault path reads (seed 003): a dict,
         # written only by attach/replace/detach, read by the fault path without a lock.
         self.attachments: dict[int | None, Attachment] = {}
-        self.iopf_refcount = 0         # fault-capable attachments; PRI (and PRE) follow it
-        self.resetting = False         # an FLR is settling its requests: deliver none
+        self.iopf_refcount = 0         # fault-capable attachments (the iopf queue's users)
+        self.pri_enabled = False       # ``info->pri_enabled``: the driver turned PRI on
         self.partials: dict[int, list[Fault]] = {}  # grpid -> non-last requests, arrival order
         self.n_partials = 0
 
@@ -114,12 +116,20 @@ class DeviceInfo:
         return min(self.fn.spec.pasid_bits, self.unit.spec.pasid_bits)
 
 
-def probe(dev: DeviceInfo, counters: Counter[str]) -> None:
-    """``intel_iommu_probe_device``: SM context entry present, PRE off until IOPF is
-    wanted; ATS devices go into the RID table (only they can send page requests)."""
-    dev.unit.set_context(dev.sid, present=True, pre=False)
+def probe(dev: DeviceInfo, profile: KernelProfile, counters: Counter[str]) -> None:
+    """``intel_iommu_probe_device``: the SM context entry present; ATS devices go into
+    the RID table (only they can send page requests). Profile 6.18 ("iommu/vt-d: Move
+    PRI enablement in probe path"): PASID, ATS and PRI are enabled here, in that
+    order, and PRE is set whenever the function supports PRI, for the device's whole
+    IOMMU lifetime. Profile 6.12: PRE and PRI wait for the first fault-capable
+    attachment (``enable_iopf``)."""
     if dev.fn.spec.ats:
         dev.ustate.devices[dev.sid] = dev
+    if profile.pri_at_probe:
+        enable_dev_features(dev)
+        if dev.pri_supported:
+            _enable_pri(dev, counters)
+    dev.unit.set_context(dev.sid, present=True, pre=dev.pri_enabled)
     counters["devices_probed"] += 1
 
 
@@ -127,6 +137,7 @@ def release(dev: DeviceInfo) -> None:
     """``intel_iommu_release_device``: out of the RID table, context entry cleared."""
     dev.ustate.devices.pop(dev.sid, None)
     dev.unit.set_context(dev.sid, present=False, pre=False)
+    dev.pri_enabled = False
 
 
 def enable_dev_features(dev: DeviceInfo) -> None:
@@ -138,30 +149,62 @@ def enable_dev_features(dev: DeviceInfo) -> None:
         fn.enable_ats()
 
 
+def _enable_pri(dev: DeviceInfo, counters: Counter[str]) -> None:
+    """``iommu_enable_pci_pri``: ``pci_reset_pri`` then ``pci_enable_pri(PRQ_DEPTH)`` on a
+    PF; on a VF ``pci_enable_pri`` only checks that the PF's PRI is on. Raises
+    ``PriError`` when the function refuses."""
+    fn = dev.fn
+    if fn.pf is None:
+        pri = fn.pri
+        if not pri.enabled:
+            pri.do_reset()
+            pri.enable(PRQ_DEPTH)
+    else:
+        fn.enable_pri(PRQ_DEPTH)
+    dev.pri_enabled = True
+    counters["pri_enables"] += 1
+
+
 def _context_flush(dev: DeviceInfo, counters: Counter[str]) -> None:
     qi_submit_sync(dev.unit, (ContextCacheInvDescriptor(granularity=CC_G_DEVICE,
                                                         sid=dev.sid),), counters)
 
 
-def enable_iopf(dev: DeviceInfo, counters: Counter[str]) -> None:
-    """First fault-capable attachment: reset and enable PRI, then set PRE."""
+def enable_iopf(dev: DeviceInfo, profile: KernelProfile, counters: Counter[str]) -> None:
+    """``intel_iommu_enable_iopf``, for each fault-capable attachment. The first adds the
+    device to the unit's iopf queue; profile 6.12 also resets and enables PRI and sets
+    PRE there (``iommu_dev_enable_feature(IOMMU_DEV_FEAT_IOPF)``). ``ENODEV`` when the
+    function cannot issue page requests (``!info->pri_enabled`` / ``!pri_supported``)."""
     if dev.iopf_refcount == 0:
-        pri = dev.fn.pri
-        if not pri.enabled:
-            pri.do_reset()
-            pri.enable(PRQ_DEPTH)
-        dev.unit.set_context(dev.sid, present=True, pre=True)
-        _context_flush(dev, counters)
-        counters["pri_enables"] += 1
+        if profile.pri_at_probe:
+            if not dev.pri_enabled:
+                raise CoreError(ENODEV, f"{dev.name}: PRI is not enabled")
+        else:
+            if not dev.pri_supported or not dev.fn.ats_enabled:
+                raise CoreError(ENODEV, f"{dev.name} cannot issue page requests (no PRI)")
+            try:
+                _enable_pri(dev, counters)
+            except PciError as e:
+                raise CoreError(EBUSY, f"{dev.name}: cannot enable PRI: {e}") from None
+            dev.unit.set_context(dev.sid, present=True, pre=True)
+            _context_flush(dev, counters)
     dev.iopf_refcount += 1
 
 
-def disable_iopf(dev: DeviceInfo, counters: Counter[str]) -> None:
-    """Last fault-capable attachment gone (and drained): PRE off, then PRI off."""
+def disable_iopf(dev: DeviceInfo, profile: KernelProfile, counters: Counter[str]) -> bool:
+    """``intel_iommu_disable_iopf``: the last fault-capable attachment is gone (and
+    drained). ``iopf_queue_remove_device`` follows, which frees the device's partial
+    requests: the caller does that when this returns True. Profile 6.12 also clears
+    PRE and disables PRI; 6.18 keeps PRI on."""
     dev.iopf_refcount -= 1
-    if dev.iopf_refcount == 0:
+    if dev.iopf_refcount:
+        return False
+    if not profile.pri_at_probe:
         if dev.state != "removed":
             dev.unit.set_context(dev.sid, present=True, pre=False)
             _context_flush(dev, counters)
-        dev.fn.pri.disable()
+        if dev.fn.pf is None:
+            dev.fn.pri.disable()
+        dev.pri_enabled = False
         counters["pri_disables"] += 1
+    return True

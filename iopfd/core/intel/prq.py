@@ -10,8 +10,8 @@ from hwmodel.descriptors import DESC_SIZE, IOTLB_G_DSI, PIOTLB_G_PASID, InvDescr
 from iopfd.core.intel.cache import DEVTLB_MASK_ALL, devtlb_descriptor
 from iopfd.core.intel.dmar import WAIT_FENCE, qi_submit_sync
 from iopfd.core.io_pgfault import (
-    BAD_REQUEST,
     LAST_PAGE,
+    NEEDS_PASID,
     PASID_VALID,
     discard_group_partials,
     discard_partials,
@@ -78,7 +78,8 @@ def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
         if dev is None:
             _bad_request(core, us, sid, pp, pasid, prgi, lpig, 0, addr, now)
             continue
-        flags = (LAST_PAGE if lpig else 0) | (PASID_VALID if pp else 0)
+        # ``intel_prq_report``: PASID_VALID and NEEDS_PASID together for a PASID request.
+        flags = (LAST_PAGE if lpig else 0) | (PASID_VALID | NEEDS_PASID if pp else 0)
         report_device_fault(core, dev, (flags, pasid, prgi, rd | wr << 1 | exe << 2 | pm << 3,
                                         addr), now)
     # 3. PQH once for the whole batch; the answers the pass produced go out.
@@ -103,24 +104,24 @@ def _bad_request(  # noqa: PLR0917 - the descriptor's fields
     core: Core, us: UnitState, sid: int, pp: int, pasid: int, prgi: int, lpig: int,
     perm: int, addr: int, now: int,
 ) -> None:
-    """``handle_bad_prq_event``: a request the driver cannot service (or of an unknown
-    device). The last request of a group is answered INVALID at once, and the partials
-    of its group go; a non-last one of a known device is set aside marked bad, so that
-    its whole group is answered INVALID when the last request arrives and is never
-    delivered (docs/protocol.md, clarifications; the kernel drops it silently)."""
+    """``handle_bad_prq_event``: a request the driver cannot service, or of a device not
+    in the RID table. The last request of a group is answered INVALID; a non-last one
+    is dropped with no answer, and the rest of its group is still reported. The kernel
+    then leaves the group's set-aside requests for the next group that reuses the
+    index; iopfd frees them with the answer (docs/core.md, *Where iopfd differs*)."""
     core.counters["bad_requests"] += 1
-    dev = us.devices.get(sid)
     if lpig:
         page_response(core, us.unit, sid, bool(pp), pasid, prgi, RESP_INVALID)
+        dev = us.devices.get(sid)
         if dev is not None:
             discard_group_partials(core, dev, prgi)
-    elif dev is not None:
-        report_device_fault(core, dev, (BAD_REQUEST | (PASID_VALID if pp else 0), pasid, prgi,
-                                        perm, addr), now)
+    else:
+        core.counters["bad_requests_dropped"] += 1
     if core.trace_enabled:
         core.trace("auto_response", iommu=us.unit.name, sid=sid,
                    pasid=pasid if pp else None, grpid=prgi, code=RESP_INVALID,
-                   reason="bad_request", answered=bool(lpig), t_ns=now)
+                   reason="bad_request", answered=bool(lpig), perm=perm, addr=addr,
+                   t_ns=now)
 
 
 def _ring_holds(us: UnitState, sid: int, pasid: int | None) -> bool:
@@ -140,8 +141,12 @@ def drain_pasid_prq(core: Core, dev: DeviceInfo, pasid: int | None, did: int,
     Preconditions: the attachment is out of the lookup table, the PASID entry is not
     present and the caches were invalidated.
     """
-    if dev.iopf_refcount == 0:
-        return  # PRI never enabled for this device: nothing can be in flight
+    if not dev.fn.pri.enabled:
+        # PRI off (a VF looks at its PF's): the function sends no page request. The
+        # kernel returns unless the device has fault-capable attachments; iopfd drains
+        # whenever requests can be in flight, so that invariant 3 holds for non-fault
+        # attachments too under profile 6.18, where PRI is on from probe.
+        return
     core.counters["drains"] += 1
     us = dev.ustate
     unit = dev.unit
