@@ -46,7 +46,7 @@ def _setup(core: Core, rid: str) -> tuple[Any, int, int, int]:
     dev = ctx.bind(rid, 0)
     ioas = ctx.ioas_alloc()
     fq = ctx.fault_alloc()
-    hwpt = ctx.hwpt_alloc(dev, ioas, [], fq, None)
+    hwpt = ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)  # attached at a PASID (6.15+)
     ctx.attach(dev, hwpt, 5, 0)
     return ctx, dev, ioas, fq
 
@@ -103,7 +103,7 @@ def bench_fault_path(n_functions: int, n: int, reps: int) -> dict[str, Any]:
     rid = _first_rid(core)
     ctx, _dev, _ioas, fq = _setup(core, rid)
     info = core.devices[rid]
-    batch = min(1024, machine.iommus[info.unit.name].prq.capacity)
+    batch = min(1024, machine.iommus[info.info.unit.name].prq.capacity)
     per: list[float] = []
     now = 1
     for _ in range(reps):
@@ -112,7 +112,7 @@ def bench_fault_path(n_functions: int, n: int, reps: int) -> dict[str, Any]:
         while done < n:
             k = min(batch, n - done)
             for i in range(k):
-                core.inject(rid, 5, BASE + i * 4096, RW, i % 512, True, now)
+                core.emulation.inject(rid, 5, BASE + i * 4096, RW, i % 512, True, now)
             machine.advance(now)  # hardware side: not the core's cost
             t0 = time.perf_counter()
             core.service(now)
@@ -145,7 +145,7 @@ def bench_pending(k: int, n: int, reps: int) -> dict[str, Any]:
     while left:
         m = min(left, cap)
         for i in range(m):
-            core.inject(rids[1], 5, BASE + i * 4096, RW, i % 512, True, now)
+            core.emulation.inject(rids[1], 5, BASE + i * 4096, RW, i % 512, True, now)
         core.service(now)
         core.take_events()
         left -= m
@@ -191,18 +191,19 @@ def bench_unmap(n: int, m: int, k: int, nested: int, reps: int) -> dict[str, Any
     devs = [ctx.bind(rid, 0) for rid in core.devices]
     infos = list(core.devices.values())
     ioas = ctx.ioas_alloc()
-    parent = ctx.hwpt_alloc(devs[0], ioas, ["nest_parent"], None, None)
+    # PASID-compatible (6.15+): children sit at PASIDs of functions whose RID holds it.
+    parent = ctx.hwpt_alloc(devs[0], ioas, ["nest_parent", "pasid"], None, None)
     for d in devs:
         ctx.attach(d, parent, None, 0)
     nested_units: set[str] = set()
     nested_ats = 0
     for j in range(nested):
         d = devs[j % k]
-        child = ctx.hwpt_alloc(d, parent, [], None, {"type": "vtd_s1"})
+        child = ctx.hwpt_alloc(d, parent, ["pasid"], None, {"type": "vtd_s1"})
         ctx.attach(d, child, 7 + j // k, 0)
-        nested_units.add(infos[j % k].unit.name)
+        nested_units.add(infos[j % k].info.unit.name)
         nested_ats += 1
-    units_used = {i.unit.name for i in infos}
+    units_used = {i.info.unit.name for i in infos}
     minimum_iotlb = len(units_used) + nested  # parent's DID per unit + each nested DID
     minimum_devtlb = k + nested_ats  # per ATS function (RID) + per nested PASID
     times: list[float] = []

@@ -1,18 +1,18 @@
-"""Bound devices and their attachments (``drivers/iommu/iommufd/device.c`` with the
-intel driver's ``set_dev_pasid``/``blocking_domain`` work underneath).
+"""Bound devices and their attachments (``drivers/iommu/iommufd/device.c`` and the VFIO
+cdev glue of ``drivers/vfio/iommufd.c``).
 
-Attach publishes the (device, PASID) attachment last, after PRI, the domain ID, the
-cache tags and the PASID entry are in place: the fault path either finds nothing or a
-fully formed attachment (seed 003). Detach undoes it in the kernel's order:
+``bind`` is ``VFIO_DEVICE_BIND_IOMMUFD``; ``attach``/``detach`` are
+``VFIO_DEVICE_ATTACH_IOMMUFD_PT``/``VFIO_DEVICE_DETACH_IOMMUFD_PT``, so an attach where
+something is attached is a replace and a detach of nothing succeeds; ``replace`` is
+``iommufd_device_replace`` itself. The IOMMU core (``iommu.py``) sequences the driver;
+this layer checks what iommufd checks and answers the old attachment's groups:
 
-1. remove the attachment from the lookup table (the fault path can no longer find it);
-2. clear the PASID entry's Present bit; invalidate PASID cache, IOTLB, device TLB;
-   clear the whole entry (``intel_pasid_tear_down_entry``);
-3. drain (vtd-hw.md 4.2): every request the function had posted reaches the PRQ and is
-   reported, finding no attachment, so it is answered INVALID (seed 001);
-4. discard that PASID's partial requests;
-5. auto-respond INVALID the groups the old attachment still has pending;
-6. drop the cache tags and the domain ID, the PRI reference, the HWPT reference.
+1. the attachment leaves the lookup table, the driver tears the entry down and drains
+   (``IommuCore.detach_device_pasid``): every request already posted is reported and,
+   finding no attachment, answered INVALID (seed 001);
+2. ``iommufd_auto_response_faults`` answers the groups still pending on the old
+   attachment, on its own fault queue;
+3. the HWPT reference goes.
 
 When it returns no request of that (device, PASID) is in flight and no translation
 through the old HWPT is cached anywhere.
@@ -22,192 +22,256 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from hwmodel import Pgtt
-from iopfd.core.errors import CoreError
-from iopfd.core.intel.cache import TagKey, TagType
-from iopfd.core.intel.iommu import disable_iopf, enable_iopf
-from iopfd.core.intel.pasid import (
-    pasid_clear_entry,
-    pasid_clear_present,
-    pasid_replace,
-    pasid_setup,
+from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, CoreError
+from iopfd.core.eventq import auto_response_faults
+from iopfd.core.hw_pagetable import HwPagetable
+from iopfd.core.ioas import ALL_PERMS, Ioas, check_perm
+from iopfd.core.main import (
+    UINT32_MAX,
+    ContextBase,
+    IommufdObject,
+    ObjectOps,
+    check_range,
+    register_object_ops,
 )
-from iopfd.core.intel.prq import drain_pasid_prq
-from iopfd.core.io_pgfault import auto_respond_attachment, discard_partials
-from iopfd.core.objects import IommufdObject
 
 if TYPE_CHECKING:
-    from iopfd.core.context import Context
-    from iopfd.core.core import Core
-    from iopfd.core.eventq import FaultQueue
-    from iopfd.core.hw_pagetable import HwPagetable
-    from iopfd.core.intel.cache import CacheTagList
-    from iopfd.core.intel.domain import DmarDomain
-    from iopfd.core.intel.iommu import DeviceInfo
-    from iopfd.core.io_pgfault import IopfGroup
+    from iopfd.core.iommu import Device, IommuCore
 
 
 class IommufdDevice(IommufdObject):
     """A device bound to a context (``struct iommufd_device``)."""
 
-    __slots__ = ("info", "removed")
+    __slots__ = ("dev", "removed")
     kind: ClassVar[str] = "device"
 
-    def __init__(self, obj_id: int, ctx: Context, info: DeviceInfo) -> None:
+    def __init__(self, obj_id: int, ctx: ContextBase, dev: Device) -> None:
         super().__init__(obj_id, ctx)
-        self.info = info
+        self.dev = dev
         self.removed = False  # hot-removed: the ID stays, every use is ENODEV
 
     def describe(self) -> dict[str, object]:
         row = super().describe()
-        row.update(rid=self.info.name, removed=self.removed,
+        row.update(rid=self.dev.name, removed=self.removed,
                    attached={("rid" if p is None else str(p)): a.hwpt.id
-                             for p, a in sorted(self.info.attachments.items(),
+                             for p, a in sorted(self.dev.handles.items(),
                                                 key=lambda kv: -1 if kv[0] is None else kv[0])})
         return row
 
 
-class Attachment:
-    """One (device, PASID) -> HWPT attachment: the kernel's attach handle."""
+class DmaTag:
+    """What the core stores in a transfer's tag: the context and the caller's tag."""
 
-    __slots__ = ("dev", "did", "domain", "fault", "groups", "hwpt", "pasid", "tag_keys")
+    __slots__ = ("ctx", "tag")
 
-    def __init__(self, dev: DeviceInfo, pasid: int | None, hwpt: HwPagetable, did: int,
-                 tag_keys: list[tuple[CacheTagList, TagKey]]) -> None:
-        self.dev = dev
-        self.pasid = pasid
-        self.hwpt = hwpt
-        self.domain: DmarDomain = hwpt.domain
-        self.fault: FaultQueue | None = hwpt.fault
-        self.did = did
-        self.tag_keys = tag_keys
-        self.groups: dict[int, IopfGroup] = {}  # cookie -> pending group of this attachment
-
-    @property
-    def pgtt(self) -> Pgtt:
-        return Pgtt.NESTED if self.domain.nested else Pgtt.SECOND_STAGE
+    def __init__(self, ctx: ContextBase, tag: object) -> None:
+        self.ctx = ctx
+        self.tag = tag
 
 
-def _domain_get_did(domain: DmarDomain, dev: DeviceInfo) -> int:
-    """``domain_attach_iommu``: the domain's DID on this unit, allocated on first use."""
-    entry = domain.dids.get(dev.unit.name)
-    if entry is None:
-        did = dev.ustate.alloc_did()
-        domain.dids[dev.unit.name] = [did, 1]
-        return did
-    entry[1] += 1
-    return entry[0]
+def _refuse(obj: IommufdObject) -> str | None:
+    return "a bound device is released by unbind"
 
 
-def _domain_put_did(domain: DmarDomain, dev: DeviceInfo) -> None:
-    entry = domain.dids[dev.unit.name]
-    entry[1] -= 1
-    if entry[1] == 0:
-        del domain.dids[dev.unit.name]
-        dev.ustate.free_did(entry[0])
+def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
+    assert isinstance(obj, IommufdDevice)
+    release_device(ctx, obj, now, "close")
 
 
-def _assign_tags(domain: DmarDomain, dev: DeviceInfo, did: int,
-                 pasid: int | None) -> list[tuple[CacheTagList, TagKey]]:
-    """``cache_tag_assign_domain``: IOTLB (+ DEVTLB with ATS) on the domain; a nested
-    domain also puts NESTING_* tags with its own DID on its parent (seed 002)."""
-    unit, idx = dev.unit, dev.ustate.index
-    ats = dev.fn.ats_enabled
-    keys = [(domain.tags, domain.tags.assign(TagType.IOTLB, unit, idx, did, pasid))]
-    if ats:
-        keys.append((domain.tags, domain.tags.assign(TagType.DEVTLB, unit, idx, did, pasid,
-                                                     dev.sid, dev.pfsid)))
-    parent = domain.parent
-    if parent is not None:
-        keys.append((parent.tags, parent.tags.assign(TagType.NESTING_IOTLB, unit, idx, did,
-                                                     pasid)))
-        if ats:
-            keys.append((parent.tags, parent.tags.assign(TagType.NESTING_DEVTLB, unit, idx,
-                                                         did, pasid, dev.sid, dev.pfsid)))
-    return keys
-
-
-def _unassign_tags(att: Attachment) -> None:
-    for tags, key in att.tag_keys:
-        tags.unassign(key)
-    att.tag_keys = []
-
-
-def _get_iopf(core: Core, dev: DeviceInfo, hwpt: HwPagetable) -> None:
-    if hwpt.fault is not None:
-        enable_iopf(dev, core.profile, core.counters)  # ENODEV without PRI
-
-
-def _get_did_and_iopf(core: Core, dev: DeviceInfo, hwpt: HwPagetable) -> int:
-    """The domain's DID on the device's unit and, for a fault-capable HWPT, a PRI
-    reference; either can fail (DIDs exhausted: ENOSPC; no PRI: ENODEV) and then neither
-    is held."""
-    did = _domain_get_did(hwpt.domain, dev)
-    try:
-        _get_iopf(core, dev, hwpt)
-    except CoreError:
-        _domain_put_did(hwpt.domain, dev)
-        raise
-    return did
-
-
-def attach(core: Core, dev: DeviceInfo, pasid: int | None, hwpt: HwPagetable) -> Attachment:
-    """Attach (checks done by the caller). The attachment becomes visible last."""
-    domain = hwpt.domain
-    did = _get_did_and_iopf(core, dev, hwpt)  # the fallible steps, before anything shows
-    keys = _assign_tags(domain, dev, did, pasid)
-    pasid_setup(dev, pasid, domain, did)
-    att = Attachment(dev, pasid, hwpt, did, keys)
-    dev.attachments[pasid] = att  # published: the fault path may find it from now on
-    hwpt.users += 1
-    hwpt.attached += 1
-    core.counters["attaches"] += 1
-    return att
-
-
-def _release(core: Core, att: Attachment) -> None:
-    """Step 6 of detach: tags, DID, PRI reference, HWPT reference."""
-    dev = att.dev
-    _unassign_tags(att)
-    _domain_put_did(att.domain, dev)
-    if att.fault is not None and disable_iopf(dev, core.profile, core.counters):
-        # ``iopf_queue_remove_device``: the last fault-capable attachment went, so
-        # every request the device had set aside goes (PROTOCOL.md v2 item 5).
-        discard_partials(core, dev, all_pasids=True)
-    att.hwpt.users -= 1
-    att.hwpt.attached -= 1
-
-
-def detach(core: Core, dev: DeviceInfo, pasid: int | None, now: int, reason: str) -> None:
-    att = dev.attachments.pop(pasid)                                   # 1
-    pasid_clear_present(dev, pasid, att.did, att.pgtt, core.counters)  # 2
-    pasid_clear_entry(dev, pasid)
-    drain_pasid_prq(core, dev, pasid, att.did, now)                    # 3
-    discard_partials(core, dev, pasid)                                 # 4
-    auto_respond_attachment(core, att, reason, now)                    # 5
-    _release(core, att)                                                # 6
-    core.counters["detaches"] += 1
-
-
-def replace(core: Core, dev: DeviceInfo, pasid: int | None, hwpt: HwPagetable,
-            now: int) -> None:
-    """Switch (device, PASID) to ``hwpt``; on failure the old attachment stays whole."""
-    old = dev.attachments[pasid]
-    if old.hwpt is hwpt:
+def release_device(ctx: ContextBase, idev: IommufdDevice, now: int, reason: str) -> None:
+    """``vfio_iommufd_physical_unbind``: the device's DMA stops (as VFIO's release
+    quiesces it, so no retry of this owner's can fault into the next owner's
+    attachments; what it had sent is settled by the drains), every PASID is detached,
+    then the RID, and the binding goes."""
+    if idev.removed:
         return
-    domain = hwpt.domain
-    did = _get_did_and_iopf(core, dev, hwpt)  # the fallible steps: before anything changes
-    keys = _assign_tags(domain, dev, did, pasid)
-    att = Attachment(dev, pasid, hwpt, did, keys)
-    # The entry switches in place; the old DID's cached translations are flushed.
-    pasid_replace(dev, pasid, domain, did, old.did, old.pgtt, core.counters)
-    dev.attachments[pasid] = att
-    hwpt.users += 1
-    hwpt.attached += 1
-    # Requests posted before the switch reach the PRQ now and are reported at once:
-    # they find the new attachment, as the kernel's lookup at report time does.
-    drain_pasid_prq(core, dev, pasid, old.did, now)
-    # The OLD attachment's pending groups, on the OLD fault queue (kernel-iopf.md 7.5).
-    auto_respond_attachment(core, old, "replace", now)
-    _release(core, old)
-    core.counters["replaces"] += 1
+    dev = idev.dev
+    ctx.services.machine.stop_dma(dev.rid, now, with_vfs=False)
+    for pasid in sorted(dev.handles, key=lambda p: -1 if p is None else p, reverse=True):
+        detach_handle(ctx.iommu, dev, pasid, now, reason)
+    dev.binding = None
+    if ctx.sink.trace_enabled:
+        ctx.sink.trace("device", rid=dev.name, state="free", t_ns=now)
+
+
+def detach_handle(iommu: IommuCore, dev: Device, pasid: int | None, now: int,
+                  reason: str) -> None:
+    """``iommufd_hwpt_detach_device``: detach, then answer the old handle's groups."""
+    with iommu.response_batch():
+        old = iommu.detach_device_pasid(dev, pasid, now)
+        auto_response_faults(old, reason, now)
+    old.hwpt.users -= 1
+    old.hwpt.attached -= 1
+
+
+register_object_ops(IommufdDevice, ObjectOps(destroy=_destroy, refuse=_refuse,
+                                             teardown_rank=lambda o: 0))
+
+
+class DeviceOps(ContextBase):
+    """The context's device operations (bind, attach, reset and DMA of a VFIO device)."""
+
+    # ------------------------------------------------------------------ bind
+    def bind(self, rid: str, now: int) -> int:
+        """``VFIO_DEVICE_BIND_IOMMUFD``: exclusive; ``ENODEV`` once removed or while an
+        unplug waits for the device."""
+        dev = self.iommu.find(rid)
+        if dev.removed or dev.removing:
+            raise CoreError(ENODEV, f"{dev.name} was removed" if dev.removed
+                            else f"{dev.name} is being removed")
+        if dev.binding is not None:
+            raise CoreError(EBUSY, f"{dev.name} is bound by another connection"
+                            if dev.binding.ctx is not self else f"{dev.name} is already "
+                            "bound here")
+        obj_id = self.new_id()
+        idev = IommufdDevice(obj_id, self, dev)
+        self.objects[obj_id] = idev
+        dev.binding = idev
+        self.iommu.driver.device_bound(dev)
+        if self.sink.trace_enabled:
+            self.sink.trace("device", rid=dev.name, state="bound", client=self.label,
+                            t_ns=now)
+        return obj_id
+
+    def unbind(self, dev_id: int, now: int) -> None:
+        idev = self.bound_device(dev_id)
+        release_device(self, idev, now, "unbind")
+        del self.objects[idev.id]
+
+    # ------------------------------------------------------------------ checks
+    def check_pasid(self, dev: Device, pasid: int | None) -> None:
+        if pasid is None:
+            return
+        if not isinstance(pasid, int) or pasid < 0 or pasid > UINT32_MAX:
+            raise CoreError(EINVAL, f"pasid {pasid!r} out of range")
+        if pasid == 0:
+            raise CoreError(EINVAL, "PASID 0 is the RID's own translation (IOMMU_NO_PASID)")
+        bits = dev.info.pasid_bits
+        if bits == 0:
+            raise CoreError(EOPNOTSUPP, f"{dev.name} has no PASID capability")
+        if pasid >> bits:
+            raise CoreError(EINVAL, f"pasid {pasid:#x} exceeds {bits} bits")
+
+    def _check_attach_pasid(self, dev: Device, pasid: int | None) -> None:
+        """A PASID for attach, replace or detach: v6.12's ``vfio_df_ioctl_attach_pt`` and
+        ``vfio_df_ioctl_detach_pt`` take no flag, so PASID attach is ``EINVAL`` there."""
+        if pasid is not None and not self.profile.pasid_attach:
+            raise CoreError(EINVAL, f"kernel {self.profile.name} has no PASID attach "
+                                    "(VFIO_DEVICE_ATTACH_PASID came with 6.15)")
+        self.check_pasid(dev, pasid)
+
+    def _attach_target(self, dev_id: int, pt_id: int,
+                       pasid: int | None) -> tuple[Device, HwPagetable]:
+        """``iommufd_device_change_pt`` up to the driver: the HWPT of any kind
+        (``ENOENT``; an IOAS or another kind ``EINVAL``), then, as
+        ``iommufd_hwpt_attach_device`` checks them, the VF rule and PASID compatibility
+        (``EINVAL``). PRI itself is checked when the driver enables IOPF (``ENODEV``,
+        ``intel_iommu_enable_iopf``)."""
+        dev = self.device(dev_id).dev
+        self._check_attach_pasid(dev, pasid)
+        pt = self.lookup(pt_id)
+        if pt is None:
+            raise CoreError(ENOENT, f"no object {pt_id!r}")
+        if isinstance(pt, Ioas):
+            raise CoreError(EINVAL, "attach takes a HWPT; allocate a paging HWPT on the IOAS")
+        if not isinstance(pt, HwPagetable):
+            raise CoreError(EINVAL, f"object {pt_id} is not a HWPT")
+        profile = self.profile
+        info = dev.info
+        if pt.fault is not None and dev.is_vf and (
+                info.pri_supported or not profile.vf_rule_pri_only):
+            # PRI is shared by a PF and its VFs and nothing coordinates it: v6.12's
+            # ``iommufd_fault_iopf_enable`` refuses any VF, v6.13+'s
+            # ``iommufd_hwpt_compatible_device`` a VF that supports PRI.
+            raise CoreError(EINVAL, f"{dev.name} is a VF: PRI is shared with its PF")
+        if profile.pasid_attach:
+            _check_pasid_compat(dev, pt, pasid)
+        if pt.fault is not None and not info.unit.spec.pds and info.pri_supported:
+            # Without ECAP.PDS detach could not drain page requests (vtd-hw.md 4.2).
+            raise CoreError(EOPNOTSUPP, f"{info.unit.name} cannot drain page requests")
+        if pt.is_nested and not info.unit.spec.nest:
+            raise CoreError(EOPNOTSUPP, f"{info.unit.name} has no nested translation")
+        return dev, pt
+
+    # ------------------------------------------------------------------ attach
+    def attach(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> None:
+        """``VFIO_DEVICE_ATTACH_IOMMUFD_PT``: where something is attached it is a replace
+        (``vfio_iommufd_physical_attach_ioas``)."""
+        dev, hwpt = self._attach_target(dev_id, pt_id, pasid)
+        if pasid in dev.handles:
+            self._replace(dev, pasid, hwpt, now)
+            return
+        self.iommu.attach_device_pasid(dev, pasid, hwpt)
+        hwpt.users += 1
+        hwpt.attached += 1
+
+    def replace(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> None:
+        """``iommufd_device_replace``: ``EINVAL`` where nothing is attached."""
+        dev, hwpt = self._attach_target(dev_id, pt_id, pasid)
+        if pasid not in dev.handles:
+            raise CoreError(EINVAL, "nothing attached there to replace")
+        self._replace(dev, pasid, hwpt, now)
+
+    def _replace(self, dev: Device, pasid: int | None, hwpt: HwPagetable, now: int) -> None:
+        if dev.handles[pasid].hwpt is hwpt:
+            return  # iommufd_device_do_replace: the same HWPT changes nothing
+        with self.iommu.response_batch():
+            old = self.iommu.replace_device_pasid(dev, pasid, hwpt, now)
+            hwpt.users += 1
+            hwpt.attached += 1
+            # The OLD attachment's pending groups, on the OLD fault queue
+            # (kernel-iopf.md 7.5: 6.15-6.18 pass the new HWPT and strand them).
+            auto_response_faults(old, "replace", now)
+        old.hwpt.users -= 1
+        old.hwpt.attached -= 1
+
+    def detach(self, dev_id: int, pasid: int | None, now: int) -> None:
+        """``VFIO_DEVICE_DETACH_IOMMUFD_PT``: nothing attached there is not an error
+        (``vfio_iommufd_physical_detach_ioas`` returns)."""
+        dev = self.device(dev_id).dev
+        self._check_attach_pasid(dev, pasid)
+        if pasid in dev.handles:
+            detach_handle(self.iommu, dev, pasid, now, "detach")
+
+    # ------------------------------------------------------------------ reset, DMA
+    def device_reset(self, dev_id: int, now: int) -> None:
+        """``VFIO_DEVICE_RESET``: a function-level reset (``IntelIommu.flr``)."""
+        self.iommu.driver.flr(self.device(dev_id).dev, now)
+
+    def dma(  # noqa: PLR0917 - the documented public API
+        self, dev_id: int, pasid: int | None, iova: int, length: int, perm: int,
+            now: int, tag: object) -> None:
+        """The device itself runs a transfer (completion comes as ``DmaDone``)."""
+        dev = self.device(dev_id).dev
+        self.check_pasid(dev, pasid)
+        check_range(iova, length)
+        if length > self.limits.max_dma_length:
+            raise CoreError(EINVAL, f"length {length:#x} exceeds max_dma_length "
+                                    f"({self.limits.max_dma_length:#x})")
+        p = check_perm(perm, ALL_PERMS)
+        try:
+            self.services.machine.start_dma(dev.rid, pasid, iova, length, p, now,
+                                            tag=DmaTag(self, tag))
+        except ValueError as e:  # e.g. PRIV alone: the device has nothing to do
+            raise CoreError(EINVAL, str(e)) from None
+        self.counters["dma_started"] += 1
+
+
+def _check_pasid_compat(dev: Device, hwpt: HwPagetable, pasid: int | None) -> None:
+    """``iommufd_hwpt_pasid_compat`` (v6.15+): a PASID takes only a HWPT allocated with
+    ``IOMMU_HWPT_ALLOC_PASID``, and then the RID must hold none without it; the RID
+    takes a HWPT without it only while no PASID is attached. Every failure is
+    ``EINVAL``."""
+    if pasid is None:
+        if not hwpt.pasid_compat and any(p is not None for p in dev.handles):
+            raise CoreError(EINVAL, "a PASID is attached: the RID's HWPT needs the "
+                                    "pasid flag")
+        return
+    if not hwpt.pasid_compat:
+        raise CoreError(EINVAL, f"HWPT {hwpt.id} was not allocated with the pasid flag")
+    rid_att = dev.handles.get(None)
+    if rid_att is not None and not rid_att.hwpt.pasid_compat:
+        raise CoreError(EINVAL, "the RID holds a HWPT without the pasid flag")
+
+
+__all__ = ["DeviceOps", "DmaTag", "IommufdDevice", "detach_handle", "release_device"]

@@ -2,45 +2,203 @@
 
 A fault queue holds the groups delivered to its client and not yet answered, keyed
 by cookie: the answer finds its group in O(1) (seed 004 step 8). Unlike the kernel,
-which reuses the lowest free cookie, cookies start at 1 and only grow, so a late
-answer can never land on a newer group. At most ``max_pending`` groups are held;
-beyond that the fault path answers SUCCESS at once and counts the group throttled.
+which reuses the lowest free cookie and assigns it at ``read()``, cookies start at 1,
+only grow and are assigned at delivery, so a late answer can never land on a newer
+group. At most ``max_pending`` groups are held; beyond that the handler answers
+SUCCESS at once and counts the group throttled (the kernel's queue is unbounded).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from iopfd.core.objects import IommufdObject
+from hwmodel import RESP_INVALID, RESP_SUCCESS
+from iopfd.core.errors import EINVAL, ENOENT, CoreError
+from iopfd.core.events import FaultDelivered
+from iopfd.core.io_pgfault import fault_pasid
+from iopfd.core.main import (
+    UINT32_MAX,
+    ContextBase,
+    IommufdObject,
+    ObjectOps,
+    register_object_ops,
+)
 
 if TYPE_CHECKING:
-    from iopfd.core.context import Context
-    from iopfd.core.io_pgfault import IopfGroup
+    from collections import Counter
+
+    from iopfd.core.events import EventSink
+    from iopfd.core.io_pgfault import IopfGroup, IopfQueue
+    from iopfd.core.iommu import AttachHandle
 
 
 class FaultQueue(IommufdObject):
-    __slots__ = ("delivered", "groups", "next_cookie", "throttled_total", "throttled_unreported")
+    __slots__ = ("counters", "delivered", "groups", "iopf", "max_pending", "next_cookie",
+                 "sink", "throttled_total", "throttled_unreported")
     kind: ClassVar[str] = "fault"
 
-    def __init__(self, obj_id: int, ctx: Context) -> None:
+    def __init__(self, obj_id: int, ctx: ContextBase, iopf: IopfQueue) -> None:
         super().__init__(obj_id, ctx)
+        self.iopf = iopf
+        self.counters: Counter[str] = ctx.counters
+        self.sink: EventSink = ctx.sink
+        self.max_pending = ctx.limits.max_pending
         self.groups: dict[int, IopfGroup] = {}  # the kernel's ``response`` xarray
         self.next_cookie = 1
         self.throttled_unreported = 0  # carried by the next FaultDelivered as ``throttled``
         self.throttled_total = 0
         self.delivered = 0
 
-    def take_cookie(self) -> int:
-        cookie = self.next_cookie
-        self.next_cookie = cookie + 1
-        return cookie
-
     def describe(self) -> dict[str, object]:
         row = super().describe()
-        row.update(
-            pending=len(self.groups),
-            next_cookie=self.next_cookie,
-            delivered=self.delivered,
-            throttled=self.throttled_total,
-        )
+        row.update(pending=len(self.groups), next_cookie=self.next_cookie,
+                   delivered=self.delivered, throttled=self.throttled_total)
         return row
+
+    # ------------------------------------------------------------------ delivery
+    def iopf_handler(self, group: IopfGroup, now: int) -> int | None:
+        """``iommufd_fault_iopf_handler``: queue the group and tell the client, or
+        return the code the fault path must answer with at once."""
+        counters = self.counters
+        dev = group.dev
+        last = group.faults[-1]
+        # Cookies are uint32 and never reused: a queue that handed out 2^32 - 1 of them
+        # cannot deliver any more (the client allocates a new one); its groups are refused.
+        if self.next_cookie > UINT32_MAX:
+            counters["auto_responses"] += 1
+            counters["cookies_exhausted"] += 1
+            return RESP_INVALID
+        # Bounded memory: a full fault queue answers SUCCESS at once (the device retries).
+        if len(self.groups) >= self.max_pending:
+            counters["throttled"] += 1
+            self.throttled_unreported += 1
+            self.throttled_total += 1
+            if self.sink.trace_enabled:
+                self.sink.trace("throttle", rid=dev.name, pasid=fault_pasid(last[0], last[1]),
+                                grpid=last[2], fault_id=self.id, t_ns=now)
+            return RESP_SUCCESS
+        cookie = self.next_cookie
+        self.next_cookie = cookie + 1
+        group.cookie = cookie
+        self.groups[cookie] = group
+        attach = group.attach
+        attach.groups[cookie] = group
+        attach.domain.pending += 1  # seed 004 step 6: the per-domain count
+        self.delivered += 1
+        counters["delivered"] += 1
+        dev_id = dev.dev_id
+        records = [
+            {"flags": f[0], "dev_id": dev_id, "pasid": f[1], "grpid": f[2], "perm": f[3],
+             "addr": f[4], "length": 0}
+            for f in group.faults
+        ]
+        throttled = self.throttled_unreported
+        self.throttled_unreported = 0
+        self.sink.emit(FaultDelivered(self.ctx, self.id, cookie, records,
+                                      throttled))
+        if self.sink.trace_enabled:
+            self.sink.trace("fault", rid=dev.name, dev_id=dev_id,
+                            pasid=fault_pasid(last[0], last[1]), grpid=last[2],
+                            addr=group.faults[0][4], perm=last[3], fault_id=self.id,
+                            cookie=cookie, records=len(group.faults), t_ns=now)
+        return None
+
+    # ------------------------------------------------------------------ answers
+    def _take(self, group: IopfGroup) -> None:
+        """Ownership leaves the queue (and its handle and domain) before the answer."""
+        del self.groups[group.cookie]
+        attach = group.attach
+        attach.groups.pop(group.cookie, None)
+        attach.domain.pending -= 1
+
+    def respond(self, cookie: int, code: int, now: int) -> bool:
+        """The client's answer to one cookie; False if it is not pending here."""
+        group = self.groups.get(cookie)  # seed 004 step 8: O(1), never a search
+        if group is None:
+            return False
+        self._take(group)
+        self.iopf.group_response(group, code)
+        self.counters["responses"] += 1
+        if self.sink.trace_enabled:
+            last = group.faults[-1]
+            self.sink.trace("response", rid=group.dev.name,
+                            pasid=fault_pasid(last[0], last[1]), grpid=last[2],
+                            fault_id=self.id, cookie=cookie, code=code, t_ns=now)
+        return True
+
+    def auto_response(self, groups: Sequence[IopfGroup], reason: str, now: int) -> int:
+        """INVALID for ``groups`` on the daemon's behalf (``iommufd_auto_response_faults``)."""
+        for group in list(groups):
+            self._take(group)
+            self.iopf.group_response(group, RESP_INVALID)
+            self.counters["auto_responses"] += 1
+            if self.sink.trace_enabled:
+                last = group.faults[-1]
+                self.sink.trace("auto_response", rid=group.dev.name,
+                                pasid=fault_pasid(last[0], last[1]), grpid=last[2],
+                                fault_id=self.id, cookie=group.cookie, code=RESP_INVALID,
+                                reason=reason, t_ns=now)
+        return len(groups)
+
+
+def auto_response_faults(attach: AttachHandle, reason: str, now: int) -> int:
+    """``iommufd_auto_response_faults(hwpt, handle)`` with the attachment's *own* HWPT,
+    never the new one of a replace (the 6.15-6.18 bug, kernel-iopf.md 7.5): INVALID for
+    every pending group of that handle, on its fault queue."""
+    fq = attach.fault
+    if fq is None or not attach.groups:
+        return 0
+    return fq.auto_response(list(attach.groups.values()), reason, now)
+
+
+def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
+    """``iommufd_fault_destroy``: every group still held is answered INVALID (only
+    reachable at teardown: a queue a HWPT references is ``EBUSY``)."""
+    assert isinstance(obj, FaultQueue)
+    if obj.groups:
+        with ctx.iommu.response_batch():
+            obj.auto_response(list(obj.groups.values()), "fault_destroy", now)
+
+
+register_object_ops(FaultQueue, ObjectOps(destroy=_destroy, teardown_rank=lambda o: 3))
+
+
+class FaultOps(ContextBase):
+    """The context's fault queue operations."""
+
+    def fault_alloc(self) -> int:
+        """``IOMMU_FAULT_QUEUE_ALLOC``."""
+        obj_id = self.new_id()
+        self.objects[obj_id] = FaultQueue(obj_id, self, self.iommu.iopf)
+        return obj_id
+
+    def page_response(self, fault_id: int, responses: Sequence[tuple[int, int]],
+                      now: int) -> int:
+        """The fault fd's ``write()`` (``iommufd_fault_fops_write``): entries in order,
+        stopping at the first whose code is not SUCCESS/INVALID or whose cookie is not
+        pending here; what came before it stays applied. Returns how many were applied;
+        ``EINVAL`` when the very first entry is bad."""
+        fq = self.lookup(fault_id)
+        if not isinstance(fq, FaultQueue):
+            raise CoreError(ENOENT, f"no fault queue {fault_id!r}")
+        done = 0
+        error = ""
+        with self.iommu.response_batch():
+            for cookie, code in responses:
+                if code != 0 and code != 1:
+                    error = f"entry {done}: code {code!r} is neither SUCCESS (0) nor INVALID (1)"
+                    break
+                if not fq.respond(cookie, code, now):
+                    error = (f"entry {done}: cookie {cookie!r} is not pending in fault queue "
+                             f"{fault_id}")
+                    break
+                done += 1
+        if error:
+            self.counters["bad_responses"] += 1
+            if done == 0:
+                raise CoreError(EINVAL, error)
+        return done
+
+
+__all__ = ["FaultOps", "FaultQueue", "auto_response_faults"]

@@ -1,4 +1,9 @@
-"""What the core asks the daemon to do: plain frozen events out of ``Core.take_events``."""
+"""What the core asks the daemon to do: plain frozen events out of ``Core.take_events``.
+
+Every layer of the core that has something to say gets the one ``EventSink`` (never
+the whole ``Core``): it appends events, and builds trace records only while someone
+subscribed (``trace_enabled``), so the hot path pays nothing for tracing otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from iopfd.core.context import Context
+    from iopfd.core.main import ContextBase as Context
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +69,25 @@ TRACE_TOPICS = frozenset(
 )
 
 CoreEvent = FaultDelivered | DmaDone | DeviceRequest | UnplugDone | Trace
+
+
+class EventSink:
+    """The core's outbox: events for the daemon, in the order they happened."""
+
+    __slots__ = ("events", "trace_enabled")
+
+    def __init__(self) -> None:
+        self.events: list[CoreEvent] = []
+        #: False: nobody subscribed, so no ``Trace`` is built (callers test it first).
+        self.trace_enabled = False
+
+    def emit(self, event: CoreEvent) -> None:
+        self.events.append(event)
+
+    def trace(self, topic: str, **record: object) -> None:
+        self.events.append(Trace(topic, record))
+
+    def take(self) -> list[CoreEvent]:
+        events = self.events
+        self.events = []
+        return events

@@ -117,7 +117,7 @@ class Env:
 
     def inject(self, rid: str, pasid: int | None, addr: int, grpid: int, *,
                last: bool = True, perm: int = RW) -> None:
-        self.core.inject(rid, pasid, addr, perm, grpid, last, self.now)
+        self.core.emulation.inject(rid, pasid, addr, perm, grpid, last, self.now)
 
 
 def faults_of(events: Iterable[CoreEvent]) -> list[FaultDelivered]:
@@ -160,28 +160,30 @@ def check_invariants(env: Env) -> None:
             assert group.state == PENDING
             assert cookie < fq.next_cookie
             att = group.attach
-            assert group.dev.attachments.get(att.pasid) is att, "group of a gone attachment"
+            assert group.dev.handles.get(att.pasid) is att, "group of a gone attachment"
             assert att.groups.get(cookie) is group
             assert att.fault is fq
             per_domain[id(att.domain)] = per_domain.get(id(att.domain), 0) + 1
     for hwpt in hwpts:
         assert hwpt.domain.pending == per_domain.get(id(hwpt.domain), 0)
     for dev in core.devices.values():
-        assert dev.n_partials == sum(len(v) for v in dev.partials.values())
-        assert dev.n_partials <= core.limits.max_partials_per_device
-        fault_atts = sum(1 for a in dev.attachments.values() if a.fault is not None)
-        assert dev.iopf_refcount == fault_atts
+        param = dev.fault_param
+        info = dev.info
+        assert param.n_partials == sum(len(v) for v in param.partials.values())
+        assert param.n_partials <= core.limits.max_partials_per_device
+        fault_atts = sum(1 for a in dev.handles.values() if a.fault is not None)
+        assert info.iopf_refcount == fault_atts
         if fault_atts == 0:
-            assert dev.n_partials == 0, "partials outlived the last fault-capable attachment"
-        if dev.state == "removed":
+            assert param.n_partials == 0, "partials outlived the last fault-capable attachment"
+        if dev.removed:
             continue
-        ctxe = dev.unit.context(dev.sid)
+        ctxe = info.unit.context(info.sid)
         assert ctxe is not None
         if core.profile.pri_at_probe:
             # 6.18: PRI and PRE on from probe for every PRI-capable function.
-            assert dev.pri_enabled == dev.pri_supported
-            assert ctxe.pre == dev.pri_supported
-            if dev.pri_supported:
+            assert info.pri_enabled == info.pri_supported
+            assert ctxe.pre == info.pri_supported
+            if info.pri_supported:
                 assert dev.fn.pri.enabled
         elif not dev.is_vf:
             # 6.12: PRI follows the fault-capable attachments.
@@ -214,7 +216,7 @@ def check_no_stale_translation(env: Env) -> None:
     for dev in core.devices.values():
         fn = dev.fn
         for (pasid, page), (target, perm) in fn.atc.items():
-            att = dev.attachments.get(pasid)
+            att = dev.handles.get(pasid)
             assert att is not None, f"{dev.name}: ATC entry for unattached pasid {pasid}"
             assert _walk(att.hwpt, page) == (target, perm), (dev.name, pasid, page)
 

@@ -52,18 +52,19 @@ def test_topology_and_objects_show_owner_attachments_and_dids(env: Env) -> None:
 
 
 def test_inject_validates_its_arguments(env: Env) -> None:
-    assert _errno(env.core.inject, "bogus", None, 0, 1, 0, True, env.now) == "EINVAL"
-    assert _errno(env.core.inject, "0000:99:00.0", None, 0, 1, 0, True, env.now) == "ENOENT"
-    assert _errno(env.core.inject, ACCEL, 1 << 20, 0, 1, 0, True, env.now) == "EINVAL"
-    assert _errno(env.core.inject, ACCEL, None, 0x123, 1, 0, True, env.now) == "EINVAL"
-    assert _errno(env.core.inject, ACCEL, None, 0, 1, 512, True, env.now) == "EINVAL"
-    assert _errno(env.core.inject, ACCEL, None, 0, 16, 0, True, env.now) == "EINVAL"
+    assert _errno(env.core.emulation.inject, "bogus", None, 0, 1, 0, True, env.now) == "EINVAL"
+    assert _errno(env.core.emulation.inject, "0000:99:00.0", None, 0, 1, 0, True,
+                  env.now) == "ENOENT"
+    assert _errno(env.core.emulation.inject, ACCEL, 1 << 20, 0, 1, 0, True, env.now) == "EINVAL"
+    assert _errno(env.core.emulation.inject, ACCEL, None, 0x123, 1, 0, True, env.now) == "EINVAL"
+    assert _errno(env.core.emulation.inject, ACCEL, None, 0, 1, 512, True, env.now) == "EINVAL"
+    assert _errno(env.core.emulation.inject, ACCEL, None, 0, 16, 0, True, env.now) == "EINVAL"
 
 
 def test_plug_of_a_present_device_is_einval_and_unknown_rid_enoent(env: Env) -> None:
-    assert _errno(env.core.plug, ACCEL, env.now) == "EINVAL"
-    assert _errno(env.core.unplug, "0000:99:00.0", env.now) == "ENOENT"
-    assert _errno(env.core.reset, "0000:99:00.0", env.now) == "ENOENT"
+    assert _errno(env.core.emulation.plug, ACCEL, env.now) == "EINVAL"
+    assert _errno(env.core.emulation.unplug, "0000:99:00.0", env.now) == "ENOENT"
+    assert _errno(env.core.emulation.reset, "0000:99:00.0", env.now) == "ENOENT"
 
 
 def test_every_trace_topic_is_produced_when_enabled() -> None:
@@ -77,7 +78,7 @@ def test_every_trace_topic_is_produced_when_enabled() -> None:
     (ev,) = faults_of(env.service())
     env.ctx.page_response(fq, [(ev.cookie, 0)], env.now)
     env.ctx.ioas_unmap(ioas, A, 4096, env.now)
-    env.core.unplug(ACCEL, env.now)
+    env.core.emulation.unplug(ACCEL, env.now)
     topics = {e.topic for e in env.core.take_events() + env.events if hasattr(e, "topic")}
     assert topics >= {"fault", "throttle", "auto_response", "response", "invalidation",
                       "device"}
@@ -140,7 +141,7 @@ def test_forced_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_onc
     env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")
     (ev,) = faults_of(env.service())
     auto = env.core.counters["auto_responses"]
-    assert env.core.unplug(ACCEL, env.now, force=True) is True
+    assert env.core.emulation.unplug(ACCEL, env.now, force=True) is True
     (done,) = dma_done(env.settle())
     assert done.status == "removed"
     # The group it had sent was still settled, by the daemon, exactly once.
@@ -162,7 +163,7 @@ def test_reset_leaves_the_fault_queues_alone_and_the_function_discards_stale_ans
     dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")   # posted, not yet serviced
     assert env.machine.posted_page_requests
-    env.core.reset(ACCEL, env.now)
+    env.core.emulation.reset(ACCEL, env.now)
     events = env.service()
     (ev,) = faults_of(events)
     (done,) = dma_done(events)

@@ -69,7 +69,7 @@ def test_detach_discards_partials_of_that_pasid(env: Env) -> None:
     env.service()
     env.ctx.detach(dev, 5, env.now)
     info = env.core.devices[ACCEL]
-    assert [f[1] for fs in info.partials.values() for f in fs] == [6]
+    assert [f[1] for fs in info.fault_param.partials.values() for f in fs] == [6]
 
 
 def test_replace_answers_groups_of_the_old_attachment_only_on_the_old_queue(env: Env) -> None:
@@ -98,7 +98,7 @@ def test_replace_to_a_non_fault_hwpt_answers_and_leaves_the_iopf_queue(kenv: Env
     env.ctx.replace(dev, plain, None, env.now)
     assert env.core.pending(env.now) == []
     info = env.core.devices[ACCEL]
-    assert info.iopf_refcount == 0 and info.n_partials == 0
+    assert info.info.iopf_refcount == 0 and info.fault_param.n_partials == 0
     # intel_iommu_disable_iopf: v6.12 turns PRI and PRE off with the last fault-capable
     # attachment; from v6.15 PRI stays on for the device's whole IOMMU lifetime.
     assert env.machine.function(ACCEL).pri.enabled is env.core.profile.pri_at_probe
@@ -113,7 +113,7 @@ def test_unbind_detaches_every_pasid_and_answers(env: Env) -> None:
     env.service()
     env.ctx.unbind(dev, env.now)
     assert env.core.pending(env.now) == []
-    assert env.core.devices[ACCEL].attachments == {}
+    assert env.core.devices[ACCEL].handles == {}
     assert env.core.status_counters()["auto_responses"] == 2
     check_invariants(env)
 
@@ -138,7 +138,7 @@ def test_forced_unplug_drains_answers_and_leaves_the_dev_id_enodev(env: Env) -> 
     env.inject(ACCEL, 5, A, grpid=1)
     env.service()
     env.ctx.dma(dev, 5, A + 0x10000, 4096, RW, env.now, "t")  # posted at unplug time
-    assert env.core.unplug(ACCEL, env.now, force=True) is True
+    assert env.core.emulation.unplug(ACCEL, env.now, force=True) is True
     assert env.core.pending(env.now) == []
     (done,) = dma_done(env.service())
     assert done.status in ("invalid", "removed")
@@ -148,13 +148,13 @@ def test_forced_unplug_drains_answers_and_leaves_the_dev_id_enodev(env: Env) -> 
         env.ctx.attach(dev, 1, None, env.now)
     assert ei.value.errno == "ENODEV"
     with pytest.raises(CoreError) as ei:
-        env.core.unplug(ACCEL, env.now)
+        env.core.emulation.unplug(ACCEL, env.now)
     assert ei.value.errno == "EINVAL"
     with pytest.raises(CoreError) as ei:
         env.ctx.bind(ACCEL, env.now)
     assert ei.value.errno == "ENODEV"
     check_invariants(env)
-    env.core.plug(ACCEL, env.now)
+    env.core.emulation.plug(ACCEL, env.now)
     env.ctx.unbind(dev, env.now)                 # the stale ID goes away
     env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=1)
@@ -168,7 +168,7 @@ def test_unplug_asks_the_owner_first_and_completes_when_it_unbinds(env: Env) -> 
     dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=1)
     (ev,) = faults_of(env.service())
-    assert env.core.unplug(ACCEL, env.now, ctx=env.ctx, tag="u") is False
+    assert env.core.emulation.unplug(ACCEL, env.now, ctx=env.ctx, tag="u") is False
     (req,) = [e for e in env.core.take_events() if isinstance(e, DeviceRequest)]
     assert (req.ctx, req.dev_id, req.rid) == (env.ctx, dev, ACCEL)
     assert next(d for d in env.core.device_list() if d["rid"] == ACCEL)["removing"]
@@ -178,7 +178,7 @@ def test_unplug_asks_the_owner_first_and_completes_when_it_unbinds(env: Env) -> 
     assert [e for e in env.tick() if isinstance(e, UnplugDone)] == []
     other = env.core.open_context("other")
     with pytest.raises(CoreError) as ei:
-        env.core.unplug(ACCEL, env.now)
+        env.core.emulation.unplug(ACCEL, env.now)
     assert ei.value.errno == "EBUSY"
     env.ctx.unbind(dev, env.now)
     with pytest.raises(CoreError) as ei:
@@ -196,7 +196,7 @@ def test_unplug_forces_the_removal_when_the_grace_period_ends(env: Env) -> None:
     dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=1)
     env.service()
-    assert env.core.unplug(ACCEL, env.now, grace_ns=5_000_000_000, tag=1) is False
+    assert env.core.emulation.unplug(ACCEL, env.now, grace_ns=5_000_000_000, tag=1) is False
     assert env.core.next_deadline() == env.now + 5_000_000_000
     assert [e for e in env.tick(4_000_000_000) if isinstance(e, UnplugDone)] == []
     assert len(env.core.pending(env.now)) == 1       # answerable until the removal
@@ -212,7 +212,7 @@ def test_unplug_forces_the_removal_when_the_grace_period_ends(env: Env) -> None:
 
 
 def test_unplug_of_a_free_device_removes_it_at_once(env: Env) -> None:
-    assert env.core.unplug(ACCEL, env.now) is True
+    assert env.core.emulation.unplug(ACCEL, env.now) is True
     assert not [e for e in env.core.take_events() if isinstance(e, DeviceRequest)]
     assert env.core.status_counters()["forced_unplugs"] == 0
 
@@ -220,7 +220,7 @@ def test_unplug_of_a_free_device_removes_it_at_once(env: Env) -> None:
 def test_unplug_of_a_pf_takes_its_vfs(env: Env) -> None:
     vf, _ioas, _fq, _hwpt = env.fault_hwpt(NIC_VF0, pasid=None, fault=False)
     # The VF's owner is asked too (its PF goes, so does it); force ends the wait.
-    assert env.core.unplug(NIC_PF, env.now) is False
+    assert env.core.emulation.unplug(NIC_PF, env.now) is False
     (req,) = [e for e in env.core.take_events() if isinstance(e, DeviceRequest)]
     assert (req.dev_id, req.rid) == (vf, NIC_VF0)
     env.ctx.unbind(vf, env.now)
@@ -229,9 +229,9 @@ def test_unplug_of_a_pf_takes_its_vfs(env: Env) -> None:
     states = {d["rid"]: d["state"] for d in env.core.device_list()}
     assert states[NIC_PF] == states[NIC_VF0] == "removed"
     with pytest.raises(CoreError) as ei:
-        env.core.plug(NIC_VF0, env.now)
+        env.core.emulation.plug(NIC_VF0, env.now)
     assert ei.value.errno == "EINVAL"
-    env.core.plug(NIC_PF, env.now)
+    env.core.emulation.plug(NIC_PF, env.now)
     states = {d["rid"]: d["state"] for d in env.core.device_list()}
     assert states[NIC_PF] == states[NIC_VF0] == "free"
     check_invariants(env)
@@ -257,7 +257,7 @@ def test_reset_keeps_pending_groups_answerable_and_frees_partials(kenv: Env) -> 
     assert [r["cookie"] for r in env.core.pending(env.now)] == [ev.cookie]
     # The kernel keeps them for the next group with that index; the function forgot
     # them, so iopfd frees them.
-    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.core.devices[ACCEL].fault_param.n_partials == 0
     assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
     env.inject(ACCEL, None, A, grpid=2)          # the function is back in service
     (ev2,) = faults_of(env.service())

@@ -35,7 +35,7 @@ def test_partials_wait_for_the_last_and_the_group_comes_whole_in_arrival_order(e
         PASID_VALID | NEEDS_PASID | LAST_PAGE]
     assert {(r["dev_id"], r["pasid"], r["grpid"], r["perm"], r["length"])
             for r in ev.faults} == {(dev, 5, 7, RW, 0)}
-    assert env.core.devices[ACCEL].n_partials == 1  # grpid 8 still waits
+    assert env.core.devices[ACCEL].fault_param.n_partials == 1  # grpid 8 still waits
     c = env.core.status_counters()
     assert (c["page_requests"], c["groups"], c["delivered"]) == (5, 1, 1)
     check_invariants(env)
@@ -60,7 +60,7 @@ def test_request_without_fault_capable_attachment_is_answered_invalid_on_arrival
     assert faults_of(env.service()) == []
     assert [(r.response_code, r.prg_index, r.pasid_present) for _u, r in env.responses] == \
         [(1, 4, False)]
-    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.core.devices[ACCEL].fault_param.n_partials == 0
     env.inject(ACCEL, None, A + 4096, grpid=4, last=True)
     assert faults_of(env.service()) == []
     assert [(r.response_code, r.prg_index) for _u, r in env.responses] == [(1, 4), (1, 4)]
@@ -124,7 +124,7 @@ def test_a_bad_non_last_request_is_dropped_and_the_rest_of_its_group_delivered(
     c = env.core.status_counters()
     assert (c["bad_requests"], c["bad_requests_dropped"], c["groups"], c["delivered"]) == \
         (1, 1, 1, 1)
-    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.core.devices[ACCEL].fault_param.n_partials == 0
     check_invariants(env)
 
 
@@ -133,7 +133,7 @@ def test_bad_last_request_takes_its_groups_partials_with_it(env: Env) -> None:
     env.inject(ACCEL, 5, A, grpid=4, last=False)
     env.inject(ACCEL, 5, A + 4096, grpid=4, perm=int(Perm.READ | Perm.EXEC))
     assert faults_of(env.service()) == []
-    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.core.devices[ACCEL].fault_param.n_partials == 0
     env.inject(ACCEL, 5, A, grpid=4)                  # a fresh group with that index
     (ev,) = faults_of(env.service())
     assert len(ev.faults) == 1
@@ -207,7 +207,7 @@ def test_prq_overflow_discards_partials_and_clears_pro() -> None:
     ev = env.service()
     c = env.core.status_counters()
     assert c["prq_overflows"] == 1 and c["partials_discarded"] == cap
-    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.core.devices[ACCEL].fault_param.n_partials == 0
     assert env.machine.iommus["dmar0"].read_prs() == 0
     assert traces(ev, "overflow")
     env.inject(ACCEL, 5, A, grpid=1)
@@ -290,7 +290,7 @@ def test_fault_path_and_answers_only_look_up_never_walk(env: Env) -> None:
     queue = env.ctx.objects[fq]
     queue.groups = _NoScan(queue.groups)  # type: ignore[attr-defined]
     info = env.core.devices[ACCEL]
-    info.attachments = _NoScan(info.attachments)
+    info.handles = _NoScan(info.handles)
     for g in range(3):
         env.inject(ACCEL, 5, A, grpid=g, last=False)
         env.inject(ACCEL, 5, A + 4096, grpid=g)
@@ -312,7 +312,7 @@ def test_a_partial_of_one_pasid_never_joins_another_pasids_group(env: Env) -> No
     (ev,) = faults_of(env.service())
     assert ev.fault_id == fq6
     assert [(r["pasid"], r["addr"]) for r in ev.faults] == [(6, A + 4096)]
-    assert env.core.devices[ACCEL].n_partials == 0
+    assert env.core.devices[ACCEL].fault_param.n_partials == 0
     assert env.core.status_counters()["partials_discarded"] == 1
     env.inject(ACCEL, 5, A + 8192, grpid=9)
     (ev5,) = faults_of(env.service())
@@ -329,8 +329,8 @@ def test_partials_are_all_freed_when_the_last_fault_capable_attachment_goes(env:
     env.inject(ACCEL, 5, A + 4096, grpid=2, last=False)
     env.service()
     info = env.core.devices[ACCEL]
-    assert info.n_partials == 2
+    assert info.fault_param.n_partials == 2
     env.ctx.detach(dev, 5, env.now)
-    assert info.n_partials == 0 and info.partials == {}
-    assert info.iopf_refcount == 0
+    assert info.fault_param.n_partials == 0 and info.fault_param.partials == {}
+    assert info.info.iopf_refcount == 0
     check_invariants(env)

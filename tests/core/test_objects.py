@@ -205,7 +205,7 @@ def test_attach_where_attached_is_a_replace_and_detach_of_nothing_succeeds(env: 
     other = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)
     env.ctx.attach(dev, other, 7, env.now)         # a replace: the old group answered
     info = env.core.devices[ACCEL]
-    assert info.attachments[7].hwpt.id == other
+    assert info.handles[7].hwpt.id == other
     assert env.core.pending(env.now) == []
     c = env.core.status_counters()
     assert (c["replaces"], c["attaches"], c["auto_responses"]) == (1, 1, 1)
@@ -231,7 +231,7 @@ def test_pasid_attach_needs_a_pasid_compatible_hwpt(env: Env) -> None:
     assert errno_of(env.ctx.attach, dev, plain, None, env.now) == "EINVAL"
     assert errno_of(env.ctx.replace, dev, plain, None, env.now) == "EINVAL"
     assert errno_of(env.ctx.replace, dev, plain, 5, env.now) == "EINVAL"
-    assert env.core.devices[ACCEL].attachments[None].hwpt.id == compat
+    assert env.core.devices[ACCEL].handles[None].hwpt.id == compat
     env.ctx.detach(dev, 5, env.now)
     env.ctx.attach(dev, plain, None, env.now)
     check_invariants(env)
@@ -300,8 +300,8 @@ def test_fault_capable_attach_without_pri_is_enodev(kenv: Env, rid: str) -> None
     dev = env.ctx.bind(rid, env.now)
     hwpt = _fault_capable(env, dev, env.ctx.ioas_alloc())
     assert errno_of(env.ctx.attach, dev, hwpt, None, env.now) == "ENODEV"
-    assert env.core.devices[rid].attachments == {}
-    assert env.core.devices[rid].iopf_refcount == 0
+    assert env.core.devices[rid].handles == {}
+    assert env.core.devices[rid].info.iopf_refcount == 0
     check_invariants(env)
 
 
@@ -311,7 +311,7 @@ def test_failed_replace_keeps_the_old_hwpt(env: Env) -> None:
     bad = env.ctx.hwpt_alloc(dev, ioas, [], fq, None)
     assert errno_of(env.ctx.replace, dev, bad, None, env.now) == "EINVAL"
     info = env.core.devices[NIC_VF0]
-    assert info.attachments[None].hwpt.id == hwpt
+    assert info.handles[None].hwpt.id == hwpt
     check_invariants(env)
 
 
@@ -321,16 +321,16 @@ def test_failed_replace_keeps_the_old_hwpt(env: Env) -> None:
 def test_6_18_keeps_pri_on_while_the_iopf_refcount_follows_fault_attachments(env: Env) -> None:
     fn = env.machine.function(ACCEL)
     info = env.core.devices[ACCEL]
-    assert fn.pri.enabled and info.unit.context(info.sid).pre   # from probe
+    assert fn.pri.enabled and info.info.unit.context(info.sid).pre   # from probe
     dev, ioas, _fq, hwpt = env.fault_hwpt(pasid=5)
     env.ctx.attach(dev, hwpt, 6, env.now)
     plain = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
     env.ctx.attach(dev, plain, None, env.now)
     env.ctx.detach(dev, 5, env.now)
-    assert info.iopf_refcount == 1
+    assert info.info.iopf_refcount == 1
     env.ctx.replace(dev, plain, 6, env.now)
-    assert info.iopf_refcount == 0
-    assert fn.pri.enabled and info.unit.context(info.sid).pre
+    assert info.info.iopf_refcount == 0
+    assert fn.pri.enabled and info.info.unit.context(info.sid).pre
     check_invariants(env)
 
 
@@ -340,11 +340,11 @@ def test_6_12_enables_pri_with_the_first_fault_attachment_and_off_after_last() -
     info = env.core.devices[ACCEL]
     assert not fn.pri.enabled
     dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=None)
-    assert fn.pri.enabled and info.unit.context(info.sid).pre
-    assert info.iopf_refcount == 1
+    assert fn.pri.enabled and info.info.unit.context(info.sid).pre
+    assert info.info.iopf_refcount == 1
     plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
     env.ctx.replace(dev, plain, None, env.now)
-    assert not fn.pri.enabled and not info.unit.context(info.sid).pre
+    assert not fn.pri.enabled and not info.info.unit.context(info.sid).pre
     check_invariants(env)
 
 
@@ -368,7 +368,7 @@ def test_close_context_releases_everything(env: Env) -> None:
     env.core.close_context(env.ctx, env.now)
     assert env.core.objects() == []
     assert all(d["state"] == "free" for d in env.core.device_list())
-    assert all(d.iopf_refcount == 0 for d in env.core.devices.values())
+    assert all(d.info.iopf_refcount == 0 for d in env.core.devices.values())
     assert env.machine.function(ACCEL).pri.enabled     # 6.18: on from probe
     other = env.core.open_context("next")
     other.bind(ACCEL, env.now)
@@ -380,15 +380,15 @@ def test_exhausted_domain_ids_are_enospc_and_leave_nothing_held() -> None:
 
     env = Env()
     dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
-    ustate = env.core.devices[ACCEL].ustate
+    ustate = env.core.devices[ACCEL].info.ustate
     ustate._next_did = intel_iommu.MAX_DOMAIN_ID + 1   # every DID of dmar0 in use
     hwpt2 = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)
-    pri_refs = env.core.devices[ACCEL].iopf_refcount
+    pri_refs = env.core.devices[ACCEL].info.iopf_refcount
     with pytest.raises(CoreError) as ei:
         env.ctx.attach(dev, hwpt2, 6, env.now)
     assert ei.value.errno == "ENOSPC"
-    assert env.core.devices[ACCEL].iopf_refcount == pri_refs
-    assert 6 not in env.core.devices[ACCEL].attachments
+    assert env.core.devices[ACCEL].info.iopf_refcount == pri_refs
+    assert 6 not in env.core.devices[ACCEL].handles
     env.ctx.destroy(hwpt2, env.now)                     # not left referenced
     check_invariants(env)
 

@@ -87,7 +87,7 @@ def test_selftest_4_pasid_path(env: Env) -> None:
     not_compat = ctx.hwpt_alloc(dev, ioas, [], None, None)
     ctx.attach(dev, iopf, 2048, env.now)
     info = env.core.devices[ACCEL]
-    assert info.attachments[2048].hwpt.id == iopf
+    assert info.handles[2048].hwpt.id == iopf
     # The selftest's mock ioctl gets EBUSY here; through VFIO (what iopfd's attach is)
     # an attach where attached is a replace, and to the same HWPT changes nothing.
     ctx.attach(dev, iopf, 2048, env.now)
@@ -115,7 +115,7 @@ def test_selftest_4_failed_pasid_replace_keeps_the_old_domain(env: Env) -> None:
     fq = ctx.fault_alloc()
     iopf = ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)
     assert _errno(ctx.replace, dev, iopf, 1024, env.now) == "ENODEV"
-    assert env.core.devices[ATS_NO_PRI].attachments[1024].hwpt.id == s2
+    assert env.core.devices[ATS_NO_PRI].handles[1024].hwpt.id == s2
 
 
 def test_selftest_5_hwpt_alloc_without_fault_id(env: Env) -> None:
@@ -150,7 +150,7 @@ def test_selftest_7_teardown_releases_everything(env: Env) -> None:
     env.core.close_context(env.ctx, env.now)
     assert env.core.objects() == [] and env.core.pending(env.now) == []
     assert all(us.dids_in_use() == 0 for us in env.core.units.values())
-    assert env.core.devices[ACCEL].iopf_refcount == 0
+    assert env.core.devices[ACCEL].info.iopf_refcount == 0
     assert env.machine.function(ACCEL).pri.enabled is env.core.profile.pri_at_probe
     assert not env.machine.function(ACCEL).atc
     assert not any(env.machine.iommus["dmar0"]._iotlb.values())

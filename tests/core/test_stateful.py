@@ -76,9 +76,10 @@ class CoreStateMachine(RuleBasedStateMachine):
         """bind (if needed), a HWPT of ``kind``, then attach or replace: one step."""
         now = self.env.now
         info = self.env.core.devices[rid]
-        if info.owner is None and info.state == "free":
+        owner = info.binding.ctx if info.binding is not None else None
+        if owner is None and info.state == "free":
             self._try(ctx.bind, rid, now)
-        if info.owner is not ctx:
+        if info.binding is None or info.binding.ctx is not ctx:
             return
         dev = info.dev_id
         fq = None
@@ -104,7 +105,7 @@ class CoreStateMachine(RuleBasedStateMachine):
                              if kind == "parent" else flags, fq, None)
             if not isinstance(hwpt, int):
                 return
-        op = ctx.replace if pasid in info.attachments else ctx.attach
+        op = ctx.replace if pasid in info.handles else ctx.attach
         self._try(op, dev, hwpt, pasid, now)
 
     # ---------------------------------------------------------------- helpers
@@ -134,8 +135,8 @@ class CoreStateMachine(RuleBasedStateMachine):
     def _pasid(self, ctx: Context, dev: int, data: st.DataObject) -> int | None:
         """Mostly a PASID the device is attached at."""
         idev = ctx.objects.get(dev)
-        attached = list(idev.info.attachments) if idev is not None and \
-            hasattr(idev, "info") else []
+        attached = list(idev.dev.handles) if idev is not None and \
+            hasattr(idev, "dev") else []
         if attached and data.draw(st.integers(0, 3)):
             return data.draw(st.sampled_from(attached))
         return data.draw(st.sampled_from(PASIDS))
@@ -163,8 +164,8 @@ class CoreStateMachine(RuleBasedStateMachine):
         ctx = self._ctx(data)
         dev = self._dev(ctx, data)
         obj = ctx.objects.get(dev)
-        info = getattr(obj, "info", None)
-        pasids = list(info.attachments) if info is not None and info.fn.pri.enabled else []
+        info = getattr(obj, "dev", None)
+        pasids = list(info.handles) if info is not None and info.fn.pri.enabled else []
         self._try(ctx.unbind, dev, self.env.now)
         if info is not None and dev not in ctx.objects and pasids:
             self._assert_drained(info.name, pasids)
@@ -208,7 +209,7 @@ class CoreStateMachine(RuleBasedStateMachine):
         not set aside as a partial (issue rule 5). ``pasids=None``: any PASID."""
         env = self.env
         info = env.core.devices[rid]
-        unit = info.unit
+        unit = info.info.unit
 
         def ours(sid: int, pp: bool, pasid: int) -> bool:
             return sid == info.sid and (pasids is None or (pasid if pp else None) in pasids)
@@ -218,7 +219,7 @@ class CoreStateMachine(RuleBasedStateMachine):
         for off in unit.prq.pending_offsets():
             d = unit.prq.read_descriptor(off)
             assert not ours(d.sid, d.pasid_present, d.pasid), "detach returned undrained"
-        for faults in info.partials.values():
+        for faults in info.fault_param.partials.values():
             assert not any(pasids is None or (f[1] if f[0] & 1 else None) in pasids
                            for f in faults)
 
@@ -227,12 +228,12 @@ class CoreStateMachine(RuleBasedStateMachine):
         ctx = self._ctx(data)
         dev = self._dev(ctx, data)
         pasid = self._pasid(ctx, dev, data)
-        info = getattr(ctx.objects.get(dev), "info", None)
+        info = getattr(ctx.objects.get(dev), "dev", None)
         # With PRI off the function sends no page request: only a device with PRI on
         # (6.18: from probe; 6.12: with a fault-capable attachment) has any in flight.
-        attached = info is not None and pasid in info.attachments and info.fn.pri.enabled
+        attached = info is not None and pasid in info.handles and info.fn.pri.enabled
         self._try(ctx.detach, dev, pasid, self.env.now)
-        if attached and info is not None and pasid not in info.attachments:
+        if attached and info is not None and pasid not in info.handles:
             self._assert_drained(info.name, [pasid])
 
     @rule(data=st.data())
@@ -353,39 +354,39 @@ class CoreStateMachine(RuleBasedStateMachine):
           page=st.integers(0, NPAGES - 1), perm=st.sampled_from([1, 2, 3, 3, 3, 9, 5, 0]))
     def inject(self, data: st.DataObject, grpid: int, last: bool, page: int,
                perm: int) -> None:
-        attached = [(d.name, p) for d in self.env.core.devices.values() for p in d.attachments]
+        attached = [(d.name, p) for d in self.env.core.devices.values() for p in d.handles]
         if attached and data.draw(st.integers(0, 4)):
             rid, pasid = data.draw(st.sampled_from(attached))
         else:
             rid = data.draw(st.sampled_from(RIDS))
             pasid = data.draw(st.sampled_from([*PASIDS, 0]))
-        self._try(self.env.core.inject, rid, pasid, BASE + page * 4096, perm, grpid, last,
+        self._try(self.env.core.emulation.inject, rid, pasid, BASE + page * 4096, perm, grpid, last,
                   self.env.now)
 
     @rule(data=st.data(), groups=st.integers(1, 5), pages=st.integers(1, 3))
     def inject_groups(self, data: st.DataObject, groups: int, pages: int) -> None:
         """Whole groups for an attached (device, PASID): enough to fill a fault queue."""
-        attached = [(d.name, p) for d in self.env.core.devices.values() for p in d.attachments]
+        attached = [(d.name, p) for d in self.env.core.devices.values() for p in d.handles]
         if not attached:
             return
         rid, pasid = data.draw(st.sampled_from(attached))
         for g in range(groups):
             for i in range(pages):
-                self._try(self.env.core.inject, rid, pasid, BASE + i * 4096, RW, 100 + g,
+                self._try(self.env.core.emulation.inject, rid, pasid, BASE + i * 4096, RW, 100 + g,
                           i == pages - 1, self.env.now)
 
     @rule(rid=st.sampled_from([ACCEL, NIC_PF]), pasid=st.sampled_from(PASIDS))
     def overflow(self, rid: str, pasid: int | None) -> None:
         for i in range(140):
-            self._try(self.env.core.inject, rid, pasid, BASE + (i % NPAGES) * 4096, RW, 7,
+            self._try(self.env.core.emulation.inject, rid, pasid, BASE + (i % NPAGES) * 4096, RW, 7,
                       False, self.env.now)
-        self._try(self.env.core.inject, rid, pasid, BASE, RW, 7, True, self.env.now)
+        self._try(self.env.core.emulation.inject, rid, pasid, BASE, RW, 7, True, self.env.now)
 
     @rule(rid=st.sampled_from(RIDS), how=st.sampled_from(["plug", "plug", "reset"]))
     def hotplug(self, rid: str, how: str) -> None:
         core = self.env.core
         before = self._pending()
-        self._try(core.plug if how == "plug" else core.reset, rid, self.env.now)
+        self._try(core.emulation.plug if how == "plug" else core.emulation.reset, rid, self.env.now)
         if how == "reset":
             # VFIO_DEVICE_RESET leaves the fault queues alone.
             assert before <= self._pending() | self._answered_now()
@@ -404,7 +405,7 @@ class CoreStateMachine(RuleBasedStateMachine):
         core = self.env.core
         self._tags += 1
         was = core.devices[rid].state
-        done = self._try(core.unplug, rid, self.env.now, force=force,
+        done = self._try(core.emulation.unplug, rid, self.env.now, force=force,
                          grace_ns=grace_ms * 1_000_000, tag=self._tags)
         if done is True:
             assert was != "removed"
@@ -420,7 +421,7 @@ class CoreStateMachine(RuleBasedStateMachine):
     def _answered_now(self) -> set[tuple[int, int]]:
         """Groups answered by events not yet taken (a reset answers none itself)."""
         out = set()
-        for ev in self.env.core.events:
+        for ev in self.env.core.sink.events:
             if isinstance(ev, Trace) and ev.topic in ("response", "auto_response") and \
                     ev.record.get("cookie") is not None:
                 out.add((int(str(ev.record["fault_id"])), int(str(ev.record["cookie"]))))
@@ -451,7 +452,8 @@ class CoreStateMachine(RuleBasedStateMachine):
                 self._assert_drained(ev.rid, None)
                 assert env.core.devices[ev.rid].state == "removed"
             elif isinstance(ev, DeviceRequest):
-                assert env.core.devices[ev.rid].owner is ev.ctx
+                binding = env.core.devices[ev.rid].binding
+                assert binding is not None and binding.ctx is ev.ctx
             elif isinstance(ev, Trace) and ev.record.get("reason") == "no_handler" and \
                     not ev.record.get("last"):
                 rid = str(ev.record["rid"])
@@ -473,7 +475,7 @@ class CoreStateMachine(RuleBasedStateMachine):
         assert pending == self.delivered - self.answered
         # A removal still waiting has its grace deadline ahead; every one completes.
         for rid in self.removals:
-            assert rid in env.core.removals
+            assert rid in env.core.emulation.removals
         # Unexpected PRG indices, per function: only the extra answers of requests
         # answered on arrival without a handler can cause them.
         for name, fn in env.machine.functions.items():

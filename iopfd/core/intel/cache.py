@@ -32,6 +32,7 @@ from hwmodel.descriptors import (
 
 if TYPE_CHECKING:
     from hwmodel import IommuUnit
+    from iopfd.core.intel.domain import DmarDomain
 
 PAGE_SHIFT = 12
 #: CAP.MAMV: the largest address mask a page-selective invalidation may carry; beyond
@@ -185,6 +186,28 @@ class FlushPlan:
                 self._add(tag.unit, devtlb_descriptor(
                     tag.sid, tag.pfsid, tag.pasid, 0 if whole else addr,
                     DEVTLB_MASK_ALL if whole else mask), False)
+
+
+def assign_tags(  # noqa: PLR0917 - the tag's fields
+    domain: DmarDomain, unit: IommuUnit, unit_index: int, did: int, pasid: int | None,
+    sid: int, pfsid: int, *, ats: bool,
+) -> list[tuple[CacheTagList, TagKey]]:
+    """``cache_tag_assign_domain``: IOTLB (+ DEVTLB with ATS) on the domain; a nested
+    domain also puts NESTING_* tags with its own DID on its parent (seed 002)."""
+    tags = domain.tags
+    keys = [(tags, tags.assign(TagType.IOTLB, unit, unit_index, did, pasid))]
+    if ats:
+        keys.append((tags, tags.assign(TagType.DEVTLB, unit, unit_index, did, pasid,
+                                       sid, pfsid)))
+    parent = domain.parent
+    if parent is not None:
+        ptags = parent.tags
+        keys.append((ptags, ptags.assign(TagType.NESTING_IOTLB, unit, unit_index, did,
+                                         pasid)))
+        if ats:
+            keys.append((ptags, ptags.assign(TagType.NESTING_DEVTLB, unit, unit_index, did,
+                                             pasid, sid, pfsid)))
+    return keys
 
 
 def devtlb_descriptor(sid: int, pfsid: int, pasid: int | None, addr: int,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hwmodel import PageTable
 from iopfd.core.intel.cache import CacheTagList
+
+if TYPE_CHECKING:
+    from iopfd.core.intel.iommu import UnitState
 
 
 class DmarDomain:
@@ -23,3 +28,26 @@ class DmarDomain:
         self.tags = CacheTagList()
         # Seed 004 step 6: groups pending on this domain (queued, not yet answered).
         self.pending = 0
+
+
+def domain_attach_iommu(domain: DmarDomain, us: UnitState) -> int:
+    """``domain_attach_iommu``: the domain's DID on this unit, allocated on first use
+    (``ENOSPC`` when the unit has none left)."""
+    entry = domain.dids.get(us.unit.name)
+    if entry is None:
+        did = us.alloc_did()
+        domain.dids[us.unit.name] = [did, 1]
+        return did
+    entry[1] += 1
+    return entry[0]
+
+
+def domain_detach_iommu(domain: DmarDomain, us: UnitState) -> None:
+    entry = domain.dids[us.unit.name]
+    entry[1] -= 1
+    if entry[1] == 0:
+        del domain.dids[us.unit.name]
+        us.free_did(entry[0])
+
+
+__all__ = ["DmarDomain", "domain_attach_iommu", "domain_detach_iommu"]

@@ -21,8 +21,9 @@ from iopfd.core.intel.dmar import qi_submit_sync
 if TYPE_CHECKING:
     from collections import Counter
 
+    from hwmodel import IommuUnit
     from iopfd.core.intel.domain import DmarDomain
-    from iopfd.core.intel.iommu import DeviceInfo
+    from iopfd.core.intel.iommu import DeviceDomainInfo
 
 
 def pasid_entry_for(domain: DmarDomain, did: int) -> PasidEntry:
@@ -31,12 +32,13 @@ def pasid_entry_for(domain: DmarDomain, did: int) -> PasidEntry:
     return PasidEntry(present=True, did=did, pgtt=Pgtt.SECOND_STAGE, s1=None, s2=domain.s2)
 
 
-def pasid_setup(dev: DeviceInfo, pasid: int | None, domain: DmarDomain, did: int) -> None:
+def pasid_setup(unit: IommuUnit, sid: int, pasid: int | None, domain: DmarDomain,
+                did: int) -> None:
     """Install a present entry (not-present -> present needs no flush without CM)."""
-    dev.unit.set_pasid_entry(dev.sid, pasid, pasid_entry_for(domain, did))
+    unit.set_pasid_entry(sid, pasid, pasid_entry_for(domain, did))
 
 
-def flush_descriptors(dev: DeviceInfo, pasid: int | None, did: int,
+def flush_descriptors(dev: DeviceDomainInfo, pasid: int | None, did: int,
                       pgtt: Pgtt) -> list[InvDescriptor]:
     """PASID cache, IOTLB, device TLB: Table 28's order for a present entry that changed."""
     p = RID_PASID if pasid is None else pasid
@@ -50,7 +52,7 @@ def flush_descriptors(dev: DeviceInfo, pasid: int | None, did: int,
     return descs
 
 
-def pasid_clear_present(dev: DeviceInfo, pasid: int | None, did: int, pgtt: Pgtt,
+def pasid_clear_present(dev: DeviceDomainInfo, pasid: int | None, did: int, pgtt: Pgtt,
                         counters: Counter[str]) -> None:
     """``intel_pasid_tear_down_entry`` up to the drain: clear P only (in-flight walks
     still see consistent fields), then PASID cache, IOTLB and device TLB."""
@@ -59,13 +61,13 @@ def pasid_clear_present(dev: DeviceInfo, pasid: int | None, did: int, pgtt: Pgtt
     qi_submit_sync(dev.unit, descs, counters)
 
 
-def pasid_clear_entry(dev: DeviceInfo, pasid: int | None) -> None:
-    """After the drain: the whole entry goes."""
-    dev.unit.set_pasid_entry(dev.sid, pasid, None)
+def pasid_clear_entry(unit: IommuUnit, sid: int, pasid: int | None) -> None:
+    """The whole entry goes (the fields were kept only for walks in flight)."""
+    unit.set_pasid_entry(sid, pasid, None)
 
 
 def pasid_replace(  # noqa: PLR0917
-    dev: DeviceInfo, pasid: int | None, domain: DmarDomain, did: int,
+    dev: DeviceDomainInfo, pasid: int | None, domain: DmarDomain, did: int,
                   old_did: int, old_pgtt: Pgtt, counters: Counter[str]) -> None:
     """``intel_pasid_replace_*``: write the new entry in place, then flush the old DID."""
     dev.unit.set_pasid_entry(dev.sid, pasid, pasid_entry_for(domain, did))

@@ -9,20 +9,11 @@ from hwmodel import RESP_INVALID, IotlbInvDescriptor, PasidIotlbInvDescriptor
 from hwmodel.descriptors import DESC_SIZE, IOTLB_G_DSI, PIOTLB_G_PASID, InvDescriptor
 from iopfd.core.intel.cache import DEVTLB_MASK_ALL, devtlb_descriptor
 from iopfd.core.intel.dmar import WAIT_FENCE, qi_submit_sync
-from iopfd.core.io_pgfault import (
-    LAST_PAGE,
-    NEEDS_PASID,
-    PASID_VALID,
-    discard_group_partials,
-    discard_partials,
-    flush_responses,
-    page_response,
-    report_device_fault,
-)
+from iopfd.core.io_pgfault import LAST_PAGE, NEEDS_PASID, PASID_VALID
 
 if TYPE_CHECKING:
-    from iopfd.core.core import Core
-    from iopfd.core.intel.iommu import DeviceInfo, UnitState
+    from iopfd.core.intel.iommu import IntelIommu, UnitState
+    from iopfd.core.iommu import Device
 
 PRS_PPR = 1
 PRS_PRO = 2
@@ -34,11 +25,13 @@ _CANONICAL_HIGH = (1 << 64) - (1 << 47)
 MAX_DRAIN_ROUNDS = 64
 
 
-def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
-    """One pass of ``prq_event_thread`` (vtd-hw.md 2.5); returns descriptors taken."""
+def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
+    """One pass of ``prq_event_thread`` (vtd-hw.md 2.5); returns descriptors taken. The
+    caller holds a response batch: the answers of the pass go out together."""
     unit = us.unit
     prq = unit.prq
-    counters = core.counters
+    counters = drv.counters
+    report = drv.iopf.report
     # 1. W1C PPR before reading head and tail, so later arrivals raise a new event.
     unit.write_prs_w1c(PRS_PPR)
     head = prq.head
@@ -68,7 +61,7 @@ def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
             or (pm and (rd or wr))                       # privileged mode: not supported
             or (exe and rd)                              # execute: not supported
         ):
-            _bad_request(core, us, sid, pp, pasid, prgi, lpig,
+            _bad_request(drv, us, sid, pp, pasid, prgi, lpig,
                          rd | wr << 1 | exe << 2 | pm << 3, addr, now)
             continue
         if lpig and not rd and not wr:
@@ -76,32 +69,29 @@ def prq_event_thread(core: Core, us: UnitState, now: int) -> int:
             continue
         dev = devices.get(sid)                           # seed 000: one dict lookup
         if dev is None:
-            _bad_request(core, us, sid, pp, pasid, prgi, lpig, 0, addr, now)
+            _bad_request(drv, us, sid, pp, pasid, prgi, lpig, 0, addr, now)
             continue
         # ``intel_prq_report``: PASID_VALID and NEEDS_PASID together for a PASID request.
         flags = (LAST_PAGE if lpig else 0) | (PASID_VALID | NEEDS_PASID if pp else 0)
-        report_device_fault(core, dev, (flags, pasid, prgi, rd | wr << 1 | exe << 2 | pm << 3,
-                                        addr), now)
-    # 3. PQH once for the whole batch; the answers the pass produced go out.
+        report(dev, (flags, pasid, prgi, rd | wr << 1 | exe << 2 | pm << 3, addr), now)
+    # 3. PQH once for the whole batch.
     prq.write_head(tail)
-    flush_responses(core)
     counters["page_requests"] += taken
     # 4. Overflow: once the ring is empty, partial groups may have lost their last
     # request (auto-answered Success by the hardware): discard them, then clear PRO.
     if unit.read_prs() & PRS_PRO and prq.head == prq.tail:
-        dropped = 0
-        for dev in devices.values():
-            if dev.n_partials:
-                dropped += discard_partials(core, dev, all_pasids=True)
+        # ``iopf_queue_discard_partial``
+        dropped = sum(drv.iopf.remove_device(dev) for dev in devices.values()
+                      if dev.fault_param.n_partials)
         unit.write_prs_w1c(PRS_PRO)
         counters["prq_overflows"] += 1
-        if core.trace_enabled:
-            core.trace("overflow", iommu=unit.name, partials_discarded=dropped, t_ns=now)
+        if drv.sink.trace_enabled:
+            drv.sink.trace("overflow", iommu=unit.name, partials_discarded=dropped, t_ns=now)
     return taken
 
 
 def _bad_request(  # noqa: PLR0917 - the descriptor's fields
-    core: Core, us: UnitState, sid: int, pp: int, pasid: int, prgi: int, lpig: int,
+    drv: IntelIommu, us: UnitState, sid: int, pp: int, pasid: int, prgi: int, lpig: int,
     perm: int, addr: int, now: int,
 ) -> None:
     """``handle_bad_prq_event``: a request the driver cannot service, or of a device not
@@ -109,19 +99,19 @@ def _bad_request(  # noqa: PLR0917 - the descriptor's fields
     is dropped with no answer, and the rest of its group is still reported. The kernel
     then leaves the group's set-aside requests for the next group that reuses the
     index; iopfd frees them with the answer (docs/core.md, *Where iopfd differs*)."""
-    core.counters["bad_requests"] += 1
+    drv.counters["bad_requests"] += 1
     if lpig:
-        page_response(core, us.unit, sid, bool(pp), pasid, prgi, RESP_INVALID)
+        drv.batch.add(us.unit, sid, bool(pp), pasid, prgi, RESP_INVALID)
         dev = us.devices.get(sid)
         if dev is not None:
-            discard_group_partials(core, dev, prgi)
+            drv.iopf.discard_group_partials(dev, prgi)
     else:
-        core.counters["bad_requests_dropped"] += 1
-    if core.trace_enabled:
-        core.trace("auto_response", iommu=us.unit.name, sid=sid,
-                   pasid=pasid if pp else None, grpid=prgi, code=RESP_INVALID,
-                   reason="bad_request", answered=bool(lpig), perm=perm, addr=addr,
-                   t_ns=now)
+        drv.counters["bad_requests_dropped"] += 1
+    if drv.sink.trace_enabled:
+        drv.sink.trace("auto_response", iommu=us.unit.name, sid=sid,
+                       pasid=pasid if pp else None, grpid=prgi, code=RESP_INVALID,
+                       reason="bad_request", answered=bool(lpig), perm=perm, addr=addr,
+                       t_ns=now)
 
 
 def _ring_holds(us: UnitState, sid: int, pasid: int | None) -> bool:
@@ -133,7 +123,7 @@ def _ring_holds(us: UnitState, sid: int, pasid: int | None) -> bool:
     return False
 
 
-def drain_pasid_prq(core: Core, dev: DeviceInfo, pasid: int | None, did: int,
+def drain_pasid_prq(drv: IntelIommu, dev: Device, pasid: int | None, did: int,
                     now: int) -> None:
     """``intel_iommu_drain_pasid_prq`` (vtd-hw.md 4.2): when it returns, every page request
     of (device, PASID) the function had posted was taken off the PRQ and reported.
@@ -141,32 +131,35 @@ def drain_pasid_prq(core: Core, dev: DeviceInfo, pasid: int | None, did: int,
     Preconditions: the attachment is out of the lookup table, the PASID entry is not
     present and the caches were invalidated.
     """
+    info = dev.info
     if not dev.fn.pri.enabled:
         # PRI off (a VF looks at its PF's): the function sends no page request. The
         # kernel returns unless the device has fault-capable attachments; iopfd drains
         # whenever requests can be in flight, so that invariant 3 holds for non-fault
         # attachments too under profile 6.18, where PRI is on from probe.
         return
-    core.counters["drains"] += 1
-    us = dev.ustate
-    unit = dev.unit
-    # Software scan: requests already in the ring go through the PRQ thread first.
-    while _ring_holds(us, dev.sid, pasid):
-        prq_event_thread(core, us, now)
-    p = 0 if pasid is None else pasid
-    descs: list[InvDescriptor] = [WAIT_FENCE]
-    if pasid is None:
-        descs.append(IotlbInvDescriptor(granularity=IOTLB_G_DSI, did=did))
-    else:
-        descs.append(PasidIotlbInvDescriptor(granularity=PIOTLB_G_PASID, did=did, pasid=p))
-    if dev.fn.ats_enabled:
-        descs.append(devtlb_descriptor(dev.sid, dev.pfsid, pasid, 0, DEVTLB_MASK_ALL))
-    # Hardware drain: the devTLB completion is ordered behind every page request the
-    # function dispatched, and PD=1 orders the wait behind their PRQ writes (SPEC 7.10).
-    for _ in range(MAX_DRAIN_ROUNDS):
-        qi_submit_sync(unit, descs, core.counters, drain=True)
-        overflowed = unit.read_prs() & PRS_PRO
-        prq_event_thread(core, us, now)
-        if not overflowed:
-            break
-        core.counters["drain_retries"] += 1  # spec step d: repeat b and c
+    drv.counters["drains"] += 1
+    us = info.ustate
+    unit = info.unit
+    with drv.batch:
+        # Software scan: requests already in the ring go through the PRQ thread first.
+        while _ring_holds(us, info.sid, pasid):
+            prq_event_thread(drv, us, now)
+        p = 0 if pasid is None else pasid
+        descs: list[InvDescriptor] = [WAIT_FENCE]
+        if pasid is None:
+            descs.append(IotlbInvDescriptor(granularity=IOTLB_G_DSI, did=did))
+        else:
+            descs.append(PasidIotlbInvDescriptor(granularity=PIOTLB_G_PASID, did=did,
+                                                 pasid=p))
+        if dev.fn.ats_enabled:
+            descs.append(devtlb_descriptor(info.sid, info.pfsid, pasid, 0, DEVTLB_MASK_ALL))
+        # Hardware drain: the devTLB completion is ordered behind every page request the
+        # function dispatched, and PD=1 orders the wait behind their PRQ writes (SPEC 7.10).
+        for _ in range(MAX_DRAIN_ROUNDS):
+            qi_submit_sync(unit, descs, drv.counters, drain=True)
+            overflowed = unit.read_prs() & PRS_PRO
+            prq_event_thread(drv, us, now)
+            if not overflowed:
+                break
+            drv.counters["drain_retries"] += 1  # spec step d: repeat b and c

@@ -1,0 +1,214 @@
+"""The iommufd object table (``drivers/iommu/iommufd/main.c``).
+
+Every object has a daemon-wide uint32 ID that is never reused, an owning context,
+and ``users``: the references other objects hold on it. ``destroy`` of an object
+whose ``users`` is not zero is ``EBUSY``, as ``iommufd_object_remove`` refuses it;
+otherwise it goes to its kind's ``destroy``, registered by the kind's module in
+``OBJECT_OPS`` as the kernel's ``iommufd_object_ops[]`` table does.
+
+``ContextBase`` is ``struct iommufd_ctx``: one client's objects and the narrow set of
+collaborators its operations touch (the IOMMU core, the ID allocator, the limits,
+the counters and the event sink), never the whole ``Core``. The operations
+themselves live in the module of the object kind they act on (``ioas.py``,
+``hw_pagetable.py``, ``eventq.py``, ``device.py``); ``context.py`` puts them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, ENOSPC, CoreError
+
+if TYPE_CHECKING:
+    from collections import Counter
+
+    from hwmodel import Machine
+    from iopfd.core.device import IommufdDevice
+    from iopfd.core.errors import CoreLimits
+    from iopfd.core.events import EventSink
+    from iopfd.core.iommu import IommuCore
+    from iopfd.core.profile import KernelProfile
+
+UINT32_MAX = 0xFFFF_FFFF
+PAGE_SIZE = 4096
+UINT64_LIMIT = 1 << 64
+
+
+class IommufdObject:
+    """Base of the object kinds: device, ioas, hwpt_paging, hwpt_nested, fault."""
+
+    __slots__ = ("ctx", "id", "users")
+    kind: ClassVar[str] = "object"
+
+    def __init__(self, obj_id: int, ctx: ContextBase) -> None:
+        self.id = obj_id
+        self.ctx = ctx
+        self.users = 0
+
+    def describe(self) -> dict[str, object]:
+        """The row of the admin ``objects`` result."""
+        return {"id": self.id, "type": self.type_name(), "client": self.ctx.label,
+                "users": self.users}
+
+    def type_name(self) -> str:
+        return self.kind
+
+
+class IdAllocator:
+    """Hands out object IDs from 1 upward; an ID is never handed out twice."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def alloc(self) -> int:
+        obj_id = self._next
+        if obj_id > UINT32_MAX:
+            raise CoreError(ENOSPC, "object IDs exhausted")
+        self._next = obj_id + 1
+        return obj_id
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectOps:
+    """``struct iommufd_object_ops``: what the table does with one kind of object."""
+
+    #: Release the object's references and resources; it is out of the table after.
+    destroy: Callable[[ContextBase, IommufdObject, int], None]
+    #: Teardown order at context close: users before what they use (lower first).
+    teardown_rank: Callable[[IommufdObject], int]
+    #: Refuse a ``destroy`` the client may not do (e.g. a bound device): an errno
+    #: message, or ``None`` when ``users == 0`` is all that is needed.
+    refuse: Callable[[IommufdObject], str | None] = lambda obj: None
+
+
+#: ``iommufd_object_ops[]``: filled by each kind's module, keyed by its class.
+OBJECT_OPS: dict[type[IommufdObject], ObjectOps] = {}
+
+_O = TypeVar("_O", bound=IommufdObject)
+
+
+def register_object_ops(cls: type[IommufdObject], ops: ObjectOps) -> None:
+    OBJECT_OPS[cls] = ops
+
+
+@dataclass(slots=True)
+class CoreServices:
+    """What a context's operations may touch besides its own objects."""
+
+    iommu: IommuCore
+    machine: Machine
+    ids: IdAllocator
+    limits: CoreLimits
+    profile: KernelProfile
+    counters: Counter[str]
+    sink: EventSink
+
+
+class ContextBase:
+    """``struct iommufd_ctx``: one client's objects, every ID visible to it alone."""
+
+    def __init__(self, services: CoreServices, ctx_id: int, label: str) -> None:
+        self.services = services
+        self.iommu = services.iommu
+        self.limits = services.limits
+        self.profile = services.profile
+        self.counters = services.counters
+        self.sink = services.sink
+        self.id = ctx_id
+        self.label = label
+        self.objects: dict[int, IommufdObject] = {}
+        self.closed = False
+        #: 4 KiB pages this context maps, in its IOASes and stage-1 tables.
+        self.mapped_pages = 0
+
+    def __repr__(self) -> str:
+        return f"<Context {self.id} {self.label!r}>"
+
+    # ------------------------------------------------------------------ the table
+    def new_id(self) -> int:
+        if self.closed:
+            raise CoreError(EINVAL, "context is closed")
+        if len(self.objects) >= self.limits.max_objects_per_context:
+            raise CoreError(ENOSPC, "too many objects on this connection")
+        return self.services.ids.alloc()
+
+    def lookup(self, obj_id: object) -> IommufdObject | None:
+        """``iommufd_get_object(..., IOMMUFD_OBJ_ANY)``: None when not this context's."""
+        return self.objects.get(obj_id) if isinstance(obj_id, int) else None
+
+    def get(self, obj_id: int, cls: type[_O], what: str) -> _O:
+        """An object of one kind: ``ENOENT`` when absent, ``EINVAL`` when another kind."""
+        obj = self.lookup(obj_id)
+        if obj is None:
+            raise CoreError(ENOENT, f"no object {obj_id!r}")
+        if not isinstance(obj, cls):
+            raise CoreError(EINVAL, f"object {obj_id} is not {what}")
+        return obj
+
+    def bound_device(self, dev_id: int) -> IommufdDevice:
+        """A device bound here, removed or not: ``ENOENT`` otherwise."""
+        obj = self.lookup(dev_id)
+        if obj is None or obj.kind != "device":
+            raise CoreError(ENOENT, f"no device {dev_id!r}")
+        return obj  # type: ignore[return-value]  # the only kind named "device"
+
+    def device(self, dev_id: int) -> IommufdDevice:
+        """A device bound here and present: ``ENOENT``, or ``ENODEV`` once removed."""
+        idev = self.bound_device(dev_id)
+        if idev.removed:
+            raise CoreError(ENODEV, f"device {idev.dev.name} was removed")
+        return idev
+
+    def destroy(self, obj_id: int, now: int) -> None:
+        """``IOMMU_DESTROY``: ``EBUSY`` while another object uses it."""
+        obj = self.lookup(obj_id)
+        if obj is None:
+            raise CoreError(ENOENT, f"no object {obj_id!r}")
+        ops = OBJECT_OPS[type(obj)]
+        refusal = ops.refuse(obj)
+        if refusal is not None:
+            raise CoreError(EBUSY, refusal)
+        if obj.users:
+            raise CoreError(EBUSY, f"object {obj_id} is in use ({obj.users} users)")
+        ops.destroy(self, obj, now)
+        del self.objects[obj.id]
+
+    def teardown(self, now: int) -> None:
+        """Release everything, as closing ``/dev/iommu`` does: users before what they
+        use (devices, nested HWPTs, HWPTs, then fault queues and IOASes)."""
+        ranked = sorted(self.objects.values(),
+                        key=lambda o: (OBJECT_OPS[type(o)].teardown_rank(o), o.id))
+        for obj in ranked:
+            OBJECT_OPS[type(obj)].destroy(self, obj, now)
+            del self.objects[obj.id]
+        self.closed = True
+
+
+def check_range(iova: int, length: int, what: str = "iova") -> None:
+    """A 4 KiB-aligned, non-empty range inside 64 bits, or ``EINVAL``."""
+    if not isinstance(iova, int) or not isinstance(length, int):
+        raise CoreError(EINVAL, f"{what} and length must be integers")
+    if iova < 0 or iova % PAGE_SIZE:
+        raise CoreError(EINVAL, f"{what} {iova:#x} is not 4 KiB aligned")
+    if length <= 0 or length % PAGE_SIZE:
+        raise CoreError(EINVAL, f"length {length:#x} is not a positive multiple of 4 KiB")
+    if iova + length > UINT64_LIMIT:
+        raise CoreError(EINVAL, "range exceeds the 64-bit address space")
+
+
+__all__ = [
+    "OBJECT_OPS",
+    "PAGE_SIZE",
+    "UINT32_MAX",
+    "ContextBase",
+    "CoreServices",
+    "IdAllocator",
+    "IommufdObject",
+    "ObjectOps",
+    "check_range",
+    "register_object_ops",
+]
