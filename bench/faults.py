@@ -83,7 +83,10 @@ async def open_vmm(
     *,
     queue_per_device: bool = False,
 ) -> Vmm:
-    """Bind `rids`, attach a fault-capable paging HWPT at each of `pasids` of each."""
+    """Bind `rids`, attach a fault-capable paging HWPT at each of `pasids` of each.
+
+    With a PASID among `pasids` the HWPT is allocated with flag `pasid` (protocol v2,
+    kernel profile 6.18: PASID attach needs a PASID-compatible HWPT, the RID's too)."""
     wire = await Wire.open(path, name)
     ioas_id = (await wire.call("ioas_alloc"))["ioas_id"]
     vmm = Vmm(wire, ioas_id)
@@ -91,8 +94,11 @@ async def open_vmm(
     for rid in rids:
         dev_id = (await wire.call("bind", rid=rid))["dev_id"]
         fault_id = shared_fault or (await wire.call("fault_alloc"))["fault_id"]
+        flags = ["pasid"] if any(p is not None for p in pasids) else []
         hwpt_id = (
-            await wire.call("hwpt_alloc", dev_id=dev_id, pt_id=ioas_id, flags=[], fault_id=fault_id)
+            await wire.call(
+                "hwpt_alloc", dev_id=dev_id, pt_id=ioas_id, flags=flags, fault_id=fault_id
+            )
         )["hwpt_id"]
         for pasid in pasids:
             args: dict[str, Any] = {"dev_id": dev_id, "pt_id": hwpt_id}
@@ -173,6 +179,8 @@ async def serial_faults(
                     raise RuntimeError(f"unexpected event in a serial run: {m}")
                 if not m.get("ok") or (m["id"] == dma["id"] and m["result"]["status"] != "ok"):
                     raise RuntimeError(f"fault round trip failed: {m}")
+                if m["id"] == answer["id"] and m["result"]["done"] != 1:
+                    raise RuntimeError(f"page_response applied {m['result']['done']} of 1")
                 waiting.discard(m["id"])
         t1 = perf()
         i += 1
@@ -207,6 +215,7 @@ async def fault_throughput(
     streams = vmm.streams
     perf = time.perf_counter_ns
     dma_ids: set[int] = set()
+    answers: dict[int, int] = {}  # page_response id -> entries sent (all must apply)
     sent_at: dict[int, int] = {}
     latencies: list[int] = []
     k = 0
@@ -270,12 +279,15 @@ async def fault_throughput(
                 t = sent_at.pop(mid, None)
                 if t is not None and measuring:
                     latencies.append(now - t)
+            elif mid in answers and m["result"]["done"] != answers.pop(mid):
+                raise RuntimeError(f"page_response under load stopped early: {m}")
         out = [
             wire.request("ioas_map", ioas_id=vmm.ioas_id, iova=iova, length=length, perm=RW)
             for iova, length in _ranges(pages)
         ]
         if cookies:
             out.append(wire.request("page_response", fault_id=fault_id, responses=cookies))
+            answers[out[-1]["id"]] = len(cookies)
             groups += len(cookies)
             records += len(pages)
             batches += 1
@@ -678,14 +690,19 @@ async def _bench_invalidation(sc: InvScenario) -> Entry:
             dev[f.rid] = (await wire.call("bind", rid=f.rid))["dev_id"]
         first = dev[sc.functions[0].rid]
         hwpt = {
-            "P": (await wire.call("hwpt_alloc", dev_id=first, pt_id=ioas, flags=["nest_parent"]))[
-                "hwpt_id"
-            ]
+            # PASID-compatible (protocol v2): children sit at PASIDs, the parent at RIDs of
+            # the same functions.
+            "P": (
+                await wire.call(
+                    "hwpt_alloc", dev_id=first, pt_id=ioas, flags=["nest_parent", "pasid"]
+                )
+            )["hwpt_id"]
         }
         for child in sc.children:
             hwpt[child] = (
                 await wire.call(
-                    "hwpt_alloc", dev_id=first, pt_id=hwpt["P"], flags=[], data={"type": "vtd_s1"}
+                    "hwpt_alloc", dev_id=first, pt_id=hwpt["P"], flags=["pasid"],
+                    data={"type": "vtd_s1"},
                 )
             )["hwpt_id"]
         for name, rid, pasid in sc.attach:

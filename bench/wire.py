@@ -31,6 +31,7 @@ from bench.common import (
 
 RECV_SIZE = 1 << 16
 PAGE = 4096
+PROTOCOL_VERSION = 2
 READ, WRITE = 1, 2
 
 
@@ -52,7 +53,7 @@ class Wire:
     @classmethod
     async def open(cls, path: str, name: str) -> Wire:
         wire = cls(await trio.open_unix_socket(path))
-        await wire.call("hello", version=1, client=name)
+        await wire.call("hello", version=PROTOCOL_VERSION, client=name)
         return wire
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:

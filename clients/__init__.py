@@ -20,11 +20,12 @@ from clients.errors import (
     ProtocolViolation,
     VersionMismatch,
 )
-from clients.queues import FaultQueue, TraceStream
+from clients.queues import DeviceRequestStream, FaultQueue, TraceStream
 from clients.records import (
     PAGE_SIZE,
     ClientStats,
     Device,
+    DeviceRequest,
     DmaResult,
     DmaStatus,
     FaultGroup,
@@ -45,6 +46,8 @@ __all__ = [
     "ClientStats",
     "ConnectionLost",
     "Device",
+    "DeviceRequest",
+    "DeviceRequestStream",
     "DmaResult",
     "DmaStatus",
     "EventGap",

@@ -33,11 +33,12 @@ from typing import Any
 
 import trio
 
-from clients.errors import ConnectionLost, EventGap, error_from_reply
-from clients.queues import FaultQueue, TraceStream
+from clients.errors import ConnectionLost, EventGap, IopfError, error_from_reply
+from clients.queues import DeviceRequestStream, FaultQueue, TraceStream
 from clients.records import (
     ClientStats,
     Device,
+    DeviceRequest,
     DmaResult,
     FaultGroup,
     HelloInfo,
@@ -46,6 +47,7 @@ from clients.records import (
     Perm,
     ResponseCode,
     Status,
+    partial_outcomes,
 )
 from iopfd.protocol.frames import (
     DEFAULT_MAX_FRAME,
@@ -54,7 +56,9 @@ from iopfd.protocol.frames import (
 )
 from iopfd.protocol.frames import ProtocolViolation as FramingError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: ``unplug`` waits for the device's owners (up to ``grace_s``); the reply may be late.
+DEFAULT_UNPLUG_GRACE_S = 10.0
 DEFAULT_SOCKET = "/run/iopfd/iopfd.sock"
 _UINT32 = 1 << 32
 
@@ -125,6 +129,7 @@ class IopfClient:
         self._closed_reason: str | None = None
         self._fault_queues: dict[int, FaultQueue] = {}
         self._trace = TraceStream(trace_buffer)
+        self._device_requests = DeviceRequestStream()
         self._last_seq = 0
         self.hello_info: HelloInfo | None = None
         self._n_requests = 0
@@ -229,12 +234,7 @@ class IopfClient:
 
     async def _hello(self, client_name: str) -> None:
         r = await self.request("hello", version=PROTOCOL_VERSION, client=client_name)
-        self.hello_info = HelloInfo(
-            version=int(r["version"]),
-            server=str(r.get("server", "")),
-            max_frame=int(r.get("max_frame", DEFAULT_MAX_FRAME)),
-            admin=bool(r.get("admin", False)),
-        )
+        self.hello_info = HelloInfo.from_wire(r, DEFAULT_MAX_FRAME)
         self._max_frame = self.hello_info.max_frame
         self._decoder.max_frame = max(self._max_frame, DEFAULT_MAX_FRAME)
 
@@ -373,6 +373,8 @@ class IopfClient:
             if kind == "fault":
                 group = FaultGroup.from_event(msg, now)
                 self.fault_queue(group.fault_id)._put(group)
+            elif kind == "device_request":
+                self._device_requests._put(DeviceRequest.from_event(msg, now))
             elif kind == "trace":
                 self._trace._put_event(msg)
             else:
@@ -406,6 +408,7 @@ class IopfClient:
         self._n_missed += max(0, seq - expected)
         for q in self._fault_queues.values():
             q._put(EventGap(expected, seq))
+        self._device_requests._put(EventGap(expected, seq))
         self._trace._put(EventGap(expected, seq))
 
     def _shutdown(self, reason: str) -> None:
@@ -422,7 +425,9 @@ class IopfClient:
             q._close()
         if reason != "client closed":
             self._trace._put(ConnectionLost(reason))
+            self._device_requests._put(ConnectionLost(reason))
         self._trace._close()
+        self._device_requests._close()
         self._bell_send.close()
 
     # -- fault queues and trace ---------------------------------------------
@@ -441,6 +446,16 @@ class IopfClient:
     def trace(self) -> TraceStream:
         """The trace records of :meth:`subscribe`, as an async iterator."""
         return self._trace
+
+    def device_requests(self) -> DeviceRequestStream:
+        """The ``device_request`` events of this connection, as an async iterator.
+
+        One arrives when an admin hot-unplugs a device this connection holds: finish
+        the device's work, answer its pending groups (their cookies stay valid), and
+        :meth:`unbind` it; the daemon removes it then, or when the grace period ends.
+        Requests are buffered from the start, so none is lost before this is called.
+        """
+        return self._device_requests
 
     # -- VMM operations -------------------------------------------------------
 
@@ -515,7 +530,10 @@ class IopfClient:
     async def attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> None:
         """Attach the device's RID (``pasid=None``) or one PASID to a HWPT.
 
-        Raises Busy if something is attached there already (use :meth:`replace`).
+        Where something is attached already this is a :meth:`replace` (VFIO's rule). On
+        kernel 6.15+ profiles a PASID needs a HWPT allocated with flag ``"pasid"``, and
+        then so does the RID's HWPT (InvalidArgument otherwise); a fault-capable HWPT on
+        a function without PRI is NoDevice.
         """
         await self.request("attach", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
 
@@ -524,44 +542,76 @@ class IopfClient:
         await self.request("replace", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
 
     async def detach(self, dev_id: int, pasid: int | None = None) -> None:
-        """Detach the RID or a PASID; returns after its page requests were drained."""
+        """Detach the RID or a PASID; returns after its page requests were drained.
+        Nothing attached there is not an error."""
         await self.request("detach", **_with_pasid({"dev_id": dev_id}, pasid))
 
     async def page_response(
         self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
-    ) -> list[str | None]:
+    ) -> int:
         """Answer groups of a fault queue, in one request: ``[(cookie, code), ...]``.
 
-        Returns one entry per response: None if applied, else the errno name
-        (``"EINVAL"`` for an unknown or already-answered cookie, or a bad code).
-        Responses are applied in order, each on its own.
+        This is the kernel fault fd's ``write()``: entries are applied in order and
+        processing stops at the first one that is refused (a cookie not pending in this
+        queue, or a code other than SUCCESS/INVALID). Returns how many were applied; the
+        entry at that index was refused and the ones after it were not looked at. Raises
+        InvalidArgument when the very first entry is refused (nothing applied), and
+        NoSuchObject for a fault queue that is not this connection's.
+        :meth:`page_response_each` settles every entry on its own.
         """
-        items = [
-            {"cookie": r.cookie, "code": int(r.code)}
-            if isinstance(r, PageResponse)
-            else {"cookie": int(r[0]), "code": int(r[1])}
-            for r in responses
-        ]
+        items = _response_items(responses)
         r = await self.request("page_response", fault_id=fault_id, responses=items)
-        return [None if x is None else str(x) for x in r["results"]]
+        return int(r["done"])
+
+    async def page_response_each(
+        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
+    ) -> list[str | None]:
+        """Answer groups of one fault queue so that each entry gets its own outcome.
+
+        Returns one slot per entry: None if applied, else the errno name (``"EINVAL"``
+        for the entry the daemon refused). After a refused entry, the entries behind it
+        are sent again in a new request, so one bad cookie never leaves the others
+        unanswered. One request when all are good. A whole-queue error (``ENOENT``)
+        fills every remaining slot.
+        """
+        items = _response_items(responses)
+        results: list[str | None] = []
+        while len(results) < len(items):
+            rest = items[len(results):]
+            try:
+                r = await self.request("page_response", fault_id=fault_id, responses=rest)
+                done = int(r["done"])
+            except IopfError as e:
+                if e.errno != "EINVAL":
+                    results += [e.errno] * len(rest)
+                    break
+                done = 0  # the first entry was refused, nothing applied
+            settled, _ = partial_outcomes(len(rest), done)
+            results += settled
+        return results
 
     async def answer(self, group: FaultGroup, code: int = ResponseCode.SUCCESS) -> None:
-        """Answer one group; raises the slot's error (e.g. InvalidArgument if already answered)."""
-        (res,) = await self.page_response(group.fault_id, [(group.cookie, int(code))])
-        if res is not None:
-            raise error_from_reply(res, f"cookie {group.cookie}", "page_response")
+        """Answer one group; raises InvalidArgument if its cookie is no longer pending
+        (already answered, or answered by the daemon) or the code is not 0 or 1."""
+        try:
+            await self.page_response(group.fault_id, [(group.cookie, int(code))])
+        except IopfError as e:
+            raise error_from_reply(e.errno, f"cookie {group.cookie}: {e.message}",
+                                   "page_response") from None
 
     async def answer_all(
         self, answers: Iterable[tuple[FaultGroup, int]]
     ) -> list[str | None]:
-        """Answer many groups: one ``page_response`` per fault queue, results in input order."""
+        """Answer many groups: one ``page_response`` per fault queue (more only after a
+        refused entry, see :meth:`page_response_each`); one outcome per answer, in
+        input order: None if applied, else the errno name."""
         by_queue: dict[int, list[int]] = {}
         pairs = list(answers)
         for i, (g, _) in enumerate(pairs):
             by_queue.setdefault(g.fault_id, []).append(i)
         results: list[str | None] = [None] * len(pairs)
         for fault_id, idxs in by_queue.items():
-            res = await self.page_response(
+            res = await self.page_response_each(
                 fault_id, [(pairs[i][0].cookie, int(pairs[i][1])) for i in idxs]
             )
             for i, x in zip(idxs, res, strict=True):
@@ -585,12 +635,18 @@ class IopfClient:
 
     async def destroy(self, obj_id: int) -> None:
         """Destroy an object of this connection (Busy while another object uses it)."""
-        # obj_id (an iopfd extension) keeps the request id free: the table's `id` argument
-        # would be the request id itself (docs/protocol.md, clarifications)
         await self.request("destroy", obj_id=obj_id)
         q = self._fault_queues.get(obj_id)
         if q is not None:
             q._close()  # kept, closed: IDs are never reused, late lookups see the end
+
+    async def device_reset(self, dev_id: int) -> None:
+        """Function-level reset of a device this connection holds (``VFIO_DEVICE_RESET``).
+
+        Attachments and fault queues stay; pending groups stay pending and answerable
+        (the function has forgotten them, so their answers change nothing for it).
+        """
+        await self.request("device_reset", dev_id=dev_id)
 
     async def hwpt_s1_map(
         self, hwpt_id: int, iova: int, length: int, gpa: int, perm: int
@@ -653,16 +709,26 @@ class IopfClient:
         )
         await self.request("inject", **args)
 
-    async def unplug(self, rid: str) -> None:
-        """Hot-remove a device: PRI off, drain, stop DMA, release (admin)."""
-        await self.request("unplug", rid=rid)
+    async def unplug(
+        self, rid: str, *, force: bool = False, grace_s: float = DEFAULT_UNPLUG_GRACE_S
+    ) -> bool:
+        """Hot-remove a device (admin); returns once it is removed.
+
+        A bound device's owner first gets a ``device_request`` event and may unbind it;
+        after ``grace_s`` seconds, or at once with ``force``, the daemon removes it
+        anyway (PRI off, drain, stop DMA, release; pending groups answered INVALID).
+        Returns whether the removal was forced on an owner that still held it.
+        """
+        r = await self.request("unplug", rid=rid, force=force, grace_s=float(grace_s))
+        return bool(r.get("forced", False))
 
     async def plug(self, rid: str) -> None:
         """Bring a removed device back as free (admin)."""
         await self.request("plug", rid=rid)
 
     async def reset(self, rid: str) -> None:
-        """Function-level reset of a device: clears a PRI Response Failure (admin)."""
+        """Function-level reset of any device (admin): what ``device_reset`` does for an
+        owner; clears a PRI Response Failure."""
         await self.request("reset", rid=rid)
 
     async def subscribe(self, topics: Sequence[str] = ()) -> TraceStream:
@@ -685,6 +751,17 @@ async def _open_stream(path: str) -> tuple[trio.SocketStream, socket.socket]:
         tsock.close()
         raise
     return trio.SocketStream(tsock), sock
+
+
+def _response_items(
+    responses: Iterable[PageResponse | tuple[int, int]],
+) -> list[dict[str, int]]:
+    return [
+        {"cookie": r.cookie, "code": int(r.code)}
+        if isinstance(r, PageResponse)
+        else {"cookie": int(r[0]), "code": int(r[1])}
+        for r in responses
+    ]
 
 
 def _with_pasid(args: dict[str, Any], pasid: int | None) -> dict[str, Any]:

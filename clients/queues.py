@@ -1,4 +1,4 @@
-"""Where pushed events wait for their reader: fault queues and the trace stream.
+"""Where pushed events wait for their reader: fault queues, device requests, the trace stream.
 
 The client's reader task puts every event here without ever blocking, so a slow
 consumer can delay its own events but never the replies to other calls.
@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from clients.records import FaultGroup, TraceRecord
+from clients.records import DeviceRequest, FaultGroup, TraceRecord
 
 
 class FaultQueue:
@@ -69,6 +69,49 @@ class FaultQueue:
 
     def _put(self, item: FaultGroup | BaseException) -> None:
         # a closed queue has no reader left: a late group is dropped
+        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(item)
+
+    def _close(self) -> None:
+        self._send.close()
+
+
+class DeviceRequestStream:
+    """``device_request`` events, in arrival order: an async iterator of DeviceRequest.
+
+    The daemon sends one per bound device per ``unplug``, so the buffer stays small.
+    It raises :class:`EventGap` once at a gap in the event sequence, and
+    :class:`ConnectionLost` when the connection goes away; it ends when the client is
+    closed.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._recv = trio.open_memory_channel[DeviceRequest | BaseException](
+            math.inf)
+
+    def __aiter__(self) -> DeviceRequestStream:
+        return self
+
+    async def __anext__(self) -> DeviceRequest:
+        try:
+            item = await self._recv.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def receive_nowait(self) -> DeviceRequest | None:
+        """A request already received, or None (never blocks)."""
+        try:
+            item = self._recv.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _put(self, item: DeviceRequest | BaseException) -> None:
         with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             self._send.send_nowait(item)
 

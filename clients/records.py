@@ -45,6 +45,9 @@ class DmaStatus(enum.StrEnum):
 
 FLAG_PASID_VALID = 1
 FLAG_LAST_PAGE = 2
+#: ``IOMMU_FAULT_PAGE_RESPONSE_NEEDS_PASID``: set with PASID_VALID on every record of a
+#: request that had a PASID (VT-d sets it, iommufd copies flags raw): 5 partial, 7 last.
+FLAG_NEEDS_PASID = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,11 @@ class FaultRecord:
     @property
     def last_page(self) -> bool:
         return bool(self.flags & FLAG_LAST_PAGE)
+
+    @property
+    def needs_pasid(self) -> bool:
+        """The response must carry the PASID (set on every PASID request)."""
+        return bool(self.flags & FLAG_NEEDS_PASID)
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> FaultRecord:
@@ -138,6 +146,29 @@ class PageResponse:
     code: int = ResponseCode.SUCCESS
 
 
+#: The errno of an entry that ``page_response`` refused: processing stopped there.
+REFUSED = "EINVAL"
+
+
+def partial_outcomes(sent: int, done: int) -> tuple[list[str | None], int]:
+    """What one ``page_response`` of ``sent`` entries that applied ``done`` settled.
+
+    The request is the fault fd's ``write()``: entries ``[0, done)`` were applied, the
+    entry at ``done`` (if any) was refused (``EINVAL``: an unknown or answered cookie, or
+    a bad code), and the entries after it were not looked at. Returns the outcomes of
+    the entries settled (``None`` for applied) and how many that is; the caller sends
+    the rest again. A reply of ``done == 0`` for a non-empty request (what an ``EINVAL``
+    for the whole request means too) refuses the first entry, so every round settles
+    at least one entry.
+    """
+    if sent <= 0:
+        return [], 0
+    done = max(0, min(done, sent))
+    if done == sent:
+        return [None] * done, done
+    return [*([None] * done), REFUSED], done + 1
+
+
 @dataclass(frozen=True, slots=True)
 class DmaResult:
     """The outcome of an emulated DMA: status, page requests issued, bytes accessed."""
@@ -153,12 +184,62 @@ class DmaResult:
 
 @dataclass(frozen=True, slots=True)
 class HelloInfo:
-    """What the daemon said in ``hello``."""
+    """What the daemon said in ``hello``; ``kernel`` is the profile it plays."""
 
     version: int
     server: str
     max_frame: int
     admin: bool
+    kernel: str = ""
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any], default_max_frame: int) -> HelloInfo:
+        return cls(
+            version=int(d["version"]),
+            server=str(d.get("server", "")),
+            max_frame=int(d.get("max_frame", default_max_frame)),
+            admin=bool(d.get("admin", False)),
+            kernel=str(d.get("kernel", "")),
+        )
+
+    @property
+    def kernel_version(self) -> tuple[int, ...]:
+        """``kernel`` as numbers, e.g. (6, 12); an unknown one counts as the newest."""
+        try:
+            return tuple(int(x) for x in self.kernel.split("."))
+        except ValueError:
+            return (1 << 16,)
+
+    @property
+    def pasid_attach(self) -> bool:
+        """Whether PASIDs can be attached (``VFIO_DEVICE_ATTACH_PASID``, 6.15+; before,
+        ``attach`` with a ``pasid`` is EINVAL). Where they can, a HWPT attached at a PASID
+        needs ``hwpt_alloc`` flag ``pasid`` (IOMMU_HWPT_ALLOC_PASID), and so does the
+        RID's HWPT next to it; before 6.15 that flag is EOPNOTSUPP."""
+        return self.kernel_version >= (6, 15)
+
+    @property
+    def paging_fault_hwpt(self) -> bool:
+        """Whether a paging HWPT (``pt_id`` an IOAS) may be fault-capable (6.13+); before,
+        only a nested HWPT may."""
+        return self.kernel_version >= (6, 13)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    """A ``device_request`` event: an admin is hot-unplugging a device this connection
+    holds (vfio-pci's REQ interrupt). Finish, answer the device's pending groups, and
+    ``unbind`` it; until then the daemon waits (up to the unplug's grace period)."""
+
+    dev_id: int
+    rid: str
+    seq: int = 0
+    received_ns: int = 0
+
+    @classmethod
+    def from_event(cls, ev: Mapping[str, Any], received_ns: int) -> DeviceRequest:
+        return cls(dev_id=int(ev["dev_id"]), rid=str(ev["rid"]),
+                   seq=int(ev.get("seq", 0)), received_ns=received_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +265,11 @@ class Device:
 
     _KEYS = ("rid", "iommu", "pri", "ats", "pasid_bits", "pf", "state")
 
+    @property
+    def removing(self) -> bool:
+        """An ``unplug`` is waiting for this device's owner to release it."""
+        return bool(self.extra.get("removing", False))
+
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Device:
         return cls(
@@ -207,11 +293,13 @@ class Status:
     clients: int
     counters: Mapping[str, int]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    kernel: str = ""
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Status:
-        known = ("version", "uptime_s", "clients", "counters")
+        known = ("version", "uptime_s", "clients", "counters", "kernel")
         return cls(
+            kernel=str(d.get("kernel", "")),
             version=str(d["version"]),
             uptime_s=float(d["uptime_s"]),
             clients=int(d["clients"]),

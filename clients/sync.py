@@ -8,12 +8,12 @@
         print(c.status().counters)
 
 It is single-threaded: a call blocks until its reply arrives, queueing any
-fault groups or trace records that come in meanwhile; take them with
-:meth:`next_fault` / :meth:`next_trace`. Because the answer to a page fault
-must come from this same connection, a ``dma`` that faults can only finish if
-faults are answered while it waits: pass ``on_fault=handler`` to :meth:`dma`
-(the handler gets each group and returns its response code, after mapping
-what it needs through the same client).
+fault groups, device requests or trace records that come in meanwhile; take
+them with :meth:`next_fault` / :meth:`next_device_request` / :meth:`next_trace`.
+Because the answer to a page fault must come from this same connection, a ``dma``
+that faults can only finish if faults are answered while it waits: pass
+``on_fault=handler`` to :meth:`dma` (the handler gets each group and returns its
+response code, after mapping what it needs through the same client).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from clients.client import PROTOCOL_VERSION, resolve_socket_path
-from clients.errors import ConnectionLost, EventGap, error_from_reply
+from clients.client import DEFAULT_UNPLUG_GRACE_S, PROTOCOL_VERSION, resolve_socket_path
+from clients.errors import ConnectionLost, EventGap, IopfError, error_from_reply
 from clients.records import (
     Device,
+    DeviceRequest,
     DmaResult,
     FaultGroup,
     HelloInfo,
@@ -38,6 +39,7 @@ from clients.records import (
     ResponseCode,
     Status,
     TraceRecord,
+    partial_outcomes,
 )
 from iopfd.protocol.frames import (
     DEFAULT_MAX_FRAME,
@@ -48,6 +50,8 @@ from iopfd.protocol.frames import ProtocolViolation as FramingError
 
 FaultHandler = Callable[[FaultGroup], int]
 _T = TypeVar("_T")
+#: Seconds an ``unplug`` call waits beyond its grace period for the reply.
+UNPLUG_REPLY_SLACK_S = 10.0
 
 
 class SyncClient:
@@ -73,6 +77,7 @@ class SyncClient:
         self._replies: dict[int, dict[str, Any]] = {}
         self._faults: collections.deque[FaultGroup] = collections.deque()
         self._traces: collections.deque[TraceRecord] = collections.deque()
+        self._device_requests: collections.deque[DeviceRequest] = collections.deque()
         self._last_seq = 0
         self._closed_reason: str | None = None
         self.seq_gaps: list[EventGap] = []
@@ -81,12 +86,7 @@ class SyncClient:
         except BaseException:
             self.close()
             raise
-        self.hello_info = HelloInfo(
-            version=int(r["version"]),
-            server=str(r.get("server", "")),
-            max_frame=int(r.get("max_frame", DEFAULT_MAX_FRAME)),
-            admin=bool(r.get("admin", False)),
-        )
+        self.hello_info = HelloInfo.from_wire(r, DEFAULT_MAX_FRAME)
         self._decoder.max_frame = max(self.hello_info.max_frame, DEFAULT_MAX_FRAME)
 
     def close(self) -> None:
@@ -127,10 +127,13 @@ class SyncClient:
         return req_id
 
     def wait(
-        self, req_id: int, op: str = "", on_fault: FaultHandler | None = None
+        self, req_id: int, op: str = "", on_fault: FaultHandler | None = None,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Wait for the reply to ``req_id``, answering faults with ``on_fault`` meanwhile."""
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        """Wait for the reply to ``req_id``, answering faults with ``on_fault`` meanwhile.
+        ``timeout`` (seconds) overrides the client's for this wait."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = None if limit is None else time.monotonic() + limit
         while req_id not in self._replies:
             if on_fault is not None and self._faults:
                 self._handle_faults(on_fault)
@@ -151,7 +154,7 @@ class SyncClient:
         for g in groups:
             by_queue.setdefault(g.fault_id, []).append((g.cookie, int(on_fault(g))))
         for fault_id, responses in by_queue.items():
-            self.page_response(fault_id, responses)
+            self.page_response_each(fault_id, responses)
 
     def _read_some(self, deadline: float | None) -> None:
         if self._closed_reason is not None:
@@ -186,6 +189,8 @@ class SyncClient:
                 self._last_seq = seq
             if msg["event"] == "fault":
                 self._faults.append(FaultGroup.from_event(msg, now))
+            elif msg["event"] == "device_request":
+                self._device_requests.append(DeviceRequest.from_event(msg, now))
             elif msg["event"] == "trace":
                 self._traces.append(TraceRecord.from_event(msg))
             return
@@ -207,6 +212,11 @@ class SyncClient:
     def next_fault(self, timeout: float | None = None) -> FaultGroup | None:
         """The next fault group of any of this client's queues, or None after ``timeout`` s."""
         return self._next_event(self._faults, timeout)
+
+    def next_device_request(self, timeout: float | None = None) -> DeviceRequest | None:
+        """The next ``device_request`` (an admin is unplugging a device this connection
+        holds: finish, answer its groups, :meth:`unbind` it), or None after ``timeout`` s."""
+        return self._next_event(self._device_requests, timeout)
 
     def next_trace(self, timeout: float | None = None) -> TraceRecord | None:
         """The next trace record (after :meth:`subscribe`), or None after ``timeout`` s."""
@@ -274,31 +284,49 @@ class SyncClient:
 
     def page_response(
         self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
+    ) -> int:
+        """The fault fd's write(): the number of entries applied (see IopfClient)."""
+        r = self.request("page_response", fault_id=fault_id, responses=_response_items(responses))
+        return int(r["done"])
+
+    def page_response_each(
+        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
     ) -> list[str | None]:
-        items = [
-            {"cookie": r.cookie, "code": int(r.code)}
-            if isinstance(r, PageResponse)
-            else {"cookie": int(r[0]), "code": int(r[1])}
-            for r in responses
-        ]
-        r = self.request("page_response", fault_id=fault_id, responses=items)
-        return [None if x is None else str(x) for x in r["results"]]
+        """One outcome per entry, resending what follows a refused entry (see IopfClient)."""
+        items = _response_items(responses)
+        results: list[str | None] = []
+        while len(results) < len(items):
+            rest = items[len(results):]
+            try:
+                done = int(self.request("page_response", fault_id=fault_id,
+                                        responses=rest)["done"])
+            except IopfError as e:
+                if e.errno != "EINVAL":
+                    results += [e.errno] * len(rest)
+                    break
+                done = 0
+            settled, _ = partial_outcomes(len(rest), done)
+            results += settled
+        return results
 
     def answer(self, group: FaultGroup, code: int = ResponseCode.SUCCESS) -> None:
-        (res,) = self.page_response(group.fault_id, [(group.cookie, int(code))])
-        if res is not None:
-            raise error_from_reply(res, f"cookie {group.cookie}", "page_response")
+        try:
+            self.page_response(group.fault_id, [(group.cookie, int(code))])
+        except IopfError as e:
+            raise error_from_reply(e.errno, f"cookie {group.cookie}: {e.message}",
+                                   "page_response") from None
 
     def answer_all(self, answers: Iterable[tuple[FaultGroup, int]]) -> list[str | None]:
-        """Answer many groups: one page_response per fault queue, results in input order."""
+        """Answer many groups: one page_response per fault queue (more after a refused
+        entry), one outcome per answer in input order."""
         pairs = list(answers)
         by_queue: dict[int, list[int]] = {}
         for i, (g, _) in enumerate(pairs):
             by_queue.setdefault(g.fault_id, []).append(i)
         results: list[str | None] = [None] * len(pairs)
         for fault_id, idxs in by_queue.items():
-            res = self.page_response(fault_id, [(pairs[i][0].cookie, int(pairs[i][1]))
-                                                for i in idxs])
+            res = self.page_response_each(fault_id, [(pairs[i][0].cookie, int(pairs[i][1]))
+                                                     for i in idxs])
             for i, x in zip(idxs, res, strict=True):
                 results[i] = x
         return results
@@ -322,7 +350,10 @@ class SyncClient:
         return DmaResult(status=str(r["status"]), faults=int(r["faults"]), bytes=int(r["bytes"]))
 
     def destroy(self, obj_id: int) -> None:
-        self.request("destroy", obj_id=obj_id)  # not `id`: that is the request id
+        self.request("destroy", obj_id=obj_id)
+
+    def device_reset(self, dev_id: int) -> None:
+        self.request("device_reset", dev_id=dev_id)
 
     def hwpt_s1_map(self, hwpt_id: int, iova: int, length: int, gpa: int, perm: int) -> None:
         self.request(
@@ -372,8 +403,16 @@ class SyncClient:
         )
         self.request("inject", **args)
 
-    def unplug(self, rid: str) -> None:
-        self.request("unplug", rid=rid)
+    def unplug(
+        self, rid: str, *, force: bool = False, grace_s: float = DEFAULT_UNPLUG_GRACE_S
+    ) -> bool:
+        """Hot-remove a device; blocks until it is removed (up to ``grace_s`` while its
+        owner finishes), and returns whether the removal was forced. The wait is bounded
+        by the grace period plus a margin, whatever the client's ``timeout``."""
+        req_id = self.send("unplug", rid=rid, force=force, grace_s=float(grace_s))
+        limit = None if self.timeout is None else max(self.timeout,
+                                                      grace_s + UNPLUG_REPLY_SLACK_S)
+        return bool(self.wait(req_id, "unplug", timeout=limit).get("forced", False))
 
     def plug(self, rid: str) -> None:
         self.request("plug", rid=rid)
@@ -384,6 +423,17 @@ class SyncClient:
     def subscribe(self, topics: Sequence[str] = ()) -> None:
         """Start (or change) the trace stream; read it with :meth:`next_trace`."""
         self.request("subscribe", topics=list(topics))
+
+
+def _response_items(
+    responses: Iterable[PageResponse | tuple[int, int]],
+) -> list[dict[str, int]]:
+    return [
+        {"cookie": r.cookie, "code": int(r.code)}
+        if isinstance(r, PageResponse)
+        else {"cookie": int(r[0]), "code": int(r[1])}
+        for r in responses
+    ]
 
 
 def _with_pasid(args: dict[str, Any], pasid: int | None) -> dict[str, Any]:

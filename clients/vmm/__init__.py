@@ -25,8 +25,16 @@ EXIT_OK = 0
 EXIT_INVARIANT = 1
 EXIT_SETUP = 2
 EXIT_CONNECTION = 3
+#: The daemon asked for a device back (``device_request``: an admin is unplugging it);
+#: the VMM finished its DMAs, answered every group, released it and stopped early.
+EXIT_DEVICE_RELEASED = 4
 
-__all__ = ["DemandPagingVmm", "VmmOptions", "build_parser", "main", "run"]
+EPILOG = """exit status: 0 every check held; 1 an invariant broke (the summary lists it);
+2 setup or usage error; 3 iopfd cannot be reached; 4 the daemon asked for a device back
+(an admin unplugged it): the VMM answered what it held, released it and stopped early."""
+
+__all__ = ["EXIT_DEVICE_RELEASED", "DemandPagingVmm", "VmmOptions", "build_parser", "main",
+           "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iopf-vmm",
         description="Reference VMM for iopfd: demand-pages a guest's DMA buffers by "
         "serving I/O page faults, then prints what happened.",
+        epilog=EPILOG,
     )
     p.add_argument("--socket", help="iopfd socket (default: $IOPFD_SOCKET, then "
                    "/run/iopfd/iopfd.sock)")
@@ -94,24 +103,42 @@ async def run(args: argparse.Namespace) -> int:
             print(f"iopf-vmm: setup: {e}", file=sys.stderr)
             await vmm.teardown()
             return EXIT_SETUP
+        if vmm.mode == "identity-s1":
+            # Said even with --json (stderr): the run is not the paging setup asked for.
+            print(f"iopf-vmm: kernel {vmm.kernel} has no fault-capable paging HWPT: using a "
+                  "nested HWPT whose stage-1 maps guest RAM one to one", file=sys.stderr)
+        if vmm.pasids_skipped:
+            print(f"iopf-vmm: kernel {vmm.kernel} has no PASID attach: "
+                  "RIDs only (--pasids ignored)", file=sys.stderr)
         if not args.json:
-            mode = "nested (vtd_s1 over nest_parent)" if opts.nested else "paging"
+            mode = {"nested": "nested (vtd_s1 over nest_parent)",
+                    "identity-s1": "paging through an identity stage-1 (vtd_s1)"}.get(
+                        vmm.mode, vmm.mode)
             print(f"iopf-vmm: {len(rids)} device(s), {len(vmm.targets)} DMA streams, {mode}, "
-                  f"{opts.pattern}, {opts.pages} pages each, seed {opts.seed}", file=sys.stderr)
+                  f"{opts.pattern}, {opts.pages} pages each, seed {opts.seed}, "
+                  f"kernel {vmm.kernel}", file=sys.stderr)
         await vmm.run()
         await vmm.check_nothing_pending()
         await vmm.teardown()
+        vmm.take_late_device_requests()
         assert client.hello_info is not None
         info = RunInfo(
-            devices=rids, targets=len(vmm.targets),
-            mode="nested" if opts.nested else "paging", pattern=opts.pattern,
+            devices=rids, targets=len(vmm.targets), mode=vmm.mode, pattern=opts.pattern,
             pages=opts.pages, seed=opts.seed, daemon=client.hello_info.server,
+            kernel=vmm.kernel, released=vmm.released,
         )
         gaps = client.stats().seq_gaps
         if gaps:
             vmm.stats.violate(f"{gaps} event sequence gap(s)")
         print_summary(info, vmm.stats, sys.stdout, args.json)
-        return EXIT_INVARIANT if vmm.stats.violations else EXIT_OK
+        if vmm.stats.violations:
+            return EXIT_INVARIANT
+        if vmm.released:
+            print(f"iopf-vmm: released {', '.join(vmm.released)} on the daemon's "
+                  "device_request (hot-unplug): DMAs finished, every group answered; "
+                  "stopped early", file=sys.stderr)
+            return EXIT_DEVICE_RELEASED
+        return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

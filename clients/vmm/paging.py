@@ -9,6 +9,14 @@ lazily allocated memory does: map the page (IOAS; and in nested mode the
 guest's stage-1 entry if the guest had not written it yet), then answer
 SUCCESS. A request outside guest memory is answered INVALID, as a VMM must
 for a guest programming its device with a bad address.
+
+Kernel profiles (``hello``'s ``kernel``): from 6.15 a HWPT attached at a PASID, and
+the RID's HWPT next to it, is allocated with flag ``pasid``; before 6.15 there is no
+PASID attach, so only RIDs are attached. Before 6.13 a paging HWPT cannot be
+fault-capable, so paging mode uses a nested HWPT whose stage-1 maps guest RAM one to
+one (mode ``identity-s1``). A ``device_request`` (an admin hot-unplugging
+one of its devices) stops the workload: DMAs in flight finish, every group is
+answered, the device is unbound, and the run ends early (``released``).
 """
 
 from __future__ import annotations
@@ -22,8 +30,17 @@ from dataclasses import dataclass, field
 import trio
 
 from clients.client import IopfClient, PendingCall
-from clients.errors import IopfError
-from clients.records import PAGE_SHIFT, PAGE_SIZE, DmaStatus, FaultGroup, Perm, ResponseCode
+from clients.errors import EventGap, IopfError
+from clients.records import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    DeviceRequest,
+    DmaStatus,
+    FaultGroup,
+    Perm,
+    ResponseCode,
+    partial_outcomes,
+)
 from clients.vmm.report import Progress, VmmStats
 from clients.vmm.workload import (
     GUEST_IOVA_BASE,
@@ -37,6 +54,10 @@ from clients.vmm.workload import (
 
 RW = Perm.READ | Perm.WRITE
 VERIFY_RUN_PAGES = 64
+#: Largest hwpt_s1_map of the identity stage-1 (well under the daemon's max_map_length).
+IDENTITY_MAP_CHUNK = 4 << 20
+#: How long a device_request waits for DMAs in flight to finish before releasing anyway.
+RELEASE_DRAIN_S = 5.0
 
 
 @dataclass
@@ -61,7 +82,8 @@ class _Device:
     dev_id: int
     pasids: list[int]
     hwpt: int  # what the device is attached to: paging HWPT, or the nested one
-    parent: int | None = None  # nested mode: the nest_parent HWPT
+    parent: int | None = None  # nested (and identity-s1) mode: the nest_parent HWPT
+    released: bool = False  # unbound on the daemon's device_request
 
 
 class DemandPagingVmm:
@@ -84,6 +106,14 @@ class DemandPagingVmm:
         self.guest_pages = 0
         self._busy = False  # the fault loop is serving a batch
         self._t0 = 0.0
+        #: "paging", "nested", or "identity-s1" (paging asked, kernel without fault-capable
+        #: paging HWPTs: a nested HWPT whose stage-1 maps guest RAM one to one).
+        self.mode = "nested" if opts.nested else "paging"
+        self._identity_hwpts: list[int] = []
+        #: device_request events for our devices, in arrival order.
+        self.device_requests: list[DeviceRequest] = []
+        self._stop = trio.Event()  # a device_request came: start no more DMAs
+        self.pasids_skipped = False
 
     # -- guest memory -------------------------------------------------------
 
@@ -107,26 +137,44 @@ class DemandPagingVmm:
             return list(self.opts.devices)
         return [d.rid for d in rows if d.pri and not d.is_vf and d.state == "free"]
 
+    @property
+    def kernel(self) -> str:
+        return self.c.hello_info.kernel if self.c.hello_info is not None else ""
+
     async def setup(self, rids: list[str]) -> None:
+        hello = self.c.hello_info
+        assert hello is not None
+        if self.mode == "paging" and not hello.paging_fault_hwpt:
+            self.mode = "identity-s1"
+        #: PASIDs asked for but not attachable on this kernel (said in the output).
+        self.pasids_skipped = bool(self.opts.pasids) and not hello.pasid_attach
         rows = {d.rid: d for d in await self.c.devices()}
         self.ioas = await self.c.ioas_alloc()
         self.fault_id = await self.c.fault_alloc()
         layout: list[tuple[str, int, list[int | None]]] = []
         for rid in rids:
             dev_id = await self.c.bind(rid)
-            if self.opts.nested:
-                parent = await self.c.hwpt_alloc(dev_id, self.ioas, flags=["nest_parent"])
-                hwpt = await self.c.hwpt_alloc(
-                    dev_id, parent, fault_id=self.fault_id, data={"type": "vtd_s1"}
-                )
-                self.s1_mapped[hwpt] = set()
-            else:
-                parent = None
-                hwpt = await self.c.hwpt_alloc(dev_id, self.ioas, fault_id=self.fault_id)
-            await self.c.attach(dev_id, hwpt)
-            npasid = self.opts.pasids if rows[rid].pasid_bits > 0 else 0
+            npasid = self.opts.pasids if rows[rid].pasid_bits > 0 and hello.pasid_attach else 0
             npasid = min(npasid, (1 << rows[rid].pasid_bits) - 1) if npasid else 0
             pasids = list(range(1, npasid + 1))
+            # One HWPT serves the RID and the PASIDs: with PASIDs attached, 6.15+ wants
+            # it PASID-compatible (iommufd_hwpt_pasid_compat), the RID's included.
+            flags = ["pasid"] if pasids else []
+            parent: int | None = None
+            if self.mode == "paging":
+                hwpt = await self.c.hwpt_alloc(dev_id, self.ioas, flags=flags,
+                                               fault_id=self.fault_id)
+            else:
+                parent = await self.c.hwpt_alloc(dev_id, self.ioas, flags=["nest_parent"])
+                hwpt = await self.c.hwpt_alloc(
+                    dev_id, parent, flags=flags, fault_id=self.fault_id,
+                    data={"type": "vtd_s1"},
+                )
+                if self.mode == "nested":
+                    self.s1_mapped[hwpt] = set()
+                else:
+                    self._identity_hwpts.append(hwpt)
+            await self.c.attach(dev_id, hwpt)
             for p in pasids:
                 await self.c.attach(dev_id, hwpt, pasid=p)
             self.devices.append(_Device(rid, dev_id, pasids, hwpt, parent))
@@ -134,6 +182,13 @@ class DemandPagingVmm:
             layout.append((rid, dev_id, [None, *pasids]))
         self.targets = layout_targets(layout, self.opts.pages, self.opts.nested)
         self.guest_pages = len(self.targets) * self.opts.pages
+        for hwpt in self._identity_hwpts:
+            # The stage-1 a guest without a vIOMMU has: iova == gpa over its RAM.
+            size = self.guest_pages * PAGE_SIZE
+            for off in range(0, size, IDENTITY_MAP_CHUNK):
+                n = min(IDENTITY_MAP_CHUNK, size - off)
+                await self.c.hwpt_s1_map(hwpt, GUEST_RAM_BASE + off, n,
+                                         GUEST_RAM_BASE + off, RW)
 
     def _hwpt_of(self, dev_id: int) -> int:
         """The HWPT a device's faults come from (the nested one in nested mode)."""
@@ -204,7 +259,7 @@ class DemandPagingVmm:
         response = self.c.submit(
             "page_response", fault_id=self.fault_id,
             responses=[{"cookie": cookie, "code": int(code)} for cookie, code in answers],
-        )
+        ) if answers else None
         for pending, npages, stage in maps:
             try:
                 await pending.result()
@@ -217,12 +272,28 @@ class DemandPagingVmm:
             else:
                 st.s1_map_calls += 1
                 st.s1_pages_mapped += npages
-        results = (await response.result())["results"]
+        results = await self._settle(response, answers) if response is not None else []
         done = time.monotonic_ns()
         for (cookie, _), res in zip(answers, results, strict=True):
             if res is not None:
                 st.violate(f"page_response cookie {cookie}: {res}")
         st.fault_service_ns.extend(done - g.received_ns for g in groups)
+
+    async def _settle(self, response: PendingCall,
+                      answers: list[tuple[int, ResponseCode]]) -> list[str | None]:
+        """One outcome per answer. The page_response stops at the first refused entry
+        (the fault fd's write()): the entries behind it are sent again, so every group
+        of the batch is still answered."""
+        try:
+            done = int((await response.result())["done"])
+        except IopfError as e:
+            if e.errno != "EINVAL":
+                return [e.errno] * len(answers)
+            done = 0  # the first entry was refused, nothing applied
+        outcomes, settled = partial_outcomes(len(answers), done)
+        if settled < len(answers):
+            outcomes += await self.c.page_response_each(self.fault_id, answers[settled:])
+        return outcomes
 
     # -- the guest workload -------------------------------------------------
 
@@ -233,8 +304,9 @@ class DemandPagingVmm:
         deadline = self._t0 + opts.duration if opts.duration > 0 else math.inf
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fault_loop)
+            await nursery.start(self._watch_device_requests)
             nursery.start_soon(self._progress_loop, deadline)
-            while True:
+            while not self._stop.is_set():
                 self.stats.epochs += 1
                 self.touched = {t.index: set() for t in self.targets}
                 if opts.nested:
@@ -248,14 +320,70 @@ class DemandPagingVmm:
                     rng=self.rng,
                 )
                 await self._play(plan, deadline)
-                if time.monotonic() >= deadline or opts.duration <= 0:
+                if self._stop.is_set() or time.monotonic() >= deadline or opts.duration <= 0:
                     break
                 await self._balloon_out()
             await self._quiesce()
+            if self._stop.is_set():
+                await self._release_requested()
             await self.verify()
             self.stats.elapsed_s = time.monotonic() - self._t0
             nursery.cancel_scope.cancel()
         self.progress.done()
+
+    async def _watch_device_requests(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """An admin is unplugging one of our devices: stop starting DMAs (the run winds
+        down, answers what it holds, then releases the device in ``run``)."""
+        stream = self.c.device_requests()
+        task_status.started()
+        ours = {d.dev_id for d in self.devices}
+        while True:
+            try:
+                req = await stream.__anext__()
+            except EventGap:
+                continue  # counted by the client; the run reports it
+            except StopAsyncIteration:
+                return
+            if req.dev_id in ours:
+                self.device_requests.append(req)
+                self._stop.set()
+
+    async def _release_requested(self) -> None:
+        """Unbind every device a device_request named; the daemon then removes it."""
+        for req in self.device_requests:
+            d = next((d for d in self.devices if d.dev_id == req.dev_id), None)
+            if d is None or d.released:
+                continue
+            try:
+                await self.c.unbind(d.dev_id)  # detaches its RID and PASIDs first
+            except IopfError as e:
+                self.stats.violate(f"release {d.rid} on device_request: {e}")
+            d.released = True
+
+    def take_late_device_requests(self) -> None:
+        """device_requests that came after the run (teardown unbinds those devices)."""
+        stream = self.c.device_requests()
+        ours = {d.dev_id for d in self.devices}
+        while True:
+            try:
+                req = stream.receive_nowait()
+            except EventGap:
+                continue
+            if req is None:
+                return
+            if req.dev_id in ours:
+                self.device_requests.append(req)
+
+    @property
+    def released(self) -> list[str]:
+        """The devices given back on a device_request, in order."""
+        rids = []
+        for req in self.device_requests:
+            if req.rid not in rids:
+                rids.append(req.rid)
+        return rids
 
     async def _progress_loop(self, deadline: float) -> None:
         total = self.opts.duration if deadline != math.inf else None
@@ -269,12 +397,14 @@ class DemandPagingVmm:
         async def feeder() -> None:
             async with send:
                 for op in plan:
-                    if time.monotonic() >= deadline:
+                    if time.monotonic() >= deadline or self._stop.is_set():
                         return
                     await send.send(op)
 
         async def worker() -> None:
             async for op in recv:
+                if self._stop.is_set():
+                    continue  # a device is going: DMAs in flight finish, no new one starts
                 await self._dma(op)
 
         async with trio.open_nursery() as n:
@@ -337,7 +467,7 @@ class DemandPagingVmm:
     async def _quiesce(self) -> None:
         """Wait until the fault loop has answered everything delivered so far."""
         queue = self.c.fault_queue(self.fault_id)
-        with trio.move_on_after(5):
+        with trio.move_on_after(RELEASE_DRAIN_S):
             while queue.buffered or self._busy:
                 await trio.sleep(0.001)
         if queue.buffered:
@@ -346,8 +476,14 @@ class DemandPagingVmm:
     async def verify(self) -> None:
         """Every buffer page a DMA touched this epoch must translate: DMA it again, no fault."""
         st = self.stats
+        gone = {d.dev_id for d in self.devices if d.released}
+        for t in self.targets:
+            if t.dev_id in gone:
+                self.touched.pop(t.index, None)  # released: nothing left to verify there
         st.touched_pages = sum(len(p) for p in self.touched.values())
         for t in self.targets:
+            if t.dev_id in gone:
+                continue
             for first, n in page_runs(sorted(self.touched.get(t.index, ()))):
                 for off in range(0, n, VERIFY_RUN_PAGES):
                     count = min(VERIFY_RUN_PAGES, n - off)
@@ -383,6 +519,8 @@ class DemandPagingVmm:
                 self.stats.violate(f"teardown: {what}: {e}")
 
         for d in self.devices:
+            if d.released:
+                continue  # unbound on its device_request: nothing attached any more
             for p in d.pasids:
                 await step(f"detach {d.rid} pasid {p}", self.c.detach, d.dev_id, p)
             await step(f"detach {d.rid}", self.c.detach, d.dev_id)
@@ -395,4 +533,5 @@ class DemandPagingVmm:
         if self.ioas:
             await step("destroy ioas", self.c.destroy, self.ioas)
         for d in self.devices:
-            await step(f"unbind {d.rid}", self.c.unbind, d.dev_id)
+            if not d.released:
+                await step(f"unbind {d.rid}", self.c.unbind, d.dev_id)

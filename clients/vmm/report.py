@@ -72,13 +72,17 @@ class RunInfo:
     pages: int
     seed: int
     daemon: str
+    kernel: str = ""
+    released: list[str] = field(default_factory=list)  # given back on device_request
 
 
 def summary_dict(info: RunInfo, st: VmmStats) -> dict[str, Any]:
     return {
         "ok": not st.violations,
         "daemon": info.daemon,
+        "kernel": info.kernel,
         "devices": info.devices,
+        "released": info.released,
         "targets": info.targets,
         "mode": info.mode,
         "pattern": info.pattern,
@@ -128,11 +132,14 @@ def print_summary(info: RunInfo, st: VmmStats, out: TextIO, as_json: bool) -> No
     w = out.write
     dma = ", ".join(f"{n} {k}" for k, n in d["dma"].items()) or "none"
     avg = st.groups / st.batches if st.batches else 0.0
-    w(f"iopf-vmm summary ({info.daemon}, seed {info.seed})\n")
+    w(f"iopf-vmm summary ({info.daemon}, kernel {info.kernel}, seed {info.seed})\n")
     w(f"  devices        {', '.join(info.devices)}\n")
     w(f"  setup          {info.targets} DMA streams, {info.mode}, {info.pattern}, "
       f"{info.pages} pages each\n")
     w(f"  ran            {st.elapsed_s:.2f} s, {st.epochs} epoch(s)\n")
+    if info.released:
+        w(f"  released       {', '.join(info.released)} on the daemon's device_request "
+          "(hot-unplug): stopped early\n")
     w(f"  dma            {st.dmas} transfers ({dma}), {st.dma_bytes / 2**20:.1f} MiB, "
       f"{st.dma_faults} page requests issued\n")
     w(f"  fault groups   {st.groups} handled in {st.batches} batches (avg {avg:.1f}), "

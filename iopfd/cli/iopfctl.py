@@ -78,6 +78,22 @@ def _rid_op(op: str) -> Handler:
     return run
 
 
+def _unplug(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
+    # SyncClient.unplug waits as long as the grace period needs, whatever --timeout says.
+    forced = c.unplug(a.rid, force=a.force, grace_s=a.grace)
+    return {"forced": forced}
+
+
+def _grace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("--grace must be within 0..3600 seconds")
+    return value
+
+
 def _inject(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
     args: dict[str, Any] = {"rid": a.rid, "addr": a.addr, "perm": a.perm, "grpid": a.grpid,
                             "last": not a.not_last}
@@ -90,8 +106,8 @@ def _inject(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show_status(r: Mapping[str, Any]) -> str:
-    head = key_values([("version", r.get("version")), ("uptime_s", r.get("uptime_s")),
-                       ("clients", r.get("clients"))])
+    head = key_values([("version", r.get("version")), ("kernel", r.get("kernel")),
+                       ("uptime_s", r.get("uptime_s")), ("clients", r.get("clients"))])
     counters = r.get("counters") or {}
     rows = [{"counter": k, "value": v} for k, v in counters.items()]
     out = head + "\n\n" + render(["counter", "value"], rows)
@@ -111,8 +127,8 @@ def _show_status(r: Mapping[str, Any]) -> str:
 
 def _show_devices(r: Mapping[str, Any]) -> str:
     rows = [dict(d, pri_status=_pri_status(d.get("pri_status"))) for d in r.get("devices", [])]
-    cols = ["rid", "iommu", "state", "pri", "ats", "pasid_bits", "pf", "pri_enabled",
-            "ats_enabled", "pri_status"]
+    cols = ["rid", "iommu", "state", "removing", "pri", "ats", "pasid_bits", "pf",
+            "pri_enabled", "ats_enabled", "pri_status"]
     if any("owner" in d for d in rows):
         cols += ["owner", "dev_id", "attached"]
     return render(cols, rows)
@@ -152,6 +168,12 @@ def _show_pending(r: Mapping[str, Any]) -> str:
 
 def _done(what: str) -> Callable[[Mapping[str, Any]], str]:
     return lambda r: what
+
+
+def _show_unplug(r: Mapping[str, Any]) -> str:
+    if r.get("forced"):
+        return "unplugged (forced: its owner had not released it)"
+    return "unplugged"
 
 
 # -- trace --------------------------------------------------------------------
@@ -204,9 +226,11 @@ COMMANDS: dict[str, tuple[Handler, Callable[[Mapping[str, Any]], str], str]] = {
     "objects": (_plain("objects"), _show_objects, "every connection's iommufd objects"),
     "pending": (_plain("pending"), _show_pending, "unanswered fault groups"),
     "inject": (_inject, _done("injected"), "write a raw page request into a device's PRQ"),
-    "unplug": (_rid_op("unplug"), _done("unplugged"), "hot-remove a device"),
+    "unplug": (_unplug, _show_unplug,
+               "hot-remove a device: its owner is asked to release it first"),
     "plug": (_rid_op("plug"), _done("plugged"), "bring a removed device back"),
-    "reset": (_rid_op("reset"), _done("reset"), "function-level reset (clears PRI RF)"),
+    "reset": (_rid_op("reset"), _done("reset"),
+              "function-level reset (clears PRI RF; pending groups stay answerable)"),
 }
 
 
@@ -223,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         if name in ("inject", "unplug", "plug", "reset"):
             sp.add_argument("rid", help="PCI requester ID, SSSS:BB:DD.F")
+        if name == "unplug":
+            sp.add_argument("--force", action="store_true",
+                            help="remove it now, even if its owner still holds it")
+            sp.add_argument("--grace", type=_grace, default=10.0, metavar="S",
+                            help="seconds the owner has to release it before the removal "
+                                 "is forced (default 10)")
         if name == "inject":
             sp.add_argument("--addr", type=_int, required=True, help="page address")
             sp.add_argument("--perm", type=_perm, default=int(Perm.READ),

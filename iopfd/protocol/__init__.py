@@ -1,4 +1,4 @@
-"""iopfd wire protocol v1: frames, op argument models, errno names. No I/O."""
+"""iopfd wire protocol v2: frames, op argument models, errno names. No I/O."""
 
 from iopfd.protocol.errors import ERRNO_NAMES, RequestError
 from iopfd.protocol.frames import (

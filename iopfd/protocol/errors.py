@@ -1,4 +1,4 @@
-"""Errno names of protocol v1 and the exception that carries one to the wire."""
+"""Errno names of the wire protocol and the exception that carries one to the wire."""
 
 from __future__ import annotations
 

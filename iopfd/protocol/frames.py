@@ -1,4 +1,4 @@
-"""Framing of protocol v1: a 4-byte big-endian length, then one msgpack map.
+"""Framing of the wire protocol: a 4-byte big-endian length, then one msgpack map.
 
 Sans-IO: :class:`FrameDecoder` takes bytes as they arrive and gives back complete
 messages; :func:`encode_frame` gives the bytes of one message. Nothing here reads or

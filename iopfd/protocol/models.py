@@ -1,4 +1,4 @@
-"""Argument models of every protocol v1 op, validated at the daemon's boundary.
+"""Argument models of every protocol v2 op, validated at the daemon's boundary.
 
 One pydantic v2 model per op: ``extra="forbid"`` (unknown keys are ``EINVAL``),
 strict types (``true`` is not an int, ``1.0`` is not an int), and the integer ranges
@@ -19,8 +19,14 @@ from iopfd.protocol.errors import EINVAL, EPROTO, RequestError
 U32_MAX: Final = (1 << 32) - 1
 U64_MAX: Final = (1 << 64) - 1
 PAGE_SIZE: Final = 4096
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+#: Version 2 only: v2 changed what ``page_response`` and ``destroy`` mean, so a v1 client
+#: would misread the replies (PROTOCOL.md, *Version 2*: a daemon may refuse version 1).
 SUPPORTED_VERSIONS: Final = (PROTOCOL_VERSION,)
+#: Bounds of ``unplug``'s ``grace_s``: long enough for any VMM to finish, short enough
+#: that an admin who typed a wrong number is not left waiting for hours.
+UNPLUG_GRACE_MAX_S: Final = 3600.0
+UNPLUG_GRACE_DEFAULT_S: Final = 10.0
 
 PERM_READ: Final = 1
 PERM_WRITE: Final = 2
@@ -132,8 +138,8 @@ class DetachArgs(Args):
 
 
 class PageResponseItem(Args):
-    # Any integer: PROTOCOL.md applies responses "each on its own", so a cookie that is
-    # unknown or a code other than 0 or 1 (negative, huge) is EINVAL in its slot only.
+    # Any integer: as the fault fd's write(), an unknown cookie or a code other than 0 or
+    # 1 (negative, huge) stops processing at that entry; it is not a malformed request.
     cookie: int
     code: int
 
@@ -150,15 +156,10 @@ class DmaArgs(IovaRangeArgs):
 
 
 class DestroyArgs(Args):
-    """``destroy``'s table argument ``id`` is the request's own ``id`` (one key cannot hold
-    two values): a plain ``{"op": "destroy", "id": N}`` destroys object N and is answered
-    with id N. ``obj_id`` (an iopfd extension) names the object instead, which leaves the
-    request id free like any other request's."""
+    """``destroy`` names its object with ``obj_id`` (PROTOCOL.md v2, item 12); ``id`` is
+    the request's own, as for every other op."""
 
-    obj_id: U32 | None = None
-
-    def target(self, request_id: int) -> int:
-        return self.obj_id if self.obj_id is not None else request_id
+    obj_id: U32
 
 
 class HwptS1MapArgs(IovaRangeArgs):
@@ -195,6 +196,14 @@ class HwptInvalidateArgs(Args):
 
 class RidArgs(Args):
     rid: Annotated[str, Field(max_length=64)]
+
+
+class UnplugArgs(RidArgs):
+    """Hot removal that asks the owner first (PROTOCOL.md v2, item 9)."""
+
+    force: bool = False
+    grace_s: Annotated[float, Field(ge=0, le=UNPLUG_GRACE_MAX_S, allow_inf_nan=False)] = (
+        UNPLUG_GRACE_DEFAULT_S)
 
 
 class InjectArgs(Args):
@@ -234,6 +243,7 @@ OP_MODELS: Final[Mapping[str, type[Args]]] = {
     "page_response": PageResponseArgs,
     "dma": DmaArgs,
     "destroy": DestroyArgs,
+    "device_reset": DevIdArgs,
     "hwpt_s1_map": HwptS1MapArgs,
     "hwpt_s1_unmap": HwptS1UnmapArgs,
     "hwpt_invalidate": HwptInvalidateArgs,
@@ -242,7 +252,7 @@ OP_MODELS: Final[Mapping[str, type[Args]]] = {
     "objects": NoArgs,
     "pending": NoArgs,
     "inject": InjectArgs,
-    "unplug": RidArgs,
+    "unplug": UnplugArgs,
     "plug": RidArgs,
     "reset": RidArgs,
     "subscribe": SubscribeArgs,

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from iopfd.core.profile import DEFAULT_KERNEL, PROFILES
 from iopfd.protocol.frames import DEFAULT_MAX_FRAME
 from iopfd.protocol.models import format_validation_error
 
@@ -82,9 +83,27 @@ class ConfigFile(BaseModel):
     admin_group: str | None = None
     log_format: LogFormat | None = None
     log_level: LogLevel = "info"
+    #: The kernel profile (``iopfd.core.profile``): "6.12" or "6.18".
+    kernel: str = DEFAULT_KERNEL
     limits: Limits = Limits()
     topology: dict[str, Any] | None = None
     topology_file: str | None = None
+
+    @field_validator("kernel", mode="before")
+    @classmethod
+    def _kernel_number(cls, value: object) -> object:
+        # An unquoted TOML `kernel = 6.12` is a float; it means the same string.
+        if isinstance(value, float):
+            return str(value)
+        return value
+
+    @field_validator("kernel")
+    @classmethod
+    def _known_kernel(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"kernel must be one of {', '.join(sorted(PROFILES))}, "
+                             f"not {value!r}")
+        return value
 
     @field_validator("socket_mode", mode="before")
     @classmethod
@@ -114,6 +133,7 @@ class Config:
     admin_group: str | None = None
     log_format: LogFormat | None = None  # None: console on a TTY, else JSON
     log_level: LogLevel = "info"
+    kernel: str = DEFAULT_KERNEL
     limits: Limits = field(default_factory=Limits)
     #: An inline ``[topology]`` table (hwmodel.topology_from_dict) ...
     topology: dict[str, Any] | None = None
@@ -149,6 +169,7 @@ def load_config(path: str | Path | None) -> Config:
         admin_group=parsed.admin_group,
         log_format=parsed.log_format,
         log_level=parsed.log_level,
+        kernel=parsed.kernel,
         limits=parsed.limits,
         topology=parsed.topology,
         topology_file=topology_file,

@@ -43,7 +43,8 @@ OBSERVING_OPS: Final = frozenset({"status", "pending", "objects", "topology", "d
 
 
 class Deferred:
-    """Returned by an op whose reply comes later (``dma``: on its DmaDone event)."""
+    """Returned by an op whose reply comes later (``dma``: on its DmaDone event;
+    ``unplug``: on its UnplugDone event)."""
 
 
 DEFERRED: Final = Deferred()
@@ -63,6 +64,8 @@ class Connection:
         self.decoder = FrameDecoder(daemon.limits.max_frame)
         self.seq = 0
         self.dma_inflight: set[int] = set()
+        #: Request ids of ``unplug`` calls waiting for the device to go (``UnplugDone``).
+        self.unplug_inflight: set[int] = set()
         self.topics: frozenset[str] = frozenset()
         self.trace_queued = 0
         self.trace_lost = 0

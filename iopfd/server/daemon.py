@@ -21,7 +21,14 @@ import structlog
 import trio
 
 from iopfd import __version__
-from iopfd.core.events import CoreEvent, DmaDone, FaultDelivered, Trace
+from iopfd.core.events import (
+    CoreEvent,
+    DeviceRequest,
+    DmaDone,
+    FaultDelivered,
+    Trace,
+    UnplugDone,
+)
 from iopfd.protocol.errors import ENOSPC
 from iopfd.protocol.frames import encode_frame
 from iopfd.server.config import Config, Limits
@@ -118,6 +125,20 @@ class Daemon:
             conn.dma_inflight.discard(ev.tag)
             conn.reply_ok(ev.tag, {"status": ev.status, "faults": ev.faults,
                                    "bytes": ev.bytes})
+        elif type(ev) is DeviceRequest:
+            # vfio-pci's REQ interrupt: the owner should finish and unbind the device.
+            conn = self._by_ctx.get(ev.ctx.id)
+            if conn is None:
+                return
+            conn.push_event("device_request", {"dev_id": ev.dev_id, "rid": ev.rid})
+            log.info("device request", conn=conn.id, dev_id=ev.dev_id, rid=ev.rid)
+        elif type(ev) is UnplugDone:
+            log.info("unplug", rid=ev.rid, forced=ev.forced)
+            conn = self._by_ctx.get(ev.ctx.id) if ev.ctx is not None else None
+            if conn is None or not isinstance(ev.tag, int):
+                return  # the admin who asked is gone; the device went all the same
+            conn.unplug_inflight.discard(ev.tag)
+            conn.reply_ok(ev.tag, {"forced": ev.forced})
         elif type(ev) is Trace and self._subscribers:
             t = time.time()
             for sub in self._subscribers:
@@ -269,7 +290,8 @@ class Daemon:
                     if interval is not None:
                         nursery.start_soon(self._watchdog, interval)
                     task_status.started()
-                    log.info("ready", server=self.server_name, pid=os.getpid())
+                    log.info("ready", server=self.server_name, pid=os.getpid(),
+                             kernel=self.core.profile.name)
                     async for signum in signals:
                         log.info("shutting down", signal=signal.Signals(signum).name)
                         break

@@ -12,6 +12,7 @@ import trio
 import hwmodel
 from iopfd import __version__
 from iopfd.core import Core, CoreLimits
+from iopfd.core.profile import DEFAULT_KERNEL, PROFILES, kernel_profile
 from iopfd.server.config import Config, ConfigError, load_config
 from iopfd.server.listener import SocketInUse
 from iopfd.server.logconfig import configure_logging
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("json", "console"),
                    help="log line format (default: console on a terminal, else json)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--kernel", choices=sorted(PROFILES),
+                   help="behave as this LTS kernel where they differ (default: from the "
+                        f"config, else {DEFAULT_KERNEL}); hello and status report it")
     p.add_argument("--version", action="version", version=f"iopfd {__version__}")
     return p
 
@@ -55,7 +59,8 @@ def build_core(config: Config) -> Core:
                                     max_map_length=limits.max_map_length,
                                     max_mapped_pages_per_context=limits.max_mapped_pages,
                                     max_partials_per_device=partials_fitting(
-                                        limits.max_frame)))
+                                        limits.max_frame)),
+                kernel_profile(config.kernel))
 
 
 #: The most a fault record packs to (msgpack: seven keys, uint32/uint64 values), and the
@@ -84,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.log_format = args.log_format
     if args.log_level is not None:
         config.log_level = args.log_level
+    if args.kernel is not None:
+        config.kernel = args.kernel
     configure_logging(config.log_format, config.log_level)
     log = structlog.get_logger("iopfd")
 

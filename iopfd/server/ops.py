@@ -1,8 +1,9 @@
-"""The op table: one function per protocol v1 op, from validated arguments to a result.
+"""The op table: one function per protocol v2 op, from validated arguments to a result.
 
 Each function runs synchronously inside the connection's reader task; the caller
 replies, then services the core. Core errors (``CoreError``) propagate to the caller,
-which turns them into error frames.
+which turns them into error frames. ``dma`` and a waiting ``unplug`` return
+``DEFERRED``: their reply comes from a core event (``DmaDone``, ``UnplugDone``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def op_hello(conn: Connection, rid: int, args: m.HelloArgs, now: int) -> Result:
         "server": conn.daemon.server_name,
         "max_frame": conn.daemon.limits.max_frame,
         "admin": conn.admin,
+        "kernel": conn.daemon.core.profile.name,
     }
 
 
@@ -108,13 +110,20 @@ def op_detach(conn: Connection, rid: int, args: m.DetachArgs, now: int) -> Resul
 
 def op_page_response(conn: Connection, rid: int, args: m.PageResponseArgs,
                      now: int) -> Result:
+    # The fault fd's write(): ``done`` entries applied, processing stopped at the next.
     responses = [(r.cookie, r.code) for r in args.responses]
-    return {"results": _ctx(conn).page_response(args.fault_id, responses, now)}
+    return {"done": _ctx(conn).page_response(args.fault_id, responses, now)}
+
+
+def _check_deferred_id(conn: Connection, rid: int, op: str) -> None:
+    """A deferred reply is matched by its request id alone: one id, one waiting call."""
+    if rid in conn.dma_inflight or rid in conn.unplug_inflight:
+        raise RequestError(EINVAL, f"a request with id {rid} is still waiting for its "
+                                   f"reply; {op} needs another id", rid)
 
 
 def op_dma(conn: Connection, rid: int, args: m.DmaArgs, now: int) -> Result:
-    if rid in conn.dma_inflight:
-        raise RequestError(EINVAL, f"a dma with id {rid} is still in flight", rid)
+    _check_deferred_id(conn, rid, "dma")
     if len(conn.dma_inflight) >= conn.daemon.limits.max_dma_inflight:
         raise RequestError(ENOSPC, "max_dma_inflight dma requests already in flight", rid)
     # The request id rides in the transfer's tag; DmaDone brings it back for the reply.
@@ -124,7 +133,13 @@ def op_dma(conn: Connection, rid: int, args: m.DmaArgs, now: int) -> Result:
 
 
 def op_destroy(conn: Connection, rid: int, args: m.DestroyArgs, now: int) -> Result:
-    _ctx(conn).destroy(args.target(rid), now)
+    _ctx(conn).destroy(args.obj_id, now)
+    return EMPTY
+
+
+def op_device_reset(conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:
+    _ctx(conn).device_reset(args.dev_id, now)
+    log.info("device_reset", dev_id=args.dev_id)
     return EMPTY
 
 
@@ -151,6 +166,7 @@ def op_status(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
     daemon = conn.daemon
     return {
         "version": m.PROTOCOL_VERSION,
+        "kernel": daemon.core.profile.name,
         "uptime_s": round(time.monotonic() - daemon.started, 3),
         "clients": len(daemon.connections),
         "counters": daemon.status_counters(),
@@ -170,25 +186,37 @@ def op_pending(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
 
 
 def op_inject(conn: Connection, rid: int, args: m.InjectArgs, now: int) -> Result:
-    conn.daemon.core.inject(args.rid, args.pasid, args.addr, args.perm, args.grpid,
-                            args.last, now)
+    conn.daemon.core.emulation.inject(args.rid, args.pasid, args.addr, args.perm,
+                                      args.grpid, args.last, now)
     return EMPTY
 
 
-def op_unplug(conn: Connection, rid: int, args: m.RidArgs, now: int) -> Result:
-    conn.daemon.core.unplug(args.rid, now)
-    log.info("unplug", rid=args.rid)
-    return EMPTY
+def op_unplug(conn: Connection, rid: int, args: m.UnplugArgs, now: int) -> Result:
+    """vfio-pci's remove path: the owners get ``device_request`` and the reply waits
+    until the device is gone (``UnplugDone``), unless nobody holds it or ``force``."""
+    _check_deferred_id(conn, rid, "unplug")
+    core = conn.daemon.core
+    forced_before = core.counters["forced_unplugs"]
+    removed = core.emulation.unplug(args.rid, now, force=args.force,
+                                    grace_ns=int(args.grace_s * 1e9), ctx=conn.ctx, tag=rid)
+    if not removed:
+        conn.unplug_inflight.add(rid)
+        log.info("unplug requested", rid=args.rid, force=args.force, grace_s=args.grace_s)
+        return DEFERRED
+    # Removed at once: forced only if an owner still held it (force=True on a bound device).
+    forced = core.counters["forced_unplugs"] > forced_before
+    log.info("unplug", rid=args.rid, forced=forced)
+    return {"forced": forced}
 
 
 def op_plug(conn: Connection, rid: int, args: m.RidArgs, now: int) -> Result:
-    conn.daemon.core.plug(args.rid, now)
+    conn.daemon.core.emulation.plug(args.rid, now)
     log.info("plug", rid=args.rid)
     return EMPTY
 
 
 def op_reset(conn: Connection, rid: int, args: m.RidArgs, now: int) -> Result:
-    conn.daemon.core.reset(args.rid, now)
+    conn.daemon.core.emulation.reset(args.rid, now)
     log.info("reset", rid=args.rid)
     return EMPTY
 
@@ -215,6 +243,7 @@ OPS: Final[Mapping[str, Callable[[Connection, int, Any, int], Result]]] = {
     "page_response": op_page_response,
     "dma": op_dma,
     "destroy": op_destroy,
+    "device_reset": op_device_reset,
     "hwpt_s1_map": op_hwpt_s1_map,
     "hwpt_s1_unmap": op_hwpt_s1_unmap,
     "hwpt_invalidate": op_hwpt_invalidate,

@@ -117,7 +117,8 @@ class FakeDaemon:
             if op in self.handlers:
                 result = await self.handlers[op](conn, msg)
             elif op == "hello":
-                result = {"version": 1, "server": "fake/0", "max_frame": 1 << 20, "admin": True}
+                result = {"version": 2, "server": "fake/0", "max_frame": 1 << 20, "admin": True,
+                          "kernel": "6.18"}
             else:
                 result = self.results.get(op, {})
         except FakeErr as e:

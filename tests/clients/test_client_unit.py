@@ -14,6 +14,7 @@ from clients import (
     DmaStatus,
     EventGap,
     FaultGroup,
+    InvalidArgument,
     IopfClient,
     IopfError,
     NoSuchObject,
@@ -45,8 +46,9 @@ OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, 
     ("detach", (7,), {}, {"dev_id": 7}, {}, None),
     ("page_response", (9, [(1, 0), (2, 1)]), {},
      {"fault_id": 9, "responses": [{"cookie": 1, "code": 0}, {"cookie": 2, "code": 1}]},
-     {"results": [None, "EINVAL"]}, [None, "EINVAL"]),
+     {"done": 1}, 1),
     ("destroy", (10,), {}, {"obj_id": 10}, {}, None),
+    ("device_reset", (7,), {}, {"dev_id": 7}, {}, None),
     ("hwpt_s1_map", (11, 0x4000, 0x1000, 0x8000, Perm.READ), {},
      {"hwpt_id": 11, "iova": 0x4000, "length": 0x1000, "gpa": 0x8000, "perm": 1}, {}, None),
     ("hwpt_s1_unmap", (11, 0x4000, 0x1000), {}, {"hwpt_id": 11, "iova": 0x4000,
@@ -58,7 +60,10 @@ OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, 
     ("inject", ("0000:3a:00.0", 0x1000, 1, 4), {"pasid": 3},
      {"rid": "0000:3a:00.0", "addr": 0x1000, "perm": 1, "grpid": 4, "last": True, "pasid": 3},
      {}, None),
-    ("unplug", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
+    ("unplug", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0", "force": False, "grace_s": 10.0},
+     {"forced": False}, False),
+    ("unplug", ("0000:3a:00.0",), {"force": True, "grace_s": 2},
+     {"rid": "0000:3a:00.0", "force": True, "grace_s": 2.0}, {"forced": True}, True),
     ("plug", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
     ("reset", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
 ]
@@ -82,8 +87,10 @@ async def test_hello_is_the_first_request_and_reports_admin(fake: FakeDaemon) ->
     async with IopfClient.open(fake.path, client_name="vmm-a") as c:
         assert c.admin
         assert c.hello_info is not None and c.hello_info.server == "fake/0"
+        assert c.hello_info.kernel == "6.18" and c.hello_info.pasid_attach
+        assert c.hello_info.paging_fault_hwpt
     first = fake.conns[0].requests[0]
-    assert first["op"] == "hello" and first["version"] == 1 and first["client"] == "vmm-a"
+    assert first["op"] == "hello" and first["version"] == 2 and first["client"] == "vmm-a"
 
 
 async def test_typed_results_for_devices_status_pending_and_dma(fake: FakeDaemon) -> None:
@@ -93,7 +100,7 @@ async def test_typed_results_for_devices_status_pending_and_dma(fake: FakeDaemon
         {"rid": "0000:3a:00.1", "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 0,
          "pf": "0000:3a:00.0", "state": "bound"},
     ]}
-    fake.results["status"] = {"version": "0.1.0", "uptime_s": 1.5, "clients": 2,
+    fake.results["status"] = {"version": 2, "kernel": "6.12", "uptime_s": 1.5, "clients": 2,
                               "counters": {"groups": 4}}
     fake.results["pending"] = {"pending": [{"fault_id": 9, "cookie": 3, "rid": "0000:3a:00.0",
                                             "pasid": None, "age_s": 0.25, "client": "x"}]}
@@ -105,7 +112,8 @@ async def test_typed_results_for_devices_status_pending_and_dma(fake: FakeDaemon
         res = await c.dma(1, 0x1000, 0x1000, Perm.READ, pasid=2)
     assert devs[0].pasid and not devs[0].is_vf and devs[0].extra == {"pri_enabled": False}
     assert devs[1].is_vf and devs[1].pf == "0000:3a:00.0"
-    assert st.counters["groups"] == 4 and st.clients == 2
+    assert st.counters["groups"] == 4 and st.clients == 2 and st.kernel == "6.12"
+    assert "kernel" not in st.extra
     assert pend[0].cookie == 3 and pend[0].pasid is None and pend[0].extra["client"] == "x"
     assert res.status == DmaStatus.INVALID and not res.ok and res.faults == 2
     assert fake.conns[0].requests[-1]["pasid"] == 2
@@ -161,7 +169,7 @@ async def test_dma_reply_waits_while_its_fault_is_answered_on_the_same_connectio
     async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
         answers.append(req["responses"])
         answered.set()
-        return {"results": [None]}
+        return {"done": 1}
 
     fake.results["fault_alloc"] = {"fault_id": 9}
     async with IopfClient.open(fake.path) as c:
@@ -360,7 +368,7 @@ async def test_open_uses_iopfd_socket_env(
 async def test_submitted_requests_leave_in_submission_order_in_one_write(
     fake: FakeDaemon,
 ) -> None:
-    fake.results["page_response"] = {"results": []}
+    fake.results["page_response"] = {"done": 0}
     async with IopfClient.open(fake.path) as c:
         conn = fake.conns[0]
         chunks = conn.chunks
@@ -463,12 +471,100 @@ async def test_sync_client_queues_events_that_arrive_while_it_waits_for_a_reply(
     assert [(g.expected, g.got) for g in gaps] == [(3, 4)]
 
 
+def _fault_fd(fake: FakeDaemon, pending: dict[int, set[int]]) -> list[dict[str, Any]]:
+    """Make the fake's page_response the kernel fault fd's write(): entries in order,
+    stop at the first whose code is not 0/1 or whose cookie is not pending; EINVAL when
+    that is the first; ENOENT for an unknown queue. Returns the requests it saw."""
+    seen: list[dict[str, Any]] = []
+
+    @fake.on("page_response")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        seen.append(req)
+        queue = pending.get(req["fault_id"])
+        if queue is None:
+            raise FakeErr("ENOENT", "no such fault queue")
+        done = 0
+        for r in req["responses"]:
+            if r["code"] not in (0, 1) or r["cookie"] not in queue:
+                break
+            queue.discard(r["cookie"])
+            done += 1
+        if done == 0 and req["responses"]:
+            raise FakeErr("EINVAL", "entry 0 refused")
+        return {"done": done}
+
+    return seen
+
+
+def test_partial_outcomes_settle_the_applied_prefix_and_the_refused_entry() -> None:
+    from clients.records import partial_outcomes
+
+    assert partial_outcomes(4, 4) == ([None] * 4, 4)
+    assert partial_outcomes(4, 2) == ([None, None, "EINVAL"], 3)
+    assert partial_outcomes(4, 0) == (["EINVAL"], 1)
+    assert partial_outcomes(0, 0) == ([], 0)
+    # A daemon answering out of range cannot make the caller loop or skip entries.
+    assert partial_outcomes(2, 9) == ([None, None], 2)
+    assert partial_outcomes(2, -1) == (["EINVAL"], 1)
+
+
+async def test_page_response_returns_done_and_raises_einval_for_a_bad_first_entry(
+    fake: FakeDaemon,
+) -> None:
+    _fault_fd(fake, {9: {1, 2}})
+    async with IopfClient.open(fake.path) as c:
+        assert await c.page_response(9, [(1, 0), (5, 0), (2, 0)]) == 1
+        with pytest.raises(InvalidArgument):
+            await c.page_response(9, [(5, 0), (2, 0)])
+        assert await c.page_response(9, []) == 0
+        with pytest.raises(NoSuchObject):
+            await c.page_response(8, [(2, 0)])
+
+
+async def test_page_response_each_resends_what_follows_a_refused_entry(
+    fake: FakeDaemon,
+) -> None:
+    seen = _fault_fd(fake, {9: {1, 2, 4, 5, 7}})
+    async with IopfClient.open(fake.path) as c:
+        got = await c.page_response_each(9, [(1, 0), (2, 1), (3, 0), (4, 0), (5, 7), (5, 0),
+                                             (6, 0), (6, 0), (7, 1)])
+    assert got == [None, None, "EINVAL", None, "EINVAL", None, "EINVAL", "EINVAL", None]
+    assert [[r["cookie"] for r in req["responses"]] for req in seen] == [
+        [1, 2, 3, 4, 5, 5, 6, 6, 7],   # done 2: entry 2 (cookie 3) refused
+        [4, 5, 5, 6, 6, 7],            # done 1: entry 1 (code 7) refused
+        [5, 6, 6, 7],                  # done 1: cookie 6 refused
+        [6, 7],                        # EINVAL: the first is refused
+        [7],                           # done 1
+    ]
+
+
+async def test_page_response_each_gives_every_entry_the_queues_error(
+    fake: FakeDaemon,
+) -> None:
+    seen = _fault_fd(fake, {})
+    async with IopfClient.open(fake.path) as c:
+        assert await c.page_response_each(4, [(1, 0), (2, 0)]) == ["ENOENT", "ENOENT"]
+        assert await c.page_response_each(4, []) == []
+    assert len(seen) == 1
+
+
+async def test_answer_raises_for_a_refused_group_and_returns_for_an_applied_one(
+    fake: FakeDaemon,
+) -> None:
+    _fault_fd(fake, {5: {1}})
+    async with IopfClient.open(fake.path) as c:
+        await fake.conns[0].fault(5, 1, [0x1000])
+        g = await c.fault_queue(5).receive()
+        await c.answer(g, ResponseCode.SUCCESS)
+        with pytest.raises(InvalidArgument) as ei:
+            await c.answer(g, ResponseCode.SUCCESS)   # answered already
+    assert ei.value.op == "page_response" and "cookie 1" in str(ei.value)
+
+
 async def test_answer_all_sends_one_page_response_per_queue_and_keeps_input_order(
     fake: FakeDaemon,
 ) -> None:
-    @fake.on("page_response")
-    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
-        return {"results": [None if r["cookie"] != 2 else "EINVAL" for r in req["responses"]]}
+    _fault_fd(fake, {5: {1, 3}, 6: set()})
 
     async with IopfClient.open(fake.path) as c:
         conn = fake.conns[0]
@@ -484,3 +580,117 @@ async def test_answer_all_sends_one_page_response_per_queue_and_keeps_input_orde
             if r["op"] == "page_response"]
     assert sorted(sent) == [(5, [{"cookie": 1, "code": 0}, {"cookie": 3, "code": 0}]),
                             (6, [{"cookie": 2, "code": 1}])]
+
+
+async def test_answer_all_answers_every_group_behind_a_refused_one(fake: FakeDaemon) -> None:
+    _fault_fd(fake, {5: {1, 3, 4}})
+    async with IopfClient.open(fake.path) as c:
+        conn = fake.conns[0]
+        for cookie in (1, 2, 3, 4):
+            await conn.fault(5, cookie, [cookie << 12])
+        groups = [await c.fault_queue(5).receive() for _ in range(4)]
+        results = await c.answer_all([(g, ResponseCode.SUCCESS) for g in groups])
+    assert results == [None, "EINVAL", None, None]
+    sent = [[r["cookie"] for r in req["responses"]] for req in fake.conns[0].requests
+            if req["op"] == "page_response"]
+    assert sent == [[1, 2, 3, 4], [3, 4]]
+
+
+async def test_sync_client_settles_each_entry_of_a_partial_page_response(
+    fake: FakeDaemon,
+) -> None:
+    from clients.sync import SyncClient
+
+    seen = _fault_fd(fake, {5: {1, 3}})
+
+    def script() -> tuple[Any, ...]:
+        with SyncClient(fake.path, timeout=5) as c:
+            each = c.page_response_each(5, [(1, 0), (2, 0), (3, 1)])
+            done = c.page_response(5, [])
+            try:
+                c.page_response(5, [(1, 0)])
+            except InvalidArgument as e:
+                refused = e.errno
+            return each, done, refused
+
+    each, done, refused = await trio.to_thread.run_sync(script)
+    assert (each, done, refused) == ([None, "EINVAL", None], 0, "EINVAL")
+    assert [[r["cookie"] for r in req["responses"]] for req in seen] == [
+        [1, 2, 3], [3], [], [1]]
+
+
+async def test_device_requests_are_buffered_until_read_and_carry_dev_id_and_rid(
+    fake: FakeDaemon,
+) -> None:
+    async with IopfClient.open(fake.path) as c:
+        conn = fake.conns[0]
+        await conn.event("device_request", dev_id=7, rid="0000:5a:00.0")
+        await conn.event("device_request", seq=conn.seq + 2, dev_id=8, rid="0000:5b:00.0")
+        stream = c.device_requests()
+        first = await stream.__anext__()
+        with pytest.raises(EventGap):
+            await stream.__anext__()
+        second = await stream.__anext__()
+        assert stream.receive_nowait() is None
+    assert (first.dev_id, first.rid, first.seq) == (7, "0000:5a:00.0", 1)
+    assert (second.dev_id, second.rid) == (8, "0000:5b:00.0") and second.received_ns > 0
+    assert c.unknown_events == 0
+
+
+async def test_sync_client_takes_device_requests_and_unplug_reports_forced(
+    fake: FakeDaemon,
+) -> None:
+    from clients.sync import SyncClient
+
+    @fake.on("unplug")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await conn.event("device_request", dev_id=3, rid=req["rid"])
+        return {"forced": req["force"]}
+
+    def script() -> tuple[Any, ...]:
+        with SyncClient(fake.path, timeout=5) as c:
+            forced = c.unplug("0000:5a:00.0", force=True, grace_s=1)
+            req = c.next_device_request(timeout=1)
+            none = c.next_device_request(timeout=0.05)
+            return forced, req, none, c.hello_info.kernel
+
+    forced, req, none, kernel = await trio.to_thread.run_sync(script)
+    assert forced is True and none is None and kernel == "6.18"
+    assert (req.dev_id, req.rid) == (3, "0000:5a:00.0")
+    sent = [r for r in fake.conns[0].requests if r["op"] == "unplug"][0]
+    assert (sent["force"], sent["grace_s"]) == (True, 1.0)
+
+
+def test_hello_info_knows_what_each_kernel_profile_allows() -> None:
+    from clients.records import HelloInfo
+
+    old = HelloInfo.from_wire({"version": 2, "kernel": "6.12"}, 1 << 20)
+    new = HelloInfo.from_wire({"version": 2, "kernel": "6.18"}, 1 << 20)
+    unknown = HelloInfo.from_wire({"version": 2}, 1 << 20)
+    assert (old.pasid_attach, old.paging_fault_hwpt) == (False, False)
+    assert (new.pasid_attach, new.paging_fault_hwpt) == (True, True)
+    assert (unknown.pasid_attach, unknown.paging_fault_hwpt) == (True, True)
+    assert old.max_frame == 1 << 20
+
+
+async def test_vmm_serve_reports_a_refused_answer_and_still_answers_the_groups_behind_it(
+    fake: FakeDaemon,
+) -> None:
+    from clients.records import FaultRecord
+    from clients.vmm.paging import DemandPagingVmm, VmmOptions
+    from clients.vmm.report import Progress
+    from clients.vmm.workload import GUEST_RAM_BASE
+
+    seen = _fault_fd(fake, {9: {1, 3}})   # cookie 2 is not pending: it is refused
+    async with IopfClient.open(fake.path) as c:
+        vmm = DemandPagingVmm(c, VmmOptions(), Progress(enabled=False))
+        vmm.fault_id, vmm.ioas, vmm.guest_pages = 9, 4, 16
+        groups = [
+            FaultGroup(9, cookie, (FaultRecord(2, 1, 0, 0, Perm.READ,
+                                               GUEST_RAM_BASE + cookie * 4096, 0),))
+            for cookie in (1, 2, 3)
+        ]
+        await vmm.serve(groups)
+    assert [[r["cookie"] for r in req["responses"]] for req in seen] == [[1, 2, 3], [3]]
+    assert vmm.stats.violations == ["page_response cookie 2: EINVAL"]
+    assert vmm.stats.answers["SUCCESS"] == 3 and vmm.stats.pages_mapped == 3

@@ -56,11 +56,59 @@ def test_unplug_plug_reset_and_inject_succeed_in_both_forms(
         assert main(["--socket", live.path, *argv, *flag]) == 0, argv
         out = capsys.readouterr().out.strip()
         if as_json:
-            assert json.loads(out) == {}
+            # unplug says whether the removal was forced (nobody held FREE: it was not)
+            assert json.loads(out) == ({"forced": False} if argv[0] == "unplug" else {})
         else:
             assert out in ("unplugged", "plugged", "reset", "injected")
     with SyncClient(live.path) as c:
         assert {d.rid: d.state for d in c.devices()}[FREE] == "free"
+
+
+def test_status_shows_the_kernel_profile(
+    live: LiveDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--socket", live.path, "status"]) == 0
+    assert any(line.split() == ["kernel", "6.18"]
+               for line in capsys.readouterr().out.splitlines())
+    assert main(["--socket", live.path, "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kernel"] == "6.18"
+
+
+def _unplug_proc(live: LiveDaemon, rid: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([IOPFCTL, "--socket", live.path, "unplug", rid, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_unplug_waits_for_the_owner_to_release_the_device_or_forces_it_after_grace(
+    live: LiveDaemon,
+) -> None:
+    rid = "0000:5b:00.0"
+    with SyncClient(live.path, client_name="it-owner") as owner:
+        dev = owner.bind(rid)
+        proc = _unplug_proc(live, rid, "--grace", "60")
+        try:
+            req = owner.next_device_request(timeout=10)
+            assert req is not None and (req.dev_id, req.rid) == (dev, rid)
+            assert {d.rid: d.removing for d in owner.devices()}[rid]
+            owner.unbind(dev)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert (proc.returncode, out.strip()) == (0, "unplugged"), err
+        owner.plug(rid)
+        dev = owner.bind(rid)
+        proc = _unplug_proc(live, rid, "--grace", "0")   # nobody will let go
+        out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, out.strip()) == (
+            0, "unplugged (forced: its owner had not released it)"), err
+        assert owner.next_device_request(timeout=10) is not None
+        owner.unbind(dev)
+        owner.plug(rid)
+        with pytest.raises(SystemExit) as exit_info:   # a usage error, from argparse
+            main(["--socket", live.path, "unplug", rid, "--grace", "-1"])
+        assert exit_info.value.code == 2
 
 
 def test_error_replies_exit_1_with_the_errno_name_on_stderr(

@@ -81,22 +81,29 @@ def test_vmm_refuses_a_device_that_is_not_there_with_exit_2(
     assert "ENOENT" in capsys.readouterr().err
 
 
-def test_vmm_exits_nonzero_when_a_device_vanishes_mid_run(live: LiveDaemon) -> None:
-    rid = "0000:5a:00.0"
-    proc = subprocess.Popen(
+def _vmm_proc(live: LiveDaemon, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket", live.path,
-         "--device", rid, "--duration", "3", "--json", "--pages", "64"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+
+
+def _wait_until_faulting(admin: SyncClient, rid: str) -> None:
+    deadline = time.monotonic() + 10
+    while admin.status().counters.get("groups", 0) == 0 or \
+            {d.rid: d.state for d in admin.devices()}[rid] != "bound":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)
+
+
+def test_vmm_exits_1_when_a_device_is_removed_by_force_mid_run(live: LiveDaemon) -> None:
+    rid = "0000:5a:00.0"
+    proc = _vmm_proc(live, "--device", rid, "--duration", "3", "--json", "--pages", "64")
     try:
         with SyncClient(live.path, client_name="it-unplugger") as admin:
-            deadline = time.monotonic() + 10
-            while admin.status().counters.get("groups", 0) == 0 or \
-                    {d.rid: d.state for d in admin.devices()}[rid] != "bound":
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            time.sleep(0.2)
-            admin.unplug(rid)
+            _wait_until_faulting(admin, rid)
+            assert admin.unplug(rid, force=True) is True  # not asked: pulled from under it
             out, err = proc.communicate(timeout=30)
             admin.plug(rid)
     finally:
@@ -107,6 +114,40 @@ def test_vmm_exits_nonzero_when_a_device_vanishes_mid_run(live: LiveDaemon) -> N
     summary = json.loads(out)
     assert not summary["ok"] and summary["dma"].get("removed", 0) + \
         summary["dma"].get("ENODEV", 0) > 0
+
+
+def test_vmm_releases_a_device_on_device_request_answers_everything_and_exits_4(
+    live: LiveDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rid = "0000:5a:00.0"
+    proc = _vmm_proc(live, "--device", rid, "--duration", "10", "--json", "--pages", "64",
+                     "--bad-fraction", "0")
+    try:
+        with SyncClient(live.path, client_name="it-unplugger") as admin:
+            _wait_until_faulting(admin, rid)
+            forced_before = admin.status().counters["forced_unplugs"]
+            forced = admin.unplug(rid, grace_s=60)   # returns once the VMM let go
+            out, err = proc.communicate(timeout=30)
+            states = {d.rid: d.state for d in admin.devices()}
+            k = admin.status().counters
+            admin.plug(rid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert forced is False and states[rid] == "removed"
+    assert proc.returncode == 4, err
+    assert b"Traceback" not in err
+    assert err.decode().rstrip().splitlines()[-1].startswith(
+        f"iopf-vmm: released {rid} on the daemon's device_request")
+    summary = json.loads(out)
+    # It stopped early with every check holding: each DMA ended ok, every group
+    # answered by the VMM itself, none left for the daemon.
+    assert summary["ok"] and summary["violations"] == [] and summary["released"] == [rid]
+    assert summary["dma"] == {"ok": summary["dma_total"]} and summary["dma_total"] > 0
+    assert summary["groups"] == summary["answers"]["SUCCESS"] > 0
+    assert k["forced_unplugs"] == forced_before
+    _assert_quiet_daemon(live, capsys)
 
 
 def test_vmm_surfaces_throttling_by_a_full_fault_queue(tmp_path) -> None:
@@ -162,5 +203,37 @@ def test_interrupted_vmm_exits_130_and_the_daemon_releases_everything(
             proc.kill()
             proc.wait()
     assert proc.returncode == 130 and "interrupted" in err
+    assert pending == []
+    assert k["groups"] == k["responses"] + k["auto_responses"] + k["throttled"]
+
+
+def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_path) -> None:
+    """6.12 has no fault-capable paging HWPT and no PASID attach: the VMM says so, uses a
+    nested HWPT whose stage-1 maps guest RAM one to one, attaches RIDs only, and every
+    check still holds."""
+    daemon = LiveDaemon(str(tmp_path), config='kernel = "6.12"\n')
+    try:
+        runs = {}
+        for mode_args in ((), ("--nested",)):
+            proc = subprocess.run(
+                [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket",
+                 daemon.path, "--pages", "16", "--pasids", "2", "--json", *mode_args],
+                capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert proc.returncode == 0, proc.stderr
+            runs[mode_args] = (json.loads(proc.stdout), proc.stderr)
+        with SyncClient(daemon.path) as admin:
+            k = admin.status().counters
+            pending = admin.pending()
+    finally:
+        assert daemon.stop() == 0
+    paging, paging_err = runs[()]
+    nested, _ = runs[("--nested",)]
+    assert paging["kernel"] == "6.12" and paging["mode"] == "identity-s1"
+    assert "no fault-capable paging HWPT" in paging_err and "no PASID attach" in paging_err
+    assert paging["targets"] == len(paging["devices"])          # RIDs only
+    assert paging["ok"] and paging["verified_pages"] == paging["touched_pages"] > 0
+    assert paging["s1_pages_mapped"] == 0 and paging["pages_mapped"] > 0
+    assert nested["mode"] == "nested" and nested["ok"] and nested["s1_pages_mapped"] > 0
     assert pending == []
     assert k["groups"] == k["responses"] + k["auto_responses"] + k["throttled"]

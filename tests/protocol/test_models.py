@@ -1,4 +1,4 @@
-"""Argument validation of every op (docs/protocol.md and iopfd's clarifications)."""
+"""Argument validation of every op (docs/protocol.md, version 2, and iopfd's clarifications)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from iopfd.protocol.models import ADMIN_OPS, OP_MODELS, validate_request
 
 #: A valid request of every op: the base the negative cases below mutate.
 VALID: dict[str, dict[str, Any]] = {
-    "hello": {"version": 1, "client": "t"},
+    "hello": {"version": 2, "client": "t"},
     "devices": {},
     "bind": {"rid": "0000:3a:00.0"},
     "unbind": {"dev_id": 1},
@@ -26,6 +26,7 @@ VALID: dict[str, dict[str, Any]] = {
     "page_response": {"fault_id": 1, "responses": [{"cookie": 1, "code": 0}]},
     "dma": {"dev_id": 1, "iova": 0, "length": 4096, "perm": 1},
     "destroy": {"obj_id": 3},
+    "device_reset": {"dev_id": 1},
     "hwpt_s1_map": {"hwpt_id": 1, "iova": 0, "length": 4096, "gpa": 0x10000, "perm": 3},
     "hwpt_s1_unmap": {"hwpt_id": 1, "iova": 0, "length": 4096},
     "hwpt_invalidate": {"hwpt_id": 1},
@@ -34,7 +35,7 @@ VALID: dict[str, dict[str, Any]] = {
     "objects": {},
     "pending": {},
     "inject": {"rid": "0000:3a:00.0", "addr": 0x1000, "perm": 1, "grpid": 3, "last": True},
-    "unplug": {"rid": "0000:3a:00.0"},
+    "unplug": {"rid": "0000:3a:00.0", "force": True, "grace_s": 2.5},
     "plug": {"rid": "0000:3a:00.0"},
     "reset": {"rid": "0000:3a:00.0"},
     "subscribe": {"topics": []},
@@ -130,6 +131,16 @@ def test_unknown_op_is_einval_with_message_unknown_op() -> None:
         ("inject", "last", 1),
         ("subscribe", "topics", ["faults"]),
         ("hello", "version", "1"),
+        ("device_reset", "dev_id", -1),
+        ("destroy", "obj_id", None),
+        ("destroy", "obj_id", 2**32),
+        ("unplug", "force", 1),
+        ("unplug", "grace_s", -0.5),
+        ("unplug", "grace_s", 3600.5),
+        ("unplug", "grace_s", float("nan")),
+        ("unplug", "grace_s", float("inf")),
+        ("unplug", "grace_s", True),
+        ("unplug", "grace_s", "10"),
         ("hello", "client", 1),
     ],
 )
@@ -162,8 +173,9 @@ def test_hwpt_invalidate_needs_iova_and_length_together() -> None:
     validate_request(req("hwpt_invalidate", hwpt_id=1, iova=0, length=4096))
 
 
-def test_page_response_code_outside_0_1_is_left_to_its_slot() -> None:
-    # A code other than 0/1 is EINVAL in its results slot, not for the whole request.
+def test_page_response_code_or_cookie_of_any_integer_is_not_a_schema_error() -> None:
+    # PROTOCOL.md v2 item 1: a code other than 0/1 or an unknown cookie stops processing
+    # at that entry (the core's job); it is not a malformed request.
     _, _, args = validate_request(req("page_response", fault_id=1,
                                       responses=[{"cookie": 1, "code": 7},
                                                  {"cookie": -1, "code": -1}]))
@@ -178,14 +190,29 @@ def test_error_message_names_the_field() -> None:
     assert "typo: unknown key" in info.value.message
 
 
-def test_destroy_without_obj_id_names_the_object_by_the_request_id() -> None:
-    _, rid, args = validate_request({"op": "destroy", "id": 12})
-    assert args.target(rid) == 12  # type: ignore[attr-defined]
+def test_destroy_without_obj_id_is_einval_the_request_id_names_no_object() -> None:
+    """PROTOCOL.md v2 item 12: ``id`` is the request's own; v1's ``{"op": "destroy",
+    "id": N}`` form is a missing argument now."""
+    with pytest.raises(RequestError) as info:
+        validate_request({"op": "destroy", "id": 12})
+    assert info.value.errno == "EINVAL" and "obj_id" in info.value.message
 
 
 def test_destroy_obj_id_names_the_object_and_leaves_the_request_id_free() -> None:
     _, rid, args = validate_request({"op": "destroy", "id": 1, "obj_id": 12})
-    assert (rid, args.target(rid)) == (1, 12)  # type: ignore[attr-defined]
+    assert (rid, args.obj_id) == (1, 12)  # type: ignore[attr-defined]
+
+
+def test_unplug_defaults_to_no_force_and_ten_seconds_of_grace() -> None:
+    _, _, args = validate_request(req("unplug", rid="0000:3a:00.0"))
+    assert (args.force, args.grace_s) == (False, 10.0)  # type: ignore[attr-defined]
+    _, _, args = validate_request(req("unplug", rid="0000:3a:00.0", grace_s=0))
+    assert args.grace_s == 0.0  # type: ignore[attr-defined]  # an int is a number of seconds
+
+
+def test_device_reset_is_an_owner_op_and_unplug_an_admin_op() -> None:
+    assert "device_reset" not in ADMIN_OPS
+    assert {"unplug", "reset", "plug"} <= ADMIN_OPS
 
 
 def test_thousands_of_unknown_keys_get_a_short_message() -> None:

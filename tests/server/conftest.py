@@ -3,7 +3,8 @@
 ``daemon`` is one daemon per test module (starting Python takes most of a second);
 ``iopfd`` hands it to a test and, after the test, checks that the daemon is alive, hit
 no internal error, and that the exactly-once identity holds at rest:
-``groups == responses + auto_responses + throttled + len(pending)``.
+``groups == responses + auto_responses + throttled + len(pending)``. ``daemon_612`` and
+``iopfd_612`` are the same for a daemon started with ``--kernel 6.12``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,33 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
             d.stop()
 
 
-@pytest.fixture
-def iopfd(daemon: DaemonProc) -> Iterator[DaemonProc]:
+@pytest.fixture(scope="module")
+def daemon_612(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    d = start_daemon(tmp_path_factory.mktemp("iopfd612"), args=("--kernel", "6.12"))
+    try:
+        yield d
+    finally:
+        if d.alive():
+            d.stop()
+
+
+def _checked(daemon: DaemonProc) -> Iterator[DaemonProc]:
     assert daemon.alive(), daemon.log_path.read_text()
     yield daemon
     assert daemon.alive(), f"iopfd died:\n{daemon.log_path.read_text()}"
     counters = daemon.assert_identity_at_rest()
     assert counters.get("daemon_internal_errors", 0) == 0, [
         line for line in daemon.log() if line.get("level") == "error"]
+
+
+@pytest.fixture
+def iopfd(daemon: DaemonProc) -> Iterator[DaemonProc]:
+    yield from _checked(daemon)
+
+
+@pytest.fixture
+def iopfd_612(daemon_612: DaemonProc) -> Iterator[DaemonProc]:
+    yield from _checked(daemon_612)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 from iopfd_rawclient import RawClient
 
 READ, WRITE, EXEC, PRIV = 1, 2, 4, 8
-PASID_VALID, LAST_PAGE = 1, 2
+PASID_VALID, LAST_PAGE, NEEDS_PASID = 1, 2, 4
 
 ACCEL0 = "0000:3a:00.0"       # ATS, PRI, 20-bit PASID
 NIC_PF = "0000:3b:00.0"       # PF with PRI
@@ -29,12 +29,18 @@ class FaultPath:
     hwpt_id: int
 
 
-def fault_path(c: RawClient, rid: str = ACCEL0, *, pasid: int | None = None) -> FaultPath:
-    """bind, IOAS, fault queue, fault-capable paging HWPT, attached (RID or pasid)."""
+def fault_path(c: RawClient, rid: str = ACCEL0, *, pasid: int | None = None,
+               flags: list[str] | None = None) -> FaultPath:
+    """bind, IOAS, fault queue, fault-capable paging HWPT, attached (RID or pasid).
+
+    The HWPT takes flag ``pasid`` when attached at a PASID (kernel 6.18, PROTOCOL.md v2
+    item 2) unless ``flags`` says otherwise."""
     dev = c.call("bind", rid=rid)["dev_id"]
     ioas = c.call("ioas_alloc")["ioas_id"]
     fault = c.call("fault_alloc")["fault_id"]
-    hwpt = c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=[], fault_id=fault)["hwpt_id"]
+    if flags is None:
+        flags = ["pasid"] if pasid is not None else []
+    hwpt = c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=flags, fault_id=fault)["hwpt_id"]
     args: dict[str, Any] = {"dev_id": dev, "pt_id": hwpt}
     if pasid is not None:
         args["pasid"] = pasid

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 TIMEOUT_S = 10.0
+PROTOCOL_VERSION = 2
 
 
 class RemoteError(Exception):
@@ -45,7 +46,7 @@ class RawClient:
         self.replies: dict[int | None, dict[str, Any]] = {}
         self.hello_result: dict[str, Any] | None = None
         if hello:
-            self.hello_result = self.call("hello", version=1, client=client)
+            self.hello_result = self.call("hello", version=PROTOCOL_VERSION, client=client)
 
     # --- bytes -------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ def test_status_reports_version_uptime_clients_and_the_protocol_counters(
         iopfd: DaemonProc) -> None:
     with iopfd.client() as c:
         st = c.call("status")
-    assert st["version"] == 1 and st["uptime_s"] >= 0 and st["clients"] >= 1
+    assert st["version"] == 2 and st["uptime_s"] >= 0 and st["clients"] >= 1
+    assert st["kernel"] == "6.18"
     for name in ("page_requests", "groups", "delivered", "responses", "auto_responses",
                  "throttled", "prq_overflows", "invalidations"):
         assert isinstance(st["counters"][name], int)
@@ -68,14 +69,15 @@ def test_inject_writes_a_page_request_that_reaches_the_fault_queue(iopfd: Daemon
                        last=True) == "ENOENT"
 
 
-def test_unplug_answers_pending_groups_and_plug_brings_the_device_back(
+def test_forced_unplug_answers_pending_groups_and_plug_brings_the_device_back(
         iopfd: DaemonProc) -> None:
+    """``force``: removed at once, as version 1's unplug (the owner is not asked)."""
     with iopfd.client() as c:
         p = fault_path(c, ACCEL1)
         dma_id = c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
         fault_event(c)
         auto = c.call("status")["counters"]["auto_responses"]
-        c.call("unplug", rid=ACCEL1)
+        assert c.call("unplug", rid=ACCEL1, force=True) == {"forced": True}
         # The driver stops DMA first: the transfer in flight ends "removed", and the
         # drain still answers the group it had sent (INVALID, by the daemon).
         assert c.wait_reply(dma_id)["result"]["status"] == "removed"
@@ -85,7 +87,10 @@ def test_unplug_answers_pending_groups_and_plug_brings_the_device_back(
         assert states[ACCEL1] == "removed"
         with iopfd.client() as other:
             assert other.error("bind", rid=ACCEL1) == "ENODEV"
+        assert not [e for e in c.events if e["event"] == "device_request"]
         assert c.error("unplug", rid=ACCEL1) == "EINVAL"
+        assert c.error("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ) == "ENODEV"
+        c.call("unbind", dev_id=p.dev_id)
         c.call("plug", rid=ACCEL1)
         assert c.error("plug", rid=ACCEL1) == "EINVAL"
         assert c.error("unplug", rid="0000:ee:00.0") == "ENOENT"

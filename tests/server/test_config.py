@@ -23,6 +23,7 @@ def test_no_file_gives_the_documented_defaults() -> None:
     assert c.socket_mode == 0o660
     assert c.admin_group is None
     assert c.log_format is None
+    assert c.kernel == "6.18"
     lim = c.limits
     assert (lim.max_pending, lim.max_frame, lim.max_outbuf, lim.max_retries,
             lim.max_dma_inflight, lim.trace_buffer) == (4096, 1 << 20, 8 << 20, 8, 256, 1024)
@@ -35,6 +36,7 @@ socket_mode = "0666"
 admin_group = "wheel"
 log_format = "json"
 log_level = "debug"
+kernel = "6.12"
 topology_file = "topo.toml"
 [limits]
 max_pending = 3
@@ -48,6 +50,7 @@ trace_buffer = 5
     assert c.socket == "/tmp/x.sock"
     assert c.socket_mode == 0o666
     assert (c.admin_group, c.log_format, c.log_level) == ("wheel", "json", "debug")
+    assert c.kernel == "6.12"
     assert c.topology_file == tmp_path / "topo.toml"
     assert c.limits.max_pending == 3
     assert c.limits.trace_buffer == 5
@@ -70,13 +73,24 @@ def test_socket_mode_accepts_a_toml_octal_integer(tmp_path: Path) -> None:
         "this is not toml",
         "[limits]\nmax_frame = 4096\n",
         "[limits]\nmax_frame = 1048576\nmax_outbuf = 1048576\n",
+        "kernel = '5.4'\n",
+        "kernel = 6.1\n",
+        "kernel = 612\n",
     ],
     ids=["typo", "limit-typo", "negative", "string-int", "bad-mode", "bad-format",
-         "two-topologies", "not-toml", "frame-below-64k", "outbuf-below-two-frames"],
+         "two-topologies", "not-toml", "frame-below-64k", "outbuf-below-two-frames",
+         "unknown-kernel", "unknown-kernel-number", "kernel-int"],
 )
 def test_a_bad_config_is_a_clear_error(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match=r"iopfd\.toml"):
         load_config(write(tmp_path, text))
+
+
+def test_kernel_is_a_known_profile_quoted_or_as_a_toml_number(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "kernel = 6.12\n")).kernel == "6.12"
+    assert load_config(write(tmp_path, "kernel = 6.18\n")).kernel == "6.18"
+    with pytest.raises(ConfigError, match=r"kernel.*6\.12, 6\.18"):
+        load_config(write(tmp_path, "kernel = '7.0'\n"))
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -87,6 +101,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_the_shipped_example_config_loads() -> None:
     c = load_config(REPO / "systemd" / "iopfd.toml")
     assert c.admin_group == "iopfd-admin"
+    assert c.kernel == "6.18"
 
 
 def test_the_largest_group_always_fits_one_fault_event() -> None:

@@ -1,4 +1,4 @@
-"""Every VMM op of docs/protocol.md over the wire: success and error paths."""
+"""Every VMM op of docs/protocol.md (version 2) over the wire: success and error paths."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from iopfd_flows import (
     IOVA,
     LAST_PAGE,
     LEGACY,
+    NEEDS_PASID,
     NIC_VF0,
     PASID_VALID,
     READ,
@@ -27,7 +28,9 @@ def test_devices_lists_every_function_with_the_protocol_fields(iopfd: DaemonProc
         rows = {d["rid"]: d for d in c.call("devices")["devices"]}
     assert {ACCEL0, NIC_VF0, ATS_NO_PRI, LEGACY} <= rows.keys()
     for row in rows.values():
-        assert {"rid", "iommu", "pri", "ats", "pasid_bits", "pf", "state"} <= row.keys()
+        assert {"rid", "iommu", "pri", "ats", "pasid_bits", "pf", "state",
+                "removing"} <= row.keys()
+        assert row["removing"] is False
     assert rows[ACCEL0]["pri"] is True and rows[ACCEL0]["pf"] is None
     assert rows[NIC_VF0]["pf"] == "0000:3b:00.0"
     assert rows[ATS_NO_PRI]["pri"] is False
@@ -60,8 +63,10 @@ def test_objects_are_private_to_their_connection(iopfd: DaemonProc) -> None:
                        responses=[{"cookie": 1, "code": 0}]) == "ENOENT"
         assert b.error("attach", dev_id=p.dev_id, pt_id=p.hwpt_id) == "ENOENT"
         assert b.error("destroy", obj_id=p.fault_id) == "ENOENT"
-        assert b.error("destroy", id=p.ioas_id) == "ENOENT"
+        assert b.error("destroy", obj_id=p.ioas_id) == "ENOENT"
         assert b.error("dma", dev_id=p.dev_id, iova=0, length=4096, perm=READ) == "ENOENT"
+        assert b.error("device_reset", dev_id=p.dev_id) == "ENOENT"
+        assert b.error("detach", dev_id=p.dev_id) == "ENOENT"
 
 
 def test_ioas_map_and_unmap_report_the_bytes_unmapped(iopfd: DaemonProc) -> None:
@@ -92,7 +97,7 @@ def test_a_fault_is_delivered_answered_and_the_dma_completes(iopfd: DaemonProc) 
         assert rec["perm"] & READ
         c.call("ioas_map", ioas_id=p.ioas_id, iova=IOVA, length=4096, perm=READ | WRITE)
         assert c.call("page_response", fault_id=p.fault_id,
-                      responses=[{"cookie": ev["cookie"], "code": 0}]) == {"results": [None]}
+                      responses=[{"cookie": ev["cookie"], "code": 0}]) == {"done": 1}
         done = c.wait_reply(rid)["result"]
         assert done["status"] == "ok" and done["bytes"] == 4096 and done["faults"] >= 1
 
@@ -122,23 +127,36 @@ def test_duplicate_id_of_a_dma_in_flight_is_einval(iopfd: DaemonProc) -> None:
         assert c.wait_reply(500)["result"]["status"] == "invalid"
 
 
-def test_page_response_slots_fail_alone(iopfd: DaemonProc) -> None:
+def test_page_response_is_the_fault_fds_write_and_stops_at_the_first_bad_entry(
+        iopfd: DaemonProc) -> None:
+    """PROTOCOL.md v2 item 1 (iommufd_fault_fops_write): a bad first entry fails the
+    request and applies nothing; later, a bad entry stops processing and ``done`` counts
+    what was applied before it."""
     with iopfd.client() as c:
         p = fault_path(c)
         dma_id = c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
         cookie = fault_event(c)["cookie"]
-        results = c.call("page_response", fault_id=p.fault_id, responses=[
-            {"cookie": cookie + 1000, "code": 0},   # unknown
-            {"cookie": cookie, "code": 7},          # bad code: changes nothing
+        for first_bad in ({"cookie": cookie + 1000, "code": 0},   # unknown
+                          {"cookie": cookie, "code": 7}):         # bad code
+            assert c.error("page_response", fault_id=p.fault_id, responses=[
+                first_bad, {"cookie": cookie, "code": 1}]) == "EINVAL"
+        # Nothing was applied: the group is still pending and the dma still waits.
+        assert [r["cookie"] for r in c.call("pending")["pending"]
+                if r["fault_id"] == p.fault_id] == [cookie]
+        assert dma_id not in c.replies
+        done = c.call("page_response", fault_id=p.fault_id, responses=[
             {"cookie": cookie, "code": 1},          # the answer
-            {"cookie": cookie, "code": 1},          # already answered
-        ])["results"]
-        assert results == ["EINVAL", "EINVAL", None, "EINVAL"]
+            {"cookie": cookie, "code": 1},          # already answered: stops here
+            {"cookie": cookie + 1000, "code": 0},   # never looked at
+        ])
+        assert done == {"done": 1}
         assert c.wait_reply(dma_id)["result"]["status"] == "invalid"
-        assert c.call("page_response", fault_id=p.fault_id, responses=[]) == {"results": []}
+        assert c.error("page_response", fault_id=p.fault_id,
+                       responses=[{"cookie": cookie, "code": 0}]) == "EINVAL"
+        assert c.call("page_response", fault_id=p.fault_id, responses=[]) == {"done": 0}
 
 
-def test_dma_miss_without_pri_is_no_pri(iopfd: DaemonProc) -> None:
+def test_dma_miss_on_a_function_without_pri_is_no_pri(iopfd: DaemonProc) -> None:
     with iopfd.client() as c:
         dev = c.call("bind", rid=ATS_NO_PRI)["dev_id"]
         ioas = c.call("ioas_alloc")["ioas_id"]
@@ -162,28 +180,41 @@ def test_hwpt_alloc_errors_follow_the_kernel(iopfd: DaemonProc) -> None:
         assert c.error("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=[],
                        data={"type": "vtd_s1"}) == "EINVAL"
         assert c.error("hwpt_alloc", dev_id=dev + 999, pt_id=ioas, flags=[]) == "ENOENT"
+        # v2 item 10 (iommufd_hwpt_alloc): a pt_id that is no object of this connection.
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=ioas + 999, flags=[]) == "EINVAL"
+
+
+def _attached(c: RawClient, rid: str) -> dict[str, int]:
+    return next(d for d in c.call("topology")["devices"] if d["rid"] == rid)["attached"]
 
 
 def test_attach_replace_detach_rules(iopfd: DaemonProc) -> None:
+    """v2 item 10 (VFIO): attach where attached is a replace; detach of nothing succeeds."""
     with iopfd.client() as c:
-        p = fault_path(c)
-        hwpt2 = c.call("hwpt_alloc", dev_id=p.dev_id, pt_id=p.ioas_id, flags=[],
+        p = fault_path(c, flags=["pasid"])
+        hwpt2 = c.call("hwpt_alloc", dev_id=p.dev_id, pt_id=p.ioas_id, flags=["pasid"],
                        fault_id=p.fault_id)["hwpt_id"]
-        assert c.error("attach", dev_id=p.dev_id, pt_id=hwpt2) == "EBUSY"
+        assert c.call("attach", dev_id=p.dev_id, pt_id=hwpt2) == {}
+        assert _attached(c, ACCEL0) == {"rid": hwpt2}
         assert c.error("attach", dev_id=p.dev_id, pt_id=p.ioas_id, pasid=3) == "EINVAL"
         assert c.error("replace", dev_id=p.dev_id, pt_id=hwpt2, pasid=3) == "EINVAL"
-        c.call("replace", dev_id=p.dev_id, pt_id=hwpt2)
+        c.call("replace", dev_id=p.dev_id, pt_id=p.hwpt_id)
         c.call("attach", dev_id=p.dev_id, pt_id=p.hwpt_id, pasid=3)
+        assert _attached(c, ACCEL0) == {"rid": p.hwpt_id, "3": p.hwpt_id}
         c.call("detach", dev_id=p.dev_id, pasid=3)
         c.call("detach", dev_id=p.dev_id)
-        assert c.error("detach", dev_id=p.dev_id) in {"EINVAL", "ENOENT"}
+        assert _attached(c, ACCEL0) == {}
+        assert c.call("detach", dev_id=p.dev_id) == {}
+        assert c.call("detach", dev_id=p.dev_id, pasid=3) == {}
+        assert c.error("detach", dev_id=p.dev_id + 999) == "ENOENT"
 
 
 def test_fault_capable_attach_needs_pri_and_is_refused_on_a_vf(iopfd: DaemonProc) -> None:
+    """v2 item 10: no PRI is ENODEV (intel_iommu_enable_iopf); a VF is EINVAL."""
     with iopfd.client() as c:
         fault = c.call("fault_alloc")["fault_id"]
         ioas = c.call("ioas_alloc")["ioas_id"]
-        for rid, code in ((ATS_NO_PRI, "EOPNOTSUPP"), (NIC_VF0, "EINVAL")):
+        for rid, code in ((ATS_NO_PRI, "ENODEV"), (LEGACY, "ENODEV"), (NIC_VF0, "EINVAL")):
             dev = c.call("bind", rid=rid)["dev_id"]
             try:
                 hwpt = c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=[],
@@ -194,7 +225,9 @@ def test_fault_capable_attach_needs_pri_and_is_refused_on_a_vf(iopfd: DaemonProc
             assert c.error("attach", dev_id=dev, pt_id=hwpt) == code
 
 
-def test_destroy_refuses_objects_in_use_and_takes_id_or_obj_id(iopfd: DaemonProc) -> None:
+def test_destroy_refuses_objects_in_use_and_names_its_object_with_obj_id(
+        iopfd: DaemonProc) -> None:
+    """v2 item 12: ``obj_id`` names the object; ``id`` is the request's own."""
     with iopfd.client() as c:
         p = fault_path(c)
         assert c.error("destroy", obj_id=p.fault_id) == "EBUSY"
@@ -202,9 +235,12 @@ def test_destroy_refuses_objects_in_use_and_takes_id_or_obj_id(iopfd: DaemonProc
         assert c.error("destroy", obj_id=p.ioas_id) == "EBUSY"
         c.call("detach", dev_id=p.dev_id)
         assert c.call("destroy", obj_id=p.hwpt_id) == {}
-        # The table's form: the request id names the object.
+        # v1's form, the request id naming the object, is a missing obj_id now.
         reply = c.request("destroy", id=p.fault_id)
-        assert reply == {"id": p.fault_id, "ok": True, "result": {}}
+        assert (reply["id"], reply["ok"], reply["error"]["code"]) == (
+            p.fault_id, False, "EINVAL")
+        reply = c.request("destroy", id=777, obj_id=p.fault_id)
+        assert reply == {"id": 777, "ok": True, "result": {}}
         assert c.error("destroy", obj_id=p.fault_id) == "ENOENT"
 
 
@@ -214,18 +250,23 @@ def test_nested_translation_faults_then_completes(iopfd: DaemonProc) -> None:
         ioas = c.call("ioas_alloc")["ioas_id"]
         parent = c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["nest_parent"])["hwpt_id"]
         fault = c.call("fault_alloc")["fault_id"]
-        assert c.error("hwpt_alloc", dev_id=dev, pt_id=parent, flags=[]) == "EINVAL"
+        # iommufd_hwpt_nested_alloc: no user data is EOPNOTSUPP, as the kernel says.
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=parent, flags=[]) == "EOPNOTSUPP"
+        assert c.error("hwpt_alloc", dev_id=dev, pt_id=parent, flags=["nest_parent"],
+                       data={"type": "vtd_s1"}) == "EOPNOTSUPP"
         assert c.error("hwpt_alloc", dev_id=dev, pt_id=parent, flags=[],
                        data={"type": "arm_smmuv3"}) == "EOPNOTSUPP"
-        nested = c.call("hwpt_alloc", dev_id=dev, pt_id=parent, flags=[], fault_id=fault,
-                        data={"type": "vtd_s1"})["hwpt_id"]
+        # Attached at a PASID: PASID-compatible (v2 item 2; nested HWPTs take the flag).
+        nested = c.call("hwpt_alloc", dev_id=dev, pt_id=parent, flags=["pasid"],
+                        fault_id=fault, data={"type": "vtd_s1"})["hwpt_id"]
         c.call("attach", dev_id=dev, pt_id=nested, pasid=7)
         gpa = 0x800_0000
         c.call("ioas_map", ioas_id=ioas, iova=gpa, length=4096, perm=READ | WRITE)
         dma_id = c.start("dma", dev_id=dev, pasid=7, iova=IOVA, length=4096, perm=READ)
         ev = fault_event(c)
         rec = ev["faults"][-1]
-        assert rec["pasid"] == 7 and rec["flags"] & PASID_VALID and rec["addr"] == IOVA
+        assert rec["pasid"] == 7 and rec["addr"] == IOVA
+        assert rec["flags"] == PASID_VALID | LAST_PAGE | NEEDS_PASID
         c.call("hwpt_s1_map", hwpt_id=nested, iova=IOVA, length=4096, gpa=gpa,
                perm=READ | WRITE)
         c.call("page_response", fault_id=fault, responses=[{"cookie": ev["cookie"], "code": 0}])
@@ -254,7 +295,7 @@ def _auto(c: RawClient) -> int:
 
 def test_detach_and_unbind_answer_the_pending_groups_they_orphan(iopfd: DaemonProc) -> None:
     with iopfd.client() as c:
-        p = fault_path(c)
+        p = fault_path(c, flags=["pasid"])
         c.call("attach", dev_id=p.dev_id, pt_id=p.hwpt_id, pasid=9)
         c.call("inject", rid=ACCEL0, addr=0x1000, perm=READ, grpid=1, last=True)
         c.call("inject", rid=ACCEL0, pasid=9, addr=0x2000, perm=READ, grpid=2, last=True)
@@ -270,9 +311,10 @@ def test_detach_and_unbind_answer_the_pending_groups_they_orphan(iopfd: DaemonPr
         assert not [r for r in c.call("pending")["pending"] if r["fault_id"] == p.fault_id]
 
 
-def test_a_malformed_response_slot_fails_alone_and_the_others_apply(
+def test_entries_before_a_malformed_one_stay_applied_and_done_counts_them(
         iopfd: DaemonProc) -> None:
-    """PROTOCOL.md: responses are applied in order, each on its own."""
+    """PROTOCOL.md v2 item 1: entries are applied in order up to the first bad one, which
+    may hold any integer (negative, huge): that is not a malformed request."""
     with iopfd.client() as c:
         p = fault_path(c)
         c.call("inject", rid=ACCEL0, addr=0x6000_0000, perm=READ, grpid=3, last=True)
@@ -282,8 +324,11 @@ def test_a_malformed_response_slot_fails_alone_and_the_others_apply(
                                 {"cookie": ev["cookie"] + 1000, "code": -1},
                                 {"cookie": -5, "code": 0},
                                 {"cookie": 7, "code": 1 << 40}])
-        assert res["results"] == [None, "EINVAL", "EINVAL", "EINVAL"]
+        assert res == {"done": 1}
         assert not [r for r in c.call("pending")["pending"] if r["fault_id"] == p.fault_id]
+        for bad in ({"cookie": -5, "code": 0}, {"cookie": 2**64 - 1, "code": 1},
+                    {"cookie": ev["cookie"], "code": -(2**63)}):
+            assert c.error("page_response", fault_id=p.fault_id, responses=[bad]) == "EINVAL"
 
 
 def test_every_daemon_counter_is_reported_from_the_start(tmp_path: Path) -> None:
