@@ -143,11 +143,14 @@ class Core:
     # ------------------------------------------------------------------ admin views
     def device_list(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
-        for dev in self.devices.values():
+        for index, dev in enumerate(self.devices.values()):
             fn = dev.fn
             pri = fn.pri
             rows.append({
                 "rid": dev.name,
+                # /dev/vfio/devices/vfioN: the function's place in the topology, stable
+                # for the daemon's life (docs/uapi.md).
+                "vfio": index,
                 "iommu": dev.info.unit.name,
                 "pri": bool(fn.spec.pri),
                 "ats": bool(fn.spec.ats),

@@ -233,6 +233,10 @@ class DeviceOps(ContextBase):
         if pasid in dev.handles:
             detach_handle(self.iommu, dev, pasid, now, "detach")
 
+    def hw_info(self, dev_id: int) -> dict[str, object]:
+        """``IOMMU_GET_HW_INFO``: what the IOMMU behind the device can do."""
+        return dict(self.iommu.driver.hw_info(self.device(dev_id).dev))
+
     # ------------------------------------------------------------------ reset, DMA
     def device_reset(self, dev_id: int, now: int) -> None:
         """``VFIO_DEVICE_RESET``: a function-level reset (``IntelIommu.flr``)."""

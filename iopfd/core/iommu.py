@@ -128,6 +128,8 @@ class IommuDriver(Protocol):
 
     def flr(self, dev: Device, now: int) -> None: ...
 
+    def hw_info(self, dev: Device) -> dict[str, object]: ...
+
 
 class IommuCore:
     """The devices and the attach sequence (``iommu_attach_device_pasid``,

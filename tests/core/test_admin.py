@@ -29,7 +29,7 @@ def test_device_list_rows(env: Env) -> None:
     env.fault_hwpt(pasid=5)
     rows = {r["rid"]: r for r in env.core.device_list()}
     assert rows[ACCEL] == {
-        "rid": ACCEL, "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
+        "rid": ACCEL, "vfio": 0, "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
         "pf": None, "state": "bound", "removing": False, "ats_enabled": True,
         "pri_enabled": True,
         "pri_status": {"response_failure": False, "unexpected_prgi": False,
@@ -176,3 +176,20 @@ def test_reset_leaves_the_fault_queues_alone_and_the_function_discards_stale_ans
     assert fn.counters["unexpected_prgi"] == 0
     assert env.core.counters["resets"] == 1
     check_invariants(env)
+
+
+def test_hw_info_reports_what_the_unit_implements(env: Env) -> None:
+    dev = env.ctx.bind(ACCEL, env.now)
+    info = env.ctx.hw_info(dev)
+    ecap, cap = int(info["ecap_reg"]), int(info["cap_reg"])  # type: ignore[call-overload]
+    assert info["type"] == "intel_vtd"
+    assert ecap >> 29 & 1 and ecap >> 42 & 1 and ecap >> 26 & 1   # PRS, PDS, NEST
+    assert ecap >> 40 & 1 and (ecap >> 35 & 0x1F) == 19          # PASID, PSS = 20 bits
+    assert cap >> 16 & 0x3F == 47 and cap & 7 == 6               # MGAW 48 bits, ND
+    assert _errno(env.ctx.hw_info, 4242) == "ENOENT"
+
+
+def test_devices_carry_a_stable_vfio_index_in_topology_order(env: Env) -> None:
+    rows = env.core.device_list()
+    assert [r["vfio"] for r in rows] == list(range(len(rows)))
+    assert rows[0]["rid"] == ACCEL

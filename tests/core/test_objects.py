@@ -417,3 +417,55 @@ def test_one_request_stays_short_and_mappings_are_bounded_per_context() -> None:
     ctx.destroy(other, env.now)
     assert ctx.mapped_pages == 20
     check_invariants(env)
+
+
+# ---------------------------------------------------------------- IOAS areas
+
+
+class _NoWalk(dict):  # type: ignore[type-arg]
+    """A page dict that refuses to be walked: the unmap must look up, not scan."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("unmap walked the whole IOAS")
+
+
+def test_unmap_costs_what_the_range_holds_not_what_the_ioas_holds(env: Env) -> None:
+    ioas = env.ctx.ioas_alloc()
+    for i in range(64):
+        env.ctx.ioas_map(ioas, 0x1000_0000 + i * 0x10_0000, 0x10_0000, 3, env.now)
+    obj = env.ctx.objects[ioas]
+    obj.table._pages = _NoWalk(obj.table._pages)  # type: ignore[attr-defined]
+    # An empty range far larger than the IOAS: found empty by bisection alone.
+    assert env.ctx.ioas_unmap(ioas, 0x8000_0000, 0xFFFF_F000, env.now) == 0
+    # A range cutting two areas in their middles: only those pages go.
+    assert env.ctx.ioas_unmap(ioas, 0x1008_0000, 0x10_0000, env.now) == 0x10_0000
+    areas = obj.areas  # type: ignore[attr-defined]
+    assert areas.starts[:3] == [0x1_0000, 0x1_0180, 0x1_0200]
+    assert (areas.ends[0x1_0000], areas.ends[0x1_0180]) == (0x1_0080, 0x1_0200)
+    assert env.ctx.mapped_pages == 64 * 256 - 256
+
+
+def test_a_map_without_iova_takes_the_lowest_aligned_hole(env: Env) -> None:
+    ioas = env.ctx.ioas_alloc()
+    a = env.ctx.ioas_map(ioas, None, 0x4000, 3, env.now)
+    assert a == 0x10_0000
+    b = env.ctx.ioas_map(ioas, None, 0x1000, 3, env.now)
+    assert b == a + 0x4000
+    c = env.ctx.ioas_map(ioas, None, 0x3000, 3, env.now)   # 4-page aligned
+    assert c == a + 0x8000 and c % 0x4000 == 0
+    env.ctx.ioas_unmap(ioas, a, 0x4000, env.now)
+    assert env.ctx.ioas_map(ioas, None, 0x2000, 3, env.now) == a   # the hole is reused
+    assert env.ctx.ioas_map(ioas, 0x5000_0000, 0x1000, 3, env.now) == 0x5000_0000
+    assert errno_of(env.ctx.ioas_map, ioas, 0x5000_0000, 0x1000, 3, env.now) == "EBUSY"
+
+
+def test_a_kernel_chosen_iova_avoids_the_interrupt_window(env: Env) -> None:
+    ioas = env.ctx.ioas_alloc()
+    # Fill below the window in 64 MiB steps, then the next map must land above it.
+    iova = 0x10_0000
+    while iova + (64 << 20) <= 0xFEE0_0000:
+        env.ctx.ioas_map(ioas, iova, 64 << 20, 3, env.now)
+        iova += 64 << 20
+    got = env.ctx.ioas_map(ioas, None, 0x20_0000, 3, env.now)
+    assert not (got < 0xFEF0_0000 and got + 0x20_0000 > 0xFEE0_0000)
+    assert got % 0x20_0000 == 0

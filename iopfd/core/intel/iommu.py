@@ -316,6 +316,27 @@ class IntelIommu:
             drv.iopf = False
             self.disable_iopf(dev)
 
+    def hw_info(self, dev: Device) -> dict[str, object]:
+        """``intel_iommu_hw_info`` for ``IOMMU_GET_HW_INFO``: the unit's CAP and ECAP
+        registers as this emulation implements them (VT-d spec 11.4.2, 11.4.3)."""
+        spec = dev.info.unit.spec
+        cap = (6                      # ND: 2^16 domain IDs
+               | 1 << 10              # SAGAW: 4-level second-stage tables
+               | 47 << 16             # MGAW: 48-bit guest addresses
+               | 1 << 39              # PSI: page-selective invalidation
+               | 18 << 48)            # MAMV (cache.MAMV)
+        ecap = (1 << 1 | 1 << 2       # QI, DT (device TLBs)
+                | 1 << 6              # PT
+                | (1 << 26 if spec.nest else 0)
+                | (1 << 29 if spec.prs else 0)
+                | ((spec.pasid_bits - 1) << 35 if spec.pasid_bits else 0))
+        ecap |= ((1 << 40 if spec.pasid_bits else 0)
+                 | 1 << 41            # DIT: the PF's SID in device-TLB invalidations
+                 | (1 << 42 if spec.pds else 0)
+                 | 1 << 43            # SMTS: scalable mode
+                 | 1 << 46 | 1 << 47)  # SLTS, FLTS
+        return {"type": "intel_vtd", "flags": 0, "cap_reg": cap, "ecap_reg": ecap}
+
     # ------------------------------------------------------------------ answers
     def page_response(  # noqa: PLR0917 - the response's fields
         self, dev: Device, pasid_valid: bool, pasid: int, grpid: int, code: int,
