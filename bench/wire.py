@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,15 +18,8 @@ from typing import Any
 
 import trio
 
-from bench.common import (
-    FrameReader,
-    encode_frames,
-    proc_rss_kib,
-    python_cmd,
-    spawn,
-    stop,
-    wait_for_socket,
-)
+from bench.common import REPO, FrameReader, encode_frames, proc_rss_kib
+from clients.launch import launch
 
 RECV_SIZE = 1 << 16
 PAGE = 4096
@@ -192,56 +184,24 @@ def daemon(
     log_level: str = "info",
     ready_timeout: float = 120.0,
 ) -> Iterator[Daemon]:
-    """Start `iopfd` on a generated topology; wait for READY=1 on a NOTIFY_SOCKET we bind."""
+    """Start `iopfd` on a generated topology with `clients.launch` (ready on READY=1)."""
     with tempfile.TemporaryDirectory(prefix="iopfd-bench-") as tmp:
         d = Path(tmp)
         (d / "topology.toml").write_text(topology_toml(functions, iommus))
         (d / "iopfd.toml").write_text(_config_text(limits or {}, log_level))
-        sock_path = str(d / "iopfd.sock")
-        notify_path = str(d / "notify.sock")
         log_path = d / "iopfd.log"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-            notify.bind(notify_path)
-            env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-            if os.environ.get("IOPFD_BENCH_NO_NOTIFY"):  # debugging a daemon without sd_notify
-                del env["NOTIFY_SOCKET"]
-            args = python_cmd(
-                "-m",
-                "iopfd.server.main",
-                "--socket",
-                sock_path,
-                "--config",
-                str(d / "iopfd.toml"),
-                "--log-format",
-                "json",
-            )
-            with log_path.open("wb") as log:
-                t0 = time.perf_counter_ns()
-                proc = spawn(args, stdout=log, stderr=log, env=env)
-                handle = Daemon(proc, sock_path, d, log_path, t0)
-                try:
-                    if "NOTIFY_SOCKET" in env:
-                        handle.ready_ns = _wait_ready(notify, proc, log_path, ready_timeout)
-                    else:
-                        wait_for_socket(sock_path, proc, ready_timeout)
-                        handle.ready_ns = time.perf_counter_ns()
-                    yield handle
-                finally:
-                    stop(proc)
-
-
-def _wait_ready(notify: socket.socket, proc: Any, log: Path, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    notify.settimeout(0.05)
-    while time.monotonic() < deadline:
+        t0 = time.perf_counter_ns()
+        launched = launch(
+            socket=d / "iopfd.sock",
+            config=d / "iopfd.toml",
+            args=("--log-format", "json"),
+            env={"PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))},
+            log=log_path,
+            ready_timeout=ready_timeout,
+        )
+        handle = Daemon(launched.process, launched.socket, d, log_path, t0,
+                        time.perf_counter_ns())
         try:
-            data = notify.recv(4096)
-        except TimeoutError:
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-3000:]
-                msg = f"iopfd exited {proc.returncode} before READY=1:\n{tail}"
-                raise RuntimeError(msg) from None
-            continue
-        if b"READY=1" in data.split(b"\n"):
-            return time.perf_counter_ns()
-    raise TimeoutError(f"iopfd sent no READY=1 within {timeout} s")
+            yield handle
+        finally:
+            launched.stop(10.0)

@@ -1,10 +1,13 @@
 """Clients of iopfd: the trio library, a blocking wrapper, and the reference VMM.
 
 ``from clients import IopfClient`` for trio code, ``from clients.sync import
-SyncClient`` for scripts and notebooks; ``iopf-vmm`` (``clients.vmm``) is a
-complete demand-paging VMM built on the library. See docs/clients.md.
+SyncClient`` for scripts and notebooks: both are I/O loops around the sans-IO
+``iopfd.protocol.session.ClientSession``, with each op's method declared once in
+``clients.calls``. ``iopf-vmm`` (``clients.vmm``) is a complete demand-paging VMM
+built on the library. See docs/clients.md.
 """
 
+from clients.calls import Call, Calls
 from clients.client import DEFAULT_SOCKET, IopfClient, PendingCall, resolve_socket_path
 from clients.errors import (
     Busy,
@@ -43,6 +46,8 @@ __all__ = [
     "DEFAULT_SOCKET",
     "PAGE_SIZE",
     "Busy",
+    "Call",
+    "Calls",
     "ClientStats",
     "ConnectionLost",
     "Device",

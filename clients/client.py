@@ -15,11 +15,14 @@ pending fault groups INVALID. A typical VMM::
             await c.ioas_map(ioas, group.addresses[0], PAGE_SIZE)
             await c.answer(group, ResponseCode.SUCCESS)
 
-Replies are matched to calls by request id, by a reader task of the client's
-own: calls may run concurrently from many tasks, and a ``dma`` waiting for its
-page faults to be answered does not block the task that answers them. Fault
-groups and trace records are pushed into per-queue buffers by the same reader,
-so nothing a slow consumer does can hold up replies.
+The client is an I/O loop around the sans-IO
+:class:`~iopfd.protocol.session.ClientSession` (ids, frame limit, ``seq``, counters);
+each op's method is declared once, in :mod:`clients.calls`, and made async here by
+:func:`async_op`. Replies are matched to calls by request id, by a reader task of the
+client's own: calls may run concurrently from many tasks, and a ``dma`` waiting for its
+page faults to be answered does not block the task that answers them. Fault groups and
+trace records are pushed into per-queue buffers by the same reader, so nothing a slow
+consumer does can hold up replies.
 """
 
 from __future__ import annotations
@@ -27,40 +30,35 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import trio
 
+from clients.calls import (
+    CALLS,
+    DEFAULT_UNPLUG_GRACE_S,
+    PROCEDURES,
+    Call,
+    Calls,
+    Procedure,
+    Procedures,
+    result_map,
+)
 from clients.errors import ConnectionLost, EventGap, IopfError, error_from_reply
 from clients.queues import DeviceRequestStream, FaultQueue, TraceStream
-from clients.records import (
-    ClientStats,
-    Device,
-    DeviceRequest,
-    DmaResult,
-    FaultGroup,
-    HelloInfo,
-    PageResponse,
-    PendingGroup,
-    Perm,
-    ResponseCode,
-    Status,
-    partial_outcomes,
-)
-from iopfd.protocol.frames import (
-    DEFAULT_MAX_FRAME,
-    FrameDecoder,
-    encode_frame,
-)
+from clients.records import ClientStats, DeviceRequest, FaultGroup, HelloInfo
+from iopfd.protocol.errors import RequestError
 from iopfd.protocol.frames import ProtocolViolation as FramingError
+from iopfd.protocol.models import PROTOCOL_VERSION
+from iopfd.protocol.session import ClientSession, Event, Reply
 
-PROTOCOL_VERSION = 2
-#: ``unplug`` waits for the device's owners (up to ``grace_s``); the reply may be late.
-DEFAULT_UNPLUG_GRACE_S = 10.0
-DEFAULT_SOCKET = "/run/iopfd/iopfd.sock"
-_UINT32 = 1 << 32
+DEFAULT_SOCKET: Final = "/run/iopfd/iopfd.sock"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:
@@ -70,33 +68,80 @@ def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:
     return os.environ.get("IOPFD_SOCKET") or DEFAULT_SOCKET
 
 
-class _Call:
+def session_request(session: ClientSession, op: str,
+                    args: Mapping[str, Any]) -> tuple[int, bytes]:
+    """``session.request``, with a local refusal raised as the daemon's would be."""
+    try:
+        return session.request(op, args)
+    except RequestError as e:
+        raise error_from_reply(e.errno, e.message, op) from None
+
+
+def reply_value(reply: Reply, op: str) -> dict[str, Any]:
+    """The ``result`` of an ok reply; the errno's IopfError otherwise."""
+    if reply.ok:
+        return reply.result
+    raise error_from_reply(reply.code, reply.message, op)
+
+
+class _Waiter:
+    """A request sent (or queued) whose reply a task awaits."""
+
     __slots__ = ("done", "error", "op", "reply")
 
     def __init__(self, op: str) -> None:
         self.op = op
         self.done = trio.Event()
-        self.reply: dict[str, Any] | None = None
+        self.reply: Reply | None = None
         self.error: str | None = None
 
 
 class PendingCall:
     """A request already queued by :meth:`IopfClient.submit`; await :meth:`result`."""
 
-    __slots__ = ("_call", "_client", "id")
+    __slots__ = ("_client", "_waiter", "id")
 
-    def __init__(self, client: IopfClient, req_id: int, call: _Call) -> None:
+    def __init__(self, client: IopfClient, req_id: int, waiter: _Waiter) -> None:
         self._client = client
-        self._call = call
+        self._waiter = waiter
         self.id = req_id
 
     @property
     def op(self) -> str:
-        return self._call.op
+        return self._waiter.op
 
     async def result(self) -> dict[str, Any]:
         """The reply's ``result`` map; raises IopfError (errno) or ConnectionLost."""
-        return await self._client._result(self.id, self._call)
+        reply = await self._client._reply(self.id, self._waiter)
+        return result_map(self.op, reply_value(reply, self.op))
+
+
+def async_op(
+    fn: Callable[Concatenate[Calls, P], Call[R]],
+) -> Callable[Concatenate[IopfClient, P], Coroutine[Any, Any, R]]:
+    """The IopfClient method of one op: build its Call, send it, await the typed value."""
+
+    async def method(self: IopfClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.call(fn(CALLS, *args, **kwargs))
+
+    method.__name__ = method.__qualname__ = fn.__name__
+    method.__doc__ = fn.__doc__
+    method.__wrapped__ = fn  # type: ignore[attr-defined]
+    return method
+
+
+def async_procedure(
+    fn: Callable[Concatenate[Procedures, P], Procedure[R]],
+) -> Callable[Concatenate[IopfClient, P], Coroutine[Any, Any, R]]:
+    """The IopfClient method of a several-request procedure of :mod:`clients.calls`."""
+
+    async def method(self: IopfClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.run(fn(PROCEDURES, *args, **kwargs))
+
+    method.__name__ = method.__qualname__ = fn.__name__
+    method.__doc__ = fn.__doc__
+    method.__wrapped__ = fn  # type: ignore[attr-defined]
+    return method
 
 
 class IopfClient:
@@ -104,7 +149,8 @@ class IopfClient:
 
     Every protocol operation is an ``async`` method that returns once the
     daemon replied, and raises an :class:`~clients.errors.IopfError` subclass
-    carrying the errno name on an error reply. Calls may be made from any
+    carrying the errno name on an error reply (``InvalidArgument`` before anything
+    is sent when the daemon would refuse the arguments). Calls may be made from any
     number of tasks at once; frames queued together go out in one write.
     """
 
@@ -118,27 +164,18 @@ class IopfClient:
         self._stream = stream
         # the stdlib socket under ``stream``, for non-blocking sends without a task hop
         self._raw = raw_socket
+        self._session = ClientSession()
         self._flush_scheduled = False
         self._writer_busy = False
-        self._decoder = FrameDecoder(DEFAULT_MAX_FRAME)
-        self._max_frame = DEFAULT_MAX_FRAME
-        self._calls: dict[int, _Call] = {}
-        self._next_id = 1
+        self._waiters: dict[int, _Waiter] = {}
         self._outbuf = bytearray()
         self._bell_send, self._bell_recv = trio.open_memory_channel[None](1)
         self._closed_reason: str | None = None
         self._fault_queues: dict[int, FaultQueue] = {}
         self._trace = TraceStream(trace_buffer)
         self._device_requests = DeviceRequestStream()
-        self._last_seq = 0
         self.hello_info: HelloInfo | None = None
-        self._n_requests = 0
-        self._n_replies = 0
-        self._n_events = 0
         self._n_writes = 0
-        self._n_gaps = 0
-        self._n_missed = 0
-        self._n_late = 0
         self.unknown_events = 0
 
     # -- lifecycle ------------------------------------------------------------
@@ -221,29 +258,52 @@ class IopfClient:
         return bool(self.hello_info and self.hello_info.admin)
 
     def stats(self) -> ClientStats:
+        s = self._session
         return ClientStats(
-            requests=self._n_requests,
-            replies=self._n_replies,
-            events=self._n_events,
+            requests=s.requests,
+            replies=s.replies,
+            events=s.events,
             writes=self._n_writes,
-            seq_gaps=self._n_gaps,
-            missed_events=self._n_missed,
-            late_replies=self._n_late,
-            in_flight=len(self._calls),
+            seq_gaps=s.seq_gaps,
+            missed_events=s.missed_events,
+            late_replies=s.late_replies,
+            in_flight=s.in_flight,
         )
 
     async def _hello(self, client_name: str) -> None:
-        r = await self.request("hello", version=PROTOCOL_VERSION, client=client_name)
-        self.hello_info = HelloInfo.from_wire(r, DEFAULT_MAX_FRAME)
-        self._max_frame = self.hello_info.max_frame
-        self._decoder.max_frame = max(self._max_frame, DEFAULT_MAX_FRAME)
+        self.hello_info = await self.call(CALLS.hello(client_name))
 
     # -- transport ------------------------------------------------------------
 
+    async def call(self, call: Call[R]) -> R:
+        """Send one :class:`~clients.calls.Call` and return its typed value."""
+        req_id, waiter = self._queue(call.op, call.args)
+        reply = await self._reply(req_id, waiter)
+        value = call.parse(reply_value(reply, call.op))
+        self._track(call, value)
+        return value
+
+    async def run(self, procedure: Procedure[R]) -> R:
+        """Drive a :class:`~clients.calls.Procedure`: each Call it yields is sent and its
+        value (or IopfError) handed back, until it returns."""
+        try:
+            call = next(procedure)
+            while True:
+                try:
+                    value = await self.call(call)
+                except IopfError as e:
+                    call = procedure.throw(e)
+                else:
+                    call = procedure.send(value)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send any request and return its ``result`` map (for ops without a method)."""
-        req_id, call = self._queue(op, args)
-        return await self._result(req_id, call)
+        """Send any request and return its ``result`` map (the typed methods are nicer)."""
+        req_id, waiter = self._queue(op, args)
+        reply = await self._reply(req_id, waiter)
+        return result_map(op, reply_value(reply, op))
 
     def submit(self, op: str, **args: Any) -> PendingCall:
         """Queue a request now and return a handle; ``await handle.result()`` later.
@@ -253,31 +313,26 @@ class IopfClient:
         scheduling. A fault handler can therefore submit a batch's ``ioas_map``
         calls and then its ``page_response``, and await them together: one write,
         one round trip, and the answers are applied after the mappings. (Calls made
-        from concurrent tasks have no such order between them.)
+        from concurrent tasks have no such order between them.) Arguments the daemon
+        would refuse raise InvalidArgument here, before anything is queued.
         """
-        req_id, call = self._queue(op, args)
+        req_id, waiter = self._queue(op, args)
         if not (self._flush_scheduled or self._writer_busy):
             # if nobody awaits a result in this scheduler pass, the writer task sends it
             with suppress(trio.WouldBlock):
                 self._bell_send.send_nowait(None)
-        return PendingCall(self, req_id, call)
+        return PendingCall(self, req_id, waiter)
 
-    def _queue(self, op: str, args: dict[str, Any]) -> tuple[int, _Call]:
+    def _queue(self, op: str, args: Mapping[str, Any]) -> tuple[int, _Waiter]:
         if self._closed_reason is not None:
             raise ConnectionLost(self._closed_reason)
-        req_id = self._alloc_id()
-        msg: dict[str, Any] = {"op": op, "id": req_id}
-        msg.update(args)
-        frame = encode_frame(msg)
-        if len(frame) - 4 > self._max_frame:
-            raise ValueError(f"{op}: request of {len(frame) - 4} bytes exceeds max_frame")
-        call = _Call(op)
-        self._calls[req_id] = call
+        req_id, frame = session_request(self._session, op, args)
+        waiter = _Waiter(op)
+        self._waiters[req_id] = waiter
         self._outbuf += frame
-        self._n_requests += 1
-        return req_id, call
+        return req_id, waiter
 
-    async def _result(self, req_id: int, call: _Call) -> dict[str, Any]:
+    async def _reply(self, req_id: int, waiter: _Waiter) -> Reply:
         if self._outbuf and not (self._flush_scheduled or self._writer_busy):
             # This call flushes. One scheduler pass first, so that every task made
             # runnable together (a burst of dma calls, maps and a page_response) has
@@ -287,29 +342,26 @@ class IopfClient:
             self._flush_scheduled = False
             self._flush()
         try:
-            await call.done.wait()
+            await waiter.done.wait()
         finally:
-            if not call.done.is_set():
+            if not waiter.done.is_set():
                 # cancelled while waiting: the reply, when it comes, is dropped
-                self._calls.pop(req_id, None)
-        if call.error is not None:
-            raise ConnectionLost(call.error)
-        reply = call.reply
-        assert reply is not None
-        if reply.get("ok"):
-            result = reply.get("result")
-            return result if isinstance(result, dict) else {}
-        err = reply.get("error")
-        err = err if isinstance(err, dict) else {}
-        raise error_from_reply(str(err.get("code", "EPROTO")), str(err.get("message", "")),
-                               call.op)
+                self._waiters.pop(req_id, None)
+                self._session.abandon(req_id)
+        if waiter.error is not None:
+            raise ConnectionLost(waiter.error)
+        assert waiter.reply is not None
+        return waiter.reply
 
-    def _alloc_id(self) -> int:
-        while True:
-            req_id = self._next_id
-            self._next_id = (self._next_id + 1) % _UINT32
-            if req_id not in self._calls:
-                return req_id
+    def _track(self, call: Call[Any], value: object) -> None:
+        """What a call's success changes in this client: a new fault queue gets its
+        iterator, a destroyed one's ends (IDs are never reused: late lookups see the end)."""
+        if call.op == "fault_alloc" and isinstance(value, int):
+            self.fault_queue(value)
+        elif call.op == "destroy":
+            q = self._fault_queues.get(call.args["obj_id"])
+            if q is not None:
+                q._close()
 
     def _flush(self) -> None:
         """Send what is queued without blocking; the writer task takes over any rest."""
@@ -358,67 +410,53 @@ class IopfClient:
                     self._shutdown("iopfd closed the connection")
                     return
                 now = time.monotonic_ns()
-                for msg in self._decoder.feed(bytes(data)):
-                    self._dispatch(msg, now)
+                for item in self._session.receive_data(bytes(data)):
+                    if isinstance(item, Event):
+                        self._event(item, now)
+                    else:
+                        self._settle(item)
+                self._session.check()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._shutdown(f"connection to iopfd lost: {e!r}")
         except FramingError as e:
             self._shutdown(f"iopfd sent a bad frame: {e}")
 
-    def _dispatch(self, msg: dict[str, Any], now: int) -> None:
-        if "event" in msg:
-            self._n_events += 1
-            self._check_seq(msg.get("seq"))
-            kind = msg["event"]
-            if kind == "fault":
-                group = FaultGroup.from_event(msg, now)
-                self.fault_queue(group.fault_id)._put(group)
-            elif kind == "device_request":
-                self._device_requests._put(DeviceRequest.from_event(msg, now))
-            elif kind == "trace":
-                self._trace._put_event(msg)
-            else:
-                self.unknown_events += 1
-            return
-        req_id = msg.get("id")
-        if req_id is None:
+    def _settle(self, reply: Reply) -> None:
+        if reply.id is None:
             # the daemon reports a protocol violation it cannot pin to a request
-            err = msg.get("error")
-            err = err if isinstance(err, dict) else {}
-            self._shutdown(
-                f"iopfd: {err.get('code', 'EPROTO')}: {err.get('message', 'protocol violation')}"
-            )
+            self._shutdown(f"iopfd: {reply.code}: {reply.message or 'protocol violation'}")
             return
-        self._n_replies += 1
-        call = self._calls.pop(req_id, None) if isinstance(req_id, int) else None
-        if call is None:
-            self._n_late += 1
-            return
-        call.reply = msg
-        call.done.set()
+        waiter = self._waiters.pop(reply.id, None)
+        if waiter is None:
+            return  # an id never sent: the session counted it as late
+        waiter.reply = reply
+        waiter.done.set()
 
-    def _check_seq(self, seq: object) -> None:
-        if not isinstance(seq, int):
-            return
-        expected = self._last_seq + 1
-        self._last_seq = seq
-        if seq == expected:
-            return
-        self._n_gaps += 1
-        self._n_missed += max(0, seq - expected)
-        for q in self._fault_queues.values():
-            q._put(EventGap(expected, seq))
-        self._device_requests._put(EventGap(expected, seq))
-        self._trace._put(EventGap(expected, seq))
+    def _event(self, ev: Event, now: int) -> None:
+        if ev.expected:
+            gap = EventGap(ev.expected, ev.seq)
+            for q in self._fault_queues.values():
+                q._put(gap)
+            self._device_requests._put(gap)
+            self._trace._put(gap)
+        if ev.name == "fault":
+            group = FaultGroup.from_event(ev, now)
+            self.fault_queue(group.fault_id)._put(group)
+        elif ev.name == "device_request":
+            self._device_requests._put(DeviceRequest.from_event(ev, now))
+        elif ev.name == "trace":
+            self._trace._put_event(ev)
+        else:
+            self.unknown_events += 1
 
     def _shutdown(self, reason: str) -> None:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
-        calls, self._calls = self._calls, {}
-        for call in calls.values():
-            call.error = f"{call.op}: {reason}"
-            call.done.set()
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.error = f"{waiter.op}: {reason}"
+            waiter.done.set()
         for q in self._fault_queues.values():
             if reason != "client closed":
                 q._put(ConnectionLost(reason))
@@ -457,288 +495,45 @@ class IopfClient:
         """
         return self._device_requests
 
-    # -- VMM operations -------------------------------------------------------
-
-    async def devices(self) -> list[Device]:
-        """Every PCI function of the emulated platform: rid, IOMMU, PRI/ATS/PASID, owner state."""
-        r = await self.request("devices")
-        return [Device.from_wire(d) for d in r["devices"]]
-
-    async def bind(self, rid: str) -> int:
-        """Take exclusive ownership of a device (``"SSSS:BB:DD.F"``); returns its ``dev_id``.
-
-        Raises Busy if another connection holds it, NoDevice if it was removed.
-        """
-        r = await self.request("bind", rid=rid)
-        return int(r["dev_id"])
-
-    async def unbind(self, dev_id: int) -> None:
-        """Release a device; every PASID of it is detached first (pending groups: INVALID)."""
-        await self.request("unbind", dev_id=dev_id)
-
-    async def ioas_alloc(self) -> int:
-        """Allocate an I/O address space; returns ``ioas_id``."""
-        r = await self.request("ioas_alloc")
-        return int(r["ioas_id"])
-
-    async def ioas_map(
-        self, ioas_id: int, iova: int, length: int, perm: int = Perm.READ | Perm.WRITE
-    ) -> None:
-        """Map ``[iova, iova+length)`` (4 KiB aligned) in an IOAS with READ and/or WRITE."""
-        await self.request("ioas_map", ioas_id=ioas_id, iova=iova, length=length, perm=int(perm))
-
-    async def ioas_unmap(self, ioas_id: int, iova: int, length: int) -> int:
-        """Unmap a range; returns the bytes unmapped once every IOTLB/ATC copy was invalidated."""
-        r = await self.request("ioas_unmap", ioas_id=ioas_id, iova=iova, length=length)
-        return int(r["unmapped"])
-
-    async def fault_alloc(self) -> int:
-        """Allocate a fault queue (``IOMMU_FAULT_QUEUE_ALLOC``); its groups come to this client.
-
-        Read them with ``client.fault_queue(fault_id)``.
-        """
-        r = await self.request("fault_alloc")
-        fault_id = int(r["fault_id"])
-        self.fault_queue(fault_id)
-        return fault_id
-
-    async def hwpt_alloc(
-        self,
-        dev_id: int,
-        pt_id: int,
-        *,
-        flags: Sequence[str] = (),
-        fault_id: int | None = None,
-        data: Mapping[str, Any] | None = None,
-    ) -> int:
-        """Allocate a hardware page table for a device; returns ``hwpt_id``.
-
-        ``pt_id`` an IOAS gives a paging (stage-2) HWPT; flag ``"nest_parent"``
-        makes it usable as a nesting parent. ``pt_id`` a nest_parent HWPT with
-        ``data={"type": "vtd_s1"}`` gives a nested (guest stage-1) HWPT. With
-        ``fault_id`` the HWPT is fault-capable: its page requests are
-        delivered to that fault queue instead of failing the DMA.
-        """
-        args: dict[str, Any] = {"dev_id": dev_id, "pt_id": pt_id, "flags": list(flags)}
-        if fault_id is not None:
-            args["fault_id"] = fault_id
-        if data is not None:
-            args["data"] = dict(data)
-        r = await self.request("hwpt_alloc", **args)
-        return int(r["hwpt_id"])
-
-    async def attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> None:
-        """Attach the device's RID (``pasid=None``) or one PASID to a HWPT.
-
-        Where something is attached already this is a :meth:`replace` (VFIO's rule). On
-        kernel 6.15+ profiles a PASID needs a HWPT allocated with flag ``"pasid"``, and
-        then so does the RID's HWPT (InvalidArgument otherwise); a fault-capable HWPT on
-        a function without PRI is NoDevice.
-        """
-        await self.request("attach", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
-
-    async def replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> None:
-        """Atomically switch an attached RID/PASID to another HWPT (old one's groups: INVALID)."""
-        await self.request("replace", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
-
-    async def detach(self, dev_id: int, pasid: int | None = None) -> None:
-        """Detach the RID or a PASID; returns after its page requests were drained.
-        Nothing attached there is not an error."""
-        await self.request("detach", **_with_pasid({"dev_id": dev_id}, pasid))
-
-    async def page_response(
-        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
-    ) -> int:
-        """Answer groups of a fault queue, in one request: ``[(cookie, code), ...]``.
-
-        This is the kernel fault fd's ``write()``: entries are applied in order and
-        processing stops at the first one that is refused (a cookie not pending in this
-        queue, or a code other than SUCCESS/INVALID). Returns how many were applied; the
-        entry at that index was refused and the ones after it were not looked at. Raises
-        InvalidArgument when the very first entry is refused (nothing applied), and
-        NoSuchObject for a fault queue that is not this connection's.
-        :meth:`page_response_each` settles every entry on its own.
-        """
-        items = _response_items(responses)
-        r = await self.request("page_response", fault_id=fault_id, responses=items)
-        return int(r["done"])
-
-    async def page_response_each(
-        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
-    ) -> list[str | None]:
-        """Answer groups of one fault queue so that each entry gets its own outcome.
-
-        Returns one slot per entry: None if applied, else the errno name (``"EINVAL"``
-        for the entry the daemon refused). After a refused entry, the entries behind it
-        are sent again in a new request, so one bad cookie never leaves the others
-        unanswered. One request when all are good. A whole-queue error (``ENOENT``)
-        fills every remaining slot.
-        """
-        items = _response_items(responses)
-        results: list[str | None] = []
-        while len(results) < len(items):
-            rest = items[len(results):]
-            try:
-                r = await self.request("page_response", fault_id=fault_id, responses=rest)
-                done = int(r["done"])
-            except IopfError as e:
-                if e.errno != "EINVAL":
-                    results += [e.errno] * len(rest)
-                    break
-                done = 0  # the first entry was refused, nothing applied
-            settled, _ = partial_outcomes(len(rest), done)
-            results += settled
-        return results
-
-    async def answer(self, group: FaultGroup, code: int = ResponseCode.SUCCESS) -> None:
-        """Answer one group; raises InvalidArgument if its cookie is no longer pending
-        (already answered, or answered by the daemon) or the code is not 0 or 1."""
-        try:
-            await self.page_response(group.fault_id, [(group.cookie, int(code))])
-        except IopfError as e:
-            raise error_from_reply(e.errno, f"cookie {group.cookie}: {e.message}",
-                                   "page_response") from None
-
-    async def answer_all(
-        self, answers: Iterable[tuple[FaultGroup, int]]
-    ) -> list[str | None]:
-        """Answer many groups: one ``page_response`` per fault queue (more only after a
-        refused entry, see :meth:`page_response_each`); one outcome per answer, in
-        input order: None if applied, else the errno name."""
-        by_queue: dict[int, list[int]] = {}
-        pairs = list(answers)
-        for i, (g, _) in enumerate(pairs):
-            by_queue.setdefault(g.fault_id, []).append(i)
-        results: list[str | None] = [None] * len(pairs)
-        for fault_id, idxs in by_queue.items():
-            res = await self.page_response_each(
-                fault_id, [(pairs[i][0].cookie, int(pairs[i][1])) for i in idxs]
-            )
-            for i, x in zip(idxs, res, strict=True):
-                results[i] = x
-        return results
-
-    async def dma(
-        self, dev_id: int, iova: int, length: int, perm: int, pasid: int | None = None
-    ) -> DmaResult:
-        """Make the emulated device access ``[iova, iova+length)``; waits for the outcome.
-
-        On a translation miss the device issues page requests, which arrive on
-        the fault queue of the attached HWPT; this call returns only after
-        they were answered (from another task of the same client, typically).
-        """
-        args = _with_pasid(
-            {"dev_id": dev_id, "iova": iova, "length": length, "perm": int(perm)}, pasid
-        )
-        r = await self.request("dma", **args)
-        return DmaResult(status=str(r["status"]), faults=int(r["faults"]), bytes=int(r["bytes"]))
-
-    async def destroy(self, obj_id: int) -> None:
-        """Destroy an object of this connection (Busy while another object uses it)."""
-        await self.request("destroy", obj_id=obj_id)
-        q = self._fault_queues.get(obj_id)
-        if q is not None:
-            q._close()  # kept, closed: IDs are never reused, late lookups see the end
-
-    async def device_reset(self, dev_id: int) -> None:
-        """Function-level reset of a device this connection holds (``VFIO_DEVICE_RESET``).
-
-        Attachments and fault queues stay; pending groups stay pending and answerable
-        (the function has forgotten them, so their answers change nothing for it).
-        """
-        await self.request("device_reset", dev_id=dev_id)
-
-    async def hwpt_s1_map(
-        self, hwpt_id: int, iova: int, length: int, gpa: int, perm: int
-    ) -> None:
-        """Write guest stage-1 entries iova -> gpa in a nested HWPT (no invalidation implied)."""
-        await self.request(
-            "hwpt_s1_map", hwpt_id=hwpt_id, iova=iova, length=length, gpa=gpa, perm=int(perm)
-        )
-
-    async def hwpt_s1_unmap(self, hwpt_id: int, iova: int, length: int) -> int:
-        """Remove guest stage-1 entries; cached translations stay until hwpt_invalidate."""
-        r = await self.request("hwpt_s1_unmap", hwpt_id=hwpt_id, iova=iova, length=length)
-        return int(r["unmapped"])
-
-    async def hwpt_invalidate(
-        self, hwpt_id: int, iova: int | None = None, length: int | None = None
-    ) -> None:
-        """The guest's stage-1 invalidation: a range, or everything when both are None."""
-        if (iova is None) != (length is None):
-            raise ValueError("hwpt_invalidate takes iova and length together, or neither")
-        args: dict[str, Any] = {"hwpt_id": hwpt_id}
-        if iova is not None:
-            args["iova"] = iova
-        if length is not None:
-            args["length"] = length
-        await self.request("hwpt_invalidate", **args)
-
-    # -- admin operations ---------------------------------------------------
-
-    async def status(self) -> Status:
-        """Daemon version, uptime, clients and counters (admin)."""
-        return Status.from_wire(await self.request("status"))
-
-    async def topology(self) -> dict[str, Any]:
-        """IOMMU units and devices with owner and state (admin)."""
-        return await self.request("topology")
-
-    async def objects(self) -> dict[str, Any]:
-        """Every connection's objects (admin)."""
-        return await self.request("objects")
-
-    async def pending(self) -> list[PendingGroup]:
-        """Every unanswered group of every connection (admin)."""
-        r = await self.request("pending")
-        return [PendingGroup.from_wire(d) for d in r.get("pending", [])]
-
-    async def inject(
-        self,
-        rid: str,
-        addr: int,
-        perm: int,
-        grpid: int,
-        *,
-        last: bool = True,
-        pasid: int | None = None,
-    ) -> None:
-        """Write one raw page request descriptor into the device's IOMMU PRQ (admin)."""
-        args = _with_pasid(
-            {"rid": rid, "addr": addr, "perm": int(perm), "grpid": grpid, "last": last}, pasid
-        )
-        await self.request("inject", **args)
-
-    async def unplug(
-        self, rid: str, *, force: bool = False, grace_s: float = DEFAULT_UNPLUG_GRACE_S
-    ) -> bool:
-        """Hot-remove a device (admin); returns once it is removed.
-
-        A bound device's owner first gets a ``device_request`` event and may unbind it;
-        after ``grace_s`` seconds, or at once with ``force``, the daemon removes it
-        anyway (PRI off, drain, stop DMA, release; pending groups answered INVALID).
-        Returns whether the removal was forced on an owner that still held it.
-        """
-        r = await self.request("unplug", rid=rid, force=force, grace_s=float(grace_s))
-        return bool(r.get("forced", False))
-
-    async def plug(self, rid: str) -> None:
-        """Bring a removed device back as free (admin)."""
-        await self.request("plug", rid=rid)
-
-    async def reset(self, rid: str) -> None:
-        """Function-level reset of any device (admin): what ``device_reset`` does for an
-        owner; clears a PRI Response Failure."""
-        await self.request("reset", rid=rid)
-
     async def subscribe(self, topics: Sequence[str] = ()) -> TraceStream:
-        """Start (or change) the trace stream; iterate the returned :class:`TraceStream`.
-
-        Topics: fault, response, auto_response, invalidation, throttle,
-        overflow, device; empty means all (admin).
-        """
-        await self.request("subscribe", topics=list(topics))
+        """Start (or change) the trace stream (admin); iterate the returned
+        :class:`TraceStream`. Topics: fault, response, auto_response, invalidation,
+        throttle, overflow, device; empty means all."""
+        await self.call(CALLS.subscribe(topics))
         return self._trace
+
+    # -- the ops: one line each, declared in clients.calls --------------------
+
+    devices = async_op(Calls.devices)
+    bind = async_op(Calls.bind)
+    unbind = async_op(Calls.unbind)
+    ioas_alloc = async_op(Calls.ioas_alloc)
+    ioas_map = async_op(Calls.ioas_map)
+    ioas_unmap = async_op(Calls.ioas_unmap)
+    fault_alloc = async_op(Calls.fault_alloc)
+    hwpt_alloc = async_op(Calls.hwpt_alloc)
+    attach = async_op(Calls.attach)
+    replace = async_op(Calls.replace)
+    detach = async_op(Calls.detach)
+    page_response = async_op(Calls.page_response)
+    dma = async_op(Calls.dma)
+    destroy = async_op(Calls.destroy)
+    device_reset = async_op(Calls.device_reset)
+    hwpt_s1_map = async_op(Calls.hwpt_s1_map)
+    hwpt_s1_unmap = async_op(Calls.hwpt_s1_unmap)
+    hwpt_invalidate = async_op(Calls.hwpt_invalidate)
+    status = async_op(Calls.status)
+    topology = async_op(Calls.topology)
+    objects = async_op(Calls.objects)
+    pending = async_op(Calls.pending)
+    inject = async_op(Calls.inject)
+    unplug = async_op(Calls.unplug)
+    plug = async_op(Calls.plug)
+    reset = async_op(Calls.reset)
+
+    page_response_each = async_procedure(Procedures.page_response_each)
+    answer = async_procedure(Procedures.answer)
+    answer_all = async_procedure(Procedures.answer_all)
 
 
 async def _open_stream(path: str) -> tuple[trio.SocketStream, socket.socket]:
@@ -753,18 +548,13 @@ async def _open_stream(path: str) -> tuple[trio.SocketStream, socket.socket]:
     return trio.SocketStream(tsock), sock
 
 
-def _response_items(
-    responses: Iterable[PageResponse | tuple[int, int]],
-) -> list[dict[str, int]]:
-    return [
-        {"cookie": r.cookie, "code": int(r.code)}
-        if isinstance(r, PageResponse)
-        else {"cookie": int(r[0]), "code": int(r[1])}
-        for r in responses
-    ]
-
-
-def _with_pasid(args: dict[str, Any], pasid: int | None) -> dict[str, Any]:
-    if pasid is not None:
-        args["pasid"] = pasid
-    return args
+__all__ = [
+    "DEFAULT_SOCKET",
+    "DEFAULT_UNPLUG_GRACE_S",
+    "PROTOCOL_VERSION",
+    "IopfClient",
+    "PendingCall",
+    "async_op",
+    "async_procedure",
+    "resolve_socket_path",
+]

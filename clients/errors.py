@@ -76,7 +76,8 @@ class NoSpace(IopfError):
 
 
 class ProtocolViolation(IopfError):
-    """``EPROTO``: the daemon saw a protocol violation; it closes the connection."""
+    """``EPROTO``: the daemon saw a protocol violation (it closes the connection), or a
+    reply's result does not fit the op's result model (that call fails, nothing else)."""
 
     errno = "EPROTO"
 

@@ -7,13 +7,12 @@ consumer can delay its own events but never the replies to other calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from contextlib import suppress
-from typing import Any
 
 import trio
 
 from clients.records import DeviceRequest, FaultGroup, TraceRecord
+from iopfd.protocol.session import Event
 
 
 class FaultQueue:
@@ -145,7 +144,7 @@ class TraceStream:
             raise item
         return item
 
-    def _put_event(self, ev: Mapping[str, Any]) -> None:
+    def _put_event(self, ev: Event) -> None:
         if self._recv.statistics().current_buffer_used >= self._limit:
             self._lost += 1
             self.dropped += 1

@@ -10,10 +10,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
+from iopfd.protocol.models import PAGE_SIZE as _PAGE_SIZE
+from iopfd.protocol.session import Event
+
+PAGE_SIZE: Final = _PAGE_SIZE
+PAGE_SHIFT: Final = 12
 
 
 class Perm(enum.IntFlag):
@@ -127,13 +130,14 @@ class FaultGroup:
         return [r.addr for r in self.records]
 
     @classmethod
-    def from_event(cls, ev: Mapping[str, Any], received_ns: int) -> FaultGroup:
+    def from_event(cls, ev: Event, received_ns: int) -> FaultGroup:
+        body = ev.body
         return cls(
-            fault_id=int(ev["fault_id"]),
-            cookie=int(ev["cookie"]),
-            records=tuple(FaultRecord.from_wire(r) for r in ev["faults"]),
-            throttled=int(ev.get("throttled", 0)),
-            seq=int(ev.get("seq", 0)),
+            fault_id=int(body["fault_id"]),
+            cookie=int(body["cookie"]),
+            records=tuple(FaultRecord.from_wire(r) for r in body["faults"]),
+            throttled=int(body.get("throttled", 0)),
+            seq=ev.seq,
             received_ns=received_ns,
         )
 
@@ -237,9 +241,9 @@ class DeviceRequest:
     received_ns: int = 0
 
     @classmethod
-    def from_event(cls, ev: Mapping[str, Any], received_ns: int) -> DeviceRequest:
-        return cls(dev_id=int(ev["dev_id"]), rid=str(ev["rid"]),
-                   seq=int(ev.get("seq", 0)), received_ns=received_ns)
+    def from_event(cls, ev: Event, received_ns: int) -> DeviceRequest:
+        return cls(dev_id=int(ev.body["dev_id"]), rid=str(ev.body["rid"]), seq=ev.seq,
+                   received_ns=received_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,14 +328,15 @@ class TraceRecord:
     lost: int = 0
 
     @classmethod
-    def from_event(cls, ev: Mapping[str, Any], client_lost: int = 0) -> TraceRecord:
-        skip = ("event", "seq", "topic", "t", "lost")
+    def from_event(cls, ev: Event, client_lost: int = 0) -> TraceRecord:
+        body = ev.body
+        skip = ("topic", "t", "lost")
         return cls(
-            seq=int(ev.get("seq", 0)),
-            topic=str(ev.get("topic", "")),
-            t=float(ev.get("t", 0.0)),
-            fields={k: v for k, v in ev.items() if k not in skip},
-            lost=int(ev.get("lost", 0)) + client_lost,
+            seq=ev.seq,
+            topic=str(body.get("topic", "")),
+            t=float(body.get("t", 0.0)),
+            fields={k: v for k, v in body.items() if k not in skip},
+            lost=int(body.get("lost", 0)) + client_lost,
         )
 
 
@@ -370,5 +375,5 @@ class ClientStats:
     writes: int  # send_all calls: fewer than requests when writes were coalesced
     seq_gaps: int
     missed_events: int
-    late_replies: int  # replies to calls that were cancelled while waiting
+    late_replies: int  # replies nobody waited for: to cancelled or timed-out calls
     in_flight: int

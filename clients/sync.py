@@ -7,6 +7,10 @@
     with SyncClient(client_name="notebook") as c:
         print(c.status().counters)
 
+Both clients sit on the same sans-IO :class:`~iopfd.protocol.session.ClientSession`
+and take their op methods from the same declarations (:mod:`clients.calls`, made
+blocking here by :func:`sync_op`).
+
 It is single-threaded: a call blocks until its reply arrives, queueing any
 fault groups, device requests or trace records that come in meanwhile; take
 them with :meth:`next_fault` / :meth:`next_device_request` / :meth:`next_trace`.
@@ -22,36 +26,67 @@ import collections
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Concatenate, Final, NoReturn, ParamSpec, TypeVar
 
-from clients.client import DEFAULT_UNPLUG_GRACE_S, PROTOCOL_VERSION, resolve_socket_path
-from clients.errors import ConnectionLost, EventGap, IopfError, error_from_reply
-from clients.records import (
-    Device,
-    DeviceRequest,
-    DmaResult,
-    FaultGroup,
-    HelloInfo,
-    PageResponse,
-    PendingGroup,
-    Perm,
-    ResponseCode,
-    Status,
-    TraceRecord,
-    partial_outcomes,
-)
-from iopfd.protocol.frames import (
-    DEFAULT_MAX_FRAME,
-    FrameDecoder,
-    encode_frame,
-)
+from clients.calls import CALLS, PROCEDURES, Call, Calls, Procedure, Procedures, result_map
+from clients.client import reply_value, resolve_socket_path, session_request
+from clients.errors import ConnectionLost, EventGap, IopfError
+from clients.records import ClientStats, DeviceRequest, DmaResult, FaultGroup, TraceRecord
 from iopfd.protocol.frames import ProtocolViolation as FramingError
+from iopfd.protocol.session import ClientSession, Event, Reply
 
 FaultHandler = Callable[[FaultGroup], int]
+P = ParamSpec("P")
+R = TypeVar("R")
 _T = TypeVar("_T")
-#: Seconds an ``unplug`` call waits beyond its grace period for the reply.
-UNPLUG_REPLY_SLACK_S = 10.0
+#: Seconds a call whose reply the daemon holds by design (``unplug``: its grace period)
+#: waits beyond that for the reply.
+UNPLUG_REPLY_SLACK_S: Final = 10.0
+
+
+def sync_op(
+    fn: Callable[Concatenate[Calls, P], Call[R]],
+) -> Callable[Concatenate[SyncClient, P], R]:
+    """The SyncClient method of one op: build its Call, send it, wait for the typed value."""
+
+    def method(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.call(fn(CALLS, *args, **kwargs))
+
+    method.__name__ = method.__qualname__ = fn.__name__
+    method.__doc__ = fn.__doc__
+    method.__wrapped__ = fn  # type: ignore[attr-defined]
+    return method
+
+
+def sync_procedure(
+    fn: Callable[Concatenate[Procedures, P], Procedure[R]],
+) -> Callable[Concatenate[SyncClient, P], R]:
+    """The SyncClient method of a several-request procedure of :mod:`clients.calls`."""
+
+    def method(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.run(fn(PROCEDURES, *args, **kwargs))
+
+    method.__name__ = method.__qualname__ = fn.__name__
+    method.__doc__ = fn.__doc__
+    method.__wrapped__ = fn  # type: ignore[attr-defined]
+    return method
+
+
+class SyncPendingCall:
+    """A request queued by :meth:`SyncClient.submit`; :meth:`result` sends what is
+    queued (in submission order, in one write) and waits for this one's reply."""
+
+    __slots__ = ("_client", "id", "op")
+
+    def __init__(self, client: SyncClient, req_id: int, op: str) -> None:
+        self._client = client
+        self.id = req_id
+        self.op = op
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The reply's ``result`` map; raises IopfError (errno) or ConnectionLost."""
+        return self._client.wait(self.id, self.op, timeout=timeout)
 
 
 class SyncClient:
@@ -72,22 +107,23 @@ class SyncClient:
         except BaseException:
             self._sock.close()
             raise
-        self._decoder = FrameDecoder(DEFAULT_MAX_FRAME)
-        self._next_id = 1
-        self._replies: dict[int, dict[str, Any]] = {}
+        self._session = ClientSession()
+        self._outbuf = bytearray()
+        #: Requests whose reply a caller will take: id -> op; their replies, once read.
+        self._pending: dict[int, str] = {}
+        self._replies: dict[int, Reply] = {}
         self._faults: collections.deque[FaultGroup] = collections.deque()
         self._traces: collections.deque[TraceRecord] = collections.deque()
         self._device_requests: collections.deque[DeviceRequest] = collections.deque()
-        self._last_seq = 0
         self._closed_reason: str | None = None
+        self._n_writes = 0
         self.seq_gaps: list[EventGap] = []
+        self.unknown_events = 0
         try:
-            r = self.request("hello", version=PROTOCOL_VERSION, client=client_name)
+            self.hello_info = self.call(CALLS.hello(client_name))
         except BaseException:
             self.close()
             raise
-        self.hello_info = HelloInfo.from_wire(r, DEFAULT_MAX_FRAME)
-        self._decoder.max_frame = max(self.hello_info.max_frame, DEFAULT_MAX_FRAME)
 
     def close(self) -> None:
         """Close the connection; the daemon releases everything it owned."""
@@ -102,29 +138,69 @@ class SyncClient:
         self.close()
 
     @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    @property
     def admin(self) -> bool:
+        """Whether the daemon lets this peer use admin operations."""
         return self.hello_info.admin
+
+    def stats(self) -> ClientStats:
+        s = self._session
+        return ClientStats(
+            requests=s.requests,
+            replies=s.replies,
+            events=s.events,
+            writes=self._n_writes,
+            seq_gaps=s.seq_gaps,
+            missed_events=s.missed_events,
+            late_replies=s.late_replies,
+            in_flight=s.in_flight,
+        )
 
     # -- transport ------------------------------------------------------------
 
+    def call(self, call: Call[R], *, on_fault: FaultHandler | None = None) -> R:
+        """Send one :class:`~clients.calls.Call` and return its typed value; faults
+        arriving meanwhile go to ``on_fault`` (else they queue)."""
+        req_id = self._queue(call.op, call.args)
+        limit = self.timeout
+        if limit is not None and call.held_s:
+            limit = max(limit, call.held_s + UNPLUG_REPLY_SLACK_S)
+        reply = self._wait_reply(req_id, on_fault, limit)
+        return call.parse(reply_value(reply, call.op))
+
+    def run(self, procedure: Procedure[R]) -> R:
+        """Drive a :class:`~clients.calls.Procedure` (see :meth:`IopfClient.run`)."""
+        try:
+            call = next(procedure)
+            while True:
+                try:
+                    value = self.call(call)
+                except IopfError as e:
+                    call = procedure.throw(e)
+                else:
+                    call = procedure.send(value)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send any request and wait for its ``result`` (raises IopfError on error)."""
-        req_id = self.send(op, **args)
-        return self.wait(req_id, op)
+        return self.wait(self.send(op, **args), op)
 
     def send(self, op: str, **args: Any) -> int:
         """Send a request without waiting; returns its id for :meth:`wait`."""
-        if self._closed_reason is not None:
-            raise ConnectionLost(self._closed_reason)
-        req_id = self._next_id
-        self._next_id = (self._next_id + 1) % (1 << 32)
-        msg: dict[str, Any] = {"op": op, "id": req_id}
-        msg.update(args)
-        try:
-            self._sock.sendall(encode_frame(msg))
-        except OSError as e:
-            self._lost(f"connection to iopfd lost while sending: {e!r}")
+        req_id = self._queue(op, args)
+        self._flush()
         return req_id
+
+    def submit(self, op: str, **args: Any) -> SyncPendingCall:
+        """Queue a request (sent with the next flush: any wait, or :meth:`send`), in call
+        order; ``handle.result()`` later. Maps and the page_response that follows them
+        leave in one write and are started by the daemon in this order."""
+        return SyncPendingCall(self, self._queue(op, args), op)
 
     def wait(
         self, req_id: int, op: str = "", on_fault: FaultHandler | None = None,
@@ -132,20 +208,47 @@ class SyncClient:
     ) -> dict[str, Any]:
         """Wait for the reply to ``req_id``, answering faults with ``on_fault`` meanwhile.
         ``timeout`` (seconds) overrides the client's for this wait."""
-        limit = self.timeout if timeout is None else timeout
+        op = self._pending.get(req_id, op)
+        reply = self._wait_reply(req_id, on_fault, self.timeout if timeout is None else timeout)
+        return result_map(op, reply_value(reply, op))
+
+    def _queue(self, op: str, args: Mapping[str, Any]) -> int:
+        if self._closed_reason is not None:
+            raise ConnectionLost(self._closed_reason)
+        req_id, frame = session_request(self._session, op, args)
+        self._pending[req_id] = op
+        self._outbuf += frame
+        return req_id
+
+    def _flush(self) -> None:
+        if not self._outbuf:
+            return
+        data = bytes(self._outbuf)
+        self._outbuf.clear()
+        try:
+            self._sock.settimeout(self.timeout)
+            self._sock.sendall(data)
+        except OSError as e:
+            self._lost(f"connection to iopfd lost while sending: {e!r}")
+        self._n_writes += 1
+
+    def _wait_reply(self, req_id: int, on_fault: FaultHandler | None,
+                    limit: float | None) -> Reply:
+        self._flush()
         deadline = None if limit is None else time.monotonic() + limit
-        while req_id not in self._replies:
-            if on_fault is not None and self._faults:
-                self._handle_faults(on_fault)
-                continue
-            self._read_some(deadline)
-        reply = self._replies.pop(req_id)
-        if reply.get("ok"):
-            result = reply.get("result")
-            return result if isinstance(result, dict) else {}
-        err = reply.get("error")
-        err = err if isinstance(err, dict) else {}
-        raise error_from_reply(str(err.get("code", "EPROTO")), str(err.get("message", "")), op)
+        try:
+            while req_id not in self._replies:
+                if on_fault is not None and self._faults:
+                    self._handle_faults(on_fault)
+                    continue
+                self._read_some(deadline)
+        except TimeoutError:
+            # nobody will take this reply: the session drops it when it comes
+            if self._pending.pop(req_id, None) is not None:
+                self._session.abandon(req_id)
+            raise
+        self._pending.pop(req_id, None)
+        return self._replies.pop(req_id)
 
     def _handle_faults(self, on_fault: FaultHandler) -> None:
         groups = list(self._faults)
@@ -164,6 +267,8 @@ class SyncClient:
             if left <= 0:
                 raise TimeoutError("no reply from iopfd in time")
             self._sock.settimeout(left)
+        else:
+            self._sock.settimeout(None)
         try:
             data = self._sock.recv(1 << 16)
         except TimeoutError:
@@ -174,35 +279,34 @@ class SyncClient:
             self._lost("iopfd closed the connection")
         now = time.monotonic_ns()
         try:
-            msgs = self._decoder.feed(data)
+            items = self._session.receive_data(data)
         except FramingError as e:
             self._lost(f"iopfd sent a bad frame: {e}")
-        for msg in msgs:
-            self._dispatch(msg, now)
+        for item in items:
+            if isinstance(item, Event):
+                self._event(item, now)
+            elif item.id is None:
+                self._lost(f"iopfd: {item.code}: {item.message or 'protocol violation'}")
+            elif item.id in self._pending:
+                self._replies[item.id] = item
+        try:
+            self._session.check()
+        except FramingError as e:
+            self._lost(f"iopfd sent a bad frame: {e}")
 
-    def _dispatch(self, msg: dict[str, Any], now: int) -> None:
-        if "event" in msg:
-            seq = msg.get("seq")
-            if isinstance(seq, int):
-                if seq != self._last_seq + 1:
-                    self.seq_gaps.append(EventGap(self._last_seq + 1, seq))
-                self._last_seq = seq
-            if msg["event"] == "fault":
-                self._faults.append(FaultGroup.from_event(msg, now))
-            elif msg["event"] == "device_request":
-                self._device_requests.append(DeviceRequest.from_event(msg, now))
-            elif msg["event"] == "trace":
-                self._traces.append(TraceRecord.from_event(msg))
-            return
-        req_id = msg.get("id")
-        if isinstance(req_id, int):
-            self._replies[req_id] = msg
+    def _event(self, ev: Event, now: int) -> None:
+        if ev.expected:
+            self.seq_gaps.append(EventGap(ev.expected, ev.seq))
+        if ev.name == "fault":
+            self._faults.append(FaultGroup.from_event(ev, now))
+        elif ev.name == "device_request":
+            self._device_requests.append(DeviceRequest.from_event(ev, now))
+        elif ev.name == "trace":
+            self._traces.append(TraceRecord.from_event(ev))
         else:
-            err = msg.get("error")
-            err = err if isinstance(err, dict) else {}
-            self._lost(f"iopfd: {err.get('code', 'EPROTO')}: {err.get('message', '')}")
+            self.unknown_events += 1
 
-    def _lost(self, reason: str) -> Any:
+    def _lost(self, reason: str) -> NoReturn:
         self._closed_reason = reason
         self._sock.close()
         raise ConnectionLost(reason)
@@ -223,6 +327,7 @@ class SyncClient:
         return self._next_event(self._traces, timeout)
 
     def _next_event(self, q: collections.deque[_T], timeout: float | None) -> _T | None:
+        self._flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not q:
             try:
@@ -231,212 +336,45 @@ class SyncClient:
                 return None
         return q.popleft()
 
-    # -- operations (see IopfClient for the meaning of each) -----------------
+    # -- the ops: one line each, declared in clients.calls --------------------
 
-    def devices(self) -> list[Device]:
-        return [Device.from_wire(d) for d in self.request("devices")["devices"]]
+    def dma(self, dev_id: int, iova: int, length: int, perm: int, pasid: int | None = None,
+            *, on_fault: FaultHandler | None = None) -> DmaResult:
+        """Run a DMA (see :meth:`Calls.dma <clients.calls.Calls.dma>`); groups arriving
+        meanwhile go to ``on_fault`` (else they queue)."""
+        return self.call(CALLS.dma(dev_id, iova, length, perm, pasid), on_fault=on_fault)
 
-    def bind(self, rid: str) -> int:
-        return int(self.request("bind", rid=rid)["dev_id"])
+    devices = sync_op(Calls.devices)
+    bind = sync_op(Calls.bind)
+    unbind = sync_op(Calls.unbind)
+    ioas_alloc = sync_op(Calls.ioas_alloc)
+    ioas_map = sync_op(Calls.ioas_map)
+    ioas_unmap = sync_op(Calls.ioas_unmap)
+    fault_alloc = sync_op(Calls.fault_alloc)
+    hwpt_alloc = sync_op(Calls.hwpt_alloc)
+    attach = sync_op(Calls.attach)
+    replace = sync_op(Calls.replace)
+    detach = sync_op(Calls.detach)
+    page_response = sync_op(Calls.page_response)
+    destroy = sync_op(Calls.destroy)
+    device_reset = sync_op(Calls.device_reset)
+    hwpt_s1_map = sync_op(Calls.hwpt_s1_map)
+    hwpt_s1_unmap = sync_op(Calls.hwpt_s1_unmap)
+    hwpt_invalidate = sync_op(Calls.hwpt_invalidate)
+    status = sync_op(Calls.status)
+    topology = sync_op(Calls.topology)
+    objects = sync_op(Calls.objects)
+    pending = sync_op(Calls.pending)
+    inject = sync_op(Calls.inject)
+    unplug = sync_op(Calls.unplug)
+    plug = sync_op(Calls.plug)
+    reset = sync_op(Calls.reset)
+    subscribe = sync_op(Calls.subscribe)
 
-    def unbind(self, dev_id: int) -> None:
-        self.request("unbind", dev_id=dev_id)
-
-    def ioas_alloc(self) -> int:
-        return int(self.request("ioas_alloc")["ioas_id"])
-
-    def ioas_map(
-        self, ioas_id: int, iova: int, length: int, perm: int = Perm.READ | Perm.WRITE
-    ) -> None:
-        self.request("ioas_map", ioas_id=ioas_id, iova=iova, length=length, perm=int(perm))
-
-    def ioas_unmap(self, ioas_id: int, iova: int, length: int) -> int:
-        r = self.request("ioas_unmap", ioas_id=ioas_id, iova=iova, length=length)
-        return int(r["unmapped"])
-
-    def fault_alloc(self) -> int:
-        return int(self.request("fault_alloc")["fault_id"])
-
-    def hwpt_alloc(
-        self,
-        dev_id: int,
-        pt_id: int,
-        *,
-        flags: Sequence[str] = (),
-        fault_id: int | None = None,
-        data: Mapping[str, Any] | None = None,
-    ) -> int:
-        args: dict[str, Any] = {"dev_id": dev_id, "pt_id": pt_id, "flags": list(flags)}
-        if fault_id is not None:
-            args["fault_id"] = fault_id
-        if data is not None:
-            args["data"] = dict(data)
-        return int(self.request("hwpt_alloc", **args)["hwpt_id"])
-
-    def attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> None:
-        self.request("attach", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
-
-    def replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> None:
-        self.request("replace", **_with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid))
-
-    def detach(self, dev_id: int, pasid: int | None = None) -> None:
-        self.request("detach", **_with_pasid({"dev_id": dev_id}, pasid))
-
-    def page_response(
-        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
-    ) -> int:
-        """The fault fd's write(): the number of entries applied (see IopfClient)."""
-        r = self.request("page_response", fault_id=fault_id, responses=_response_items(responses))
-        return int(r["done"])
-
-    def page_response_each(
-        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
-    ) -> list[str | None]:
-        """One outcome per entry, resending what follows a refused entry (see IopfClient)."""
-        items = _response_items(responses)
-        results: list[str | None] = []
-        while len(results) < len(items):
-            rest = items[len(results):]
-            try:
-                done = int(self.request("page_response", fault_id=fault_id,
-                                        responses=rest)["done"])
-            except IopfError as e:
-                if e.errno != "EINVAL":
-                    results += [e.errno] * len(rest)
-                    break
-                done = 0
-            settled, _ = partial_outcomes(len(rest), done)
-            results += settled
-        return results
-
-    def answer(self, group: FaultGroup, code: int = ResponseCode.SUCCESS) -> None:
-        try:
-            self.page_response(group.fault_id, [(group.cookie, int(code))])
-        except IopfError as e:
-            raise error_from_reply(e.errno, f"cookie {group.cookie}: {e.message}",
-                                   "page_response") from None
-
-    def answer_all(self, answers: Iterable[tuple[FaultGroup, int]]) -> list[str | None]:
-        """Answer many groups: one page_response per fault queue (more after a refused
-        entry), one outcome per answer in input order."""
-        pairs = list(answers)
-        by_queue: dict[int, list[int]] = {}
-        for i, (g, _) in enumerate(pairs):
-            by_queue.setdefault(g.fault_id, []).append(i)
-        results: list[str | None] = [None] * len(pairs)
-        for fault_id, idxs in by_queue.items():
-            res = self.page_response_each(fault_id, [(pairs[i][0].cookie, int(pairs[i][1]))
-                                                     for i in idxs])
-            for i, x in zip(idxs, res, strict=True):
-                results[i] = x
-        return results
-
-    def dma(
-        self,
-        dev_id: int,
-        iova: int,
-        length: int,
-        perm: int,
-        pasid: int | None = None,
-        *,
-        on_fault: FaultHandler | None = None,
-    ) -> DmaResult:
-        """Run a DMA; groups arriving meanwhile go to ``on_fault`` (else they queue)."""
-        args = _with_pasid(
-            {"dev_id": dev_id, "iova": iova, "length": length, "perm": int(perm)}, pasid
-        )
-        req_id = self.send("dma", **args)
-        r = self.wait(req_id, "dma", on_fault)
-        return DmaResult(status=str(r["status"]), faults=int(r["faults"]), bytes=int(r["bytes"]))
-
-    def destroy(self, obj_id: int) -> None:
-        self.request("destroy", obj_id=obj_id)
-
-    def device_reset(self, dev_id: int) -> None:
-        self.request("device_reset", dev_id=dev_id)
-
-    def hwpt_s1_map(self, hwpt_id: int, iova: int, length: int, gpa: int, perm: int) -> None:
-        self.request(
-            "hwpt_s1_map", hwpt_id=hwpt_id, iova=iova, length=length, gpa=gpa, perm=int(perm)
-        )
-
-    def hwpt_s1_unmap(self, hwpt_id: int, iova: int, length: int) -> int:
-        r = self.request("hwpt_s1_unmap", hwpt_id=hwpt_id, iova=iova, length=length)
-        return int(r["unmapped"])
-
-    def hwpt_invalidate(
-        self, hwpt_id: int, iova: int | None = None, length: int | None = None
-    ) -> None:
-        if (iova is None) != (length is None):
-            raise ValueError("hwpt_invalidate takes iova and length together, or neither")
-        args: dict[str, Any] = {"hwpt_id": hwpt_id}
-        if iova is not None:
-            args["iova"] = iova
-        if length is not None:
-            args["length"] = length
-        self.request("hwpt_invalidate", **args)
-
-    def status(self) -> Status:
-        return Status.from_wire(self.request("status"))
-
-    def topology(self) -> dict[str, Any]:
-        return self.request("topology")
-
-    def objects(self) -> dict[str, Any]:
-        return self.request("objects")
-
-    def pending(self) -> list[PendingGroup]:
-        return [PendingGroup.from_wire(d) for d in self.request("pending").get("pending", [])]
-
-    def inject(
-        self,
-        rid: str,
-        addr: int,
-        perm: int,
-        grpid: int,
-        *,
-        last: bool = True,
-        pasid: int | None = None,
-    ) -> None:
-        args = _with_pasid(
-            {"rid": rid, "addr": addr, "perm": int(perm), "grpid": grpid, "last": last}, pasid
-        )
-        self.request("inject", **args)
-
-    def unplug(
-        self, rid: str, *, force: bool = False, grace_s: float = DEFAULT_UNPLUG_GRACE_S
-    ) -> bool:
-        """Hot-remove a device; blocks until it is removed (up to ``grace_s`` while its
-        owner finishes), and returns whether the removal was forced. The wait is bounded
-        by the grace period plus a margin, whatever the client's ``timeout``."""
-        req_id = self.send("unplug", rid=rid, force=force, grace_s=float(grace_s))
-        limit = None if self.timeout is None else max(self.timeout,
-                                                      grace_s + UNPLUG_REPLY_SLACK_S)
-        return bool(self.wait(req_id, "unplug", timeout=limit).get("forced", False))
-
-    def plug(self, rid: str) -> None:
-        self.request("plug", rid=rid)
-
-    def reset(self, rid: str) -> None:
-        self.request("reset", rid=rid)
-
-    def subscribe(self, topics: Sequence[str] = ()) -> None:
-        """Start (or change) the trace stream; read it with :meth:`next_trace`."""
-        self.request("subscribe", topics=list(topics))
+    page_response_each = sync_procedure(Procedures.page_response_each)
+    answer = sync_procedure(Procedures.answer)
+    answer_all = sync_procedure(Procedures.answer_all)
 
 
-def _response_items(
-    responses: Iterable[PageResponse | tuple[int, int]],
-) -> list[dict[str, int]]:
-    return [
-        {"cookie": r.cookie, "code": int(r.code)}
-        if isinstance(r, PageResponse)
-        else {"cookie": int(r[0]), "code": int(r[1])}
-        for r in responses
-    ]
-
-
-def _with_pasid(args: dict[str, Any], pasid: int | None) -> dict[str, Any]:
-    if pasid is not None:
-        args["pasid"] = pasid
-    return args
+__all__ = ["UNPLUG_REPLY_SLACK_S", "FaultHandler", "SyncClient", "SyncPendingCall", "sync_op",
+           "sync_procedure"]

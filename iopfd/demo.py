@@ -7,22 +7,26 @@ and checks that it exited 0 and removed its socket. Whatever happens (a failure,
 Ctrl-C, SIGTERM), nothing it started is left running.
 
     python -m iopfd.demo [--duration SECONDS] [--nested] [-- extra iopf-vmm options]
+    python -m iopfd.demo --c-vmm clients/c/iopf-vmm-c --preload build/c/libiopf-preload.so
+        (make demo-c: the C reference VMM on the kernel uAPI, under LD_PRELOAD)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from types import FrameType
+
+from clients.launch import Launched, LaunchError, launch
 
 BIN = os.path.dirname(os.path.abspath(sys.executable))
 START_TIMEOUT_S = 10.0
@@ -57,29 +61,19 @@ class Demo:
         self.workdir = workdir
         self.socket = os.path.join(workdir, "iopfd.sock")
         self.log_path = os.path.join(workdir, "iopfd.log")
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon: Launched | None = None
         self.children: list[subprocess.Popen[bytes]] = []
 
     def start_daemon(self) -> None:
-        with open(self.log_path, "wb") as log:
-            # own session: a Ctrl-C reaches us, and we stop the daemon in order
-            self.daemon = subprocess.Popen(
-                [_tool("iopfd"), "--socket", self.socket, "--log-format", "json"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - the demo runs no threads
-            )
+        # Own session: a Ctrl-C reaches us, and we stop the daemon in order.
+        self.daemon = launch(socket=self.socket, log=self.log_path,
+                             args=("--log-format", "json"), ready_timeout=START_TIMEOUT_S,
+                             new_session=True, preexec_fn=_die_with_parent)
         print(f"iopfd pid {self.daemon.pid}, socket {self.socket}, logs {self.log_path}")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.daemon.poll() is not None:
-                raise RuntimeError(f"iopfd exited with {self.daemon.returncode} at startup")
-            if _accepts(self.socket):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("iopfd did not start listening in time")
 
-    def spawn(self, argv: Sequence[str], capture: bool = False) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, IOPFD_SOCKET=self.socket)
+    def spawn(self, argv: Sequence[str], capture: bool = False,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, IOPFD_SOCKET=self.socket, **(extra_env or {}))
         sys.stdout.flush()
         # stderr joins stdout so progress and summary stay in order through a pipe
         proc = subprocess.Popen(
@@ -93,31 +87,21 @@ class Demo:
 
     def stop_daemon(self) -> int:
         assert self.daemon is not None
-        self.daemon.send_signal(signal.SIGTERM)
-        return self.daemon.wait(STOP_TIMEOUT_S)
+        return self.daemon.stop(STOP_TIMEOUT_S)
 
     def cleanup(self) -> None:
-        procs = [*self.children, *([self.daemon] if self.daemon else [])]
-        for p in procs:
+        for p in self.children:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for p in self.children:
             try:
                 p.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-def _accepts(path: str) -> bool:
-    if not os.path.exists(path):
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-    return True
+        if self.daemon is not None:
+            with contextlib.suppress(LaunchError):
+                self.daemon.stop(STOP_TIMEOUT_S)  # kills it if it will not stop
 
 
 def _wait_for_subscriber(path: str) -> None:
@@ -150,8 +134,12 @@ def run(args: argparse.Namespace, workdir: str) -> int:
         vmm_argv = [_tool("iopf-vmm"), "--socket", demo.socket, "--duration",
                     str(args.duration), "--pattern", args.pattern, "--progress",
                     *(["--nested"] if args.nested else []), *args.vmm_args]
+        vmm_env = None
+        if args.c_vmm:  # the C reference VMM speaks the kernel uAPI through the preload
+            vmm_argv = [os.path.abspath(args.c_vmm), *vmm_argv[1:]]
+            vmm_env = {"LD_PRELOAD": os.path.abspath(args.preload)}
         _say(f"running the reference VMM for {args.duration:g} s: {' '.join(vmm_argv[1:])}")
-        vmm = demo.spawn(vmm_argv)
+        vmm = demo.spawn(vmm_argv, extra_env=vmm_env)
         vmm_rc = vmm.wait()
         if vmm_rc != 0:
             failures.append(f"iopf-vmm exited {vmm_rc}")
@@ -179,7 +167,7 @@ def run(args: argparse.Namespace, workdir: str) -> int:
             print("iopfd exited 0 and removed its socket; nothing left running")
     except KeyboardInterrupt:
         failures.append("interrupted")
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+    except (LaunchError, RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         failures.append(str(e))
     finally:
         demo.cleanup()
@@ -198,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    choices=("sequential", "random", "strided"))
     p.add_argument("--nested", action="store_true", help="nested (vtd_s1) translation")
     p.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
+    p.add_argument("--c-vmm", metavar="PATH", help="run this C VMM (iopf-vmm-c) instead")
+    p.add_argument("--preload", metavar="LIB", default="build/c/libiopf-preload.so",
+                   help="LD_PRELOAD for --c-vmm (default: %(default)s)")
     p.add_argument("vmm_args", nargs="*", help="extra iopf-vmm options, after --")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -17,6 +17,7 @@ import trio
 
 from clients.client import IopfClient
 from clients.errors import IopfError
+from clients.launch import LaunchError, launch
 from clients.vmm.paging import DemandPagingVmm, VmmOptions
 from clients.vmm.report import Progress, RunInfo, print_summary
 from clients.vmm.workload import PATTERNS
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--socket", help="iopfd socket (default: $IOPFD_SOCKET, then "
                    "/run/iopfd/iopfd.sock)")
+    p.add_argument("--spawn-daemon", action="store_true",
+                   help="start a private iopfd for this run (on --socket if given, else "
+                   "in a private directory) and stop it at the end")
+    p.add_argument("--daemon-kernel", metavar="VERSION",
+                   help="with --spawn-daemon: the kernel profile it plays (iopfd --kernel)")
     p.add_argument("--device", action="append", default=[], metavar="RID",
                    help="bind this device (repeatable; default: every PRI-capable free PF)")
     p.add_argument("--pasids", type=int, default=2, metavar="N",
@@ -79,6 +85,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--bad-fraction must be within 0..1"
     if args.pasids < 0 or args.duration < 0 or args.batch < 1:
         return "--pasids and --duration must not be negative, --batch at least 1"
+    if args.daemon_kernel is not None and not args.spawn_daemon:
+        return "--daemon-kernel needs --spawn-daemon"
     return None
 
 
@@ -147,6 +155,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"iopf-vmm: {problem}", file=sys.stderr)
         return EXIT_SETUP
+    if args.spawn_daemon:
+        return _with_private_daemon(args)
+    return _run(args)
+
+
+def _with_private_daemon(args: argparse.Namespace) -> int:
+    """``--spawn-daemon``: the run against a daemon of its own, which must then stop
+    cleanly on SIGTERM (a non-zero exit is a broken invariant)."""
+    try:
+        daemon = launch(socket=args.socket, kernel=args.daemon_kernel)
+    except (LaunchError, OSError) as e:
+        print(f"iopf-vmm: --spawn-daemon: {e}", file=sys.stderr)
+        return EXIT_CONNECTION
+    args.socket = daemon.socket
+    rc = EXIT_CONNECTION
+    try:
+        rc = _run(args)
+    finally:
+        try:
+            status = daemon.stop()
+        except LaunchError as e:
+            print(f"iopf-vmm: the spawned iopfd: {e}", file=sys.stderr)
+            status = -1
+    if status != 0:
+        print(f"iopf-vmm: the spawned iopfd exited with status {status}\n"
+              f"{daemon.last_log_tail}", file=sys.stderr)
+        if rc == EXIT_OK:
+            rc = EXIT_INVARIANT
+    return rc
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return trio.run(run, args)
     except BaseException as exc:  # classified below; anything else is re-raised

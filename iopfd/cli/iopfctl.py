@@ -20,14 +20,12 @@ from typing import Any
 from clients import IopfError, Perm, resolve_socket_path
 from clients.sync import SyncClient
 from iopfd.cli.tables import cell, key_values, render
+from iopfd.protocol.models import TRACE_TOPICS, UNPLUG_GRACE_DEFAULT_S, UNPLUG_GRACE_MAX_S
 
 EXIT_OK = 0
 EXIT_ERRNO = 1
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
-
-TRACE_TOPICS = ("fault", "response", "auto_response", "invalidation", "throttle", "overflow",
-                "device")
 
 Handler = Callable[[SyncClient, argparse.Namespace], dict[str, Any]]
 
@@ -89,8 +87,9 @@ def _grace(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError("--grace must be within 0..3600 seconds")
+    if not 0 <= value <= UNPLUG_GRACE_MAX_S:
+        raise argparse.ArgumentTypeError(f"--grace must be within 0..{UNPLUG_GRACE_MAX_S:g} "
+                                         "seconds")
     return value
 
 
@@ -250,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "unplug":
             sp.add_argument("--force", action="store_true",
                             help="remove it now, even if its owner still holds it")
-            sp.add_argument("--grace", type=_grace, default=10.0, metavar="S",
-                            help="seconds the owner has to release it before the removal "
-                                 "is forced (default 10)")
+            sp.add_argument("--grace", type=_grace, default=UNPLUG_GRACE_DEFAULT_S,
+                            metavar="S", help="seconds the owner has to release it before "
+                            f"the removal is forced (default {UNPLUG_GRACE_DEFAULT_S:g})")
         if name == "inject":
             sp.add_argument("--addr", type=_int, required=True, help="page address")
             sp.add_argument("--perm", type=_perm, default=int(Perm.READ),

@@ -75,7 +75,7 @@ class FrameDecoder:
         """Bytes of an incomplete frame held back; non-zero at EOF means a cut frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[dict[str, object]]:
+    def feed(self, data: bytes | bytearray) -> list[dict[str, object]]:
         self.check()
         buf = self._buf
         buf += data

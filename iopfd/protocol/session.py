@@ -14,7 +14,8 @@ I/O loops around them, and the session rules are tested in microseconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -77,29 +78,39 @@ class ServerSession:
         self.seq = 0
         #: Requests whose reply is deferred (``dma``, ``unplug``) and still to come, by op.
         self.deferred: dict[int, str] = {}
+        #: How many of ``deferred`` each bounded op holds (``max_deferred`` each).
+        self._waiting: Counter[str] = Counter()
         self.requests = 0
 
     # ------------------------------------------------------------------ input
-    def receive_data(self, data: bytes) -> list[Request | Rejected]:
+    def receive_data(self, data: bytes | bytearray) -> list[Request | Rejected]:
         """Every complete frame in ``data``, in order. Frames before a framing violation
         are still returned; the violation comes last, as a closing ``Rejected``."""
+        return list(self.iter_requests(data))
+
+    def iter_requests(self, data: bytes | bytearray) -> Iterator[Request | Rejected]:
+        """``receive_data``, one request at a time: each frame is judged only when the
+        caller asks for it, after the caller ran (and answered) the ones before it, as a
+        daemon that runs requests one by one sees them. So a deferred request refused by
+        the daemon frees its ``id`` for the next frame of the same read."""
         if self.closed:
-            return []
-        out: list[Request | Rejected] = []
+            return
         try:
             msgs = self.decoder.feed(data)
         except ProtocolViolation as exc:
-            return [self._violation(None, str(exc))]
+            yield self._violation(None, str(exc))
+            return
         for msg in msgs:
+            if self.closed:
+                return
             item = self._classify(msg)
-            out.append(item)
-            if isinstance(item, Rejected) and item.close:
-                return out
+            yield item
+            if type(item) is Rejected and item.close:
+                return
         try:
             self.decoder.check()
         except ProtocolViolation as exc:
-            out.append(self._violation(None, str(exc)))
-        return out
+            yield self._violation(None, str(exc))
 
     def receive_eof(self) -> Rejected | None:
         """The peer closed its end: a violation if it did so inside a frame."""
@@ -121,7 +132,7 @@ class ServerSession:
             if exc.closes_connection:
                 return self._violation(exc.request_id, exc.message)
             return Rejected(exc.request_id, exc.errno, exc.message,
-                            _error_frame(exc.request_id, exc.errno, exc.message), False)
+                            error_frame(exc.request_id, exc.errno, exc.message), False)
 
     def _admit(self, msg: Mapping[str, object]) -> Request:
         """Every session rule, in the order a client sees them broken."""
@@ -142,11 +153,20 @@ class ServerSession:
             if rid in self.deferred:
                 raise RequestError(EINVAL, f"a {self.deferred[rid]} with id {rid} is still "
                                            "in flight", rid)
-            if len(self.deferred) >= self.max_deferred:
-                raise RequestError(ENOSPC, f"{self.max_deferred} requests already wait for "
-                                           "their replies", rid)
+            # Bounded where the contract lets the op say ENOSPC (``dma``, per connection:
+            # max_dma_inflight); an ``unplug`` waits on a device, of which there are few.
+            if ENOSPC in spec.errnos:
+                if self._waiting[op] >= self.max_deferred:
+                    raise RequestError(ENOSPC, f"{self.max_deferred} {op} requests already "
+                                               "wait for their replies", rid)
+                self._waiting[op] += 1
             self.deferred[rid] = op
         return Request(op, rid, args, spec)
+
+    def _done(self, rid: int) -> None:
+        op = self.deferred.pop(rid, None)
+        if op is not None and self._waiting[op]:
+            self._waiting[op] -= 1
 
     def _hello(self, args: m.Args, rid: int) -> None:
         assert isinstance(args, m.HelloArgs)
@@ -158,7 +178,7 @@ class ServerSession:
         self.hello_done = True
 
     def _violation(self, rid: int | None, message: str) -> Rejected:
-        data = _error_frame(rid, EPROTO, message)
+        data = error_frame(rid, EPROTO, message)
         self.closed = True
         return Rejected(rid, EPROTO, message, data, True)
 
@@ -166,18 +186,18 @@ class ServerSession:
     def reply(self, rid: int, result: Mapping[str, object]) -> bytes:
         """The reply frame; ``ENOSPC`` instead when the result would exceed
         ``max_frame`` (a huge ``pending`` listing, say)."""
-        self.deferred.pop(rid, None)
+        self._done(rid)
         frame = encode_frame({"id": rid, "ok": True, "result": result})
         if len(frame) - 4 > self.max_frame:
-            return _error_frame(rid, ENOSPC, f"result of {len(frame) - 4} bytes exceeds "
+            return error_frame(rid, ENOSPC, f"result of {len(frame) - 4} bytes exceeds "
                                              "max_frame")
         return frame
 
     def error(self, rid: int | None, errno: str, message: str) -> bytes:
         """The error reply to a request the daemon ran (a deferred one is done)."""
         if rid is not None:
-            self.deferred.pop(rid, None)
-        return _error_frame(rid, errno, message)
+            self._done(rid)
+        return error_frame(rid, errno, message)
 
     def event(self, name: str, body: Mapping[str, object]) -> bytes:
         """An event frame: ``event`` and ``seq`` (per connection, from 1) first; a body
@@ -188,7 +208,9 @@ class ServerSession:
         return encode_frame(msg)
 
 
-def _error_frame(rid: int | None, errno: str, message: str) -> bytes:
+def error_frame(rid: int | None, errno: str, message: str) -> bytes:
+    """An error reply frame, its message cut to ``MAX_ERROR_MESSAGE``; also what a daemon
+    sends on a connection it refuses before any session (too many connections)."""
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[:MAX_ERROR_MESSAGE] + "..."
     return encode_frame({"id": rid, "ok": False, "error": {"code": errno, "message": message}})
@@ -210,16 +232,21 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An event the daemon pushed; ``gap`` events were missed before it (seq jumped)."""
+    """An event the daemon pushed. When its ``seq`` is not the one due, ``expected`` is
+    the one that was (0 otherwise) and ``gap`` counts the events missed before it."""
 
     name: str
     seq: int
     body: dict[str, Any]
     gap: int = 0
+    expected: int = 0
 
 
 class ClientSession:
-    """One connection, as a client sees it."""
+    """One connection, as a client sees it: request ids, the frame limit ``hello``
+    sets, replies matched to what is waiting, event ``seq`` checked, and the counters
+    a client reports (``requests``, ``replies``, ``events``, ``seq_gaps``,
+    ``missed_events``, ``late_replies``)."""
 
     def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.decoder = FrameDecoder(max_frame)
@@ -228,6 +255,16 @@ class ClientSession:
         self.last_seq = 0
         #: Requests sent and not answered yet: id -> op.
         self.waiting: dict[int, str] = {}
+        #: Requests whose caller gave up (cancelled, timed out): their reply is dropped
+        #: when it comes, and until then their id is not reused.
+        self.abandoned: dict[int, str] = {}
+        self.requests = 0
+        self.replies = 0
+        self.events = 0
+        self.seq_gaps = 0
+        self.missed_events = 0
+        #: Replies nobody waits for: to abandoned requests, or ids never sent.
+        self.late_replies = 0
 
     def request(self, op: str, args: Mapping[str, object]) -> tuple[int, bytes]:
         """A request frame with a fresh id; ``RequestError(EINVAL)`` before anything is
@@ -235,52 +272,101 @@ class ClientSession:
         spec = OPS.get(op)
         if spec is None:
             raise RequestError(EINVAL, f"unknown op {op!r}")
-        rid = self.next_id
-        self.next_id = 1 if rid >= m.U32_MAX else rid + 1
+        rid = self._fresh_id()
         m.validate_args(op, args, rid)
         frame = encode_frame({"op": op, "id": rid, **args})
         if len(frame) - 4 > self.max_frame:
             raise RequestError(EINVAL, f"request of {len(frame) - 4} bytes exceeds "
                                        f"max_frame ({self.max_frame})", rid)
         self.waiting[rid] = op
+        self.requests += 1
         return rid, frame
+
+    def _fresh_id(self) -> int:
+        """The next id not in flight: after 2**32 requests ids wrap, and an id whose
+        reply is still to come (a long ``dma``, an abandoned call) is skipped."""
+        while True:
+            rid = self.next_id
+            self.next_id = 1 if rid >= m.U32_MAX else rid + 1
+            if rid not in self.waiting and rid not in self.abandoned:
+                return rid
 
     def hello(self, client: str) -> tuple[int, bytes]:
         return self.request("hello", {"version": m.PROTOCOL_VERSION, "client": client})
 
+    def abandon(self, rid: int) -> None:
+        """The caller no longer wants the reply to ``rid``; it is dropped on arrival."""
+        op = self.waiting.pop(rid, None)
+        if op is not None:
+            self.abandoned[rid] = op
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent whose reply somebody still waits for."""
+        return len(self.waiting)
+
     def receive_data(self, data: bytes) -> list[Reply | Event]:
-        """Replies and events in ``data``; ``ProtocolViolation`` when the daemon broke
-        the framing (the connection is then useless)."""
+        """Replies and events in ``data``, except replies to abandoned requests;
+        ``ProtocolViolation`` when the daemon broke the framing (the connection is then
+        useless). A violation after good frames is held back: :meth:`check` raises it."""
         out: list[Reply | Event] = []
         for msg in self.decoder.feed(data):
             if "event" in msg:
                 out.append(self._event(msg))
             else:
-                out.append(self._reply(msg))
+                reply = self._reply(msg)
+                if reply is not None:
+                    out.append(reply)
         return out
 
+    def check(self) -> None:
+        """Raise the framing violation the last :meth:`receive_data` held back, if any."""
+        self.decoder.check()
+
     def _event(self, msg: Mapping[str, Any]) -> Event:
+        self.events += 1
         seq = msg.get("seq")
-        gap = 0
+        gap = expected = 0
         if isinstance(seq, int):
             if seq != self.last_seq + 1:
-                gap = max(0, seq - self.last_seq - 1)
+                expected = self.last_seq + 1
+                gap = max(0, seq - expected)
+                self.seq_gaps += 1
+                self.missed_events += gap
             self.last_seq = seq
-        body = {k: v for k, v in msg.items() if k not in ("event", "seq")}
-        return Event(str(msg.get("event")), seq if isinstance(seq, int) else 0, body, gap)
+        body = {k: v for k, v in msg.items() if k != "event" and k != "seq"}
+        return Event(str(msg.get("event")), seq if isinstance(seq, int) else 0, body, gap,
+                     expected)
 
-    def _reply(self, msg: Mapping[str, Any]) -> Reply:
+    def _reply(self, msg: Mapping[str, Any]) -> Reply | None:
+        self.replies += 1
         rid = msg.get("id")
         rid = rid if isinstance(rid, int) else None
+        op = None
         if rid is not None:
-            self.waiting.pop(rid, None)
+            if self.abandoned.pop(rid, None) is not None:
+                self.late_replies += 1
+                return None
+            op = self.waiting.pop(rid, None)
+            if op is None:
+                self.late_replies += 1
         if msg.get("ok") is True:
             result = msg.get("result")
-            return Reply(rid, True, dict(result) if isinstance(result, Mapping) else {})
+            result = dict(result) if isinstance(result, Mapping) else {}
+            if op == "hello":
+                self._adopt_max_frame(result.get("max_frame"))
+            return Reply(rid, True, result)
         err = msg.get("error")
         err = err if isinstance(err, Mapping) else {}
         return Reply(rid, False, code=str(err.get("code", "EPROTO")),
                      message=str(err.get("message", "")))
+
+    def _adopt_max_frame(self, max_frame: object) -> None:
+        """``hello`` names the daemon's frame limit: requests must fit it, and replies up
+        to it (never less than the default) are accepted."""
+        if type(max_frame) is int and max_frame > 0:
+            self.max_frame = max_frame
+            self.decoder.max_frame = max(max_frame, DEFAULT_MAX_FRAME)
 
     def op_of(self, rid: int) -> str | None:
         return self.waiting.get(rid)
@@ -304,5 +390,6 @@ __all__ = [
     "Reply",
     "Request",
     "ServerSession",
+    "error_frame",
     "parse_result",
 ]

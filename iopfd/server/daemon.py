@@ -21,6 +21,7 @@ import structlog
 import trio
 
 from iopfd import __version__
+from iopfd.core.errors import CoreError
 from iopfd.core.events import (
     CoreEvent,
     DeviceRequest,
@@ -29,17 +30,17 @@ from iopfd.core.events import (
     Trace,
     UnplugDone,
 )
-from iopfd.protocol.errors import ENOSPC
-from iopfd.protocol.frames import encode_frame
+from iopfd.protocol.errors import EINVAL, ENOSPC
+from iopfd.protocol.session import Request, error_frame
 from iopfd.server.config import Config, Limits
-from iopfd.server.connection import Connection
+from iopfd.server.connection import Connection, now_ns, stream_fd
 from iopfd.server.listener import BoundSocket, bind_unix_socket
-from iopfd.server.ops import OPS
-from iopfd.server.peer import is_admin, peer_credentials, resolve_group
+from iopfd.server.ops import HANDLERS, OBSERVING_OPS, Deferred
+from iopfd.server.peer import PeerCred, is_admin, peer_credentials, resolve_group
 from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
 
 if TYPE_CHECKING:
-    from iopfd.core import Core
+    from iopfd.core import Context, Core
 
 log = structlog.get_logger("iopfd.daemon")
 
@@ -47,10 +48,8 @@ log = structlog.get_logger("iopfd.daemon")
 _ACCEPT_RETRY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
                                          errno.ENOMEM, errno.ECONNABORTED})
 
-
-def now_ns() -> int:
-    """The core's clock: trio's monotonic clock in integer nanoseconds."""
-    return int(trio.current_time() * 1e9)
+#: How long the refusal of a connection beyond ``max_connections`` may take to send.
+REFUSE_TIMEOUT_S: Final = 1.0
 
 
 class Daemon:
@@ -74,8 +73,33 @@ class Daemon:
         self._hw_sleeping = False
         self.bound: BoundSocket | None = None
         self.notifier = Notifier()
-        self.now_ns = now_ns
-        self.ops = OPS
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def clients(self) -> int:
+        return len(self.connections)
+
+    # --- requests ----------------------------------------------------------------
+
+    def run_request(self, conn: Connection, request: Request, now: int) -> None:
+        """Run one request the session admitted, inline, and queue its reply (unless the
+        op defers it). The caller services the hardware after the read's last request."""
+        rid = request.id
+        try:
+            if request.op in OBSERVING_OPS:
+                # It must see the effect of every request before it, serviced.
+                self.after_call(now)
+            result = HANDLERS[request.op](self, conn, rid, request.args, now)
+        except CoreError as exc:
+            conn.reply_error(rid, exc.errno, exc.message)
+        except Exception as exc:
+            # A bug of ours must cost this request only, never the daemon.
+            self.counters["internal_errors"] += 1
+            log.exception("request failed inside the daemon", op=request.op, request_id=rid)
+            conn.reply_error(rid, EINVAL, f"internal error: {type(exc).__name__}")
+        else:
+            if not isinstance(result, Deferred):
+                conn.reply_ok(rid, result)
 
     # --- the core, serviced ------------------------------------------------------
 
@@ -122,7 +146,6 @@ class Daemon:
             conn = self._by_ctx.get(ev.ctx.id)
             if conn is None or not isinstance(ev.tag, int):
                 return  # the connection is gone; its DMAs ended with it
-            conn.dma_inflight.discard(ev.tag)
             conn.reply_ok(ev.tag, {"status": ev.status, "faults": ev.faults,
                                    "bytes": ev.bytes})
         elif type(ev) is DeviceRequest:
@@ -137,7 +160,6 @@ class Daemon:
             conn = self._by_ctx.get(ev.ctx.id) if ev.ctx is not None else None
             if conn is None or not isinstance(ev.tag, int):
                 return  # the admin who asked is gone; the device went all the same
-            conn.unplug_inflight.discard(ev.tag)
             conn.reply_ok(ev.tag, {"forced": ev.forced})
         elif type(ev) is Trace and self._subscribers:
             t = time.time()
@@ -163,12 +185,13 @@ class Daemon:
 
     # --- connections -------------------------------------------------------------
 
-    def open_context(self, conn: Connection, client: str) -> None:
+    def open_context(self, conn: Connection, client: str) -> Context:
         conn.client = client
         conn.label = f"{client}#{conn.id}" if client else f"conn{conn.id}"
         ctx = self.core.open_context(conn.label)
         conn.ctx = ctx
         self._by_ctx[ctx.id] = conn
+        return ctx
 
     def subscribe(self, conn: Connection, topics: frozenset[str]) -> None:
         conn.topics = topics
@@ -207,8 +230,7 @@ class Daemon:
         counters.update(self.core.status_counters())
         return counters
 
-    async def _accept_loop(self, listener: trio.SocketListener,
-                           nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -224,23 +246,35 @@ class Daemon:
                 log.warning("peer credentials unavailable, refusing", error=str(exc))
                 await stream.aclose()
                 continue
-            if len(self.connections) >= self.limits.max_connections:
-                # Bounded whatever clients do: say why, then close (no context made).
-                self.counters["connections_refused"] += 1
-                log.warning("too many connections, refusing", peer_pid=cred.pid,
-                            peer_uid=cred.uid, limit=self.limits.max_connections)
+            await self.connect(stream, cred)
+
+    async def connect(self, stream: trio.abc.Stream, cred: PeerCred) -> Connection | None:
+        """Serve a new connection from the peer ``cred`` (a listener's accepted socket,
+        or a memory stream in the in-process tests); ``None`` if refused."""
+        assert self._nursery is not None, "connect() needs a running daemon (run())"
+        if len(self.connections) >= self.limits.max_connections:
+            # Bounded whatever clients do: say why, then close (no context made).
+            self.counters["connections_refused"] += 1
+            log.warning("too many connections, refusing", peer_pid=cred.pid,
+                        peer_uid=cred.uid, limit=self.limits.max_connections)
+            frame = error_frame(None, ENOSPC, "too many connections")
+            fd = stream_fd(stream)
+            if fd is not None:
                 with contextlib.suppress(OSError):
-                    os.write(stream.socket.fileno(), encode_frame(
-                        {"id": None, "ok": False, "error": {
-                            "code": ENOSPC, "message": "too many connections"}}))
-                await stream.aclose()
-                continue
-            conn_id = self._next_conn_id
-            self._next_conn_id += 1
-            conn = Connection(self, stream, conn_id, cred, is_admin(cred, self.admin_gid))
-            self.connections[conn_id] = conn
-            self.counters["connections"] += 1
-            nursery.start_soon(conn.run)
+                    os.write(fd, frame)  # a fresh socket takes a small frame at once
+            else:
+                with trio.move_on_after(REFUSE_TIMEOUT_S), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(frame)
+            await stream.aclose()
+            return None
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        conn = Connection(self, stream, conn_id, cred, is_admin(cred, self.admin_gid))
+        self.connections[conn_id] = conn
+        self.counters["connections"] += 1
+        self._nursery.start_soon(conn.run)
+        return conn
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -272,6 +306,18 @@ class Daemon:
     def _status_line(self) -> str:
         return f"STATUS=serving {len(self.connections)} client(s)"
 
+    async def run(self, listeners: list[trio.SocketListener], *,
+                  task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The hardware task and an accept loop per listener, until cancelled; started
+        with the nursery that owns the connections (``connect`` adds to it)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._hardware_task)
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener)
+            task_status.started(nursery)
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly."""
@@ -281,10 +327,8 @@ class Daemon:
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 listeners = self._listeners()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._hardware_task)
-                    for listener in listeners:
-                        nursery.start_soon(self._accept_loop, listener, nursery)
+                async with trio.open_nursery() as outer:
+                    nursery: trio.Nursery = await outer.start(self.run, listeners)
                     self.notifier.notify("READY=1", self._status_line())
                     interval = watchdog_interval_s()
                     if interval is not None:
@@ -297,7 +341,7 @@ class Daemon:
                         break
                     self.notifier.notify("STOPPING=1", "STATUS=stopping")
                     self.shutdown("shutdown")
-                    nursery.cancel_scope.cancel()
+                    outer.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 listener.socket.close()

@@ -1,159 +1,186 @@
-"""The op table: one function per protocol v2 op, from validated arguments to a result.
+"""The daemon side of each op: one handler per name of ``iopfd.protocol.ops.OPS``.
 
-Each function runs synchronously inside the connection's reader task; the caller
-replies, then services the core. Core errors (``CoreError``) propagate to the caller,
-which turns them into error frames. ``dma`` and a waiting ``unplug`` return
-``DEFERRED``: their reply comes from a core event (``DmaDone``, ``UnplugDone``).
+A handler gets the daemon (``Server``: the core and what ``status`` reports), the
+connection (its context), the request and ``now``, and returns the result map, or
+``DEFERRED`` when the reply comes from a core event (``dma``: ``DmaDone``; a waiting
+``unplug``: ``UnplugDone``). Every session rule (hello first, admin, arguments, deferred
+ids and how many) was applied by the connection's ``ServerSession`` before a handler
+runs; core errors (``CoreError``) propagate to the caller, which answers them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 
-from iopfd.core import Context
 from iopfd.protocol import models as m
-from iopfd.protocol.errors import EINVAL, ENOSPC, EPROTONOSUPPORT, RequestError
-from iopfd.server.connection import DEFERRED, Connection, Deferred
+from iopfd.protocol.ops import OPS
+
+if TYPE_CHECKING:
+    from iopfd.core import Context, Core
+    from iopfd.server.config import Limits
+    from iopfd.server.connection import Connection
 
 log = structlog.get_logger("iopfd.ops")
 
-Result = dict[str, object] | Deferred
-EMPTY: Final[dict[str, object]] = {}
+
+class Deferred:
+    """Returned by an op whose reply comes later, from a core event."""
+
+
+DEFERRED: Final = Deferred()
+
+Result = Mapping[str, object] | Deferred
+EMPTY: Final[Mapping[str, object]] = {}
+
+
+class Server(Protocol):
+    """What the handlers need of the daemon (``Daemon`` is one)."""
+
+    @property
+    def core(self) -> Core: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def server_name(self) -> str: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def clients(self) -> int: ...
+
+    def open_context(self, conn: Connection, client: str) -> Context: ...
+    def subscribe(self, conn: Connection, topics: frozenset[str]) -> None: ...
+    def status_counters(self) -> dict[str, int]: ...
+
+
+Handler = Callable[["Server", "Connection", int, Any, int], Result]
 
 
 def _ctx(conn: Connection) -> Context:
-    assert conn.ctx is not None  # the session rule admits only hello before a context
+    assert conn.ctx is not None  # the session admits nothing but hello before a context
     return conn.ctx
 
 
 # --- session -------------------------------------------------------------------------
 
 
-def op_hello(conn: Connection, rid: int, args: m.HelloArgs, now: int) -> Result:
-    if conn.ctx is not None:
-        raise RequestError(EINVAL, "hello was already accepted on this connection", rid)
-    if args.version not in m.SUPPORTED_VERSIONS:
-        raise RequestError(EPROTONOSUPPORT,
-                           f"supported versions: {list(m.SUPPORTED_VERSIONS)}", rid)
-    conn.daemon.open_context(conn, args.client)
+def op_hello(srv: Server, conn: Connection, rid: int, args: m.HelloArgs, now: int) -> Result:
+    srv.open_context(conn, args.client)
     structlog.contextvars.bind_contextvars(client=conn.label)
     log.info("hello", client_name=args.client, admin=conn.admin)
     return {
         "version": m.PROTOCOL_VERSION,
-        "server": conn.daemon.server_name,
-        "max_frame": conn.daemon.limits.max_frame,
+        "server": srv.server_name,
+        "max_frame": srv.limits.max_frame,
         "admin": conn.admin,
-        "kernel": conn.daemon.core.profile.name,
+        "kernel": srv.core.profile.name,
     }
 
 
 # --- VMM operations ------------------------------------------------------------------
 
 
-def op_devices(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
-    return {"devices": conn.daemon.core.device_list()}
+def op_devices(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
+    return {"devices": srv.core.device_list()}
 
 
-def op_bind(conn: Connection, rid: int, args: m.BindArgs, now: int) -> Result:
+def op_bind(srv: Server, conn: Connection, rid: int, args: m.BindArgs, now: int) -> Result:
     dev_id = _ctx(conn).bind(args.rid, now)
     log.info("bind", rid=args.rid, dev_id=dev_id)
     return {"dev_id": dev_id}
 
 
-def op_unbind(conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:
+def op_unbind(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:
     _ctx(conn).unbind(args.dev_id, now)
     log.info("unbind", dev_id=args.dev_id)
     return EMPTY
 
 
-def op_ioas_alloc(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
+def op_ioas_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs,
+                  now: int) -> Result:
     return {"ioas_id": _ctx(conn).ioas_alloc()}
 
 
-def op_ioas_map(conn: Connection, rid: int, args: m.IoasMapArgs, now: int) -> Result:
+def op_ioas_map(srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs,
+                now: int) -> Result:
     _ctx(conn).ioas_map(args.ioas_id, args.iova, args.length, args.perm, now)
     return EMPTY
 
 
-def op_ioas_unmap(conn: Connection, rid: int, args: m.IoasUnmapArgs, now: int) -> Result:
+def op_ioas_unmap(srv: Server, conn: Connection, rid: int, args: m.IoasUnmapArgs,
+                  now: int) -> Result:
     return {"unmapped": _ctx(conn).ioas_unmap(args.ioas_id, args.iova, args.length, now)}
 
 
-def op_fault_alloc(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
+def op_fault_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs,
+                   now: int) -> Result:
     return {"fault_id": _ctx(conn).fault_alloc()}
 
 
-def op_hwpt_alloc(conn: Connection, rid: int, args: m.HwptAllocArgs, now: int) -> Result:
+def op_hwpt_alloc(srv: Server, conn: Connection, rid: int, args: m.HwptAllocArgs,
+                  now: int) -> Result:
     hwpt_id = _ctx(conn).hwpt_alloc(args.dev_id, args.pt_id, list(args.flags), args.fault_id,
                                     args.data)
     return {"hwpt_id": hwpt_id}
 
 
-def op_attach(conn: Connection, rid: int, args: m.AttachArgs, now: int) -> Result:
+def op_attach(srv: Server, conn: Connection, rid: int, args: m.AttachArgs, now: int) -> Result:
     _ctx(conn).attach(args.dev_id, args.pt_id, args.pasid, now)
     return EMPTY
 
 
-def op_replace(conn: Connection, rid: int, args: m.AttachArgs, now: int) -> Result:
+def op_replace(srv: Server, conn: Connection, rid: int, args: m.AttachArgs,
+               now: int) -> Result:
     _ctx(conn).replace(args.dev_id, args.pt_id, args.pasid, now)
     return EMPTY
 
 
-def op_detach(conn: Connection, rid: int, args: m.DetachArgs, now: int) -> Result:
+def op_detach(srv: Server, conn: Connection, rid: int, args: m.DetachArgs, now: int) -> Result:
     _ctx(conn).detach(args.dev_id, args.pasid, now)
     return EMPTY
 
 
-def op_page_response(conn: Connection, rid: int, args: m.PageResponseArgs,
+def op_page_response(srv: Server, conn: Connection, rid: int, args: m.PageResponseArgs,
                      now: int) -> Result:
     # The fault fd's write(): ``done`` entries applied, processing stopped at the next.
     responses = [(r.cookie, r.code) for r in args.responses]
     return {"done": _ctx(conn).page_response(args.fault_id, responses, now)}
 
 
-def _check_deferred_id(conn: Connection, rid: int, op: str) -> None:
-    """A deferred reply is matched by its request id alone: one id, one waiting call."""
-    if rid in conn.dma_inflight or rid in conn.unplug_inflight:
-        raise RequestError(EINVAL, f"a request with id {rid} is still waiting for its "
-                                   f"reply; {op} needs another id", rid)
-
-
-def op_dma(conn: Connection, rid: int, args: m.DmaArgs, now: int) -> Result:
-    _check_deferred_id(conn, rid, "dma")
-    if len(conn.dma_inflight) >= conn.daemon.limits.max_dma_inflight:
-        raise RequestError(ENOSPC, "max_dma_inflight dma requests already in flight", rid)
+def op_dma(srv: Server, conn: Connection, rid: int, args: m.DmaArgs, now: int) -> Result:
     # The request id rides in the transfer's tag; DmaDone brings it back for the reply.
     _ctx(conn).dma(args.dev_id, args.pasid, args.iova, args.length, args.perm, now, rid)
-    conn.dma_inflight.add(rid)
     return DEFERRED
 
 
-def op_destroy(conn: Connection, rid: int, args: m.DestroyArgs, now: int) -> Result:
+def op_destroy(srv: Server, conn: Connection, rid: int, args: m.DestroyArgs,
+               now: int) -> Result:
     _ctx(conn).destroy(args.obj_id, now)
     return EMPTY
 
 
-def op_device_reset(conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:
+def op_device_reset(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs,
+                    now: int) -> Result:
     _ctx(conn).device_reset(args.dev_id, now)
     log.info("device_reset", dev_id=args.dev_id)
     return EMPTY
 
 
-def op_hwpt_s1_map(conn: Connection, rid: int, args: m.HwptS1MapArgs, now: int) -> Result:
+def op_hwpt_s1_map(srv: Server, conn: Connection, rid: int, args: m.HwptS1MapArgs,
+                   now: int) -> Result:
     _ctx(conn).hwpt_s1_map(args.hwpt_id, args.iova, args.length, args.gpa, args.perm)
     return EMPTY
 
 
-def op_hwpt_s1_unmap(conn: Connection, rid: int, args: m.HwptS1UnmapArgs,
+def op_hwpt_s1_unmap(srv: Server, conn: Connection, rid: int, args: m.HwptS1UnmapArgs,
                      now: int) -> Result:
     return {"unmapped": _ctx(conn).hwpt_s1_unmap(args.hwpt_id, args.iova, args.length)}
 
 
-def op_hwpt_invalidate(conn: Connection, rid: int, args: m.HwptInvalidateArgs,
+def op_hwpt_invalidate(srv: Server, conn: Connection, rid: int, args: m.HwptInvalidateArgs,
                        now: int) -> Result:
     _ctx(conn).hwpt_invalidate(args.hwpt_id, args.iova, args.length, now)
     return EMPTY
@@ -162,45 +189,42 @@ def op_hwpt_invalidate(conn: Connection, rid: int, args: m.HwptInvalidateArgs,
 # --- admin operations ----------------------------------------------------------------
 
 
-def op_status(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
-    daemon = conn.daemon
+def op_status(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
     return {
         "version": m.PROTOCOL_VERSION,
-        "kernel": daemon.core.profile.name,
-        "uptime_s": round(time.monotonic() - daemon.started, 3),
-        "clients": len(daemon.connections),
-        "counters": daemon.status_counters(),
+        "kernel": srv.core.profile.name,
+        "uptime_s": round(time.monotonic() - srv.started, 3),
+        "clients": srv.clients,
+        "counters": srv.status_counters(),
     }
 
 
-def op_topology(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
-    return dict(conn.daemon.core.topology())
+def op_topology(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
+    return dict(srv.core.topology())
 
 
-def op_objects(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
-    return {"objects": conn.daemon.core.objects()}
+def op_objects(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
+    return {"objects": srv.core.objects()}
 
 
-def op_pending(conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
-    return {"pending": conn.daemon.core.pending(now)}
+def op_pending(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
+    return {"pending": srv.core.pending(now)}
 
 
-def op_inject(conn: Connection, rid: int, args: m.InjectArgs, now: int) -> Result:
-    conn.daemon.core.emulation.inject(args.rid, args.pasid, args.addr, args.perm,
-                                      args.grpid, args.last, now)
+def op_inject(srv: Server, conn: Connection, rid: int, args: m.InjectArgs, now: int) -> Result:
+    srv.core.emulation.inject(args.rid, args.pasid, args.addr, args.perm, args.grpid,
+                              args.last, now)
     return EMPTY
 
 
-def op_unplug(conn: Connection, rid: int, args: m.UnplugArgs, now: int) -> Result:
+def op_unplug(srv: Server, conn: Connection, rid: int, args: m.UnplugArgs, now: int) -> Result:
     """vfio-pci's remove path: the owners get ``device_request`` and the reply waits
     until the device is gone (``UnplugDone``), unless nobody holds it or ``force``."""
-    _check_deferred_id(conn, rid, "unplug")
-    core = conn.daemon.core
+    core = srv.core
     forced_before = core.counters["forced_unplugs"]
     removed = core.emulation.unplug(args.rid, now, force=args.force,
                                     grace_ns=int(args.grace_s * 1e9), ctx=conn.ctx, tag=rid)
     if not removed:
-        conn.unplug_inflight.add(rid)
         log.info("unplug requested", rid=args.rid, force=args.force, grace_s=args.grace_s)
         return DEFERRED
     # Removed at once: forced only if an owner still held it (force=True on a bound device).
@@ -209,25 +233,27 @@ def op_unplug(conn: Connection, rid: int, args: m.UnplugArgs, now: int) -> Resul
     return {"forced": forced}
 
 
-def op_plug(conn: Connection, rid: int, args: m.RidArgs, now: int) -> Result:
-    conn.daemon.core.emulation.plug(args.rid, now)
+def op_plug(srv: Server, conn: Connection, rid: int, args: m.RidArgs, now: int) -> Result:
+    srv.core.emulation.plug(args.rid, now)
     log.info("plug", rid=args.rid)
     return EMPTY
 
 
-def op_reset(conn: Connection, rid: int, args: m.RidArgs, now: int) -> Result:
-    conn.daemon.core.emulation.reset(args.rid, now)
+def op_reset(srv: Server, conn: Connection, rid: int, args: m.RidArgs, now: int) -> Result:
+    srv.core.emulation.reset(args.rid, now)
     log.info("reset", rid=args.rid)
     return EMPTY
 
 
-def op_subscribe(conn: Connection, rid: int, args: m.SubscribeArgs, now: int) -> Result:
+def op_subscribe(srv: Server, conn: Connection, rid: int, args: m.SubscribeArgs,
+                 now: int) -> Result:
     topics = frozenset(args.topics) if args.topics else frozenset(m.TRACE_TOPICS)
-    conn.daemon.subscribe(conn, topics)
+    srv.subscribe(conn, topics)
     return {"topics": sorted(topics)}
 
 
-OPS: Final[Mapping[str, Callable[[Connection, int, Any, int], Result]]] = {
+#: One handler per op of the wire contract, under its name there.
+HANDLERS: Final[Mapping[str, Handler]] = {
     "hello": op_hello,
     "devices": op_devices,
     "bind": op_bind,
@@ -257,4 +283,9 @@ OPS: Final[Mapping[str, Callable[[Connection, int, Any, int], Result]]] = {
     "reset": op_reset,
     "subscribe": op_subscribe,
 }
-assert OPS.keys() == m.OP_MODELS.keys()
+assert HANDLERS.keys() == OPS.keys(), set(HANDLERS) ^ set(OPS)
+
+#: Ops that report the core's state: they run on a serviced core even in the middle of
+#: a batch of requests (the batch is otherwise serviced once, at its end).
+OBSERVING_OPS: Final = frozenset({"status", "pending", "objects", "topology", "devices"})
+assert HANDLERS.keys() >= OBSERVING_OPS

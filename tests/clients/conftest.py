@@ -9,18 +9,14 @@ return ``DEFER`` and reply later with ``conn.reply``.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import trio
 
+from clients.launch import launch
 from iopfd.protocol.frames import FrameDecoder, encode_frame
 
 DEFER = object()
@@ -138,54 +134,24 @@ async def fake(nursery: trio.Nursery) -> AsyncIterator[FakeDaemon]:
 
 # -- the real daemon, as a subprocess -----------------------------------------
 
-BIN = os.path.dirname(sys.executable)
-
-
-def _wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"iopfd exited early with {proc.returncode}")
-        if os.path.exists(path):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                try:
-                    s.connect(path)
-                    return
-                except OSError:
-                    pass
-        time.sleep(0.02)
-    raise RuntimeError("iopfd did not start listening in time")
-
 
 class LiveDaemon:
+    """A real iopfd started by ``clients.launch`` (ready on READY=1), in ``tmpdir``."""
+
     def __init__(self, tmpdir: str, config: str | None = None) -> None:
         self.dir = tmpdir
         self.path = os.path.join(tmpdir, "iopfd.sock")
         self.log_path = os.path.join(tmpdir, "iopfd.log")
-        argv = [os.path.join(BIN, "iopfd"), "--socket", self.path, "--log-format", "json"]
+        cfg = None
         if config is not None:
             cfg = os.path.join(tmpdir, "iopfd.toml")
             with open(cfg, "w") as f:
                 f.write(config)
-            argv += ["--config", cfg]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            _wait_for_socket(self.path, self.proc)
-        except BaseException:
-            self.stop()
-            raise
+        self.launched = launch(socket=self.path, config=cfg, log=self.log_path,
+                               args=("--log-format", "json"))
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return self.launched.stop(10.0)
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,8 @@ OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, 
                                                  "length": 0x1000}, {"unmapped": 4096}, 4096),
     ("hwpt_invalidate", (11,), {}, {"hwpt_id": 11}, {}, None),
     ("hwpt_invalidate", (11, 0, 4096), {}, {"hwpt_id": 11, "iova": 0, "length": 4096}, {}, None),
-    ("topology", (), {}, {}, {"iommus": []}, {"iommus": []}),
-    ("objects", (), {}, {}, {"connections": []}, {"connections": []}),
+    ("topology", (), {}, {}, {"iommus": [], "devices": []}, {"iommus": [], "devices": []}),
+    ("objects", (), {}, {}, {"objects": [], "future": 1}, {"objects": [], "future": 1}),
     ("inject", ("0000:3a:00.0", 0x1000, 1, 4), {"pasid": 3},
      {"rid": "0000:3a:00.0", "addr": 0x1000, "perm": 1, "grpid": 4, "last": True, "pasid": 3},
      {}, None),
@@ -329,6 +329,7 @@ async def test_receive_batch_takes_every_buffered_group(fake: FakeDaemon) -> Non
 
 
 async def test_trace_records_carry_fields_and_count_client_side_drops(fake: FakeDaemon) -> None:
+    fake.results["subscribe"] = {"topics": ["fault", "response"]}
     async with IopfClient.open(fake.path, trace_buffer=2) as c:
         stream = await c.subscribe(["fault", "response"])
         conn = fake.conns[0]
@@ -385,16 +386,18 @@ async def test_submitted_requests_leave_in_submission_order_in_one_write(
 async def test_a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order(
     fake: FakeDaemon,
 ) -> None:
-    @fake.on("echo")
+    # hwpt_alloc's ``data`` is the one argument without a size limit of its own
+    @fake.on("hwpt_alloc")
     async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
-        return {"n": req["n"]}
+        return {"hwpt_id": req["pt_id"]}
 
     async with IopfClient.open(fake.path) as c:
-        pending = [c.submit("echo", n=i, pad="x" * 100_000) for i in range(120)]
+        pending = [c.submit("hwpt_alloc", dev_id=1, pt_id=i, data={"pad": "x" * 100_000})
+                   for i in range(120)]
         with trio.fail_after(20):
-            got = [(await p.result())["n"] for p in pending]
+            got = [(await p.result())["hwpt_id"] for p in pending]
     assert got == list(range(120))
-    assert [r["n"] for r in fake.conns[0].requests[1:]] == list(range(120))
+    assert [r["pt_id"] for r in fake.conns[0].requests[1:]] == list(range(120))
 
 
 async def test_iopfctl_prints_the_errno_name_and_exits_1_for_a_non_admin_peer(
@@ -694,3 +697,93 @@ async def test_vmm_serve_reports_a_refused_answer_and_still_answers_the_groups_b
     assert [[r["cookie"] for r in req["responses"]] for req in seen] == [[1, 2, 3], [3]]
     assert vmm.stats.violations == ["page_response cookie 2: EINVAL"]
     assert vmm.stats.answers["SUCCESS"] == 3 and vmm.stats.pages_mapped == 3
+
+
+async def test_both_clients_refuse_arguments_the_daemon_would_refuse_before_sending(
+    fake: FakeDaemon,
+) -> None:
+    from clients.sync import SyncClient
+
+    async with IopfClient.open(fake.path) as c:
+        with pytest.raises(InvalidArgument, match="aligned") as ei:
+            await c.ioas_map(1, 0x1001, 4096)
+        assert ei.value.op == "ioas_map"
+        with pytest.raises(InvalidArgument):
+            c.submit("no_such_op")
+
+    def script() -> str:
+        with SyncClient(fake.path, timeout=5) as c:
+            try:
+                c.dma(1, 0, 0, Perm.READ)
+            except InvalidArgument as e:
+                return e.errno
+        return "sent"
+
+    assert await trio.to_thread.run_sync(script) == "EINVAL"
+    assert [conn.ops() for conn in fake.conns] == [["hello"], ["hello"]]
+
+
+async def test_a_result_that_does_not_fit_its_model_raises_eproto_and_the_client_goes_on(
+    fake: FakeDaemon,
+) -> None:
+    from clients import ProtocolViolation
+
+    fake.results["bind"] = {"dev_id": -1}
+    fake.results["ioas_alloc"] = {"ioas_id": 3}
+    async with IopfClient.open(fake.path) as c:
+        with pytest.raises(ProtocolViolation, match="dev_id"):
+            await c.bind("0000:3a:00.0")
+        with pytest.raises(ProtocolViolation):
+            await c.request("bind", rid="0000:3a:00.0")
+        assert await c.ioas_alloc() == 3
+
+
+async def test_sync_client_submit_sends_a_batch_in_call_order_in_one_write(
+    fake: FakeDaemon,
+) -> None:
+    from clients.sync import SyncClient
+
+    fake.results["page_response"] = {"done": 0}
+
+    def script() -> tuple[int, int]:
+        with SyncClient(fake.path, timeout=5) as c:
+            before = c.stats().writes
+            maps = [c.submit("ioas_map", ioas_id=1, iova=i << 12, length=4096, perm=3)
+                    for i in range(5)]
+            resp = c.submit("page_response", fault_id=2, responses=[])
+            for m in maps:
+                assert m.result() == {}
+            return resp.result()["done"], c.stats().writes - before
+
+    done, writes = await trio.to_thread.run_sync(script)
+    assert (done, writes) == (0, 1)
+    got = [(r["op"], r.get("iova")) for r in fake.conns[0].requests[1:]]
+    assert got == [("ioas_map", i << 12) for i in range(5)] + [("page_response", None)]
+
+
+async def test_sync_client_drops_the_late_reply_of_a_timed_out_call_and_goes_on(
+    fake: FakeDaemon,
+) -> None:
+    from clients.sync import SyncClient
+
+    @fake.on("ioas_alloc")
+    async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
+        await trio.sleep(0.3)
+        return {"ioas_id": 5}
+
+    fake.results["fault_alloc"] = {"fault_id": 6}
+
+    def script() -> tuple[Any, ...]:
+        with SyncClient(fake.path, timeout=5) as c:
+            rid = c.send("ioas_alloc")
+            try:
+                c.wait(rid, timeout=0.05)
+            except TimeoutError:
+                timed_out = True
+            fid = c.fault_alloc()
+            c.next_fault(timeout=0.6)  # reads, and drops, the late ioas_alloc reply
+            st = c.stats()
+            return timed_out, fid, st.late_replies, st.in_flight, st.requests
+
+    timed_out, fid, late, in_flight, requests = await trio.to_thread.run_sync(script)
+    assert (timed_out, fid, late, in_flight, requests) == (True, 6, 1, 0, 3)

@@ -237,3 +237,23 @@ def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_pa
     assert nested["mode"] == "nested" and nested["ok"] and nested["s1_pages_mapped"] > 0
     assert pending == []
     assert k["groups"] == k["responses"] + k["auto_responses"] + k["throttled"]
+
+
+def test_vmm_spawn_daemon_runs_against_a_private_daemon_and_stops_it(
+    tmp_path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--spawn-daemon: a daemon of the VMM's own (here on a given socket, playing 6.12),
+    ready before the VMM connects, stopped cleanly (exit 0, socket removed) at the end."""
+    sock = str(tmp_path / "private.sock")
+    rc = vmm_main(["--spawn-daemon", "--daemon-kernel", "6.12", "--socket", sock,
+                   "--pages", "8", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["ok"] and summary["kernel"] == "6.12"
+    assert not os.path.exists(sock), "the spawned iopfd left its socket behind"
+
+
+def test_vmm_daemon_kernel_without_spawn_daemon_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert vmm_main(["--daemon-kernel", "6.12"]) == 2
+    assert "--daemon-kernel needs --spawn-daemon" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from iopfd.protocol.errors import RequestError
-from iopfd.protocol.frames import encode_frame
+from iopfd.protocol.frames import DEFAULT_MAX_FRAME, ProtocolViolation, encode_frame
 from iopfd.protocol.ops import OPS
 from iopfd.protocol.session import (
     ClientSession,
@@ -157,3 +157,106 @@ def test_every_op_has_an_args_and_a_result_model_and_admin_ops_may_be_eperm() ->
         assert "EINVAL" in spec.errnos
         assert ("EPERM" in spec.errnos) is spec.admin
     assert {n for n, s in OPS.items() if s.deferred} == {"dma", "unplug"}
+
+
+def _reply_frame(rid: int, result: dict[str, object] | None = None) -> bytes:
+    return encode_frame({"id": rid, "ok": True, "result": result or {}})
+
+
+def test_client_ids_wrap_and_skip_ids_still_in_flight_or_abandoned() -> None:
+    client = ClientSession()
+    client.next_id = 0xFFFF_FFFE
+    first, _ = client.request("ioas_alloc", {})
+    second, _ = client.request("ioas_alloc", {})
+    client.abandon(second)
+    assert (first, second) == (0xFFFF_FFFE, 0xFFFF_FFFF)
+    client.next_id = first
+    third, _ = client.request("ioas_alloc", {})
+    assert third == 1  # both earlier ids are still owed a reply
+    client.receive_data(_reply_frame(first) + _reply_frame(second))
+    client.next_id = first
+    assert client.request("ioas_alloc", {})[0] == first
+
+
+def test_an_abandoned_requests_reply_is_dropped_and_counted_late() -> None:
+    client = ClientSession()
+    rid, _ = client.request("ioas_alloc", {})
+    other, _ = client.request("ioas_alloc", {})
+    client.abandon(rid)
+    assert client.in_flight == 1
+    got = client.receive_data(_reply_frame(rid, {"ioas_id": 1}) +
+                              _reply_frame(other, {"ioas_id": 2}) + _reply_frame(999))
+    assert [r.id for r in got if isinstance(r, Reply)] == [other, 999]
+    assert (client.replies, client.late_replies, client.in_flight) == (3, 2, 0)
+    assert client.requests == 2
+
+
+def test_the_hello_reply_sets_the_frame_limit_of_requests_and_replies() -> None:
+    client = ClientSession()
+    rid, _ = client.hello("t")
+    client.receive_data(_reply_frame(rid, {"version": 2, "server": "s", "admin": False,
+                                           "kernel": "6.18", "max_frame": 100}))
+    assert client.max_frame == 100
+    assert client.decoder.max_frame == DEFAULT_MAX_FRAME  # replies: never below the default
+    with pytest.raises(RequestError, match="exceeds max_frame"):
+        client.request("hwpt_alloc", {"dev_id": 1, "pt_id": 2, "data": {"pad": "x" * 100}})
+    client.request("hwpt_alloc", {"dev_id": 1, "pt_id": 2})
+
+
+def test_an_event_whose_seq_is_not_the_one_due_names_the_one_that_was() -> None:
+    server, client = _pair()
+    frames = [server.event("trace", {}) for _ in range(4)]
+    got = client.receive_data(frames[0] + frames[3] + frames[1])
+    assert [(e.seq, e.expected, e.gap) for e in got if isinstance(e, Event)] == [
+        (1, 0, 0), (4, 2, 2), (2, 5, 0)]  # a seq that went back is reported too
+    assert (client.events, client.seq_gaps, client.missed_events) == (3, 2, 2)
+
+
+def test_frames_before_a_bad_frame_reach_the_client_and_check_raises_after() -> None:
+    client = ClientSession()
+    rid, _ = client.request("ioas_alloc", {})
+    got = client.receive_data(_reply_frame(rid, {"ioas_id": 3}) + struct.pack(">I", 0))
+    assert [r.id for r in got if isinstance(r, Reply)] == [rid]
+    with pytest.raises(ProtocolViolation):
+        client.check()
+
+
+def test_requests_of_one_read_are_judged_one_at_a_time_after_the_one_before_ran() -> None:
+    """``iter_requests``: a deferred request the daemon refused (its ``error``) frees its
+    id before the next frame of the same read is judged."""
+    server, client = _pair()
+    _hello(server, client)
+    dma = {"op": "dma", "dev_id": 1, "iova": 0, "length": 4096, "perm": 1, "id": 5}
+    items = server.iter_requests(encode_frame(dma) + encode_frame(dma))
+    first = next(items)
+    assert isinstance(first, Request) and server.deferred == {5: "dma"}
+    server.error(5, "ENOENT", "no such device")
+    second = next(items)
+    assert isinstance(second, Request) and second.id == 5
+    assert list(items) == []
+    # Judged eagerly, the same read refuses the second: its id is still in flight.
+    server, client = _pair()
+    _hello(server, client)
+    first, again = server.receive_data(encode_frame(dma) + encode_frame(dma))
+    assert isinstance(again, Rejected) and again.errno == "EINVAL"
+
+
+def test_only_ops_that_may_answer_enospc_are_bounded_by_max_deferred() -> None:
+    """``dma`` may answer ENOSPC (max_dma_inflight); ``unplug`` may not (its errnos), so
+    a waiting unplug neither counts against the bound nor is refused by it."""
+    assert "ENOSPC" in OPS["dma"].errnos and "ENOSPC" not in OPS["unplug"].errnos
+    server, client = _pair(admin=True, max_deferred=1)
+    _hello(server, client)
+    dma = {"op": "dma", "dev_id": 1, "iova": 0, "length": 4096, "perm": 1}
+    assert isinstance(_one(server, encode_frame({**dma, "id": 1})), Request)
+    for rid in (2, 3):
+        unplug = _one(server, encode_frame({"op": "unplug", "id": rid, "rid": "0000:3a:00.0"}))
+        assert isinstance(unplug, Request)
+    again = _one(server, encode_frame({"op": "unplug", "id": 2, "rid": "0000:3a:00.0"}))
+    assert isinstance(again, Rejected) and again.errno == "EINVAL"  # its id still waits
+    full = _one(server, encode_frame({**dma, "id": 4}))
+    assert isinstance(full, Rejected) and full.errno == "ENOSPC"
+    server.reply(2, {"forced": False})
+    server.error(1, "ENODEV", "removed")
+    assert isinstance(_one(server, encode_frame({**dma, "id": 4})), Request)
+    assert server.deferred == {3: "unplug", 4: "dma"}

@@ -1,12 +1,13 @@
-"""Run the real ``iopfd`` as a subprocess on a temporary socket, for the tests."""
+"""Run the real ``iopfd`` as a subprocess on a temporary socket, for the tests.
+
+Started by ``clients.launch`` (ready on ``READY=1``, never by polling the socket).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -15,10 +16,14 @@ from typing import Any
 
 from iopfd_rawclient import RawClient
 
+from clients.launch import Launched, launch
+
 START_TIMEOUT_S = 15.0
 
 
 def iopfd_command() -> list[str]:
+    """The installed ``iopfd`` console script (the unit files and the exit-status tests
+    run it directly, not through the launcher)."""
     script = Path(sys.executable).parent / "iopfd"
     if script.exists():
         return [str(script)]
@@ -28,9 +33,15 @@ def iopfd_command() -> list[str]:
 
 @dataclass
 class DaemonProc:
-    proc: subprocess.Popen[bytes]
-    socket: str
-    log_path: Path
+    launched: Launched
+
+    @property
+    def socket(self) -> str:
+        return self.launched.socket
+
+    @property
+    def log_path(self) -> Path:
+        return self.launched.log_path
 
     def client(self, **kw: Any) -> RawClient:
         return RawClient(self.socket, **kw)
@@ -64,7 +75,7 @@ class DaemonProc:
             time.sleep(0.02)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.launched.alive()
 
     def log(self) -> list[dict[str, Any]]:
         lines = []
@@ -76,27 +87,7 @@ class DaemonProc:
         return lines
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-
-def wait_for_socket(proc: subprocess.Popen[bytes], path: str, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"iopfd exited with {proc.returncode}:\n{log_path.read_text()}")
-        if os.path.exists(path):
-            try:
-                RawClient(path, hello=False).close()
-                return
-            except (ConnectionRefusedError, FileNotFoundError):
-                pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"iopfd did not listen within {START_TIMEOUT_S}s:\n"
-                               f"{log_path.read_text()}")
-        time.sleep(0.01)
+        return self.launched.stop(timeout, sig=sig)
 
 
 def start_daemon(tmp: Path, config: str = "", *, socket_path: str | None = None,
@@ -104,15 +95,9 @@ def start_daemon(tmp: Path, config: str = "", *, socket_path: str | None = None,
     sock = socket_path or str(tmp / "run" / "iopfd.sock")
     cfg = tmp / "iopfd.toml"
     cfg.write_text(config)
-    log_path = tmp / "iopfd.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*iopfd_command(), "--socket", sock, "--config", str(cfg), "--log-format", "json",
-             *args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )
-    wait_for_socket(proc, sock, log_path)
-    return DaemonProc(proc, sock, log_path)
+    return DaemonProc(launch(socket=sock, config=cfg, log=tmp / "iopfd.log",
+                             args=("--log-format", "json", *args),
+                             ready_timeout=START_TIMEOUT_S))
 
 
 def finish(d: DaemonProc) -> None:
