@@ -146,11 +146,18 @@ class Calls:
         """Allocate an I/O address space; returns ``ioas_id``."""
         return _call("ioas_alloc", {}, o.IoasIdResult, lambda r: r.ioas_id)
 
-    def ioas_map(self, ioas_id: int, iova: int, length: int,
-                 perm: int = Perm.READ | Perm.WRITE) -> Call[None]:
-        """Map ``[iova, iova+length)`` (4 KiB aligned) in an IOAS with READ and/or WRITE."""
-        return _call("ioas_map", {"ioas_id": ioas_id, "iova": iova, "length": length,
-                                  "perm": int(perm)}, o.Empty, _none)
+    def ioas_map(self, ioas_id: int, iova: int | None, length: int,
+                 perm: int = Perm.READ | Perm.WRITE) -> Call[int]:
+        """Map ``[iova, iova+length)`` (4 KiB aligned) in an IOAS with READ and/or WRITE;
+        with ``iova`` None the daemon picks it. Returns the IOVA mapped."""
+        args: dict[str, object] = {"ioas_id": ioas_id, "length": length, "perm": int(perm)}
+        if iova is not None:
+            args["iova"] = iova
+        return _call("ioas_map", args, o.IovaResult, lambda r: r.iova)
+
+    def hw_info(self, dev_id: int) -> Call[dict[str, Any]]:
+        """``IOMMU_GET_HW_INFO``: the VT-d CAP/ECAP registers behind a bound device."""
+        return _call("hw_info", {"dev_id": dev_id}, o.HwInfoResult, lambda r: r.model_dump())
 
     def ioas_unmap(self, ioas_id: int, iova: int, length: int) -> Call[int]:
         """Unmap a range; returns the bytes unmapped once every IOTLB/ATC copy was invalidated."""

@@ -509,6 +509,7 @@ class IopfClient:
     unbind = async_op(Calls.unbind)
     ioas_alloc = async_op(Calls.ioas_alloc)
     ioas_map = async_op(Calls.ioas_map)
+    hw_info = async_op(Calls.hw_info)
     ioas_unmap = async_op(Calls.ioas_unmap)
     fault_alloc = async_op(Calls.fault_alloc)
     hwpt_alloc = async_op(Calls.hwpt_alloc)

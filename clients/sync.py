@@ -349,6 +349,7 @@ class SyncClient:
     unbind = sync_op(Calls.unbind)
     ioas_alloc = sync_op(Calls.ioas_alloc)
     ioas_map = sync_op(Calls.ioas_map)
+    hw_info = sync_op(Calls.hw_info)
     ioas_unmap = sync_op(Calls.ioas_unmap)
     fault_alloc = sync_op(Calls.fault_alloc)
     hwpt_alloc = sync_op(Calls.hwpt_alloc)

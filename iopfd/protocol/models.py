@@ -109,9 +109,19 @@ class IovaRangeArgs(Args):
         return self
 
 
-class IoasMapArgs(IovaRangeArgs):
+class IoasMapArgs(Args):
+    """``iova`` absent: the daemon picks the IOVA (``IOMMU_IOAS_MAP`` without
+    ``IOMMU_IOAS_MAP_FIXED_IOVA``) and the result says which."""
+
     ioas_id: U32
+    iova: U64 | None = None
+    length: U32
     perm: MapPerm
+
+    @model_validator(mode="after")
+    def _iova_range(self) -> Self:
+        _check_range("iova", self.iova if self.iova is not None else 0, self.length)
+        return self
 
 
 class IoasUnmapArgs(IovaRangeArgs):
@@ -234,6 +244,7 @@ OP_MODELS: Final[Mapping[str, type[Args]]] = {
     "unbind": DevIdArgs,
     "ioas_alloc": NoArgs,
     "ioas_map": IoasMapArgs,
+    "hw_info": DevIdArgs,
     "ioas_unmap": IoasUnmapArgs,
     "fault_alloc": NoArgs,
     "hwpt_alloc": HwptAllocArgs,

@@ -63,6 +63,17 @@ class IoasIdResult(Result):
     ioas_id: U32
 
 
+class IovaResult(Result):
+    iova: U64
+
+
+class HwInfoResult(Result):
+    type: str
+    flags: int
+    cap_reg: U64
+    ecap_reg: U64
+
+
 class UnmappedResult(Result):
     unmapped: int
 
@@ -148,10 +159,13 @@ OPS: Final[Mapping[str, OpSpec]] = {spec.name: spec for spec in (
         {ENOENT, ENODEV, EBUSY, ENOSPC}),
     _op("unbind", m.DevIdArgs, Empty, "release a device, detaching everything", {ENOENT}),
     _op("ioas_alloc", m.NoArgs, IoasIdResult, "a new I/O address space", {ENOSPC}),
-    _op("ioas_map", m.IoasMapArgs, Empty, "map a range of an IOAS",
+    _op("ioas_map", m.IoasMapArgs, IovaResult,
+        "map a range of an IOAS, at iova or where the daemon picks",
         {ENOENT, EBUSY, ENOSPC}),
     _op("ioas_unmap", m.IoasUnmapArgs, UnmappedResult,
         "unmap a range; returns once every cache of it was invalidated", {ENOENT}),
+    _op("hw_info", m.DevIdArgs, HwInfoResult,
+        "what the IOMMU behind a device can do (IOMMU_GET_HW_INFO)", {ENOENT, ENODEV}),
     _op("fault_alloc", m.NoArgs, FaultIdResult, "a new fault queue (IOMMU_FAULT_QUEUE_ALLOC)",
         {ENOSPC}),
     _op("hwpt_alloc", m.HwptAllocArgs, HwptIdResult,

@@ -106,13 +106,18 @@ def op_ioas_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs,
 
 def op_ioas_map(srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs,
                 now: int) -> Result:
-    _ctx(conn).ioas_map(args.ioas_id, args.iova, args.length, args.perm, now)
-    return EMPTY
+    return {"iova": _ctx(conn).ioas_map(args.ioas_id, args.iova, args.length, args.perm,
+                                        now)}
 
 
 def op_ioas_unmap(srv: Server, conn: Connection, rid: int, args: m.IoasUnmapArgs,
                   now: int) -> Result:
     return {"unmapped": _ctx(conn).ioas_unmap(args.ioas_id, args.iova, args.length, now)}
+
+
+def op_hw_info(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs,
+               now: int) -> Result:
+    return _ctx(conn).hw_info(args.dev_id)
 
 
 def op_fault_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs,
@@ -260,6 +265,7 @@ HANDLERS: Final[Mapping[str, Handler]] = {
     "unbind": op_unbind,
     "ioas_alloc": op_ioas_alloc,
     "ioas_map": op_ioas_map,
+    "hw_info": op_hw_info,
     "ioas_unmap": op_ioas_unmap,
     "fault_alloc": op_fault_alloc,
     "hwpt_alloc": op_hwpt_alloc,

@@ -115,6 +115,9 @@ class FakeDaemon:
             elif op == "hello":
                 result = {"version": 2, "server": "fake/0", "max_frame": 1 << 20, "admin": True,
                           "kernel": "6.18"}
+            elif op == "ioas_map" and op not in self.results:
+                # As the daemon: the IOVA mapped, the one asked for or one it picked.
+                result = {"iova": msg.get("iova", 0x10_0000)}
             else:
                 result = self.results.get(op, {})
         except FakeErr as e:

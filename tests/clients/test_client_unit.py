@@ -32,7 +32,12 @@ OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, 
     ("unbind", (7,), {}, {"dev_id": 7}, {}, None),
     ("ioas_alloc", (), {}, {}, {"ioas_id": 8}, 8),
     ("ioas_map", (8, 0x1000, 0x2000), {}, {"ioas_id": 8, "iova": 0x1000, "length": 0x2000,
-                                          "perm": 3}, {}, None),
+                                          "perm": 3}, {"iova": 0x1000}, 0x1000),
+    ("ioas_map", (8, None, 0x2000), {}, {"ioas_id": 8, "length": 0x2000, "perm": 3},
+     {"iova": 0x10_0000}, 0x10_0000),
+    ("hw_info", (7,), {}, {"dev_id": 7},
+     {"type": "intel_vtd", "flags": 0, "cap_reg": 6, "ecap_reg": 2},
+     {"type": "intel_vtd", "flags": 0, "cap_reg": 6, "ecap_reg": 2}),
     ("ioas_unmap", (8, 0x1000, 0x2000), {}, {"ioas_id": 8, "iova": 0x1000, "length": 0x2000},
      {"unmapped": 0x2000}, 0x2000),
     ("fault_alloc", (), {}, {}, {"fault_id": 9}, 9),
@@ -751,8 +756,8 @@ async def test_sync_client_submit_sends_a_batch_in_call_order_in_one_write(
             maps = [c.submit("ioas_map", ioas_id=1, iova=i << 12, length=4096, perm=3)
                     for i in range(5)]
             resp = c.submit("page_response", fault_id=2, responses=[])
-            for m in maps:
-                assert m.result() == {}
+            for i, m in enumerate(maps):
+                assert m.result() == {"iova": i << 12}
             return resp.result()["done"], c.stats().writes - before
 
     done, writes = await trio.to_thread.run_sync(script)

@@ -27,6 +27,7 @@ VALID: dict[str, dict[str, Any]] = {
     "dma": {"dev_id": 1, "iova": 0, "length": 4096, "perm": 1},
     "destroy": {"obj_id": 3},
     "device_reset": {"dev_id": 1},
+    "hw_info": {"dev_id": 1},
     "hwpt_s1_map": {"hwpt_id": 1, "iova": 0, "length": 4096, "gpa": 0x10000, "perm": 3},
     "hwpt_s1_unmap": {"hwpt_id": 1, "iova": 0, "length": 4096},
     "hwpt_invalidate": {"hwpt_id": 1},

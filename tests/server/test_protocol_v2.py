@@ -512,7 +512,34 @@ def test_v2_12_destroy_takes_obj_id_and_id_is_the_requests_own(iopfd: DaemonProc
         ioas = c.call("ioas_alloc")["ioas_id"]
         reply = c.request("destroy", id=ioas)
         assert (reply["id"], reply["error"]["code"]) == (ioas, "EINVAL")
-        assert c.call("ioas_map", ioas_id=ioas, iova=0, length=4096, perm=READ) == {}
+        assert c.call("ioas_map", ioas_id=ioas, iova=0, length=4096, perm=READ) == {"iova": 0}
         assert c.request("destroy", id=ioas + 1, obj_id=ioas) == {
             "id": ioas + 1, "ok": True, "result": {}}
         assert c.error("ioas_map", ioas_id=ioas, iova=0, length=4096, perm=READ) == "ENOENT"
+
+
+def test_ioas_map_without_an_iova_lets_the_daemon_pick_and_says_where(
+        iopfd: DaemonProc) -> None:
+    # IOMMU_IOAS_MAP without IOMMU_IOAS_MAP_FIXED_IOVA (the uAPI work's extension).
+    with iopfd.client() as c:
+        ioas = c.call("ioas_alloc")["ioas_id"]
+        first = c.call("ioas_map", ioas_id=ioas, length=0x4000, perm=READ | WRITE)["iova"]
+        second = c.call("ioas_map", ioas_id=ioas, length=0x1000, perm=READ)["iova"]
+        assert first % 0x4000 == 0 and second == first + 0x4000
+        at = 0x4000_0000
+        fixed = c.call("ioas_map", ioas_id=ioas, iova=at, length=0x1000, perm=READ)
+        assert fixed["iova"] == at
+        assert c.error("ioas_map", ioas_id=ioas, iova=at, length=0x1000, perm=READ) == "EBUSY"
+        assert c.call("ioas_unmap", ioas_id=ioas, iova=first, length=0x5000)["unmapped"] \
+            == 0x5000
+
+
+def test_hw_info_reports_the_vt_d_registers_behind_a_device(iopfd: DaemonProc) -> None:
+    with iopfd.client() as c:
+        dev = c.call("bind", rid=ACCEL0)["dev_id"]
+        info = c.call("hw_info", dev_id=dev)
+        assert info["type"] == "intel_vtd" and info["flags"] == 0
+        assert info["ecap_reg"] >> 29 & 1 and info["ecap_reg"] >> 42 & 1   # PRS, PDS
+        assert c.error("hw_info", dev_id=4242) == "ENOENT"
+        rows = c.call("devices")["devices"]
+        assert [r["vfio"] for r in rows] == list(range(len(rows)))
