@@ -111,6 +111,8 @@ def test_a_killed_demo_takes_its_daemon_and_vmm_with_it() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     pid, sock = int(m.group(1)), m.group(2)
     workdir = os.path.dirname(sock)
     deadline = time.monotonic() + 15

@@ -36,6 +36,13 @@ def frame(obj: Any) -> bytes:
 class RawClient:
     def __init__(self, path: str, *, hello: bool = True, client: str = "test") -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._open(path, hello=hello, client=client)
+        except BaseException:
+            self.sock.close()  # a refused or failed connection leaks no socket
+            raise
+
+    def _open(self, path: str, *, hello: bool, client: str) -> None:
         self.sock.settimeout(TIMEOUT_S)
         self.sock.connect(path)
         self._buf = bytearray()

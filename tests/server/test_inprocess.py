@@ -203,6 +203,8 @@ async def test_the_reader_answers_a_read_with_one_write_of_its_own_on_a_socket(
         for rid in range(2, 22):
             assert (await c.reply(rid)).ok
         assert writes == [conn.stream.socket.fileno()]  # type: ignore[attr-defined]
+        monkeypatch.undo()
+        await c.aclose()
 
 
 async def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(
