@@ -701,7 +701,10 @@ async def _bench_invalidation(sc: InvScenario) -> Entry:
         for child in sc.children:
             hwpt[child] = (
                 await wire.call(
-                    "hwpt_alloc", dev_id=first, pt_id=hwpt["P"], flags=["pasid"],
+                    "hwpt_alloc",
+                    dev_id=first,
+                    pt_id=hwpt["P"],
+                    flags=["pasid"],
                     data={"type": "vtd_s1"},
                 )
             )["hwpt_id"]

@@ -199,8 +199,7 @@ def daemon(
             log=log_path,
             ready_timeout=ready_timeout,
         )
-        handle = Daemon(launched.process, launched.socket, d, log_path, t0,
-                        time.perf_counter_ns())
+        handle = Daemon(launched.process, launched.socket, d, log_path, t0, time.perf_counter_ns())
         try:
             yield handle
         finally:

@@ -75,16 +75,18 @@ def _checked(op: str, result: Mapping[str, Any]) -> o.Result:
         raise ProtocolViolation("EPROTO", str(exc).removeprefix(f"{op}: "), op) from None
 
 
-def _call(op: str, args: Mapping[str, Any], model: type[M], then: Callable[[M], R],
-          held_s: float = 0.0) -> Call[R]:
+def _call(
+    op: str, args: Mapping[str, Any], model: type[M], then: Callable[[M], R], held_s: float = 0.0
+) -> Call[R]:
     """A Call whose result is validated by the op table's model (``model`` is that
     model's type, for the parser; a mismatch with the table is a bug, caught here)."""
 
     def parse(result: Mapping[str, Any]) -> R:
         value = _checked(op, result)
         if not isinstance(value, model):
-            raise TypeError(f"{op}: the op table's result model is {type(value).__name__}, "
-                            f"not {model.__name__}")
+            raise TypeError(
+                f"{op}: the op table's result model is {type(value).__name__}, not {model.__name__}"
+            )
         return then(value)
 
     return Call(op, args, parse, held_s)
@@ -119,17 +121,26 @@ class Calls:
 
     def hello(self, client: str) -> Call[HelloInfo]:
         """Open the session (``open``/``connect`` and ``SyncClient()`` send it)."""
-        return _call("hello", {"version": PROTOCOL_VERSION, "client": client}, o.HelloResult,
-                     lambda r: HelloInfo(version=r.version, server=r.server,
-                                         max_frame=r.max_frame, admin=r.admin,
-                                         kernel=r.kernel))
+        return _call(
+            "hello",
+            {"version": PROTOCOL_VERSION, "client": client},
+            o.HelloResult,
+            lambda r: HelloInfo(
+                version=r.version,
+                server=r.server,
+                max_frame=r.max_frame,
+                admin=r.admin,
+                kernel=r.kernel,
+            ),
+        )
 
     # -- VMM operations ---------------------------------------------------------
 
     def devices(self) -> Call[list[Device]]:
         """Every PCI function of the emulated platform: rid, IOMMU, PRI/ATS/PASID, owner state."""
-        return _call("devices", {}, o.DevicesResult,
-                     lambda r: [Device.from_wire(d) for d in r.devices])
+        return _call(
+            "devices", {}, o.DevicesResult, lambda r: [Device.from_wire(d) for d in r.devices]
+        )
 
     def bind(self, rid: str) -> Call[int]:
         """Take exclusive ownership of a device (``"SSSS:BB:DD.F"``); returns its ``dev_id``.
@@ -146,8 +157,9 @@ class Calls:
         """Allocate an I/O address space; returns ``ioas_id``."""
         return _call("ioas_alloc", {}, o.IoasIdResult, lambda r: r.ioas_id)
 
-    def ioas_map(self, ioas_id: int, iova: int | None, length: int,
-                 perm: int = Perm.READ | Perm.WRITE) -> Call[int]:
+    def ioas_map(
+        self, ioas_id: int, iova: int | None, length: int, perm: int = Perm.READ | Perm.WRITE
+    ) -> Call[int]:
         """Map ``[iova, iova+length)`` (4 KiB aligned) in an IOAS with READ and/or WRITE;
         with ``iova`` None the daemon picks it. Returns the IOVA mapped."""
         args: dict[str, object] = {"ioas_id": ioas_id, "length": length, "perm": int(perm)}
@@ -161,8 +173,12 @@ class Calls:
 
     def ioas_unmap(self, ioas_id: int, iova: int, length: int) -> Call[int]:
         """Unmap a range; returns the bytes unmapped once every IOTLB/ATC copy was invalidated."""
-        return _call("ioas_unmap", {"ioas_id": ioas_id, "iova": iova, "length": length},
-                     o.UnmappedResult, lambda r: r.unmapped)
+        return _call(
+            "ioas_unmap",
+            {"ioas_id": ioas_id, "iova": iova, "length": length},
+            o.UnmappedResult,
+            lambda r: r.unmapped,
+        )
 
     def fault_alloc(self) -> Call[int]:
         """Allocate a fault queue (``IOMMU_FAULT_QUEUE_ALLOC``); its groups come to this client.
@@ -171,9 +187,15 @@ class Calls:
         """
         return _call("fault_alloc", {}, o.FaultIdResult, lambda r: r.fault_id)
 
-    def hwpt_alloc(self, dev_id: int, pt_id: int, *, flags: Sequence[str] = (),
-                   fault_id: int | None = None,
-                   data: Mapping[str, Any] | None = None) -> Call[int]:
+    def hwpt_alloc(
+        self,
+        dev_id: int,
+        pt_id: int,
+        *,
+        flags: Sequence[str] = (),
+        fault_id: int | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> Call[int]:
         """Allocate a hardware page table for a device; returns ``hwpt_id``.
 
         ``pt_id`` an IOAS gives a paging (stage-2) HWPT; flag ``"nest_parent"``
@@ -197,21 +219,24 @@ class Calls:
         then so does the RID's HWPT (InvalidArgument otherwise); a fault-capable HWPT on
         a function without PRI is NoDevice.
         """
-        return _call("attach", _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid),
-                     o.Empty, _none)
+        return _call(
+            "attach", _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid), o.Empty, _none
+        )
 
     def replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> Call[None]:
         """Atomically switch an attached RID/PASID to another HWPT (old one's groups: INVALID)."""
-        return _call("replace", _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid),
-                     o.Empty, _none)
+        return _call(
+            "replace", _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid), o.Empty, _none
+        )
 
     def detach(self, dev_id: int, pasid: int | None = None) -> Call[None]:
         """Detach the RID or a PASID; returns after its page requests were drained.
         Nothing attached there is not an error."""
         return _call("detach", _with_pasid({"dev_id": dev_id}, pasid), o.Empty, _none)
 
-    def page_response(self, fault_id: int,
-                      responses: Iterable[PageResponse | tuple[int, int]]) -> Call[int]:
+    def page_response(
+        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]]
+    ) -> Call[int]:
         """Answer groups of a fault queue, in one request: ``[(cookie, code), ...]``.
 
         This is the kernel fault fd's ``write()``: entries are applied in order and
@@ -224,18 +249,24 @@ class Calls:
         """
         return _page_response(fault_id, response_items(responses))
 
-    def dma(self, dev_id: int, iova: int, length: int, perm: int,
-            pasid: int | None = None) -> Call[DmaResult]:
+    def dma(
+        self, dev_id: int, iova: int, length: int, perm: int, pasid: int | None = None
+    ) -> Call[DmaResult]:
         """Make the emulated device access ``[iova, iova+length)``; waits for the outcome.
 
         On a translation miss the device issues page requests, which arrive on
         the fault queue of the attached HWPT; the reply comes only after they were
         answered (by another task of the same client, or ``on_fault`` when blocking).
         """
-        args = _with_pasid({"dev_id": dev_id, "iova": iova, "length": length,
-                            "perm": int(perm)}, pasid)
-        return _call("dma", args, o.DmaResult,
-                     lambda r: DmaResult(status=r.status, faults=r.faults, bytes=r.bytes))
+        args = _with_pasid(
+            {"dev_id": dev_id, "iova": iova, "length": length, "perm": int(perm)}, pasid
+        )
+        return _call(
+            "dma",
+            args,
+            o.DmaResult,
+            lambda r: DmaResult(status=r.status, faults=r.faults, bytes=r.bytes),
+        )
 
     def destroy(self, obj_id: int) -> Call[None]:
         """Destroy an object of this connection (Busy while another object uses it)."""
@@ -249,19 +280,27 @@ class Calls:
         """
         return _call("device_reset", {"dev_id": dev_id}, o.Empty, _none)
 
-    def hwpt_s1_map(self, hwpt_id: int, iova: int, length: int, gpa: int,
-                    perm: int) -> Call[None]:
+    def hwpt_s1_map(self, hwpt_id: int, iova: int, length: int, gpa: int, perm: int) -> Call[None]:
         """Write guest stage-1 entries iova -> gpa in a nested HWPT (no invalidation implied)."""
-        return _call("hwpt_s1_map", {"hwpt_id": hwpt_id, "iova": iova, "length": length,
-                                     "gpa": gpa, "perm": int(perm)}, o.Empty, _none)
+        return _call(
+            "hwpt_s1_map",
+            {"hwpt_id": hwpt_id, "iova": iova, "length": length, "gpa": gpa, "perm": int(perm)},
+            o.Empty,
+            _none,
+        )
 
     def hwpt_s1_unmap(self, hwpt_id: int, iova: int, length: int) -> Call[int]:
         """Remove guest stage-1 entries; cached translations stay until hwpt_invalidate."""
-        return _call("hwpt_s1_unmap", {"hwpt_id": hwpt_id, "iova": iova, "length": length},
-                     o.UnmappedResult, lambda r: r.unmapped)
+        return _call(
+            "hwpt_s1_unmap",
+            {"hwpt_id": hwpt_id, "iova": iova, "length": length},
+            o.UnmappedResult,
+            lambda r: r.unmapped,
+        )
 
-    def hwpt_invalidate(self, hwpt_id: int, iova: int | None = None,
-                        length: int | None = None) -> Call[None]:
+    def hwpt_invalidate(
+        self, hwpt_id: int, iova: int | None = None, length: int | None = None
+    ) -> Call[None]:
         """The guest's stage-1 invalidation: a range, or everything when both are None."""
         if (iova is None) != (length is None):
             raise ValueError("hwpt_invalidate takes iova and length together, or neither")
@@ -274,9 +313,19 @@ class Calls:
 
     def status(self) -> Call[Status]:
         """Daemon version, uptime, clients and counters (admin)."""
-        return _call("status", {}, o.StatusResult, lambda r: Status(
-            version=str(r.version), uptime_s=r.uptime_s, clients=r.clients,
-            counters=dict(r.counters), extra=dict(r.model_extra or {}), kernel=r.kernel))
+        return _call(
+            "status",
+            {},
+            o.StatusResult,
+            lambda r: Status(
+                version=str(r.version),
+                uptime_s=r.uptime_s,
+                clients=r.clients,
+                counters=dict(r.counters),
+                extra=dict(r.model_extra or {}),
+                kernel=r.kernel,
+            ),
+        )
 
     def topology(self) -> Call[dict[str, Any]]:
         """IOMMU units and devices with owner and state (admin)."""
@@ -288,18 +337,29 @@ class Calls:
 
     def pending(self) -> Call[list[PendingGroup]]:
         """Every unanswered group of every connection (admin)."""
-        return _call("pending", {}, o.PendingResult,
-                     lambda r: [PendingGroup.from_wire(d) for d in r.pending])
+        return _call(
+            "pending", {}, o.PendingResult, lambda r: [PendingGroup.from_wire(d) for d in r.pending]
+        )
 
-    def inject(self, rid: str, addr: int, perm: int, grpid: int, *, last: bool = True,
-               pasid: int | None = None) -> Call[None]:
+    def inject(
+        self,
+        rid: str,
+        addr: int,
+        perm: int,
+        grpid: int,
+        *,
+        last: bool = True,
+        pasid: int | None = None,
+    ) -> Call[None]:
         """Write one raw page request descriptor into the device's IOMMU PRQ (admin)."""
-        args = _with_pasid({"rid": rid, "addr": addr, "perm": int(perm), "grpid": grpid,
-                            "last": last}, pasid)
+        args = _with_pasid(
+            {"rid": rid, "addr": addr, "perm": int(perm), "grpid": grpid, "last": last}, pasid
+        )
         return _call("inject", args, o.Empty, _none)
 
-    def unplug(self, rid: str, *, force: bool = False,
-               grace_s: float = DEFAULT_UNPLUG_GRACE_S) -> Call[bool]:
+    def unplug(
+        self, rid: str, *, force: bool = False, grace_s: float = DEFAULT_UNPLUG_GRACE_S
+    ) -> Call[bool]:
         """Hot-remove a device (admin); returns once it is removed.
 
         A bound device's owner first gets a ``device_request`` event and may unbind it;
@@ -307,8 +367,13 @@ class Calls:
         anyway (PRI off, drain, stop DMA, release; pending groups answered INVALID).
         Returns whether the removal was forced on an owner that still held it.
         """
-        return _call("unplug", {"rid": rid, "force": force, "grace_s": float(grace_s)},
-                     o.UnplugResult, lambda r: r.forced, held_s=float(grace_s))
+        return _call(
+            "unplug",
+            {"rid": rid, "force": force, "grace_s": float(grace_s)},
+            o.UnplugResult,
+            lambda r: r.forced,
+            held_s=float(grace_s),
+        )
 
     def plug(self, rid: str) -> Call[None]:
         """Bring a removed device back as free (admin)."""
@@ -322,13 +387,15 @@ class Calls:
     def subscribe(self, topics: Sequence[str] = ()) -> Call[list[str]]:
         """Start (or change) the trace stream (admin). Topics: fault, response,
         auto_response, invalidation, throttle, overflow, device; empty means all."""
-        return _call("subscribe", {"topics": list(topics)}, o.SubscribeResult,
-                     lambda r: list(r.topics))
+        return _call(
+            "subscribe", {"topics": list(topics)}, o.SubscribeResult, lambda r: list(r.topics)
+        )
 
 
 def _page_response(fault_id: int, items: list[dict[str, int]]) -> Call[int]:
-    return _call("page_response", {"fault_id": fault_id, "responses": items}, o.DoneResult,
-                 lambda r: r.done)
+    return _call(
+        "page_response", {"fault_id": fault_id, "responses": items}, o.DoneResult, lambda r: r.done
+    )
 
 
 #: The one instance the adapters call (a Calls holds no state).
@@ -343,7 +410,9 @@ class Procedures:
     """The client methods built from several requests, for both clients."""
 
     def page_response_each(
-        self, fault_id: int, responses: Iterable[PageResponse | tuple[int, int]],
+        self,
+        fault_id: int,
+        responses: Iterable[PageResponse | tuple[int, int]],
     ) -> Procedure[list[str | None]]:
         """Answer groups of one fault queue so that each entry gets its own outcome.
 
@@ -356,7 +425,7 @@ class Procedures:
         items = response_items(responses)
         results: list[str | None] = []
         while len(results) < len(items):
-            rest = items[len(results):]
+            rest = items[len(results) :]
             try:
                 done: int = yield _page_response(fault_id, rest)
             except IopfError as e:
@@ -368,18 +437,20 @@ class Procedures:
             results += settled
         return results
 
-    def answer(self, group: FaultGroup,
-               code: int = ResponseCode.SUCCESS) -> Procedure[None]:
+    def answer(self, group: FaultGroup, code: int = ResponseCode.SUCCESS) -> Procedure[None]:
         """Answer one group; raises InvalidArgument if its cookie is no longer pending
         (already answered, or answered by the daemon) or the code is not 0 or 1."""
         try:
             yield _page_response(group.fault_id, [{"cookie": group.cookie, "code": int(code)}])
         except IopfError as e:
-            raise error_from_reply(e.errno, f"cookie {group.cookie}: {e.message}",
-                                   "page_response") from None
+            raise error_from_reply(
+                e.errno, f"cookie {group.cookie}: {e.message}", "page_response"
+            ) from None
 
-    def answer_all(self, answers: Iterable[tuple[FaultGroup, int]],
-                   ) -> Procedure[list[str | None]]:
+    def answer_all(
+        self,
+        answers: Iterable[tuple[FaultGroup, int]],
+    ) -> Procedure[list[str | None]]:
         """Answer many groups: one ``page_response`` per fault queue (more only after a
         refused entry, see ``page_response_each``); one outcome per answer, in input
         order: None if applied, else the errno name."""
@@ -390,7 +461,8 @@ class Procedures:
         results: list[str | None] = [None] * len(pairs)
         for fault_id, idxs in by_queue.items():
             res = yield from self.page_response_each(
-                fault_id, [(pairs[i][0].cookie, int(pairs[i][1])) for i in idxs])
+                fault_id, [(pairs[i][0].cookie, int(pairs[i][1])) for i in idxs]
+            )
             for i, x in zip(idxs, res, strict=True):
                 results[i] = x
         return results

@@ -68,8 +68,7 @@ def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:
     return os.environ.get("IOPFD_SOCKET") or DEFAULT_SOCKET
 
 
-def session_request(session: ClientSession, op: str,
-                    args: Mapping[str, Any]) -> tuple[int, bytes]:
+def session_request(session: ClientSession, op: str, args: Mapping[str, Any]) -> tuple[int, bytes]:
     """``session.request``, with a local refusal raised as the daemon's would be."""
     try:
         return session.request(op, args)

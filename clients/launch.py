@@ -81,9 +81,11 @@ class Launched:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
-                    raise LaunchError(f"iopfd (pid {self.pid}) did not stop within "
-                                      f"{timeout:g} s of signal {sig}; killed\n"
-                                      f"{self.log_tail()}") from None
+                    raise LaunchError(
+                        f"iopfd (pid {self.pid}) did not stop within "
+                        f"{timeout:g} s of signal {sig}; killed\n"
+                        f"{self.log_tail()}"
+                    ) from None
             status = self.process.returncode
             if status != 0:
                 self.last_log_tail = self.log_tail()  # before the private dir goes
@@ -102,8 +104,9 @@ def daemon_command(python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "iopfd.server.main"]
 
 
-def _wait_ready(notify: _socket.socket, process: subprocess.Popen[bytes],
-                log_path: Path, timeout: float) -> None:
+def _wait_ready(
+    notify: _socket.socket, process: subprocess.Popen[bytes], log_path: Path, timeout: float
+) -> None:
     """Block until ``READY=1`` arrives; wake also when the process exits (a pidfd)."""
     deadline = time.monotonic() + timeout
     pidfd = -1
@@ -113,30 +116,39 @@ def _wait_ready(notify: _socket.socket, process: subprocess.Popen[bytes],
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LaunchError(f"iopfd sent no READY=1 within {timeout:g} s\n"
-                                  f"{_tail(log_path)}")
+                raise LaunchError(f"iopfd sent no READY=1 within {timeout:g} s\n{_tail(log_path)}")
             watched = [notify.fileno()] + ([pidfd] if pidfd >= 0 else [])
             # Without a pidfd (an old kernel), look at the process at least every 0.1 s.
-            ready, _, _ = select.select(watched, [], [],
-                                        remaining if pidfd >= 0 else min(remaining, 0.1))
+            ready, _, _ = select.select(
+                watched, [], [], remaining if pidfd >= 0 else min(remaining, 0.1)
+            )
             if notify.fileno() in ready:
                 data = notify.recv(4096)
                 if b"READY=1" in data.split(b"\n"):
                     return
             if process.poll() is not None:
-                raise LaunchError(f"iopfd exited with status {process.returncode} before "
-                                  f"READY=1\n{_tail(log_path)}")
+                raise LaunchError(
+                    f"iopfd exited with status {process.returncode} before "
+                    f"READY=1\n{_tail(log_path)}"
+                )
     finally:
         if pidfd >= 0:
             os.close(pidfd)
 
 
-def launch(*, socket: str | os.PathLike[str] | None = None, args: Sequence[str] = (),
-           config: str | os.PathLike[str] | None = None, kernel: str | None = None,
-           env: Mapping[str, str] | None = None, log: str | os.PathLike[str] | None = None,
-           ready_timeout: float = 20.0, python: str | None = None,
-           new_session: bool = False,
-           preexec_fn: Callable[[], object] | None = None) -> Launched:
+def launch(
+    *,
+    socket: str | os.PathLike[str] | None = None,
+    args: Sequence[str] = (),
+    config: str | os.PathLike[str] | None = None,
+    kernel: str | None = None,
+    env: Mapping[str, str] | None = None,
+    log: str | os.PathLike[str] | None = None,
+    ready_timeout: float = 20.0,
+    python: str | None = None,
+    new_session: bool = False,
+    preexec_fn: Callable[[], object] | None = None,
+) -> Launched:
     """Start the daemon and return once it sent ``READY=1``.
 
     ``socket``: the path to listen on (default: ``iopfd.sock`` in a private directory);
@@ -172,15 +184,19 @@ def launch(*, socket: str | os.PathLike[str] | None = None, args: Sequence[str] 
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env["NOTIFY_SOCKET"] = notify_path
-        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC",
-                    "WATCHDOG_PID"):
+        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
             if env is None or var not in env:
                 full_env.pop(var, None)  # ours, not the daemon's
         with log_path.open("ab") as log_file:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                       stderr=subprocess.STDOUT, env=full_env,
-                                       start_new_session=new_session,
-                                       preexec_fn=preexec_fn)  # noqa: PLW1509 - caller's
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=new_session,
+                preexec_fn=preexec_fn,  # noqa: PLW1509 - the caller's choice (the demo's)
+            )
         launched = Launched(sock_path, process, log_path, private)
         _wait_ready(notify, process, log_path, ready_timeout)
     except BaseException:
@@ -210,8 +226,9 @@ def launched(**kw: Any) -> Iterator[Launched]:
     finally:
         status = daemon.stop()
         if ok and status != 0:
-            raise LaunchError(f"iopfd exited with status {status} on SIGTERM\n"
-                              f"{daemon.last_log_tail}")
+            raise LaunchError(
+                f"iopfd exited with status {status} on SIGTERM\n{daemon.last_log_tail}"
+            )
 
 
 __all__ = ["LaunchError", "Launched", "daemon_command", "launch", "launched"]

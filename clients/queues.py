@@ -85,8 +85,7 @@ class DeviceRequestStream:
     """
 
     def __init__(self) -> None:
-        self._send, self._recv = trio.open_memory_channel[DeviceRequest | BaseException](
-            math.inf)
+        self._send, self._recv = trio.open_memory_channel[DeviceRequest | BaseException](math.inf)
 
     def __aiter__(self) -> DeviceRequestStream:
         return self

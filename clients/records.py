@@ -242,8 +242,12 @@ class DeviceRequest:
 
     @classmethod
     def from_event(cls, ev: Event, received_ns: int) -> DeviceRequest:
-        return cls(dev_id=int(ev.body["dev_id"]), rid=str(ev.body["rid"]), seq=ev.seq,
-                   received_ns=received_ns)
+        return cls(
+            dev_id=int(ev.body["dev_id"]),
+            rid=str(ev.body["rid"]),
+            seq=ev.seq,
+            received_ns=received_ns,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,10 @@ class SyncClient:
         return SyncPendingCall(self, self._queue(op, args), op)
 
     def wait(
-        self, req_id: int, op: str = "", on_fault: FaultHandler | None = None,
+        self,
+        req_id: int,
+        op: str = "",
+        on_fault: FaultHandler | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Wait for the reply to ``req_id``, answering faults with ``on_fault`` meanwhile.
@@ -232,8 +235,7 @@ class SyncClient:
             self._lost(f"connection to iopfd lost while sending: {e!r}")
         self._n_writes += 1
 
-    def _wait_reply(self, req_id: int, on_fault: FaultHandler | None,
-                    limit: float | None) -> Reply:
+    def _wait_reply(self, req_id: int, on_fault: FaultHandler | None, limit: float | None) -> Reply:
         self._flush()
         deadline = None if limit is None else time.monotonic() + limit
         try:
@@ -338,8 +340,16 @@ class SyncClient:
 
     # -- the ops: one line each, declared in clients.calls --------------------
 
-    def dma(self, dev_id: int, iova: int, length: int, perm: int, pasid: int | None = None,
-            *, on_fault: FaultHandler | None = None) -> DmaResult:
+    def dma(
+        self,
+        dev_id: int,
+        iova: int,
+        length: int,
+        perm: int,
+        pasid: int | None = None,
+        *,
+        on_fault: FaultHandler | None = None,
+    ) -> DmaResult:
         """Run a DMA (see :meth:`Calls.dma <clients.calls.Calls.dma>`); groups arriving
         meanwhile go to ``on_fault`` (else they queue)."""
         return self.call(CALLS.dma(dev_id, iova, length, perm, pasid), on_fault=on_fault)
@@ -377,5 +387,11 @@ class SyncClient:
     answer_all = sync_procedure(Procedures.answer_all)
 
 
-__all__ = ["UNPLUG_REPLY_SLACK_S", "FaultHandler", "SyncClient", "SyncPendingCall", "sync_op",
-           "sync_procedure"]
+__all__ = [
+    "UNPLUG_REPLY_SLACK_S",
+    "FaultHandler",
+    "SyncClient",
+    "SyncPendingCall",
+    "sync_op",
+    "sync_procedure",
+]

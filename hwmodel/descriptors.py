@@ -57,8 +57,13 @@ def _b(name: str, word: int, bit: int) -> _Field:
 class _Layout:
     """Encoder/decoder for one descriptor type, built once per class."""
 
-    def __init__(self, cls_name: str, type_value: int, type_segs: tuple[_Seg, ...],
-                 fields: tuple[_Field, ...]) -> None:
+    def __init__(
+        self,
+        cls_name: str,
+        type_value: int,
+        type_segs: tuple[_Seg, ...],
+        fields: tuple[_Field, ...],
+    ) -> None:
         self.cls_name = cls_name
         self.type_value = type_value
         self.type_segs = type_segs
@@ -80,9 +85,16 @@ class _Layout:
         )
         # (name, limit, shift, low-bits mask, segments with masks, is_bool), computed once
         self._plan = tuple(
-            (f.name, 1 << (f.width + f.shift), f.shift, (1 << f.shift) - 1,
-             tuple((w, lo, (1 << width) - 1, width) for w, lo, width in f.segs), f.is_bool)
-            for f in fields)
+            (
+                f.name,
+                1 << (f.width + f.shift),
+                f.shift,
+                (1 << f.shift) - 1,
+                tuple((w, lo, (1 << width) - 1, width) for w, lo, width in f.segs),
+                f.is_bool,
+            )
+            for f in fields
+        )
 
     def encode(self, obj: object) -> bytes:
         words = list(self.type_words)
@@ -188,8 +200,15 @@ class PageRequestDescriptor(_Descriptor):
         priv = self.priv_data
         if not 0 <= priv < 1 << 128:
             raise ValueError("PageRequestDescriptor.priv_data does not fit in 128 bits")
-        qw0 = (0x01 | self.pasid_present << 8 | self.priv_data_present << 9 | sid << 16
-               | pasid << 32 | self.exe_req << 52 | self.pm_req << 53)
+        qw0 = (
+            0x01
+            | self.pasid_present << 8
+            | self.priv_data_present << 9
+            | sid << 16
+            | pasid << 32
+            | self.exe_req << 52
+            | self.pm_req << 53
+        )
         qw1 = self.rd_req | self.wr_req << 1 | self.lpig << 2 | prgi << 3 | addr
         return _QWORDS.pack(qw0, qw1, priv & 0xFFFF_FFFF_FFFF_FFFF, priv >> 64)
 
@@ -202,19 +221,19 @@ class PageRequestDescriptor(_Descriptor):
             raise ValueError(f"not a page request descriptor (type {qw0 & 0xFF:#x})")
         if qw0 & 0xFFC0_0000_0000_FC00:
             raise ValueError(f"page request descriptor: reserved bits set in qw0 ({qw0:#x})")
-        return cls(                                   # positional: the hot path
-            (qw0 >> 16) & 0xFFFF,                     # sid
-            qw0 & 0x100 != 0,                         # pasid_present
-            (qw0 >> 32) & 0xFFFFF,                    # pasid
-            qw0 >> 52 & 1 != 0,                       # exe_req
-            qw0 >> 53 & 1 != 0,                       # pm_req
-            qw1 & 1 != 0,                             # rd_req
-            qw1 & 2 != 0,                             # wr_req
-            qw1 & 4 != 0,                             # lpig
-            (qw1 >> 3) & 0x1FF,                       # prg_index
-            qw1 & 0xFFFF_FFFF_FFFF_F000,              # addr
-            qw0 & 0x200 != 0,                         # priv_data_present
-            qw2 | qw3 << 64,                          # priv_data
+        return cls(  # positional: the hot path
+            (qw0 >> 16) & 0xFFFF,  # sid
+            qw0 & 0x100 != 0,  # pasid_present
+            (qw0 >> 32) & 0xFFFFF,  # pasid
+            qw0 >> 52 & 1 != 0,  # exe_req
+            qw0 >> 53 & 1 != 0,  # pm_req
+            qw1 & 1 != 0,  # rd_req
+            qw1 & 2 != 0,  # wr_req
+            qw1 & 4 != 0,  # lpig
+            (qw1 >> 3) & 0x1FF,  # prg_index
+            qw1 & 0xFFFF_FFFF_FFFF_F000,  # addr
+            qw0 & 0x200 != 0,  # priv_data_present
+            qw2 | qw3 << 64,  # priv_data
         )
 
 
@@ -233,9 +252,16 @@ class ContextCacheInvDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x1
     NAME: ClassVar[str] = "context_cache"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "ContextCacheInvDescriptor", 0x1, _IQ_TYPE_SEGS,
-        (_f("granularity", 0, 4, 2), _f("did", 0, 16, 16), _f("sid", 0, 32, 16),
-         _f("fm", 0, 48, 2)))
+        "ContextCacheInvDescriptor",
+        0x1,
+        _IQ_TYPE_SEGS,
+        (
+            _f("granularity", 0, 4, 2),
+            _f("did", 0, 16, 16),
+            _f("sid", 0, 32, 16),
+            _f("fm", 0, 48, 2),
+        ),
+    )
 
     @classmethod
     def decode(cls, b: bytes) -> ContextCacheInvDescriptor:
@@ -257,9 +283,19 @@ class IotlbInvDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x2
     NAME: ClassVar[str] = "iotlb"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "IotlbInvDescriptor", 0x2, _IQ_TYPE_SEGS,
-        (_f("granularity", 0, 4, 2), _b("dw", 0, 6), _b("dr", 0, 7), _f("did", 0, 16, 16),
-         _f("am", 1, 0, 6), _b("ih", 1, 6), _f("addr", 1, 12, 52, shift=PAGE_SHIFT)))
+        "IotlbInvDescriptor",
+        0x2,
+        _IQ_TYPE_SEGS,
+        (
+            _f("granularity", 0, 4, 2),
+            _b("dw", 0, 6),
+            _b("dr", 0, 7),
+            _f("did", 0, 16, 16),
+            _f("am", 1, 0, 6),
+            _b("ih", 1, 6),
+            _f("addr", 1, 12, 52, shift=PAGE_SHIFT),
+        ),
+    )
 
     @classmethod
     def decode(cls, b: bytes) -> IotlbInvDescriptor:
@@ -283,9 +319,17 @@ class DevTlbInvDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x3
     NAME: ClassVar[str] = "dev_tlb"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "DevTlbInvDescriptor", 0x3, _IQ_TYPE_SEGS,
-        (_Field("pfsid", ((0, 12, 4), (0, 52, 12))), _f("qdep", 0, 16, 5),
-         _f("sid", 0, 32, 16), _b("s", 1, 0), _f("addr", 1, 12, 52, shift=PAGE_SHIFT)))
+        "DevTlbInvDescriptor",
+        0x3,
+        _IQ_TYPE_SEGS,
+        (
+            _Field("pfsid", ((0, 12, 4), (0, 52, 12))),
+            _f("qdep", 0, 16, 5),
+            _f("sid", 0, 32, 16),
+            _b("s", 1, 0),
+            _f("addr", 1, 12, 52, shift=PAGE_SHIFT),
+        ),
+    )
 
     @classmethod
     def decode(cls, b: bytes) -> DevTlbInvDescriptor:
@@ -306,17 +350,25 @@ class InvWaitDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x5
     NAME: ClassVar[str] = "wait"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "InvWaitDescriptor", 0x5, _IQ_TYPE_SEGS,
-        (_b("if_flag", 0, 4), _b("sw", 0, 5), _b("fn", 0, 6), _b("pd", 0, 7),
-         _f("status_data", 0, 32, 32), _f("status_addr", 1, 2, 62, shift=2)))
+        "InvWaitDescriptor",
+        0x5,
+        _IQ_TYPE_SEGS,
+        (
+            _b("if_flag", 0, 4),
+            _b("sw", 0, 5),
+            _b("fn", 0, 6),
+            _b("pd", 0, 7),
+            _f("status_data", 0, 32, 32),
+            _f("status_addr", 1, 2, 62, shift=2),
+        ),
+    )
 
     def encode(self) -> bytes:
         # Hand-written: every submission ends with a wait.
         data, addr = self.status_data, self.status_addr
         if not (0 <= data < 1 << 32 and 0 <= addr < 1 << 64) or addr & 3:
             raise ValueError(f"InvWaitDescriptor status data/address out of range: {self!r}")
-        qw0 = (0x5 | self.if_flag << 4 | self.sw << 5 | self.fn << 6 | self.pd << 7
-               | data << 32)
+        qw0 = 0x5 | self.if_flag << 4 | self.sw << 5 | self.fn << 6 | self.pd << 7 | data << 32
         return _QWORDS.pack(qw0, addr, 0, 0)
 
     @classmethod
@@ -338,9 +390,18 @@ class PasidIotlbInvDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x6
     NAME: ClassVar[str] = "pasid_iotlb"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "PasidIotlbInvDescriptor", 0x6, _IQ_TYPE_SEGS,
-        (_f("granularity", 0, 4, 2), _f("did", 0, 16, 16), _f("pasid", 0, 32, 20),
-         _f("am", 1, 0, 6), _b("ih", 1, 6), _f("addr", 1, 12, 52, shift=PAGE_SHIFT)))
+        "PasidIotlbInvDescriptor",
+        0x6,
+        _IQ_TYPE_SEGS,
+        (
+            _f("granularity", 0, 4, 2),
+            _f("did", 0, 16, 16),
+            _f("pasid", 0, 32, 20),
+            _f("am", 1, 0, 6),
+            _b("ih", 1, 6),
+            _f("addr", 1, 12, 52, shift=PAGE_SHIFT),
+        ),
+    )
 
     @classmethod
     def decode(cls, b: bytes) -> PasidIotlbInvDescriptor:
@@ -358,8 +419,11 @@ class PasidCacheInvDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x7
     NAME: ClassVar[str] = "pasid_cache"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "PasidCacheInvDescriptor", 0x7, _IQ_TYPE_SEGS,
-        (_f("granularity", 0, 4, 2), _f("did", 0, 16, 16), _f("pasid", 0, 32, 20)))
+        "PasidCacheInvDescriptor",
+        0x7,
+        _IQ_TYPE_SEGS,
+        (_f("granularity", 0, 4, 2), _f("did", 0, 16, 16), _f("pasid", 0, 32, 20)),
+    )
 
     @classmethod
     def decode(cls, b: bytes) -> PasidCacheInvDescriptor:
@@ -385,10 +449,19 @@ class PasidDevTlbInvDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x8
     NAME: ClassVar[str] = "pasid_dev_tlb"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "PasidDevTlbInvDescriptor", 0x8, _IQ_TYPE_SEGS,
-        (_f("qdep", 0, 4, 5), _Field("pfsid", ((0, 12, 4), (0, 52, 12))),
-         _f("sid", 0, 16, 16), _f("pasid", 0, 32, 20), _b("g", 1, 0), _b("s", 1, 11),
-         _f("addr", 1, 12, 52, shift=PAGE_SHIFT)))
+        "PasidDevTlbInvDescriptor",
+        0x8,
+        _IQ_TYPE_SEGS,
+        (
+            _f("qdep", 0, 4, 5),
+            _Field("pfsid", ((0, 12, 4), (0, 52, 12))),
+            _f("sid", 0, 16, 16),
+            _f("pasid", 0, 32, 20),
+            _b("g", 1, 0),
+            _b("s", 1, 11),
+            _f("addr", 1, 12, 52, shift=PAGE_SHIFT),
+        ),
+    )
 
     @classmethod
     def decode(cls, b: bytes) -> PasidDevTlbInvDescriptor:
@@ -409,14 +482,24 @@ class PageGroupResponseDescriptor(_Descriptor):
     TYPE: ClassVar[int] = 0x9
     NAME: ClassVar[str] = "page_group_response"
     _LAYOUT: ClassVar[_Layout] = _Layout(
-        "PageGroupResponseDescriptor", 0x9, _IQ_TYPE_SEGS,
-        (_b("pasid_present", 0, 4), _f("response_code", 0, 12, 4), _f("sid", 0, 16, 16),
-         _f("pasid", 0, 32, 20), _b("lpig", 1, 2), _f("prg_index", 1, 3, 9)))
+        "PageGroupResponseDescriptor",
+        0x9,
+        _IQ_TYPE_SEGS,
+        (
+            _b("pasid_present", 0, 4),
+            _f("response_code", 0, 12, 4),
+            _f("sid", 0, 16, 16),
+            _f("pasid", 0, 32, 20),
+            _b("lpig", 1, 2),
+            _f("prg_index", 1, 3, 9),
+        ),
+    )
 
     def encode(self) -> bytes:
         # Hand-written: one of these goes out for every group answered.
-        return encode_page_group_response(self.sid, self.pasid_present, self.pasid,
-                                          self.response_code, self.prg_index, self.lpig)
+        return encode_page_group_response(
+            self.sid, self.pasid_present, self.pasid, self.response_code, self.prg_index, self.lpig
+        )
 
     @classmethod
     def decode(cls, b: bytes) -> PageGroupResponseDescriptor:
@@ -424,15 +507,25 @@ class PageGroupResponseDescriptor(_Descriptor):
 
 
 def encode_page_group_response(  # noqa: PLR0917 - the descriptor's fields
-    sid: int, pasid_present: bool, pasid: int, response_code: int, prg_index: int,
+    sid: int,
+    pasid_present: bool,
+    pasid: int,
+    response_code: int,
+    prg_index: int,
     lpig: bool = True,
 ) -> bytes:
     """The 32-byte image of a page group response (vtd-hw.md 3.1), without building a
     descriptor object; the same bits :class:`PageGroupResponseDescriptor` encodes."""
-    if not (0 <= sid <= 0xFFFF and 0 <= pasid < 1 << 20 and 0 <= response_code <= 0xF
-            and 0 <= prg_index < 1 << 9):
-        raise ValueError(f"page group response field out of range: sid={sid:#x} "
-                         f"pasid={pasid:#x} rc={response_code:#x} prgi={prg_index:#x}")
+    if not (
+        0 <= sid <= 0xFFFF
+        and 0 <= pasid < 1 << 20
+        and 0 <= response_code <= 0xF
+        and 0 <= prg_index < 1 << 9
+    ):
+        raise ValueError(
+            f"page group response field out of range: sid={sid:#x} "
+            f"pasid={pasid:#x} rc={response_code:#x} prgi={prg_index:#x}"
+        )
     qw0 = 0x9 | pasid_present << 4 | response_code << 12 | sid << 16 | pasid << 32
     return _QWORDS.pack(qw0, lpig << 2 | prg_index << 3, 0, 0)
 
@@ -450,9 +543,16 @@ InvDescriptor = (
 
 INV_DESCRIPTOR_TYPES: dict[int, type[InvDescriptor]] = {
     c.TYPE: c
-    for c in (ContextCacheInvDescriptor, IotlbInvDescriptor, DevTlbInvDescriptor,
-              InvWaitDescriptor, PasidIotlbInvDescriptor, PasidCacheInvDescriptor,
-              PasidDevTlbInvDescriptor, PageGroupResponseDescriptor)
+    for c in (
+        ContextCacheInvDescriptor,
+        IotlbInvDescriptor,
+        DevTlbInvDescriptor,
+        InvWaitDescriptor,
+        PasidIotlbInvDescriptor,
+        PasidCacheInvDescriptor,
+        PasidDevTlbInvDescriptor,
+        PageGroupResponseDescriptor,
+    )
 }
 
 

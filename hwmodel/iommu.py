@@ -22,8 +22,8 @@ from hwmodel.prq import PageRequestQueue
 from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, Perm
 from hwmodel.topology import IommuSpec
 
-PRS_PPR = 1   # PRS_REG bit 0: pending page request
-PRS_PRO = 2   # PRS_REG bit 1: page request overflow
+PRS_PPR = 1  # PRS_REG bit 0: pending page request
+PRS_PRO = 2  # PRS_REG bit 1: page request overflow
 PECTL_IM = 1 << 31
 PECTL_IP = 1 << 30
 
@@ -70,8 +70,8 @@ class Translation:
     ok: bool
     addr: int
     perm: Perm
-    table_fault: bool    # no present context/PASID entry (a remapping-table error)
-    reason: str = ""     # why not ok: "", "not_mapped", "permission", or a table-fault reason
+    table_fault: bool  # no present context/PASID entry (a remapping-table error)
+    reason: str = ""  # why not ok: "", "not_mapped", "permission", or a table-fault reason
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,7 @@ class Endpoint(Protocol):
 
     def receive_prg_response(self, prgi: int, rc: int) -> None: ...
 
-    def invalidate_atc(self, pasid: int | None, start: int, size: int,
-                       all_pasids: bool) -> int: ...
+    def invalidate_atc(self, pasid: int | None, start: int, size: int, all_pasids: bool) -> int: ...
 
 
 # Fault reasons for remapping-table errors (SPEC Table 30 codes where vtd-hw.md gives them).
@@ -107,13 +106,14 @@ _FR_RID_PASID = ("pasid_is_rid_pasid", 0x48)
 _FR_PASID_ENTRY = ("pasid_entry_not_present", 0x59)
 _FR_BAD_ENTRY = ("pasid_entry_invalid", 0x5A)
 
-_IotlbKey = tuple[int | None, int]        # (PASID tag or None for DID-only, page)
-_IotlbVal = tuple[int, Perm, Pgtt]        # (target page, perm, pgtt)
+_IotlbKey = tuple[int | None, int]  # (PASID tag or None for DID-only, page)
+_IotlbVal = tuple[int, Perm, Pgtt]  # (target page, perm, pgtt)
 
 
 class IommuUnit:
-    def __init__(self, spec: IommuSpec, *, iotlb_entries: int = 4096,
-                 fault_log_entries: int = 256) -> None:
+    def __init__(
+        self, spec: IommuSpec, *, iotlb_entries: int = 4096, fault_log_entries: int = 256
+    ) -> None:
         self.name = spec.name
         self.spec = spec
         self.counters: Counter[str] = Counter()
@@ -136,7 +136,7 @@ class IommuUnit:
         self._iotlb_size = 0
         self._nested_dids: set[int] = set()
         self._prs = 0
-        self._pectl_im = False   # the driver unmasks the PRQ event when it enables the PRQ
+        self._pectl_im = False  # the driver unmasks the PRQ event when it enables the PRQ
         self._pectl_ip = False
 
     def __repr__(self) -> str:
@@ -168,8 +168,9 @@ class IommuUnit:
         if e is not None:
             e.present = False
 
-    def _entry_for(self, sid: int, pasid: int | None,
-                   page_request: bool) -> tuple[PasidEntry | None, tuple[str, int] | None]:
+    def _entry_for(
+        self, sid: int, pasid: int | None, page_request: bool
+    ) -> tuple[PasidEntry | None, tuple[str, int] | None]:
         ctx = self._contexts.get(sid)
         if ctx is None or not ctx.present:
             return None, _FR_CONTEXT
@@ -186,7 +187,8 @@ class IommuUnit:
         if e.pgtt == Pgtt.NESTED and (not self.spec.nest or e.s1 is None or e.s2 is None):
             return None, _FR_BAD_ENTRY
         if (e.pgtt == Pgtt.FIRST_STAGE and e.s1 is None) or (
-                e.pgtt == Pgtt.SECOND_STAGE and e.s2 is None):
+            e.pgtt == Pgtt.SECOND_STAGE and e.s2 is None
+        ):
             return None, _FR_BAD_ENTRY
         return e, None
 
@@ -202,8 +204,11 @@ class IommuUnit:
             return Translation(False, 0, _NO_PERM, True, fault[0])
         page = iova >> PAGE_SHIFT
         pgtt = e.pgtt
-        tag = None if pgtt in (Pgtt.SECOND_STAGE, Pgtt.PASS_THROUGH) else (
-            RID_PASID if pasid is None else pasid)
+        tag = (
+            None
+            if pgtt in (Pgtt.SECOND_STAGE, Pgtt.PASS_THROUGH)
+            else (RID_PASID if pasid is None else pasid)
+        )
         bucket = self._iotlb.get(e.did)
         hit = bucket.get((tag, page)) if bucket is not None else None
         access = int(perm)
@@ -296,19 +301,24 @@ class IommuUnit:
                 keys += [k for k, v in bucket.items() if v[2] == Pgtt.NESTED]
         else:
             end = first + npages
-            keys = [k for k, v in bucket.items()
-                    if (k[0] is None and first <= k[1] < end) or v[2] == Pgtt.NESTED]
+            keys = [
+                k
+                for k, v in bucket.items()
+                if (k[0] is None and first <= k[1] < end) or v[2] == Pgtt.NESTED
+            ]
         return self._drop(bucket, keys)
 
-    def inv_iotlb_pasid(self, did: int, pasid: int, first: int | None = None,
-                        npages: int = 0) -> int:
+    def inv_iotlb_pasid(
+        self, did: int, pasid: int, first: int | None = None, npages: int = 0
+    ) -> int:
         """PASID-based IOTLB (type 6): entries tagged (DID, PASID), in range or all."""
         bucket = self._iotlb.get(did)
         if not bucket:
             return 0
         if first is not None and npages <= len(bucket):
-            keys: list[_IotlbKey] = [(pasid, p) for p in range(first, first + npages)
-                                     if (pasid, p) in bucket]
+            keys: list[_IotlbKey] = [
+                (pasid, p) for p in range(first, first + npages) if (pasid, p) in bucket
+            ]
         else:
             lo, hi = (0, 1 << 64) if first is None else (first, first + npages)
             keys = [k for k in bucket if k[0] == pasid and lo <= k[1] < hi]
@@ -321,7 +331,7 @@ class IommuUnit:
     def write_prs_w1c(self, bits: int) -> None:
         self._prs &= ~bits & (PRS_PPR | PRS_PRO)
         if self._pectl_ip and not self._prs:
-            self._pectl_ip = False   # SPEC 7.5: clearing PPR and PRO clears a pending IP
+            self._pectl_ip = False  # SPEC 7.5: clearing PPR and PRO clears a pending IP
 
     def read_pectl(self) -> int:
         return (PECTL_IM if self._pectl_im else 0) | (PECTL_IP if self._pectl_ip else 0)
@@ -335,7 +345,7 @@ class IommuUnit:
         before = self._prs
         self._prs |= bit
         if before:
-            return           # PPR or PRO already set: no new event (SPEC 7.5)
+            return  # PPR or PRO already set: no new event (SPEC 7.5)
         self._pectl_ip = True
         if not self._pectl_im:
             self._fire_prq_event()
@@ -351,7 +361,7 @@ class IommuUnit:
         c = self.counters
         c["page_requests_received"] += 1
         pasid = desc.pasid if desc.pasid_present else None
-        needs_response = desc.lpig and (desc.rd_req or desc.wr_req)   # not a stop marker
+        needs_response = desc.lpig and (desc.rd_req or desc.wr_req)  # not a stop marker
         e, fault = self._entry_for(desc.sid, pasid, page_request=True)
         if e is None:
             assert fault is not None
@@ -361,12 +371,12 @@ class IommuUnit:
                 self._auto_respond(desc, RESP_INVALID)
             return
         if self._prs & PRS_PRO:
-            c["prq_dropped"] += 1     # overflow already flagged: no action, no event
+            c["prq_dropped"] += 1  # overflow already flagged: no action, no event
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
         prq = self.prq
-        if (prq._tail + 32) % prq.size_bytes == prq._head:     # full: N-1 slots used
+        if (prq._tail + 32) % prq.size_bytes == prq._head:  # full: N-1 slots used
             c["prq_overflows"] += 1
             self._set_prs(PRS_PRO)
             if needs_response:
@@ -391,9 +401,13 @@ class IommuUnit:
 
     def _auto_respond(self, desc: PageRequestDescriptor, code: int) -> None:
         resp = PageGroupResponseDescriptor(
-            sid=desc.sid, pasid_present=desc.pasid_present,
+            sid=desc.sid,
+            pasid_present=desc.pasid_present,
             pasid=desc.pasid if desc.pasid_present else 0,
-            response_code=code, prg_index=desc.prg_index, lpig=True)
+            response_code=code,
+            prg_index=desc.prg_index,
+            lpig=True,
+        )
         c = self.counters
         c["hw_auto_responses"] += 1
         c["hw_auto_responses_success" if code == RESP_SUCCESS else "hw_auto_responses_invalid"] += 1

@@ -82,33 +82,35 @@ class InvalidationQueue:
         self.entries = entries
         self.size_bytes = entries * DESC_SIZE
         self.ring = bytearray(self.size_bytes)
-        self.head = 0      # IQH, byte offset; hardware advances it
-        self.tail = 0      # IQT, byte offset; software writes it
-        self.iqe = False   # FSTS.IQE
-        self.iqei = 0      # IQER.IQEI
-        self.iwc = False   # ICS.IWC (a wait with IF=1 completed)
-        self.status_memory: dict[int, int] = {}   # status writes of wait descriptors (addr -> data)
+        self.head = 0  # IQH, byte offset; hardware advances it
+        self.tail = 0  # IQT, byte offset; software writes it
+        self.iqe = False  # FSTS.IQE
+        self.iqei = 0  # IQER.IQEI
+        self.iwc = False  # ICS.IWC (a wait with IF=1 completed)
+        self.status_memory: dict[int, int] = {}  # status writes of wait descriptors (addr -> data)
         self.counters: Counter[str] = unit.counters
 
     # ------------------------------------------------------------------ software side
     def submit(self, descs: Sequence[InvDescriptor]) -> None:
         """Write ``descs`` into the ring, ring the tail, let hardware execute them in order."""
         if self.iqe:
-            raise InvalidDescriptorError(self.unit.name, self.head,
-                                         "queue halted: FSTS.IQE still set (call clear_iqe)")
+            raise InvalidDescriptorError(
+                self.unit.name, self.head, "queue halted: FSTS.IQE still set (call clear_iqe)"
+            )
         self.submit_images([d.encode() for d in descs])  # out of range: a software bug
 
     def submit_images(self, images: Sequence[bytes]) -> None:
         """``submit`` for descriptors already encoded (32 bytes each): what a driver
         that formats descriptors in place writes into the ring."""
         if self.iqe:
-            raise InvalidDescriptorError(self.unit.name, self.head,
-                                         "queue halted: FSTS.IQE still set (call clear_iqe)")
+            raise InvalidDescriptorError(
+                self.unit.name, self.head, "queue halted: FSTS.IQE still set (call clear_iqe)"
+            )
         for raw in images:
             if (self.tail + DESC_SIZE) % self.size_bytes == self.head:
-                self._execute_pending()   # ring full: wait for hardware to make room
+                self._execute_pending()  # ring full: wait for hardware to make room
             t = self.tail
-            self.ring[t:t + DESC_SIZE] = raw
+            self.ring[t : t + DESC_SIZE] = raw
             self.tail = (t + DESC_SIZE) % self.size_bytes
         self._execute_pending()
 
@@ -118,7 +120,7 @@ class InvalidationQueue:
         if not self.iqe:
             return
         h = self.head
-        self.ring[h:h + DESC_SIZE] = InvWaitDescriptor(sw=False).encode()
+        self.ring[h : h + DESC_SIZE] = InvWaitDescriptor(sw=False).encode()
         self.iqe = False
         self.iqei = 0
         if resume:
@@ -147,20 +149,21 @@ class InvalidationQueue:
                     self.counters["iq_descriptors_page_group_response"] += 1
                     unit = self.unit
                     if unit.response_tap is not None:
-                        unit.response_tap(PageGroupResponseDescriptor.decode(
-                            bytes(ring[h:h + DESC_SIZE])))
-                    unit.send_prg_response((qw0 >> 16) & 0xFFFF, (qw1 >> 3) & 0x1FF,
-                                           (qw0 >> 12) & 0xF)
+                        unit.response_tap(
+                            PageGroupResponseDescriptor.decode(bytes(ring[h : h + DESC_SIZE]))
+                        )
+                    unit.send_prg_response(
+                        (qw0 >> 16) & 0xFFFF, (qw1 >> 3) & 0x1FF, (qw0 >> 12) & 0xF
+                    )
                     self.head = (h + DESC_SIZE) % size
                     continue
             elif t == _TYPE_WAIT and not qw0 & 0x80:
                 r = _WAIT_RESERVED
                 if not (qw0 & r[0] | qw1 & r[1] | qw2 | qw3):
-                    self._wait_fields(False, qw0 & 0x20 != 0, qw0 >> 32, qw1,
-                                      qw0 & 0x10 != 0)
+                    self._wait_fields(False, qw0 & 0x20 != 0, qw0 >> 32, qw1, qw0 & 0x10 != 0)
                     self.head = (h + DESC_SIZE) % size
                     continue
-            raw = bytes(ring[h:h + DESC_SIZE])
+            raw = bytes(ring[h : h + DESC_SIZE])
             try:
                 desc = decode_inv_descriptor(raw)
                 self._execute(desc)
@@ -225,23 +228,26 @@ class InvalidationQueue:
         else:  # pragma: no cover - decode_inv_descriptor only returns the types above
             raise _Invalid(f"unsupported descriptor {d!r}")
 
-    def _dev_tlb(self, sid: int, pasid: int | None, start: int, size: int,
-                 all_pasids: bool) -> None:
+    def _dev_tlb(
+        self, sid: int, pasid: int | None, start: int, size: int, all_pasids: bool
+    ) -> None:
         ep = self.unit.endpoints.get(sid)
         if ep is None or not ep.present:
             # A real unit would time out (ITE); the model ignores it and counts it.
             self.counters["dev_tlb_inv_to_absent"] += 1
             return
-        self.counters["atc_entries_invalidated"] += ep.invalidate_atc(pasid, start, size,
-                                                                      all_pasids)
+        self.counters["atc_entries_invalidated"] += ep.invalidate_atc(
+            pasid, start, size, all_pasids
+        )
 
     def _wait(self, d: InvWaitDescriptor) -> None:
         if d.pd and not self.unit.spec.pds:
             raise _Invalid("wait descriptor with PD=1 on a unit without ECAP.PDS")
         self._wait_fields(d.pd, d.sw, d.status_data, d.status_addr, d.if_flag)
 
-    def _wait_fields(self, pd: bool, sw: bool, status_data: int, status_addr: int,
-                     if_flag: bool) -> None:
+    def _wait_fields(
+        self, pd: bool, sw: bool, status_data: int, status_addr: int, if_flag: bool
+    ) -> None:
         unit = self.unit
         c = self.counters
         c["iq_descriptors_wait"] += 1

@@ -20,9 +20,15 @@ from hwmodel.topology import TopologySpec
 
 
 class Machine:
-    def __init__(self, spec: TopologySpec, *, max_retries: int = 8,
-                 retry_backoff_ns: int = 20_000, retry_backoff_max_ns: int = 5_000_000,
-                 prg_max_pages: int = 4) -> None:
+    def __init__(
+        self,
+        spec: TopologySpec,
+        *,
+        max_retries: int = 8,
+        retry_backoff_ns: int = 20_000,
+        retry_backoff_max_ns: int = 5_000_000,
+        prg_max_pages: int = 4,
+    ) -> None:
         if max_retries < 0 or retry_backoff_ns < 0 or retry_backoff_max_ns < 0:
             raise ValueError("retry parameters must be >= 0")
         if not 1 <= prg_max_pages <= 512:
@@ -47,11 +53,12 @@ class Machine:
             fn = PciFunction(f, unit, self, pf)
             by_rid[f.rid] = fn
             unit.endpoints[f.rid.sid] = fn
-        for f in spec.functions:   # keep the topology's order
+        for f in spec.functions:  # keep the topology's order
             self.functions[str(f.rid)] = by_rid[f.rid]
-        self._by_rid = by_rid      # Rid -> function: no string formatting per DMA
+        self._by_rid = by_rid  # Rid -> function: no string formatting per DMA
         self._links: dict[str, deque[tuple[PciFunction, PageRequestDescriptor]]] = {
-            name: deque() for name in self.iommus}
+            name: deque() for name in self.iommus
+        }
         self._posted = 0
         self._heap: list[tuple[int, int, int, DmaTransfer]] = []
         self._seq = 0
@@ -93,8 +100,14 @@ class Machine:
 
     # ------------------------------------------------------------------ DMA
     def start_dma(  # noqa: PLR0917 - the signature is the documented public API
-        self, rid: Rid, pasid: int | None, iova: int, length: int, perm: Perm,
-        now: int, tag: object = None,
+        self,
+        rid: Rid,
+        pasid: int | None,
+        iova: int,
+        length: int,
+        perm: Perm,
+        now: int,
+        tag: object = None,
     ) -> DmaTransfer:
         """Start a DMA of ``length`` bytes at ``iova``; it runs at once as far as it can.
 
@@ -113,8 +126,9 @@ class Machine:
                 raise ValueError(f"{fn.rid}: PASID capability not enabled")
             if not 0 <= pasid < 1 << fn.spec.pasid_bits:
                 raise ValueError(f"{fn.rid}: PASID {pasid:#x} exceeds {fn.spec.pasid_bits} bits")
-        t = DmaTransfer(self._next_id, fn.rid, pasid, iova, length, perm, tag=tag,
-                        started_ns=self.now)
+        t = DmaTransfer(
+            self._next_id, fn.rid, pasid, iova, length, perm, tag=tag, started_ns=self.now
+        )
         t._next = iova
         self._next_id += 1
         self._counters["dma_pages"] += page_count(iova, length)
@@ -196,7 +210,7 @@ class Machine:
             self._posted -= 1
             n += 1
             if not fn.present:
-                self._counters["page_requests_lost"] += 1   # the function left the fabric
+                self._counters["page_requests_lost"] += 1  # the function left the fabric
                 continue
             unit.receive_page_request(desc)
         return n

@@ -23,7 +23,7 @@ from hwmodel.iommu import IommuUnit, Translation
 from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Perm, Rid
 from hwmodel.topology import FunctionSpec
 
-PRGI_COUNT = 512   # 9-bit page request group index
+PRGI_COUNT = 512  # 9-bit page request group index
 
 # PRI Status register bits (vtd-hw.md 3.3)
 PRI_STATUS_RF = 1 << 0
@@ -85,16 +85,16 @@ class DmaTransfer:
     length: int
     perm: Perm
     tag: object = None
-    status: DmaStatus | None = None   # None while running
-    faults: int = 0                   # page requests this transfer issued
-    bytes: int = 0                    # bytes successfully accessed
-    retries: int = 0                  # retries after a Success response
+    status: DmaStatus | None = None  # None while running
+    faults: int = 0  # page requests this transfer issued
+    bytes: int = 0  # bytes successfully accessed
+    retries: int = 0  # retries after a Success response
     started_ns: int = 0
     finished_ns: int | None = None
     # engine state
     _next: int = field(default=0, repr=False)
     _state: _State = field(default=_State.RUNNING, repr=False)
-    _successes: int = field(default=0, repr=False)   # Success answers for the current page
+    _successes: int = field(default=0, repr=False)  # Success answers for the current page
     _group: PageRequestGroup | None = field(default=None, repr=False)
     _due: int = field(default=0, repr=False)
     _gen: int = field(default=0, repr=False)
@@ -107,8 +107,11 @@ class DmaTransfer:
     @property
     def waiting(self) -> str:
         """What the transfer waits for: "response", "credits", "retry", "" (running/done)."""
-        return {_State.WAIT_RESPONSE: "response", _State.WAIT_CREDITS: "credits",
-                _State.DUE: "retry"}.get(self._state, "")
+        return {
+            _State.WAIT_RESPONSE: "response",
+            _State.WAIT_CREDITS: "credits",
+            _State.DUE: "retry",
+        }.get(self._state, "")
 
 
 class Fabric(Protocol):
@@ -131,19 +134,21 @@ class PriCapability:
     def __init__(self, capacity: int, *, supported: bool, pasid_required: bool) -> None:
         self.supported = supported
         self.enabled = False
-        self.reset = False            # the Reset control bit reads back 0 (self-clearing)
+        self.reset = False  # the Reset control bit reads back 0 (self-clearing)
         self.response_failure = False
         self.unexpected_prgi = False
         self.capacity = capacity
         self.allocation = 0
         self.outstanding = 0
         self.pasid_required = pasid_required
-        self.functions: list[PciFunction] = []   # the PF first, then its VFs
+        self.functions: list[PciFunction] = []  # the PF first, then its VFs
         self.credit_waiters: deque[DmaTransfer] = deque()
 
     def __repr__(self) -> str:
-        return (f"<PriCapability enabled={self.enabled} rf={self.response_failure} "
-                f"uprgi={self.unexpected_prgi} outstanding={self.outstanding}/{self.allocation}>")
+        return (
+            f"<PriCapability enabled={self.enabled} rf={self.response_failure} "
+            f"uprgi={self.unexpected_prgi} outstanding={self.outstanding}/{self.allocation}>"
+        )
 
     @property
     def stopped(self) -> bool:
@@ -164,10 +169,12 @@ class PriCapability:
 
     @property
     def status(self) -> int:
-        return ((PRI_STATUS_RF if self.response_failure else 0)
-                | (PRI_STATUS_UPRGI if self.unexpected_prgi else 0)
-                | (PRI_STATUS_STOPPED if self.stopped else 0)
-                | (PRI_STATUS_PASID_REQUIRED if self.pasid_required else 0))
+        return (
+            (PRI_STATUS_RF if self.response_failure else 0)
+            | (PRI_STATUS_UPRGI if self.unexpected_prgi else 0)
+            | (PRI_STATUS_STOPPED if self.stopped else 0)
+            | (PRI_STATUS_PASID_REQUIRED if self.pasid_required else 0)
+        )
 
     def enable(self, reqs: int) -> None:
         """``pci_enable_pri``: EBUSY unless disabled and stopped; Allocation = min(cap, reqs)."""
@@ -213,8 +220,15 @@ class PriCapability:
 
 
 class PciFunction:
-    def __init__(self, spec: FunctionSpec, iommu: IommuUnit, fabric: Fabric,
-                 pf: PciFunction | None = None, *, atc_entries: int = 4096) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        iommu: IommuUnit,
+        fabric: Fabric,
+        pf: PciFunction | None = None,
+        *,
+        atc_entries: int = 4096,
+    ) -> None:
         self.rid = spec.rid
         self.sid = spec.rid.sid
         self.spec = spec
@@ -231,8 +245,9 @@ class PciFunction:
         self._fabric = fabric
         self._own_pri: PriCapability | None = None
         if pf is None:
-            self._own_pri = PriCapability(spec.pri_capacity if spec.pri else 0,
-                                          supported=spec.pri, pasid_required=spec.pasid)
+            self._own_pri = PriCapability(
+                spec.pri_capacity if spec.pri else 0, supported=spec.pri, pasid_required=spec.pasid
+            )
             self._own_pri.functions.append(self)
         else:
             pf.vfs.append(self)
@@ -240,7 +255,7 @@ class PciFunction:
         self._groups: dict[int, PageRequestGroup] = {}
         self._next_prgi = 0
         self._cancelled_prgis: set[int] = set()
-        self._injected: dict[int, int] = {}   # PRGIs of injected groups awaiting a response
+        self._injected: dict[int, int] = {}  # PRGIs of injected groups awaiting a response
         self._transfers: dict[int, DmaTransfer] = {}
 
     def __repr__(self) -> str:
@@ -381,21 +396,31 @@ class PciFunction:
         limit = min(fabric.prg_max_pages, credits, last_page - first + 1)
         n = 1
         # Group further consecutive pages of the transfer that miss too.
-        while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT,
-                                                t.perm).ok:
+        while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT, t.perm).ok:
             n += 1
         p = int(t.perm)
         pp = t.pasid is not None
-        rd = p & 5 != 0 or p & 2 == 0      # READ, or EXEC (needs read), or PRIV alone
+        rd = p & 5 != 0 or p & 2 == 0  # READ, or EXEC (needs read), or PRIV alone
         wr = p & 2 != 0
         ex = p & 4 != 0
         pm = p & 8 != 0
         pasid = t.pasid if t.pasid is not None else 0
         for i in range(n):
-            fabric.post(self, PageRequestDescriptor(
-                sid=self.sid, pasid_present=pp, pasid=pasid, exe_req=ex, pm_req=pm,
-                rd_req=rd, wr_req=wr, lpig=i == n - 1, prg_index=prgi,
-                addr=(first + i) << PAGE_SHIFT))
+            fabric.post(
+                self,
+                PageRequestDescriptor(
+                    sid=self.sid,
+                    pasid_present=pp,
+                    pasid=pasid,
+                    exe_req=ex,
+                    pm_req=pm,
+                    rd_req=rd,
+                    wr_req=wr,
+                    lpig=i == n - 1,
+                    prg_index=prgi,
+                    addr=(first + i) << PAGE_SHIFT,
+                ),
+            )
         g = PageRequestGroup(prgi, t.pasid, first, n, t, fabric.now)
         self._groups[prgi] = g
         self._cancelled_prgis.discard(prgi)
@@ -496,8 +521,11 @@ class PciFunction:
             t.retries += 1
             c["retries"] += 1
             k = t._successes
-            delay = 0 if k == 1 else min(fabric.retry_backoff_ns << (k - 2),
-                                         fabric.retry_backoff_max_ns)
+            delay = (
+                0
+                if k == 1
+                else min(fabric.retry_backoff_ns << (k - 2), fabric.retry_backoff_max_ns)
+            )
             fabric.schedule(t, fabric.now + delay)
         elif rc == RESP_INVALID:
             c["page_responses_invalid"] += 1
@@ -568,5 +596,12 @@ def page_count(iova: int, length: int) -> int:
     return ((iova + length - 1) >> PAGE_SHIFT) - (iova >> PAGE_SHIFT) + 1
 
 
-__all__ = ["PAGE_SIZE", "DmaStatus", "DmaTransfer", "PciError", "PciFunction",
-           "PriCapability", "PriError"]
+__all__ = [
+    "PAGE_SIZE",
+    "DmaStatus",
+    "DmaTransfer",
+    "PciError",
+    "PciFunction",
+    "PriCapability",
+    "PriError",
+]

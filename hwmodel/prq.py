@@ -71,7 +71,7 @@ class PageRequestQueue:
         """Decode the slot at byte ``offset`` (as software reads the ring memory)."""
         if offset % DESC_SIZE or not 0 <= offset < self.size_bytes:
             raise ValueError(f"offset {offset:#x} is not a 32-byte slot inside the ring")
-        return PageRequestDescriptor.decode(bytes(self.ring[offset:offset + DESC_SIZE]))
+        return PageRequestDescriptor.decode(bytes(self.ring[offset : offset + DESC_SIZE]))
 
     def pending_offsets(self) -> list[int]:
         """Byte offsets of the descriptors from head to tail, in order."""
@@ -85,7 +85,7 @@ class PageRequestQueue:
     def hw_write(self, raw: bytes) -> None:
         """Hardware side: store one descriptor at the tail and advance the tail."""
         t = self._tail
-        self.ring[t:t + DESC_SIZE] = raw
+        self.ring[t : t + DESC_SIZE] = raw
         self._tail = (t + DESC_SIZE) % self.size_bytes
 
     def reset(self) -> None:

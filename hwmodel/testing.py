@@ -64,19 +64,33 @@ class Bound:
 
     def drain_wait(self, status_addr: int = 0x1000) -> None:
         """Submit an invalidation wait with SW=1 and PD=1 (page-request drain)."""
-        self.fn.iommu.iq.submit([InvWaitDescriptor(sw=True, status_data=1,
-                                                   status_addr=status_addr, pd=True)])
+        self.fn.iommu.iq.submit(
+            [InvWaitDescriptor(sw=True, status_data=1, status_addr=status_addr, pd=True)]
+        )
 
 
-def response_for(req: PageRequestDescriptor,
-                 code: int = RESP_SUCCESS) -> PageGroupResponseDescriptor:
-    return PageGroupResponseDescriptor(sid=req.sid, pasid_present=req.pasid_present,
-                                       pasid=req.pasid if req.pasid_present else 0,
-                                       response_code=code, prg_index=req.prg_index)
+def response_for(
+    req: PageRequestDescriptor, code: int = RESP_SUCCESS
+) -> PageGroupResponseDescriptor:
+    return PageGroupResponseDescriptor(
+        sid=req.sid,
+        pasid_present=req.pasid_present,
+        pasid=req.pasid if req.pasid_present else 0,
+        response_code=code,
+        prg_index=req.prg_index,
+    )
 
 
-def bind(machine: Machine, rid: str, pasid: int | None = 5, *, did: int = 2,
-         pgtt: Pgtt = Pgtt.SECOND_STAGE, pri: bool = True, reqs: int = 2048) -> Bound:
+def bind(
+    machine: Machine,
+    rid: str,
+    pasid: int | None = 5,
+    *,
+    did: int = 2,
+    pgtt: Pgtt = Pgtt.SECOND_STAGE,
+    pri: bool = True,
+    reqs: int = 2048,
+) -> Bound:
     """Enable PASID, ATS and PRI (as the function supports) and install a PASID entry
     (``pasid=None``: the RID_PASID entry) with empty first- and second-stage tables."""
     fn = machine.function(rid)

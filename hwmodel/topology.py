@@ -26,10 +26,10 @@ class IommuSpec:
     segment: int = 0
     prq_order: int = 4
     iq_entries: int = 256
-    pds: bool = True       # ECAP.PDS: the wait descriptor's PD (page drain) bit is valid
-    nest: bool = True      # ECAP.NEST: nested translation
-    pasid_bits: int = 20   # ECAP.PSS + 1
-    prs: bool = True       # ECAP.PRS: page requests supported
+    pds: bool = True  # ECAP.PDS: the wait descriptor's PD (page drain) bit is valid
+    nest: bool = True  # ECAP.NEST: nested translation
+    pasid_bits: int = 20  # ECAP.PSS + 1
+    prs: bool = True  # ECAP.PRS: page requests supported
 
     @property
     def prq_entries(self) -> int:
@@ -108,32 +108,81 @@ def _validate(t: TopologySpec) -> None:
 
 def _vf(rid: str, pf: FunctionSpec, name: str) -> FunctionSpec:
     # A VF has no PRI capability of its own; pri/pri_capacity mirror the PF's shared one.
-    return FunctionSpec(Rid.parse(rid), pf.iommu, ats=pf.ats, pri=pf.pri,
-                        pri_capacity=pf.pri_capacity, pasid_bits=pf.pasid_bits,
-                        pf=pf.rid, name=name)
+    return FunctionSpec(
+        Rid.parse(rid),
+        pf.iommu,
+        ats=pf.ats,
+        pri=pf.pri,
+        pri_capacity=pf.pri_capacity,
+        pasid_bits=pf.pasid_bits,
+        pf=pf.rid,
+        name=name,
+    )
 
 
 def default_topology() -> TopologySpec:
     """The topology the daemon uses with no configuration (same as default_topology.toml)."""
     p = Rid.parse
-    nic = FunctionSpec(p("0000:3b:00.0"), "dmar0", ats=True, pri=True, pri_capacity=256,
-                       pasid_bits=20, name="sriov-nic-pf")
+    nic = FunctionSpec(
+        p("0000:3b:00.0"),
+        "dmar0",
+        ats=True,
+        pri=True,
+        pri_capacity=256,
+        pasid_bits=20,
+        name="sriov-nic-pf",
+    )
     return TopologySpec(
         iommus=(IommuSpec("dmar0"), IommuSpec("dmar1")),
         functions=(
-            FunctionSpec(p("0000:3a:00.0"), "dmar0", ats=True, pri=True, pri_capacity=512,
-                         pasid_bits=20, name="accel0"),
+            FunctionSpec(
+                p("0000:3a:00.0"),
+                "dmar0",
+                ats=True,
+                pri=True,
+                pri_capacity=512,
+                pasid_bits=20,
+                name="accel0",
+            ),
             nic,
             _vf("0000:3b:00.1", nic, "sriov-nic-vf0"),
             _vf("0000:3b:00.2", nic, "sriov-nic-vf1"),
-            FunctionSpec(p("0000:3c:00.0"), "dmar0", ats=True, pri=False, pri_capacity=0,
-                         pasid_bits=20, name="ats-no-pri"),
-            FunctionSpec(p("0000:5a:00.0"), "dmar1", ats=True, pri=True, pri_capacity=512,
-                         pasid_bits=20, name="accel1"),
-            FunctionSpec(p("0000:5b:00.0"), "dmar1", ats=True, pri=True, pri_capacity=128,
-                         pasid_bits=0, name="ats-pri-no-pasid"),
-            FunctionSpec(p("0000:5c:00.0"), "dmar1", ats=False, pri=False, pri_capacity=0,
-                         pasid_bits=0, name="legacy-dma"),
+            FunctionSpec(
+                p("0000:3c:00.0"),
+                "dmar0",
+                ats=True,
+                pri=False,
+                pri_capacity=0,
+                pasid_bits=20,
+                name="ats-no-pri",
+            ),
+            FunctionSpec(
+                p("0000:5a:00.0"),
+                "dmar1",
+                ats=True,
+                pri=True,
+                pri_capacity=512,
+                pasid_bits=20,
+                name="accel1",
+            ),
+            FunctionSpec(
+                p("0000:5b:00.0"),
+                "dmar1",
+                ats=True,
+                pri=True,
+                pri_capacity=128,
+                pasid_bits=0,
+                name="ats-pri-no-pasid",
+            ),
+            FunctionSpec(
+                p("0000:5c:00.0"),
+                "dmar1",
+                ats=False,
+                pri=False,
+                pri_capacity=0,
+                pasid_bits=0,
+                name="legacy-dma",
+            ),
         ),
     )
 
@@ -142,8 +191,12 @@ _IOMMU_KEYS = {"name", "segment", "prq_order", "iq_entries", "pds", "nest", "pas
 _FUNC_KEYS = {"rid", "iommu", "ats", "pri", "pri_capacity", "pasid_bits", "pf", "name"}
 # Keys a VF inherits from its PF when absent: (key, type, default; None = required).
 _FUNC_FIELDS: tuple[tuple[str, type, object], ...] = (
-    ("iommu", str, None), ("ats", bool, False), ("pri", bool, False),
-    ("pri_capacity", int, 0), ("pasid_bits", int, 0))
+    ("iommu", str, None),
+    ("ats", bool, False),
+    ("pri", bool, False),
+    ("pri_capacity", int, 0),
+    ("pasid_bits", int, 0),
+)
 
 
 def _get(d: Mapping[str, object], key: str, kind: type, default: object, where: str) -> object:
@@ -180,16 +233,18 @@ def topology_from_dict(d: Mapping[str, object]) -> TopologySpec:
         if bad:
             raise ValueError(f"{where}: unknown keys {sorted(bad)}")
         dflt = IommuSpec("x")
-        iommus.append(IommuSpec(
-            name=str(_get(u, "name", str, None, where)),
-            segment=int(_get(u, "segment", int, dflt.segment, where)),  # type: ignore[call-overload]
-            prq_order=int(_get(u, "prq_order", int, dflt.prq_order, where)),  # type: ignore[call-overload]
-            iq_entries=int(_get(u, "iq_entries", int, dflt.iq_entries, where)),  # type: ignore[call-overload]
-            pds=bool(_get(u, "pds", bool, dflt.pds, where)),
-            nest=bool(_get(u, "nest", bool, dflt.nest, where)),
-            pasid_bits=int(_get(u, "pasid_bits", int, dflt.pasid_bits, where)),  # type: ignore[call-overload]
-            prs=bool(_get(u, "prs", bool, dflt.prs, where)),
-        ))
+        iommus.append(
+            IommuSpec(
+                name=str(_get(u, "name", str, None, where)),
+                segment=int(_get(u, "segment", int, dflt.segment, where)),  # type: ignore[call-overload]
+                prq_order=int(_get(u, "prq_order", int, dflt.prq_order, where)),  # type: ignore[call-overload]
+                iq_entries=int(_get(u, "iq_entries", int, dflt.iq_entries, where)),  # type: ignore[call-overload]
+                pds=bool(_get(u, "pds", bool, dflt.pds, where)),
+                nest=bool(_get(u, "nest", bool, dflt.nest, where)),
+                pasid_bits=int(_get(u, "pasid_bits", int, dflt.pasid_bits, where)),  # type: ignore[call-overload]
+                prs=bool(_get(u, "prs", bool, dflt.prs, where)),
+            )
+        )
     if not iommus:
         raise ValueError("a topology needs at least one [[iommu]]")
     raw = _table_list(d, "function")
@@ -224,16 +279,18 @@ def topology_from_dict(d: Mapping[str, object]) -> TopologySpec:
                 raise ValueError(f"{where}: missing {key!r}")
             else:
                 vals[key] = default
-        funcs.append(FunctionSpec(
-            rid=rid,
-            iommu=str(vals["iommu"]),
-            ats=bool(vals["ats"]),
-            pri=bool(vals["pri"]),
-            pri_capacity=int(vals["pri_capacity"]),  # type: ignore[call-overload]
-            pasid_bits=int(vals["pasid_bits"]),  # type: ignore[call-overload]
-            pf=pf,
-            name=str(_get(f, "name", str, "", where)),
-        ))
+        funcs.append(
+            FunctionSpec(
+                rid=rid,
+                iommu=str(vals["iommu"]),
+                ats=bool(vals["ats"]),
+                pri=bool(vals["pri"]),
+                pri_capacity=int(vals["pri_capacity"]),  # type: ignore[call-overload]
+                pasid_bits=int(vals["pasid_bits"]),  # type: ignore[call-overload]
+                pf=pf,
+                name=str(_get(f, "name", str, "", where)),
+            )
+        )
     return TopologySpec(tuple(iommus), tuple(funcs))
 
 
@@ -260,8 +317,14 @@ def generated_topology(n_functions: int, n_iommus: int = 2) -> TopologySpec:
     iommus = tuple(IommuSpec(f"dmar{i}") for i in range(n_iommus))
     names = [u.name for u in iommus]
     funcs = tuple(
-        FunctionSpec(Rid(0, i >> 8, (i >> 3) & 0x1F, i & 7), names[(i >> 8) % n_iommus],
-                     ats=True, pri=True, pri_capacity=64, pasid_bits=20)
+        FunctionSpec(
+            Rid(0, i >> 8, (i >> 3) & 0x1F, i & 7),
+            names[(i >> 8) % n_iommus],
+            ats=True,
+            pri=True,
+            pri_capacity=64,
+            pasid_bits=20,
+        )
         for i in range(n_functions)
     )
     return TopologySpec(iommus, funcs)

@@ -66,18 +66,26 @@ class Demo:
 
     def start_daemon(self) -> None:
         # Own session: a Ctrl-C reaches us, and we stop the daemon in order.
-        self.daemon = launch(socket=self.socket, log=self.log_path,
-                             args=("--log-format", "json"), ready_timeout=START_TIMEOUT_S,
-                             new_session=True, preexec_fn=_die_with_parent)
+        self.daemon = launch(
+            socket=self.socket,
+            log=self.log_path,
+            args=("--log-format", "json"),
+            ready_timeout=START_TIMEOUT_S,
+            new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         print(f"iopfd pid {self.daemon.pid}, socket {self.socket}, logs {self.log_path}")
 
-    def spawn(self, argv: Sequence[str], capture: bool = False,
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: Sequence[str], capture: bool = False, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         env = dict(os.environ, IOPFD_SOCKET=self.socket, **(extra_env or {}))
         sys.stdout.flush()
         # stderr joins stdout so progress and summary stay in order through a pipe
         proc = subprocess.Popen(
-            list(argv), env=env, start_new_session=True,
+            list(argv),
+            env=env,
+            start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - the demo runs no threads
             stdout=subprocess.PIPE if capture else None,
             stderr=None if capture else subprocess.STDOUT,
@@ -128,12 +136,23 @@ def run(args: argparse.Namespace, workdir: str) -> int:
         sys.stdout.flush()
         subprocess.run([_tool("iopfctl"), "--socket", demo.socket, "devices"], check=False)
 
-        trace = demo.spawn([_tool("iopfctl"), "trace", "--topic", "fault", "--topic",
-                            "response", "--count", "16"], capture=True)
+        trace = demo.spawn(
+            [_tool("iopfctl"), "trace", "--topic", "fault", "--topic", "response", "--count", "16"],
+            capture=True,
+        )
         _wait_for_subscriber(demo.socket)
-        vmm_argv = [_tool("iopf-vmm"), "--socket", demo.socket, "--duration",
-                    str(args.duration), "--pattern", args.pattern, "--progress",
-                    *(["--nested"] if args.nested else []), *args.vmm_args]
+        vmm_argv = [
+            _tool("iopf-vmm"),
+            "--socket",
+            demo.socket,
+            "--duration",
+            str(args.duration),
+            "--pattern",
+            args.pattern,
+            "--progress",
+            *(["--nested"] if args.nested else []),
+            *args.vmm_args,
+        ]
         vmm_env = None
         if args.c_vmm:  # the C reference VMM speaks the kernel uAPI through the preload
             vmm_argv = [os.path.abspath(args.c_vmm), *vmm_argv[1:]]
@@ -153,8 +172,12 @@ def run(args: argparse.Namespace, workdir: str) -> int:
 
         _say("iopfctl status")
         sys.stdout.flush()
-        if subprocess.run([_tool("iopfctl"), "--socket", demo.socket, "status"],
-                          check=False).returncode != 0:
+        if (
+            subprocess.run(
+                [_tool("iopfctl"), "--socket", demo.socket, "status"], check=False
+            ).returncode
+            != 0
+        ):
             failures.append("iopfctl status failed")
 
         _say("stopping iopfd with SIGTERM")
@@ -172,23 +195,30 @@ def run(args: argparse.Namespace, workdir: str) -> int:
     finally:
         demo.cleanup()
     if failures:
-        print(f"\ndemo FAILED: {'; '.join(failures)} (daemon log: {demo.log_path})",
-              file=sys.stderr)
+        print(
+            f"\ndemo FAILED: {'; '.join(failures)} (daemon log: {demo.log_path})", file=sys.stderr
+        )
         return 1
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m iopfd.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m iopfd.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--duration", type=float, default=4.0, help="VMM workload seconds")
-    p.add_argument("--pattern", default="sequential",
-                   choices=("sequential", "random", "strided"))
+    p.add_argument("--pattern", default="sequential", choices=("sequential", "random", "strided"))
     p.add_argument("--nested", action="store_true", help="nested (vtd_s1) translation")
     p.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
     p.add_argument("--c-vmm", metavar="PATH", help="run this C VMM (iopf-vmm-c) instead")
-    p.add_argument("--preload", metavar="LIB", default="build/c/libiopf-preload.so",
-                   help="LD_PRELOAD for --c-vmm (default: %(default)s)")
+    p.add_argument(
+        "--preload",
+        metavar="LIB",
+        default="build/c/libiopf-preload.so",
+        help="LD_PRELOAD for --c-vmm (default: %(default)s)",
+    )
     p.add_argument("vmm_args", nargs="*", help="extra iopf-vmm options, after --")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)

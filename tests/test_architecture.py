@@ -19,8 +19,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "hwmodel": frozenset({"hwmodel"}),
     "iopfd.core": frozenset({"iopfd.core", "hwmodel"}),
     "iopfd.protocol": frozenset({"iopfd.protocol"}),
-    "iopfd.server": frozenset({"iopfd.server", "iopfd.protocol", "iopfd.core", "hwmodel",
-                               "iopfd.version"}),
+    "iopfd.server": frozenset(
+        {"iopfd.server", "iopfd.protocol", "iopfd.core", "hwmodel", "iopfd.version"}
+    ),
     "clients": frozenset({"clients", "iopfd.protocol"}),
     "iopfd.cli": frozenset({"iopfd.cli", "clients", "iopfd.protocol"}),
     "iopfd.demo": frozenset({"clients", "iopfd.protocol"}),
@@ -43,7 +44,8 @@ def _layer(module: str) -> str | None:
     best = None
     for layer in ALLOWED:
         if (module == layer or module.startswith(layer + ".")) and (
-                best is None or len(layer) > len(best)):
+            best is None or len(layer) > len(best)
+        ):
             best = layer
     return best
 
@@ -58,7 +60,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""

@@ -34,8 +34,7 @@ EPILOG = """exit status: 0 every check held; 1 an invariant broke (the summary l
 2 setup or usage error; 3 iopfd cannot be reached; 4 the daemon asked for a device back
 (an admin unplugged it): the VMM answered what it held, released it and stopped early."""
 
-__all__ = ["EXIT_DEVICE_RELEASED", "DemandPagingVmm", "VmmOptions", "build_parser", "main",
-           "run"]
+__all__ = ["EXIT_DEVICE_RELEASED", "DemandPagingVmm", "VmmOptions", "build_parser", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,32 +44,64 @@ def build_parser() -> argparse.ArgumentParser:
         "serving I/O page faults, then prints what happened.",
         epilog=EPILOG,
     )
-    p.add_argument("--socket", help="iopfd socket (default: $IOPFD_SOCKET, then "
-                   "/run/iopfd/iopfd.sock)")
-    p.add_argument("--spawn-daemon", action="store_true",
-                   help="start a private iopfd for this run (on --socket if given, else "
-                   "in a private directory) and stop it at the end")
-    p.add_argument("--daemon-kernel", metavar="VERSION",
-                   help="with --spawn-daemon: the kernel profile it plays (iopfd --kernel)")
-    p.add_argument("--device", action="append", default=[], metavar="RID",
-                   help="bind this device (repeatable; default: every PRI-capable free PF)")
-    p.add_argument("--pasids", type=int, default=2, metavar="N",
-                   help="PASIDs to attach per PASID-capable device, besides the RID (default 2)")
-    p.add_argument("--nested", action="store_true",
-                   help="nested translation: guest stage-1 table (vtd_s1) over the IOAS")
+    p.add_argument(
+        "--socket", help="iopfd socket (default: $IOPFD_SOCKET, then /run/iopfd/iopfd.sock)"
+    )
+    p.add_argument(
+        "--spawn-daemon",
+        action="store_true",
+        help="start a private iopfd for this run (on --socket if given, else "
+        "in a private directory) and stop it at the end",
+    )
+    p.add_argument(
+        "--daemon-kernel",
+        metavar="VERSION",
+        help="with --spawn-daemon: the kernel profile it plays (iopfd --kernel)",
+    )
+    p.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="RID",
+        help="bind this device (repeatable; default: every PRI-capable free PF)",
+    )
+    p.add_argument(
+        "--pasids",
+        type=int,
+        default=2,
+        metavar="N",
+        help="PASIDs to attach per PASID-capable device, besides the RID (default 2)",
+    )
+    p.add_argument(
+        "--nested",
+        action="store_true",
+        help="nested translation: guest stage-1 table (vtd_s1) over the IOAS",
+    )
     p.add_argument("--pattern", choices=PATTERNS, default="sequential")
     p.add_argument("--pages", type=int, default=256, help="buffer pages per DMA stream")
     p.add_argument("--dma-pages", type=int, default=4, help="pages per DMA transfer")
     p.add_argument("--stride", type=int, default=8, help="stride of --pattern strided, in DMAs")
     p.add_argument("--concurrency", type=int, default=8, help="DMAs in flight")
-    p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
-                   help="keep playing epochs this long (default 0: one pass over the buffers)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep playing epochs this long (default 0: one pass over the buffers)",
+    )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--bad-fraction", type=float, default=0.02,
-                   help="fraction of DMAs aimed outside guest memory (answered INVALID)")
+    p.add_argument(
+        "--bad-fraction",
+        type=float,
+        default=0.02,
+        help="fraction of DMAs aimed outside guest memory (answered INVALID)",
+    )
     p.add_argument("--batch", type=int, default=64, help="most groups per page_response")
-    p.add_argument("--progress", action="store_true",
-                   help="progress line on stderr even when it is not a terminal")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress line on stderr even when it is not a terminal",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.add_argument("--name", default="iopf-vmm", help="client name shown to admins")
     return p
@@ -93,10 +124,18 @@ def _check(args: argparse.Namespace) -> str | None:
 async def run(args: argparse.Namespace) -> int:
     """The whole session; returns the exit status."""
     opts = VmmOptions(
-        devices=list(args.device), pasids=args.pasids, nested=args.nested,
-        pattern=args.pattern, pages=args.pages, dma_pages=args.dma_pages, stride=args.stride,
-        concurrency=args.concurrency, duration=args.duration, seed=args.seed,
-        bad_fraction=args.bad_fraction, batch=args.batch,
+        devices=list(args.device),
+        pasids=args.pasids,
+        nested=args.nested,
+        pattern=args.pattern,
+        pages=args.pages,
+        dma_pages=args.dma_pages,
+        stride=args.stride,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        seed=args.seed,
+        bad_fraction=args.bad_fraction,
+        batch=args.batch,
     )
     progress = Progress(enabled=args.progress or sys.stderr.isatty())
     async with IopfClient.open(args.socket, client_name=args.name) as client:
@@ -113,27 +152,42 @@ async def run(args: argparse.Namespace) -> int:
             return EXIT_SETUP
         if vmm.mode == "identity-s1":
             # Said even with --json (stderr): the run is not the paging setup asked for.
-            print(f"iopf-vmm: kernel {vmm.kernel} has no fault-capable paging HWPT: using a "
-                  "nested HWPT whose stage-1 maps guest RAM one to one", file=sys.stderr)
+            print(
+                f"iopf-vmm: kernel {vmm.kernel} has no fault-capable paging HWPT: using a "
+                "nested HWPT whose stage-1 maps guest RAM one to one",
+                file=sys.stderr,
+            )
         if vmm.pasids_skipped:
-            print(f"iopf-vmm: kernel {vmm.kernel} has no PASID attach: "
-                  "RIDs only (--pasids ignored)", file=sys.stderr)
+            print(
+                f"iopf-vmm: kernel {vmm.kernel} has no PASID attach: RIDs only (--pasids ignored)",
+                file=sys.stderr,
+            )
         if not args.json:
-            mode = {"nested": "nested (vtd_s1 over nest_parent)",
-                    "identity-s1": "paging through an identity stage-1 (vtd_s1)"}.get(
-                        vmm.mode, vmm.mode)
-            print(f"iopf-vmm: {len(rids)} device(s), {len(vmm.targets)} DMA streams, {mode}, "
-                  f"{opts.pattern}, {opts.pages} pages each, seed {opts.seed}, "
-                  f"kernel {vmm.kernel}", file=sys.stderr)
+            mode = {
+                "nested": "nested (vtd_s1 over nest_parent)",
+                "identity-s1": "paging through an identity stage-1 (vtd_s1)",
+            }.get(vmm.mode, vmm.mode)
+            print(
+                f"iopf-vmm: {len(rids)} device(s), {len(vmm.targets)} DMA streams, {mode}, "
+                f"{opts.pattern}, {opts.pages} pages each, seed {opts.seed}, "
+                f"kernel {vmm.kernel}",
+                file=sys.stderr,
+            )
         await vmm.run()
         await vmm.check_nothing_pending()
         await vmm.teardown()
         vmm.take_late_device_requests()
         assert client.hello_info is not None
         info = RunInfo(
-            devices=rids, targets=len(vmm.targets), mode=vmm.mode, pattern=opts.pattern,
-            pages=opts.pages, seed=opts.seed, daemon=client.hello_info.server,
-            kernel=vmm.kernel, released=vmm.released,
+            devices=rids,
+            targets=len(vmm.targets),
+            mode=vmm.mode,
+            pattern=opts.pattern,
+            pages=opts.pages,
+            seed=opts.seed,
+            daemon=client.hello_info.server,
+            kernel=vmm.kernel,
+            released=vmm.released,
         )
         gaps = client.stats().seq_gaps
         if gaps:
@@ -142,9 +196,12 @@ async def run(args: argparse.Namespace) -> int:
         if vmm.stats.violations:
             return EXIT_INVARIANT
         if vmm.released:
-            print(f"iopf-vmm: released {', '.join(vmm.released)} on the daemon's "
-                  "device_request (hot-unplug): DMAs finished, every group answered; "
-                  "stopped early", file=sys.stderr)
+            print(
+                f"iopf-vmm: released {', '.join(vmm.released)} on the daemon's "
+                "device_request (hot-unplug): DMAs finished, every group answered; "
+                "stopped early",
+                file=sys.stderr,
+            )
             return EXIT_DEVICE_RELEASED
         return EXIT_OK
 
@@ -179,8 +236,10 @@ def _with_private_daemon(args: argparse.Namespace) -> int:
             print(f"iopf-vmm: the spawned iopfd: {e}", file=sys.stderr)
             status = -1
     if status != 0:
-        print(f"iopf-vmm: the spawned iopfd exited with status {status}\n"
-              f"{daemon.last_log_tail}", file=sys.stderr)
+        print(
+            f"iopf-vmm: the spawned iopfd exited with status {status}\n{daemon.last_log_tail}",
+            file=sys.stderr,
+        )
         if rc == EXIT_OK:
             rc = EXIT_INVARIANT
     return rc

@@ -162,12 +162,16 @@ class DemandPagingVmm:
             flags = ["pasid"] if pasids else []
             parent: int | None = None
             if self.mode == "paging":
-                hwpt = await self.c.hwpt_alloc(dev_id, self.ioas, flags=flags,
-                                               fault_id=self.fault_id)
+                hwpt = await self.c.hwpt_alloc(
+                    dev_id, self.ioas, flags=flags, fault_id=self.fault_id
+                )
             else:
                 parent = await self.c.hwpt_alloc(dev_id, self.ioas, flags=["nest_parent"])
                 hwpt = await self.c.hwpt_alloc(
-                    dev_id, parent, flags=flags, fault_id=self.fault_id,
+                    dev_id,
+                    parent,
+                    flags=flags,
+                    fault_id=self.fault_id,
                     data={"type": "vtd_s1"},
                 )
                 if self.mode == "nested":
@@ -187,8 +191,7 @@ class DemandPagingVmm:
             size = self.guest_pages * PAGE_SIZE
             for off in range(0, size, IDENTITY_MAP_CHUNK):
                 n = min(IDENTITY_MAP_CHUNK, size - off)
-                await self.c.hwpt_s1_map(hwpt, GUEST_RAM_BASE + off, n,
-                                         GUEST_RAM_BASE + off, RW)
+                await self.c.hwpt_s1_map(hwpt, GUEST_RAM_BASE + off, n, GUEST_RAM_BASE + off, RW)
 
     def _hwpt_of(self, dev_id: int) -> int:
         """The HWPT a device's faults come from (the nested one in nested mode)."""
@@ -246,20 +249,43 @@ class DemandPagingVmm:
         maps: list[tuple[PendingCall, int, str]] = []
         for first, n in page_runs(s2_new):
             gpa = first << PAGE_SHIFT
-            maps.append((self.c.submit("ioas_map", ioas_id=self.ioas, iova=gpa,
-                                       length=n * PAGE_SIZE, perm=int(RW)), n, "ioas"))
+            maps.append(
+                (
+                    self.c.submit(
+                        "ioas_map", ioas_id=self.ioas, iova=gpa, length=n * PAGE_SIZE, perm=int(RW)
+                    ),
+                    n,
+                    "ioas",
+                )
+            )
         for hwpt, pages in s1_new.items():
             for first, n in page_runs(pages):
                 iova = first << PAGE_SHIFT
                 gpa = self.guest_gpa(iova)
                 assert gpa is not None
-                maps.append((self.c.submit("hwpt_s1_map", hwpt_id=hwpt, iova=iova,
-                                           length=n * PAGE_SIZE, gpa=gpa, perm=int(RW)),
-                             n, "s1"))
-        response = self.c.submit(
-            "page_response", fault_id=self.fault_id,
-            responses=[{"cookie": cookie, "code": int(code)} for cookie, code in answers],
-        ) if answers else None
+                maps.append(
+                    (
+                        self.c.submit(
+                            "hwpt_s1_map",
+                            hwpt_id=hwpt,
+                            iova=iova,
+                            length=n * PAGE_SIZE,
+                            gpa=gpa,
+                            perm=int(RW),
+                        ),
+                        n,
+                        "s1",
+                    )
+                )
+        response = (
+            self.c.submit(
+                "page_response",
+                fault_id=self.fault_id,
+                responses=[{"cookie": cookie, "code": int(code)} for cookie, code in answers],
+            )
+            if answers
+            else None
+        )
         for pending, npages, stage in maps:
             try:
                 await pending.result()
@@ -279,8 +305,9 @@ class DemandPagingVmm:
                 st.violate(f"page_response cookie {cookie}: {res}")
         st.fault_service_ns.extend(done - g.received_ns for g in groups)
 
-    async def _settle(self, response: PendingCall,
-                      answers: list[tuple[int, ResponseCode]]) -> list[str | None]:
+    async def _settle(
+        self, response: PendingCall, answers: list[tuple[int, ResponseCode]]
+    ) -> list[str | None]:
         """One outcome per answer. The page_response stops at the first refused entry
         (the fault fd's write()): the entries behind it are sent again, so every group
         of the batch is still answered."""
@@ -488,8 +515,9 @@ class DemandPagingVmm:
                 for off in range(0, n, VERIFY_RUN_PAGES):
                     count = min(VERIFY_RUN_PAGES, n - off)
                     iova = t.page_iova(first + off)
-                    res = await self.c.dma(t.dev_id, iova, count * PAGE_SIZE, Perm.READ,
-                                           pasid=t.pasid)
+                    res = await self.c.dma(
+                        t.dev_id, iova, count * PAGE_SIZE, Perm.READ, pasid=t.pasid
+                    )
                     st.verify_dmas += 1
                     if res.status != DmaStatus.OK or res.faults:
                         st.violate(

@@ -134,16 +134,24 @@ def print_summary(info: RunInfo, st: VmmStats, out: TextIO, as_json: bool) -> No
     avg = st.groups / st.batches if st.batches else 0.0
     w(f"iopf-vmm summary ({info.daemon}, kernel {info.kernel}, seed {info.seed})\n")
     w(f"  devices        {', '.join(info.devices)}\n")
-    w(f"  setup          {info.targets} DMA streams, {info.mode}, {info.pattern}, "
-      f"{info.pages} pages each\n")
+    w(
+        f"  setup          {info.targets} DMA streams, {info.mode}, {info.pattern}, "
+        f"{info.pages} pages each\n"
+    )
     w(f"  ran            {st.elapsed_s:.2f} s, {st.epochs} epoch(s)\n")
     if info.released:
-        w(f"  released       {', '.join(info.released)} on the daemon's device_request "
-          "(hot-unplug): stopped early\n")
-    w(f"  dma            {st.dmas} transfers ({dma}), {st.dma_bytes / 2**20:.1f} MiB, "
-      f"{st.dma_faults} page requests issued\n")
-    w(f"  fault groups   {st.groups} handled in {st.batches} batches (avg {avg:.1f}), "
-      f"{st.faults} faults, {st.throttled} throttled by the daemon\n")
+        w(
+            f"  released       {', '.join(info.released)} on the daemon's device_request "
+            "(hot-unplug): stopped early\n"
+        )
+    w(
+        f"  dma            {st.dmas} transfers ({dma}), {st.dma_bytes / 2**20:.1f} MiB, "
+        f"{st.dma_faults} page requests issued\n"
+    )
+    w(
+        f"  fault groups   {st.groups} handled in {st.batches} batches (avg {avg:.1f}), "
+        f"{st.faults} faults, {st.throttled} throttled by the daemon\n"
+    )
     w(f"  answers        SUCCESS {st.answers['SUCCESS']}, INVALID {st.answers['INVALID']}\n")
     w(f"  mapped         {st.pages_mapped} IOAS pages in {st.map_calls} ioas_map calls")
     if info.mode == "nested":
@@ -153,16 +161,20 @@ def print_summary(info: RunInfo, st: VmmStats, out: TextIO, as_json: bool) -> No
     w("                 (fault event read -> page_response reply received)\n")
     w(f"  faulting dma   {_lat(d['faulting_dma_latency'])}\n")
     w("                 (dma sent -> dma reply, transfers that faulted)\n")
-    w(f"  verified       {st.verified_pages} of {st.touched_pages} pages touched in the last "
-      f"epoch mapped ({st.verify_dmas} DMAs without a fault)\n")
+    w(
+        f"  verified       {st.verified_pages} of {st.touched_pages} pages touched in the last "
+        f"epoch mapped ({st.verify_dmas} DMAs without a fault)\n"
+    )
     if st.violations:
         w(f"  INVARIANTS BROKEN ({len(st.violations)}):\n")
         for v in st.violations:
             w(f"    - {v}\n")
         if st.throttled and st.dma["retry_limit"]:
-            w("  note: the daemon throttled groups (its fault queue limit, max_pending) and\n"
-              "        answered them SUCCESS itself; devices that kept meeting a full queue\n"
-              "        ran out of retries: lower --concurrency or raise max_pending\n")
+            w(
+                "  note: the daemon throttled groups (its fault queue limit, max_pending) and\n"
+                "        answered them SUCCESS itself; devices that kept meeting a full queue\n"
+                "        ran out of retries: lower --concurrency or raise max_pending\n"
+            )
     else:
         w("  invariants     ok: every DMA ended as expected, every group answered\n")
 

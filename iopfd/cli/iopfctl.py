@@ -88,14 +88,20 @@ def _grace(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 <= value <= UNPLUG_GRACE_MAX_S:
-        raise argparse.ArgumentTypeError(f"--grace must be within 0..{UNPLUG_GRACE_MAX_S:g} "
-                                         "seconds")
+        raise argparse.ArgumentTypeError(
+            f"--grace must be within 0..{UNPLUG_GRACE_MAX_S:g} seconds"
+        )
     return value
 
 
 def _inject(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
-    args: dict[str, Any] = {"rid": a.rid, "addr": a.addr, "perm": a.perm, "grpid": a.grpid,
-                            "last": not a.not_last}
+    args: dict[str, Any] = {
+        "rid": a.rid,
+        "addr": a.addr,
+        "perm": a.perm,
+        "grpid": a.grpid,
+        "last": not a.not_last,
+    }
     if a.pasid is not None:
         args["pasid"] = a.pasid
     return c.request("inject", **args)
@@ -105,29 +111,54 @@ def _inject(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show_status(r: Mapping[str, Any]) -> str:
-    head = key_values([("version", r.get("version")), ("kernel", r.get("kernel")),
-                       ("uptime_s", r.get("uptime_s")), ("clients", r.get("clients"))])
+    head = key_values(
+        [
+            ("version", r.get("version")),
+            ("kernel", r.get("kernel")),
+            ("uptime_s", r.get("uptime_s")),
+            ("clients", r.get("clients")),
+        ]
+    )
     counters = r.get("counters") or {}
     rows = [{"counter": k, "value": v} for k, v in counters.items()]
     out = head + "\n\n" + render(["counter", "value"], rows)
     try:
-        identity = (counters["responses"] + counters["auto_responses"] + counters["throttled"]
-                    + counters.get("pending", 0))
+        identity = (
+            counters["responses"]
+            + counters["auto_responses"]
+            + counters["throttled"]
+            + counters.get("pending", 0)
+        )
         verdict = "holds" if counters["groups"] == identity else "DOES NOT HOLD"
-        out += (f"\n\nexactly-once: groups {counters['groups']} == responses + auto_responses"
-                f" + throttled + pending {identity}: {verdict}")
+        out += (
+            f"\n\nexactly-once: groups {counters['groups']} == responses + auto_responses"
+            f" + throttled + pending {identity}: {verdict}"
+        )
     except (KeyError, TypeError):
         pass
     if counters.get("daemon_internal_errors"):
-        out += (f"\nWARNING: {counters['daemon_internal_errors']} internal errors in the daemon"
-                " (a bug: see its log)")
+        out += (
+            f"\nWARNING: {counters['daemon_internal_errors']} internal errors in the daemon"
+            " (a bug: see its log)"
+        )
     return out
 
 
 def _show_devices(r: Mapping[str, Any]) -> str:
     rows = [dict(d, pri_status=_pri_status(d.get("pri_status"))) for d in r.get("devices", [])]
-    cols = ["rid", "iommu", "state", "removing", "pri", "ats", "pasid_bits", "pf",
-            "pri_enabled", "ats_enabled", "pri_status"]
+    cols = [
+        "rid",
+        "iommu",
+        "state",
+        "removing",
+        "pri",
+        "ats",
+        "pasid_bits",
+        "pf",
+        "pri_enabled",
+        "ats_enabled",
+        "pri_status",
+    ]
     if any("owner" in d for d in rows):
         cols += ["owner", "dev_id", "attached"]
     return render(cols, rows)
@@ -142,18 +173,29 @@ def _pri_status(st: object) -> str:
 
 def _show_topology(r: Mapping[str, Any]) -> str:
     iommus = list(r.get("iommus", []))
-    cols = ["name", "segment", "prq_entries", "prq_used", "prs", "nest", "pasid_bits",
-            "dids_in_use", "devices"]
+    cols = [
+        "name",
+        "segment",
+        "prq_entries",
+        "prq_used",
+        "prs",
+        "nest",
+        "pasid_bits",
+        "dids_in_use",
+        "devices",
+    ]
     present = [c for c in cols if any(c in u for u in iommus)] or cols
     extra = sorted({k for u in iommus for k in u} - set(cols))
-    return (render(present + extra, iommus) + "\n\n" + _show_devices(r))
+    return render(present + extra, iommus) + "\n\n" + _show_devices(r)
 
 
 def _show_objects(r: Mapping[str, Any]) -> str:
     objs = list(r.get("objects", []))
     base = ["id", "type", "client", "users"]
-    rows = [{**{k: o.get(k) for k in base},
-             "details": {k: v for k, v in o.items() if k not in base}} for o in objs]
+    rows = [
+        {**{k: o.get(k) for k in base}, "details": {k: v for k, v in o.items() if k not in base}}
+        for o in objs
+    ]
     return render([*base, "details"], rows) if rows else "no objects"
 
 
@@ -161,8 +203,9 @@ def _show_pending(r: Mapping[str, Any]) -> str:
     rows = list(r.get("pending", []))
     if not rows:
         return "no pending groups"
-    return render(["client", "fault_id", "cookie", "rid", "dev_id", "pasid", "grpid", "age_s"],
-                  rows)
+    return render(
+        ["client", "fault_id", "cookie", "rid", "dev_id", "pasid", "grpid", "age_s"], rows
+    )
 
 
 def _done(what: str) -> Callable[[Mapping[str, Any]], str]:
@@ -225,45 +268,82 @@ COMMANDS: dict[str, tuple[Handler, Callable[[Mapping[str, Any]], str], str]] = {
     "objects": (_plain("objects"), _show_objects, "every connection's iommufd objects"),
     "pending": (_plain("pending"), _show_pending, "unanswered fault groups"),
     "inject": (_inject, _done("injected"), "write a raw page request into a device's PRQ"),
-    "unplug": (_unplug, _show_unplug,
-               "hot-remove a device: its owner is asked to release it first"),
+    "unplug": (
+        _unplug,
+        _show_unplug,
+        "hot-remove a device: its owner is asked to release it first",
+    ),
     "plug": (_rid_op("plug"), _done("plugged"), "bring a removed device back"),
-    "reset": (_rid_op("reset"), _done("reset"),
-              "function-level reset (clears PRI RF; pending groups stay answerable)"),
+    "reset": (
+        _rid_op("reset"),
+        _done("reset"),
+        "function-level reset (clears PRI RF; pending groups stay answerable)",
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=argparse.SUPPRESS,
-                        help="iopfd socket (default $IOPFD_SOCKET, then /run/iopfd/iopfd.sock)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the daemon's result as JSON")
-    p = argparse.ArgumentParser(prog="iopfctl", parents=[common],
-                                description="Inspect and control a running iopfd.")
+    common.add_argument(
+        "--socket",
+        default=argparse.SUPPRESS,
+        help="iopfd socket (default $IOPFD_SOCKET, then /run/iopfd/iopfd.sock)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the daemon's result as JSON",
+    )
+    p = argparse.ArgumentParser(
+        prog="iopfctl", parents=[common], description="Inspect and control a running iopfd."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, _, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         if name in ("inject", "unplug", "plug", "reset"):
             sp.add_argument("rid", help="PCI requester ID, SSSS:BB:DD.F")
         if name == "unplug":
-            sp.add_argument("--force", action="store_true",
-                            help="remove it now, even if its owner still holds it")
-            sp.add_argument("--grace", type=_grace, default=UNPLUG_GRACE_DEFAULT_S,
-                            metavar="S", help="seconds the owner has to release it before "
-                            f"the removal is forced (default {UNPLUG_GRACE_DEFAULT_S:g})")
+            sp.add_argument(
+                "--force",
+                action="store_true",
+                help="remove it now, even if its owner still holds it",
+            )
+            sp.add_argument(
+                "--grace",
+                type=_grace,
+                default=UNPLUG_GRACE_DEFAULT_S,
+                metavar="S",
+                help="seconds the owner has to release it before "
+                f"the removal is forced (default {UNPLUG_GRACE_DEFAULT_S:g})",
+            )
         if name == "inject":
             sp.add_argument("--addr", type=_int, required=True, help="page address")
-            sp.add_argument("--perm", type=_perm, default=int(Perm.READ),
-                            help="r, w, rw, rwx, READ|WRITE or a number (default r)")
+            sp.add_argument(
+                "--perm",
+                type=_perm,
+                default=int(Perm.READ),
+                help="r, w, rw, rwx, READ|WRITE or a number (default r)",
+            )
             sp.add_argument("--grpid", type=_int, default=0, help="page request group index")
             sp.add_argument("--pasid", type=_int, default=None)
-            sp.add_argument("--not-last", action="store_true",
-                            help="leave LAST_PAGE clear (the group stays partial)")
-    tp = sub.add_parser("trace", parents=[common], help="follow the trace stream live",
-                        description="Follow the trace stream until Ctrl-C or --count records.")
-    tp.add_argument("--topic", action="append", choices=TRACE_TOPICS,
-                    help="only this topic (repeatable; default all)")
+            sp.add_argument(
+                "--not-last",
+                action="store_true",
+                help="leave LAST_PAGE clear (the group stays partial)",
+            )
+    tp = sub.add_parser(
+        "trace",
+        parents=[common],
+        help="follow the trace stream live",
+        description="Follow the trace stream until Ctrl-C or --count records.",
+    )
+    tp.add_argument(
+        "--topic",
+        action="append",
+        choices=TRACE_TOPICS,
+        help="only this topic (repeatable; default all)",
+    )
     tp.add_argument("--count", type=int, default=None, help="stop after N records")
     return p
 

@@ -20,13 +20,17 @@ def cell(value: object) -> str:
     return str(value)
 
 
-def render(columns: Sequence[str], rows: Sequence[Mapping[str, object]],
-           headers: Mapping[str, str] | None = None) -> str:
+def render(
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, object]],
+    headers: Mapping[str, str] | None = None,
+) -> str:
     """Rows as a table of ``columns`` (keys of each row); missing keys show as ``-``."""
     heads = [(headers or {}).get(c, c.upper()) for c in columns]
     body = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
-              for i, h in enumerate(heads)]
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
     lines.extend(
         "  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)).rstrip() for b in body

@@ -28,10 +28,26 @@ from iopfd.core.profile import DEFAULT_KERNEL, KernelProfile, kernel_profile
 
 #: Counters every ``status`` shows, even at zero (docs/protocol.md, *Admin*).
 STATUS_COUNTERS = (
-    "page_requests", "groups", "delivered", "responses", "auto_responses", "throttled",
-    "prq_overflows", "invalidations", "bad_requests", "hw_auto_responses",
-    "partials_discarded", "stop_markers", "drains", "dma_started", "dma_completed",
-    "no_handler_responses", "unexpected_prgi", "resets", "unplugs", "forced_unplugs",
+    "page_requests",
+    "groups",
+    "delivered",
+    "responses",
+    "auto_responses",
+    "throttled",
+    "prq_overflows",
+    "invalidations",
+    "bad_requests",
+    "hw_auto_responses",
+    "partials_discarded",
+    "stop_markers",
+    "drains",
+    "dma_started",
+    "dma_completed",
+    "no_handler_responses",
+    "unexpected_prgi",
+    "resets",
+    "unplugs",
+    "forced_unplugs",
 )
 #: ``service`` stops after this many PRQ passes at one ``now`` (a guard, never reached
 #: in practice: the device's retries come after a back-off, so time must move on).
@@ -41,8 +57,12 @@ MAX_SERVICE_ROUNDS = 1024
 class Core:
     """The kernel: intel driver, io-pgfault and iommufd, over a ``hwmodel.Machine``."""
 
-    def __init__(self, machine: Machine, limits: CoreLimits | None = None,
-                 profile: KernelProfile | None = None) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        limits: CoreLimits | None = None,
+        profile: KernelProfile | None = None,
+    ) -> None:
         self.machine = machine
         self.limits = limits if limits is not None else CoreLimits()
         self.profile = profile if profile is not None else kernel_profile(DEFAULT_KERNEL)
@@ -53,8 +73,9 @@ class Core:
         self.iopf.driver = self.driver
         self.iommu = IommuCore(self.driver, self.iopf, self.counters)
         self.emulation = Emulation(self.iommu, self.driver, machine, self.counters, self.sink)
-        self.services = CoreServices(self.iommu, machine, IdAllocator(), self.limits,
-                                     self.profile, self.counters, self.sink)
+        self.services = CoreServices(
+            self.iommu, machine, IdAllocator(), self.limits, self.profile, self.counters, self.sink
+        )
         self.contexts: dict[int, Context] = {}
         self._next_ctx = 1
         devices = self.iommu.devices
@@ -126,9 +147,15 @@ class Core:
             for t in completed:
                 tag = t.tag
                 if isinstance(tag, DmaTag) and not tag.ctx.closed:
-                    emit(DmaDone(tag.ctx, tag.tag,
-                                 t.status.value if t.status else "failure", t.faults,
-                                 t.bytes))
+                    emit(
+                        DmaDone(
+                            tag.ctx,
+                            tag.tag,
+                            t.status.value if t.status else "failure",
+                            t.faults,
+                            t.bytes,
+                        )
+                    )
 
     def next_deadline(self) -> int | None:
         deadline = self.machine.next_deadline()
@@ -146,29 +173,37 @@ class Core:
         for index, dev in enumerate(self.devices.values()):
             fn = dev.fn
             pri = fn.pri
-            rows.append({
-                "rid": dev.name,
-                # /dev/vfio/devices/vfioN: the function's place in the topology, stable
-                # for the daemon's life (docs/uapi.md).
-                "vfio": index,
-                "iommu": dev.info.unit.name,
-                "pri": bool(fn.spec.pri),
-                "ats": bool(fn.spec.ats),
-                "pasid_bits": fn.spec.pasid_bits,
-                "pf": str(fn.pf.rid) if fn.pf is not None else None,
-                "state": dev.state,
-                "removing": dev.removing,
-                "ats_enabled": bool(fn.ats_enabled),
-                "pri_enabled": bool(pri.enabled) and dev.info.pri_enabled,
-                "pri_status": {"response_failure": bool(pri.response_failure),
-                               "unexpected_prgi": bool(pri.unexpected_prgi),
-                               "stopped": bool(pri.stopped)},
-            })
+            rows.append(
+                {
+                    "rid": dev.name,
+                    # /dev/vfio/devices/vfioN: the function's place in the topology, stable
+                    # for the daemon's life (docs/uapi.md).
+                    "vfio": index,
+                    "iommu": dev.info.unit.name,
+                    "pri": bool(fn.spec.pri),
+                    "ats": bool(fn.spec.ats),
+                    "pasid_bits": fn.spec.pasid_bits,
+                    "pf": str(fn.pf.rid) if fn.pf is not None else None,
+                    "state": dev.state,
+                    "removing": dev.removing,
+                    "ats_enabled": bool(fn.ats_enabled),
+                    "pri_enabled": bool(pri.enabled) and dev.info.pri_enabled,
+                    "pri_status": {
+                        "response_failure": bool(pri.response_failure),
+                        "unexpected_prgi": bool(pri.unexpected_prgi),
+                        "stopped": bool(pri.stopped),
+                    },
+                }
+            )
         return rows
 
     def _fault_queues(self) -> list[FaultQueue]:
-        return [o for ctx in self.contexts.values() for o in ctx.objects.values()
-                if isinstance(o, FaultQueue)]
+        return [
+            o
+            for ctx in self.contexts.values()
+            for o in ctx.objects.values()
+            if isinstance(o, FaultQueue)
+        ]
 
     def pending_count(self) -> int:
         return sum(len(fq.groups) for fq in self._fault_queues())
@@ -176,10 +211,12 @@ class Core:
     def status_counters(self) -> dict[str, int]:
         out = dict.fromkeys(STATUS_COUNTERS, 0)
         out.update(self.counters)
-        out["hw_auto_responses"] = sum(u.unit.counters["hw_auto_responses"]
-                                       for u in self.units.values())
-        out["unexpected_prgi"] = sum(f.counters["unexpected_prgi"]
-                                     for f in self.machine.functions.values())
+        out["hw_auto_responses"] = sum(
+            u.unit.counters["hw_auto_responses"] for u in self.units.values()
+        )
+        out["unexpected_prgi"] = sum(
+            f.counters["unexpected_prgi"] for f in self.machine.functions.values()
+        )
         out["pending"] = self.pending_count()
         return out
 
@@ -187,43 +224,51 @@ class Core:
         iommus = []
         for us in self.units.values():
             unit = us.unit
-            iommus.append({
-                "name": unit.name,
-                "segment": unit.spec.segment,
-                "prq_entries": unit.prq.entries,
-                "prq_used": unit.prq.used,
-                "prs": unit.read_prs(),
-                "nest": unit.spec.nest,
-                "pasid_bits": unit.spec.pasid_bits,
-                "dids_in_use": us.dids_in_use(),
-                "devices": [d.name for d in self.devices.values() if d.info.ustate is us],
-            })
+            iommus.append(
+                {
+                    "name": unit.name,
+                    "segment": unit.spec.segment,
+                    "prq_entries": unit.prq.entries,
+                    "prq_used": unit.prq.used,
+                    "prs": unit.read_prs(),
+                    "nest": unit.spec.nest,
+                    "pasid_bits": unit.spec.pasid_bits,
+                    "dids_in_use": us.dids_in_use(),
+                    "devices": [d.name for d in self.devices.values() if d.info.ustate is us],
+                }
+            )
         devices = []
         for row, dev in zip(self.device_list(), self.devices.values(), strict=True):
             row = dict(row)
             row["owner"] = dev.binding.ctx.label if dev.binding is not None else None
             row["dev_id"] = dev.dev_id or None
-            row["attached"] = {("rid" if p is None else str(p)): a.hwpt.id
-                               for p, a in dev.handles.items()}
+            row["attached"] = {
+                ("rid" if p is None else str(p)): a.hwpt.id for p, a in dev.handles.items()
+            }
             row["partials"] = dev.fault_param.n_partials
             devices.append(row)
         return {"iommus": iommus, "devices": devices}
 
     def objects(self) -> list[dict[str, object]]:
-        return [obj.describe() for ctx in self.contexts.values()
-                for obj in ctx.objects.values()]
+        return [obj.describe() for ctx in self.contexts.values() for obj in ctx.objects.values()]
 
     def pending(self, now: int) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
         for fq in self._fault_queues():
             for cookie, group in fq.groups.items():
                 flags, pasid, grpid = group.last[0], group.last[1], group.last[2]
-                rows.append({
-                    "fault_id": fq.id, "cookie": cookie, "rid": group.dev.name,
-                    "pasid": pasid if flags & PASID_VALID else None,
-                    "age_s": max(0, now - group.t_ns) / 1e9,
-                    "client": fq.ctx.label, "dev_id": group.dev.dev_id, "grpid": grpid,
-                })
+                rows.append(
+                    {
+                        "fault_id": fq.id,
+                        "cookie": cookie,
+                        "rid": group.dev.name,
+                        "pasid": pasid if flags & PASID_VALID else None,
+                        "age_s": max(0, now - group.t_ns) / 1e9,
+                        "client": fq.ctx.label,
+                        "dev_id": group.dev.dev_id,
+                        "grpid": grpid,
+                    }
+                )
         return rows
 
 

@@ -52,10 +52,16 @@ class IommufdDevice(IommufdObject):
 
     def describe(self) -> dict[str, object]:
         row = super().describe()
-        row.update(rid=self.dev.name, removed=self.removed,
-                   attached={("rid" if p is None else str(p)): a.hwpt.id
-                             for p, a in sorted(self.dev.handles.items(),
-                                                key=lambda kv: -1 if kv[0] is None else kv[0])})
+        row.update(
+            rid=self.dev.name,
+            removed=self.removed,
+            attached={
+                ("rid" if p is None else str(p)): a.hwpt.id
+                for p, a in sorted(
+                    self.dev.handles.items(), key=lambda kv: -1 if kv[0] is None else kv[0]
+                )
+            },
+        )
         return row
 
 
@@ -94,8 +100,7 @@ def release_device(ctx: ContextBase, idev: IommufdDevice, now: int, reason: str)
         ctx.sink.trace("device", rid=dev.name, state="free", t_ns=now)
 
 
-def detach_handle(iommu: IommuCore, dev: Device, pasid: int | None, now: int,
-                  reason: str) -> None:
+def detach_handle(iommu: IommuCore, dev: Device, pasid: int | None, now: int, reason: str) -> None:
     """``iommufd_hwpt_detach_device``: detach, then answer the old handle's groups."""
     with iommu.response_batch():
         old = iommu.detach_device_pasid(dev, pasid, now)
@@ -104,8 +109,9 @@ def detach_handle(iommu: IommuCore, dev: Device, pasid: int | None, now: int,
     old.hwpt.attached -= 1
 
 
-register_object_ops(IommufdDevice, ObjectOps(destroy=_destroy, refuse=_refuse,
-                                             teardown_rank=lambda o: 0))
+register_object_ops(
+    IommufdDevice, ObjectOps(destroy=_destroy, refuse=_refuse, teardown_rank=lambda o: 0)
+)
 
 
 class DeviceOps(ContextBase):
@@ -117,20 +123,23 @@ class DeviceOps(ContextBase):
         unplug waits for the device."""
         dev = self.iommu.find(rid)
         if dev.removed or dev.removing:
-            raise CoreError(ENODEV, f"{dev.name} was removed" if dev.removed
-                            else f"{dev.name} is being removed")
+            raise CoreError(
+                ENODEV, f"{dev.name} was removed" if dev.removed else f"{dev.name} is being removed"
+            )
         if dev.binding is not None:
-            raise CoreError(EBUSY, f"{dev.name} is bound by another connection"
-                            if dev.binding.ctx is not self else f"{dev.name} is already "
-                            "bound here")
+            raise CoreError(
+                EBUSY,
+                f"{dev.name} is bound by another connection"
+                if dev.binding.ctx is not self
+                else f"{dev.name} is already bound here",
+            )
         obj_id = self.new_id()
         idev = IommufdDevice(obj_id, self, dev)
         self.objects[obj_id] = idev
         dev.binding = idev
         self.iommu.driver.device_bound(dev)
         if self.sink.trace_enabled:
-            self.sink.trace("device", rid=dev.name, state="bound", client=self.label,
-                            t_ns=now)
+            self.sink.trace("device", rid=dev.name, state="bound", client=self.label, t_ns=now)
         return obj_id
 
     def unbind(self, dev_id: int, now: int) -> None:
@@ -156,12 +165,16 @@ class DeviceOps(ContextBase):
         """A PASID for attach, replace or detach: v6.12's ``vfio_df_ioctl_attach_pt`` and
         ``vfio_df_ioctl_detach_pt`` take no flag, so PASID attach is ``EINVAL`` there."""
         if pasid is not None and not self.profile.pasid_attach:
-            raise CoreError(EINVAL, f"kernel {self.profile.name} has no PASID attach "
-                                    "(VFIO_DEVICE_ATTACH_PASID came with 6.15)")
+            raise CoreError(
+                EINVAL,
+                f"kernel {self.profile.name} has no PASID attach "
+                "(VFIO_DEVICE_ATTACH_PASID came with 6.15)",
+            )
         self.check_pasid(dev, pasid)
 
-    def _attach_target(self, dev_id: int, pt_id: int,
-                       pasid: int | None) -> tuple[Device, HwPagetable]:
+    def _attach_target(
+        self, dev_id: int, pt_id: int, pasid: int | None
+    ) -> tuple[Device, HwPagetable]:
         """``iommufd_device_change_pt`` up to the driver: the HWPT of any kind
         (``ENOENT``; an IOAS or another kind ``EINVAL``), then, as
         ``iommufd_hwpt_attach_device`` checks them, the VF rule and PASID compatibility
@@ -178,8 +191,11 @@ class DeviceOps(ContextBase):
             raise CoreError(EINVAL, f"object {pt_id} is not a HWPT")
         profile = self.profile
         info = dev.info
-        if pt.fault is not None and dev.is_vf and (
-                info.pri_supported or not profile.vf_rule_pri_only):
+        if (
+            pt.fault is not None
+            and dev.is_vf
+            and (info.pri_supported or not profile.vf_rule_pri_only)
+        ):
             # PRI is shared by a PF and its VFs and nothing coordinates it: v6.12's
             # ``iommufd_fault_iopf_enable`` refuses any VF, v6.13+'s
             # ``iommufd_hwpt_compatible_device`` a VF that supports PRI.
@@ -243,19 +259,29 @@ class DeviceOps(ContextBase):
         self.iommu.driver.flr(self.device(dev_id).dev, now)
 
     def dma(  # noqa: PLR0917 - the documented public API
-        self, dev_id: int, pasid: int | None, iova: int, length: int, perm: int,
-            now: int, tag: object) -> None:
+        self,
+        dev_id: int,
+        pasid: int | None,
+        iova: int,
+        length: int,
+        perm: int,
+        now: int,
+        tag: object,
+    ) -> None:
         """The device itself runs a transfer (completion comes as ``DmaDone``)."""
         dev = self.device(dev_id).dev
         self.check_pasid(dev, pasid)
         check_range(iova, length)
         if length > self.limits.max_dma_length:
-            raise CoreError(EINVAL, f"length {length:#x} exceeds max_dma_length "
-                                    f"({self.limits.max_dma_length:#x})")
+            raise CoreError(
+                EINVAL,
+                f"length {length:#x} exceeds max_dma_length ({self.limits.max_dma_length:#x})",
+            )
         p = check_perm(perm, ALL_PERMS)
         try:
-            self.services.machine.start_dma(dev.rid, pasid, iova, length, p, now,
-                                            tag=DmaTag(self, tag))
+            self.services.machine.start_dma(
+                dev.rid, pasid, iova, length, p, now, tag=DmaTag(self, tag)
+            )
         except ValueError as e:  # e.g. PRIV alone: the device has nothing to do
             raise CoreError(EINVAL, str(e)) from None
         self.counters["dma_started"] += 1
@@ -268,8 +294,7 @@ def _check_pasid_compat(dev: Device, hwpt: HwPagetable, pasid: int | None) -> No
     ``EINVAL``."""
     if pasid is None:
         if not hwpt.pasid_compat and any(p is not None for p in dev.handles):
-            raise CoreError(EINVAL, "a PASID is attached: the RID's HWPT needs the "
-                                    "pasid flag")
+            raise CoreError(EINVAL, "a PASID is attached: the RID's HWPT needs the pasid flag")
         return
     if not hwpt.pasid_compat:
         raise CoreError(EINVAL, f"HWPT {hwpt.id} was not allocated with the pasid flag")

@@ -48,8 +48,14 @@ class Removal:
 class Emulation:
     """Admin controls over the emulated hardware."""
 
-    def __init__(self, iommu: IommuCore, driver: IntelIommu, machine: Machine,
-                 counters: Counter[str], sink: EventSink) -> None:
+    def __init__(
+        self,
+        iommu: IommuCore,
+        driver: IntelIommu,
+        machine: Machine,
+        counters: Counter[str],
+        sink: EventSink,
+    ) -> None:
         self.iommu = iommu
         self.driver = driver
         self.machine = machine
@@ -60,8 +66,8 @@ class Emulation:
 
     # ------------------------------------------------------------------ inject
     def inject(  # noqa: PLR0917 - the documented public API
-        self, rid: str, pasid: int | None, addr: int, perm: int, grpid: int,
-            last: bool, now: int) -> None:
+        self, rid: str, pasid: int | None, addr: int, perm: int, grpid: int, last: bool, now: int
+    ) -> None:
         """Write one raw page request as if the device had sent it (admin ``inject``)."""
         dev = self.iommu.find(rid)
         if dev.removed:
@@ -75,9 +81,17 @@ class Emulation:
         if not 0 <= perm <= 0xF:
             raise CoreError(EINVAL, f"perm {perm!r} out of range")
         desc = PageRequestDescriptor(
-            sid=dev.sid, pasid_present=pasid is not None, pasid=pasid or 0,
-            exe_req=bool(perm & 4), pm_req=bool(perm & 8), rd_req=bool(perm & 1),
-            wr_req=bool(perm & 2), lpig=bool(last), prg_index=grpid, addr=addr)
+            sid=dev.sid,
+            pasid_present=pasid is not None,
+            pasid=pasid or 0,
+            exe_req=bool(perm & 4),
+            pm_req=bool(perm & 8),
+            rd_req=bool(perm & 1),
+            wr_req=bool(perm & 2),
+            lpig=bool(last),
+            prg_index=grpid,
+            addr=addr,
+        )
         self.machine.inject_page_request(dev.rid, desc, now)
         self.counters["injected"] += 1
 
@@ -87,9 +101,16 @@ class Emulation:
         self.driver.flr(self.iommu.find(rid), now)
 
     # ------------------------------------------------------------------ unplug
-    def unplug(self, rid: str, now: int, *, force: bool = False,
-               grace_ns: int = DEFAULT_UNPLUG_GRACE_NS, ctx: ContextBase | None = None,
-               tag: object = None) -> bool:
+    def unplug(
+        self,
+        rid: str,
+        now: int,
+        *,
+        force: bool = False,
+        grace_ns: int = DEFAULT_UNPLUG_GRACE_NS,
+        ctx: ContextBase | None = None,
+        tag: object = None,
+    ) -> bool:
         """Hot removal (see the module docstring). True: removed now; False: an
         ``UnplugDone`` with ``ctx`` and ``tag`` comes from ``service`` when it is."""
         dev = self.iommu.find(rid)
@@ -113,8 +134,9 @@ class Emulation:
             self.sink.emit(DeviceRequest(owner, v.dev_id, v.name))
             self.counters["device_requests"] += 1
             if self.sink.trace_enabled:
-                self.sink.trace("device", rid=v.name, state="removing", client=owner.label,
-                                t_ns=now)
+                self.sink.trace(
+                    "device", rid=v.name, state="removing", client=owner.label, t_ns=now
+                )
         return False
 
     def next_deadline(self) -> int | None:
@@ -129,11 +151,9 @@ class Emulation:
                 continue
             del self.removals[name]
             self._remove(removal.dev, removal.victims, now, forced=held)
-            self.sink.emit(UnplugDone(removal.ctx, removal.tag, name,
-                                      held))
+            self.sink.emit(UnplugDone(removal.ctx, removal.tag, name, held))
 
-    def _remove(self, dev: Device, victims: list[Device], now: int, *,
-                forced: bool) -> None:
+    def _remove(self, dev: Device, victims: list[Device], now: int, *, forced: bool) -> None:
         """The removal itself (seed 000): stop DMA, detach all (drain, auto-respond), PRI
         off, drain again, release; a still-bound owner's ``dev_id`` then gives
         ``ENODEV``. A PF takes its VFs with it, as the machine does."""
@@ -160,8 +180,7 @@ class Emulation:
             victim.removing = False
             self.counters["unplugs"] += 1
             if self.sink.trace_enabled:
-                self.sink.trace("device", rid=victim.name, state="removed", forced=forced,
-                                t_ns=now)
+                self.sink.trace("device", rid=victim.name, state="removed", forced=forced, t_ns=now)
 
     # ------------------------------------------------------------------ plug
     def plug(self, rid: str, now: int) -> None:

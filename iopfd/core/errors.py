@@ -26,12 +26,12 @@ class CoreError(Exception):
 class CoreLimits:
     """Bounds the core enforces (docs/protocol.md, *Fault events* and *extensions*)."""
 
-    max_pending: int = 4096            # unanswered groups per fault queue, then throttled
+    max_pending: int = 4096  # unanswered groups per fault queue, then throttled
     max_objects_per_context: int = 65536
-    max_retries: int = 8               # the device's per-page retry bound (machine setting)
+    max_retries: int = 8  # the device's per-page retry bound (machine setting)
     max_partials_per_device: int = 2048  # non-last requests set aside per device (PRQ depth)
     # The daemon runs each request to its end before serving anyone else, and a mapped
     # page costs memory: one request may touch this much, one context map this many.
-    max_dma_length: int = 1 << 20      # bytes one dma may cover (EINVAL beyond)
-    max_map_length: int = 64 << 20     # bytes one ioas_map / hwpt_s1_map may cover
+    max_dma_length: int = 1 << 20  # bytes one dma may cover (EINVAL beyond)
+    max_map_length: int = 64 << 20  # bytes one ioas_map / hwpt_s1_map may cover
     max_mapped_pages_per_context: int = 1 << 20  # 4 KiB pages mapped at once (ENOSPC)

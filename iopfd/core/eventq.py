@@ -34,8 +34,17 @@ if TYPE_CHECKING:
 
 
 class FaultQueue(IommufdObject):
-    __slots__ = ("counters", "delivered", "groups", "iopf", "max_pending", "next_cookie",
-                 "sink", "throttled_total", "throttled_unreported")
+    __slots__ = (
+        "counters",
+        "delivered",
+        "groups",
+        "iopf",
+        "max_pending",
+        "next_cookie",
+        "sink",
+        "throttled_total",
+        "throttled_unreported",
+    )
     kind: ClassVar[str] = "fault"
 
     def __init__(self, obj_id: int, ctx: ContextBase, iopf: IopfQueue) -> None:
@@ -52,8 +61,12 @@ class FaultQueue(IommufdObject):
 
     def describe(self) -> dict[str, object]:
         row = super().describe()
-        row.update(pending=len(self.groups), next_cookie=self.next_cookie,
-                   delivered=self.delivered, throttled=self.throttled_total)
+        row.update(
+            pending=len(self.groups),
+            next_cookie=self.next_cookie,
+            delivered=self.delivered,
+            throttled=self.throttled_total,
+        )
         return row
 
     # ------------------------------------------------------------------ delivery
@@ -75,8 +88,14 @@ class FaultQueue(IommufdObject):
             self.throttled_unreported += 1
             self.throttled_total += 1
             if self.sink.trace_enabled:
-                self.sink.trace("throttle", rid=dev.name, pasid=fault_pasid(last[0], last[1]),
-                                grpid=last[2], fault_id=self.id, t_ns=now)
+                self.sink.trace(
+                    "throttle",
+                    rid=dev.name,
+                    pasid=fault_pasid(last[0], last[1]),
+                    grpid=last[2],
+                    fault_id=self.id,
+                    t_ns=now,
+                )
             return RESP_SUCCESS
         cookie = self.next_cookie
         self.next_cookie = cookie + 1
@@ -89,19 +108,34 @@ class FaultQueue(IommufdObject):
         counters["delivered"] += 1
         dev_id = dev.dev_id
         records = [
-            {"flags": f[0], "dev_id": dev_id, "pasid": f[1], "grpid": f[2], "perm": f[3],
-             "addr": f[4], "length": 0}
+            {
+                "flags": f[0],
+                "dev_id": dev_id,
+                "pasid": f[1],
+                "grpid": f[2],
+                "perm": f[3],
+                "addr": f[4],
+                "length": 0,
+            }
             for f in group.faults
         ]
         throttled = self.throttled_unreported
         self.throttled_unreported = 0
-        self.sink.emit(FaultDelivered(self.ctx, self.id, cookie, records,
-                                      throttled))
+        self.sink.emit(FaultDelivered(self.ctx, self.id, cookie, records, throttled))
         if self.sink.trace_enabled:
-            self.sink.trace("fault", rid=dev.name, dev_id=dev_id,
-                            pasid=fault_pasid(last[0], last[1]), grpid=last[2],
-                            addr=group.faults[0][4], perm=last[3], fault_id=self.id,
-                            cookie=cookie, records=len(group.faults), t_ns=now)
+            self.sink.trace(
+                "fault",
+                rid=dev.name,
+                dev_id=dev_id,
+                pasid=fault_pasid(last[0], last[1]),
+                grpid=last[2],
+                addr=group.faults[0][4],
+                perm=last[3],
+                fault_id=self.id,
+                cookie=cookie,
+                records=len(group.faults),
+                t_ns=now,
+            )
         return None
 
     # ------------------------------------------------------------------ answers
@@ -122,9 +156,16 @@ class FaultQueue(IommufdObject):
         self.counters["responses"] += 1
         if self.sink.trace_enabled:
             last = group.faults[-1]
-            self.sink.trace("response", rid=group.dev.name,
-                            pasid=fault_pasid(last[0], last[1]), grpid=last[2],
-                            fault_id=self.id, cookie=cookie, code=code, t_ns=now)
+            self.sink.trace(
+                "response",
+                rid=group.dev.name,
+                pasid=fault_pasid(last[0], last[1]),
+                grpid=last[2],
+                fault_id=self.id,
+                cookie=cookie,
+                code=code,
+                t_ns=now,
+            )
         return True
 
     def auto_response(self, groups: Sequence[IopfGroup], reason: str, now: int) -> int:
@@ -135,10 +176,17 @@ class FaultQueue(IommufdObject):
             self.counters["auto_responses"] += 1
             if self.sink.trace_enabled:
                 last = group.faults[-1]
-                self.sink.trace("auto_response", rid=group.dev.name,
-                                pasid=fault_pasid(last[0], last[1]), grpid=last[2],
-                                fault_id=self.id, cookie=group.cookie, code=RESP_INVALID,
-                                reason=reason, t_ns=now)
+                self.sink.trace(
+                    "auto_response",
+                    rid=group.dev.name,
+                    pasid=fault_pasid(last[0], last[1]),
+                    grpid=last[2],
+                    fault_id=self.id,
+                    cookie=group.cookie,
+                    code=RESP_INVALID,
+                    reason=reason,
+                    t_ns=now,
+                )
         return len(groups)
 
 
@@ -173,8 +221,7 @@ class FaultOps(ContextBase):
         self.objects[obj_id] = FaultQueue(obj_id, self, self.iommu.iopf)
         return obj_id
 
-    def page_response(self, fault_id: int, responses: Sequence[tuple[int, int]],
-                      now: int) -> int:
+    def page_response(self, fault_id: int, responses: Sequence[tuple[int, int]], now: int) -> int:
         """The fault fd's ``write()`` (``iommufd_fault_fops_write``): entries in order,
         stopping at the first whose code is not SUCCESS/INVALID or whose cookie is not
         pending here; what came before it stays applied. Returns how many were applied;
@@ -190,8 +237,9 @@ class FaultOps(ContextBase):
                     error = f"entry {done}: code {code!r} is neither SUCCESS (0) nor INVALID (1)"
                     break
                 if not fq.respond(cookie, code, now):
-                    error = (f"entry {done}: cookie {cookie!r} is not pending in fault queue "
-                             f"{fault_id}")
+                    error = (
+                        f"entry {done}: cookie {cookie!r} is not pending in fault queue {fault_id}"
+                    )
                     break
                 done += 1
         if error:

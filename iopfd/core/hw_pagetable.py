@@ -31,8 +31,16 @@ HWPT_FLAGS = frozenset({"nest_parent", "pasid"})
 
 
 class HwPagetable(IommufdObject):
-    __slots__ = ("attached", "children", "domain", "fault", "ioas", "nest_parent", "parent",
-                 "pasid_compat")
+    __slots__ = (
+        "attached",
+        "children",
+        "domain",
+        "fault",
+        "ioas",
+        "nest_parent",
+        "parent",
+        "pasid_compat",
+    )
     kind: ClassVar[str] = "hwpt"
 
     def __init__(
@@ -103,25 +111,35 @@ def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
         obj.fault.users -= 1
 
 
-register_object_ops(HwPagetable, ObjectOps(
-    destroy=_destroy, refuse=_refuse,
-    teardown_rank=lambda o: 1 if isinstance(o, HwPagetable) and o.is_nested else 2))
+register_object_ops(
+    HwPagetable,
+    ObjectOps(
+        destroy=_destroy,
+        refuse=_refuse,
+        teardown_rank=lambda o: 1 if isinstance(o, HwPagetable) and o.is_nested else 2,
+    ),
+)
 
 
 class HwptOps(IoasOps):
     """The context's HWPT operations (``IOMMU_HWPT_ALLOC``, ``IOMMU_HWPT_INVALIDATE``,
     and the guest's stage-1 writes)."""
 
-    def hwpt_alloc(self, dev_id: int, pt_id: int, flags: Sequence[str],
-                   fault_id: int | None, data: Mapping[str, object] | None) -> int:
+    def hwpt_alloc(
+        self,
+        dev_id: int,
+        pt_id: int,
+        flags: Sequence[str],
+        fault_id: int | None,
+        data: Mapping[str, object] | None,
+    ) -> int:
         """``iommufd_hwpt_alloc``, in its order: the device (``ENOENT``), ``pt_id`` of any
         kind (``EINVAL`` when it is not an object of this context), the per-kind flags
         (``EOPNOTSUPP``), then the fault queue (``ENOENT``)."""
         idev = self.device(dev_id)
         pt = self.lookup(pt_id)
         if pt is None:
-            raise CoreError(EINVAL, f"pt_id {pt_id!r} is not an IOAS or HWPT of this "
-                                    "connection")
+            raise CoreError(EINVAL, f"pt_id {pt_id!r} is not an IOAS or HWPT of this connection")
         profile = self.profile
         for flag in flags:
             if flag not in HWPT_FLAGS or (flag == "pasid" and not profile.pasid_attach):
@@ -136,17 +154,27 @@ class HwptOps(IoasOps):
                 raise CoreError(EINVAL, "data is only for a nested HWPT")
             if fault_id is not None and not profile.paging_fault_hwpt:
                 # v6.12's paging valid_flags lack IOMMU_HWPT_FAULT_ID_VALID.
-                raise CoreError(EOPNOTSUPP, f"kernel {profile.name}: a paging HWPT cannot "
-                                            "be fault-capable (use a nested HWPT)")
+                raise CoreError(
+                    EOPNOTSUPP,
+                    f"kernel {profile.name}: a paging HWPT cannot "
+                    "be fault-capable (use a nested HWPT)",
+                )
             if fault_id is not None and nest_parent:
                 raise CoreError(EOPNOTSUPP, "a nest_parent HWPT cannot be fault-capable")
             if nest_parent and not unit.spec.nest:
                 raise CoreError(EOPNOTSUPP, f"{unit.name} has no nested translation")
             fault = self._fault_queue(fault_id)
             obj_id = self.new_id()
-            hwpt = HwPagetable(obj_id, self, ioas=pt, parent=None, nest_parent=nest_parent,
-                               fault=fault, pasid_compat=pasid_compat,
-                               domain=driver.domain_alloc(pt.table, None))
+            hwpt = HwPagetable(
+                obj_id,
+                self,
+                ioas=pt,
+                parent=None,
+                nest_parent=nest_parent,
+                fault=fault,
+                pasid_compat=pasid_compat,
+                domain=driver.domain_alloc(pt.table, None),
+            )
             pt.hwpts[obj_id] = hwpt
         elif isinstance(pt, HwPagetable):
             # iommufd_hwpt_nested_alloc: FAULT_ID_VALID and (6.15+) PASID only, user
@@ -163,9 +191,16 @@ class HwptOps(IoasOps):
                 raise CoreError(EOPNOTSUPP, f"{unit.name} has no nested translation")
             fault = self._fault_queue(fault_id)
             obj_id = self.new_id()
-            hwpt = HwPagetable(obj_id, self, ioas=pt.ioas, parent=pt, nest_parent=False,
-                               fault=fault, pasid_compat=pasid_compat,
-                               domain=driver.domain_alloc(pt.ioas.table, pt.domain))
+            hwpt = HwPagetable(
+                obj_id,
+                self,
+                ioas=pt.ioas,
+                parent=pt,
+                nest_parent=False,
+                fault=fault,
+                pasid_compat=pasid_compat,
+                domain=driver.domain_alloc(pt.ioas.table, pt.domain),
+            )
             pt.children[obj_id] = hwpt
         else:
             raise CoreError(EINVAL, f"object {pt_id} is neither an IOAS nor a HWPT")
@@ -202,8 +237,13 @@ class HwptOps(IoasOps):
         first = iova // PAGE_SIZE
         # Entries are rewritten in place (a guest rewrites its page table); only new
         # ones are charged.
-        self.charge_pages(sum(1 for page in range(first, first + length // PAGE_SIZE)
-                              if s1.lookup_page(page) is None))
+        self.charge_pages(
+            sum(
+                1
+                for page in range(first, first + length // PAGE_SIZE)
+                if s1.lookup_page(page) is None
+            )
+        )
         s1.map(iova, gpa, length, p)
 
     def hwpt_s1_unmap(self, hwpt_id: int, iova: int, length: int) -> int:
@@ -214,8 +254,7 @@ class HwptOps(IoasOps):
         self.mapped_pages -= unmapped // PAGE_SIZE
         return unmapped
 
-    def hwpt_invalidate(self, hwpt_id: int, iova: int | None, length: int | None,
-                        now: int) -> None:
+    def hwpt_invalidate(self, hwpt_id: int, iova: int | None, length: int | None, now: int) -> None:
         """``IOMMU_HWPT_INVALIDATE`` (VTD_S1): the nested domain's stage-1 entries in
         the IOTLB and its devices' ATCs."""
         hwpt = self._nested(hwpt_id)
@@ -224,9 +263,13 @@ class HwptOps(IoasOps):
         if iova is not None and length is not None:
             check_range(iova, length)
         self.iommu.driver.flush_iotlb_range(
-            [hwpt.domain], first_stage=True, start=iova,
+            [hwpt.domain],
+            first_stage=True,
+            start=iova,
             end=None if iova is None or length is None else iova + length,
-            reason="hwpt_invalidate", now=now)
+            reason="hwpt_invalidate",
+            now=now,
+        )
 
 
 __all__ = ["HWPT_FLAGS", "HwPagetable", "HwptOps"]

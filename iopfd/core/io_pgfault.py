@@ -70,12 +70,11 @@ class IopfGroup:
 
     __slots__ = ("attach", "cookie", "dev", "faults", "state", "t_ns")
 
-    def __init__(self, dev: Device, faults: list[Fault], attach: AttachHandle,
-                 t_ns: int) -> None:
+    def __init__(self, dev: Device, faults: list[Fault], attach: AttachHandle, t_ns: int) -> None:
         self.dev = dev
-        self.faults = faults      # arrival order; the LAST_PAGE one last
+        self.faults = faults  # arrival order; the LAST_PAGE one last
         self.attach = attach
-        self.cookie = 0           # given by the fault queue that takes it
+        self.cookie = 0  # given by the fault queue that takes it
         self.t_ns = t_ns
         self.state = PENDING
 
@@ -144,15 +143,15 @@ class IopfQueue:
         if code is not None:
             self.group_response(group, code)
 
-    def _error_response(self, dev: Device, flags: int, pasid: int, grpid: int,
-                        now: int) -> None:
+    def _error_response(self, dev: Device, flags: int, pasid: int, grpid: int, now: int) -> None:
         """``err_bad_iopf``: no fault-capable attachment for this request's (device,
         PASID): ``iopf_error_response`` answers INVALID now, last request or not (the
         function then sees extra responses for the PRG index, PCIe's unexpected-PRGI
         case). It counts as a group of one request, answered by the daemon."""
         assert self.driver is not None
-        self.driver.page_response(dev, bool(flags & PASID_VALID), pasid, grpid, RESP_INVALID,
-                                  bool(flags & LAST_PAGE))
+        self.driver.page_response(
+            dev, bool(flags & PASID_VALID), pasid, grpid, RESP_INVALID, bool(flags & LAST_PAGE)
+        )
         counters = self.counters
         counters["groups"] += 1
         counters["auto_responses"] += 1
@@ -160,12 +159,20 @@ class IopfQueue:
         if not flags & LAST_PAGE:
             counters["no_handler_partial_responses"] += 1
         if self.sink.trace_enabled:
-            self.sink.trace("auto_response", rid=dev.name, pasid=fault_pasid(flags, pasid),
-                            grpid=grpid, code=RESP_INVALID, reason="no_handler",
-                            last=bool(flags & LAST_PAGE), t_ns=now)
+            self.sink.trace(
+                "auto_response",
+                rid=dev.name,
+                pasid=fault_pasid(flags, pasid),
+                grpid=grpid,
+                code=RESP_INVALID,
+                reason="no_handler",
+                last=bool(flags & LAST_PAGE),
+                t_ns=now,
+            )
 
-    def _take_partials(self, param: IopfParam, grpid: int, flags: int,
-                       pasid: int) -> list[Fault] | None:
+    def _take_partials(
+        self, param: IopfParam, grpid: int, flags: int, pasid: int
+    ) -> list[Fault] | None:
         """Step 5: the set-aside requests of this group: same index *and* same PASID, in
         arrival order. The kernel matches the index alone; a request of another PASID
         under the same index is left over from an earlier group (a function has one
@@ -192,8 +199,7 @@ class IopfQueue:
         group.state = ANSWERED
         last = group.faults[-1]
         assert self.driver is not None
-        self.driver.page_response(group.dev, bool(last[0] & PASID_VALID), last[1], last[2],
-                                  code)
+        self.driver.page_response(group.dev, bool(last[0] & PASID_VALID), last[1], last[2], code)
 
     # ------------------------------------------------------------------ partials
     def discard_group_partials(self, dev: Device, grpid: int) -> int:

@@ -139,18 +139,22 @@ class IoasOps(ContextBase):
     def check_map_length(self, length: int) -> None:
         limit = self.limits.max_map_length
         if length > limit:
-            raise CoreError(EINVAL, f"length {length:#x} exceeds max_map_length ({limit:#x}): "
-                                    "map in several calls")
+            raise CoreError(
+                EINVAL,
+                f"length {length:#x} exceeds max_map_length ({limit:#x}): map in several calls",
+            )
 
     def charge_pages(self, npages: int) -> None:
         limit = self.limits.max_mapped_pages_per_context
         if self.mapped_pages + npages > limit:
-            raise CoreError(ENOSPC, f"mapping {npages} more pages would exceed "
-                                    f"max_mapped_pages ({limit}) for this connection")
+            raise CoreError(
+                ENOSPC,
+                f"mapping {npages} more pages would exceed "
+                f"max_mapped_pages ({limit}) for this connection",
+            )
         self.mapped_pages += npages
 
-    def ioas_map(self, ioas_id: int, iova: int | None, length: int, perm: int,
-                 now: int) -> int:
+    def ioas_map(self, ioas_id: int, iova: int | None, length: int, perm: int, now: int) -> int:
         """``IOMMU_IOAS_MAP``: at ``iova`` (``IOMMU_IOAS_MAP_FIXED_IOVA``; ``EBUSY`` over
         a mapped page, the kernel's ``EEXIST``), or, with ``iova`` None, at the lowest
         free hole the daemon picks (``ENOSPC`` when none fits). Returns the IOVA."""
@@ -189,8 +193,13 @@ class IoasOps(ContextBase):
         self.counters["ioas_unmaps"] += 1
         if unmapped:
             self.iommu.driver.flush_iotlb_range(
-                [hwpt.domain for hwpt in ioas.hwpts.values()], first_stage=False,
-                start=iova, end=iova + length, reason="ioas_unmap", now=now)
+                [hwpt.domain for hwpt in ioas.hwpts.values()],
+                first_stage=False,
+                start=iova,
+                end=iova + length,
+                reason="ioas_unmap",
+                now=now,
+            )
         return unmapped
 
 
@@ -216,5 +225,13 @@ def _alloc_iova(areas: IovaAreas, npages: int) -> int | None:
         return start
 
 
-__all__ = ["ALL_PERMS", "IOVA_ALLOC_START", "MSI_RESERVED", "RW", "Ioas", "IoasOps",
-           "IovaAreas", "check_perm"]
+__all__ = [
+    "ALL_PERMS",
+    "IOVA_ALLOC_START",
+    "MSI_RESERVED",
+    "RW",
+    "Ioas",
+    "IoasOps",
+    "IovaAreas",
+    "check_perm",
+]

@@ -40,8 +40,17 @@ if TYPE_CHECKING:
 class Device:
     """A PCI function as the kernel's IOMMU layers know it (see the module docstring)."""
 
-    __slots__ = ("binding", "fault_param", "fn", "handles", "info", "name", "removed",
-                 "removing", "rid")
+    __slots__ = (
+        "binding",
+        "fault_param",
+        "fn",
+        "handles",
+        "info",
+        "name",
+        "removed",
+        "removing",
+        "rid",
+    )
 
     def __init__(self, fn: PciFunction, info: DeviceDomainInfo) -> None:
         self.fn = fn
@@ -86,8 +95,7 @@ class AttachHandle:
 
     __slots__ = ("dev", "domain", "drv", "fault", "groups", "hwpt", "pasid")
 
-    def __init__(self, dev: Device, pasid: int | None, hwpt: HwPagetable,
-                 drv: DevPasid) -> None:
+    def __init__(self, dev: Device, pasid: int | None, hwpt: HwPagetable, drv: DevPasid) -> None:
         self.dev = dev
         self.pasid = pasid
         self.hwpt = hwpt
@@ -102,17 +110,32 @@ class IommuDriver(Protocol):
     """The ops the generic layers call on the driver (``struct iommu_ops`` and the
     domain ops), implemented by ``intel.iommu.IntelIommu``."""
 
-    def set_dev_pasid(self, dev: Device, pasid: int | None, domain: DmarDomain,
-                      fault_capable: bool) -> DevPasid: ...
+    def set_dev_pasid(
+        self, dev: Device, pasid: int | None, domain: DmarDomain, fault_capable: bool
+    ) -> DevPasid: ...
 
-    def replace_dev_pasid(self, dev: Device, pasid: int | None, domain: DmarDomain, *,
-                          fault_capable: bool, old: AttachHandle, now: int) -> DevPasid: ...
+    def replace_dev_pasid(
+        self,
+        dev: Device,
+        pasid: int | None,
+        domain: DmarDomain,
+        *,
+        fault_capable: bool,
+        old: AttachHandle,
+        now: int,
+    ) -> DevPasid: ...
 
-    def remove_dev_pasid(self, dev: Device, pasid: int | None, old: AttachHandle,
-                         now: int) -> None: ...
+    def remove_dev_pasid(
+        self, dev: Device, pasid: int | None, old: AttachHandle, now: int
+    ) -> None: ...
 
     def page_response(  # noqa: PLR0917
-        self, dev: Device, pasid_valid: bool, pasid: int, grpid: int, code: int,
+        self,
+        dev: Device,
+        pasid_valid: bool,
+        pasid: int,
+        grpid: int,
+        code: int,
         last: bool = True,
     ) -> None: ...
 
@@ -120,9 +143,16 @@ class IommuDriver(Protocol):
 
     def domain_alloc(self, s2: PageTable, parent: DmarDomain | None) -> DmarDomain: ...
 
-    def flush_iotlb_range(self, domains: Iterable[DmarDomain], *, first_stage: bool,
-                          start: int | None, end: int | None, reason: str,
-                          now: int) -> None: ...
+    def flush_iotlb_range(
+        self,
+        domains: Iterable[DmarDomain],
+        *,
+        first_stage: bool,
+        start: int | None,
+        end: int | None,
+        reason: str,
+        now: int,
+    ) -> None: ...
 
     def device_bound(self, dev: Device) -> None: ...
 
@@ -135,8 +165,7 @@ class IommuCore:
     """The devices and the attach sequence (``iommu_attach_device_pasid``,
     ``iommu_replace_device_pasid``, ``iommu_detach_device_pasid``)."""
 
-    def __init__(self, driver: IommuDriver, iopf: IopfQueue,
-                 counters: Counter[str]) -> None:
+    def __init__(self, driver: IommuDriver, iopf: IopfQueue, counters: Counter[str]) -> None:
         self.driver = driver
         self.iopf = iopf
         self.counters = counters
@@ -158,8 +187,9 @@ class IommuCore:
         """Page responses given inside go out together when the outermost batch ends."""
         return self.driver.response_batch()
 
-    def attach_device_pasid(self, dev: Device, pasid: int | None,
-                            hwpt: HwPagetable) -> AttachHandle:
+    def attach_device_pasid(
+        self, dev: Device, pasid: int | None, hwpt: HwPagetable
+    ) -> AttachHandle:
         """The driver programs the hardware first (its errors leave nothing behind);
         the handle is published last."""
         drv = self.driver.set_dev_pasid(dev, pasid, hwpt.domain, hwpt.fault is not None)
@@ -168,14 +198,15 @@ class IommuCore:
         self.counters["attaches"] += 1
         return handle
 
-    def replace_device_pasid(self, dev: Device, pasid: int | None, hwpt: HwPagetable,
-                             now: int) -> AttachHandle:
+    def replace_device_pasid(
+        self, dev: Device, pasid: int | None, hwpt: HwPagetable, now: int
+    ) -> AttachHandle:
         """Switch (device, PASID) to ``hwpt``; returns the old handle, now unpublished,
         for the caller to answer its groups. On failure the old attachment stays."""
         old = dev.handles[pasid]
-        drv = self.driver.replace_dev_pasid(dev, pasid, hwpt.domain,
-                                            fault_capable=hwpt.fault is not None, old=old,
-                                            now=now)
+        drv = self.driver.replace_dev_pasid(
+            dev, pasid, hwpt.domain, fault_capable=hwpt.fault is not None, old=old, now=now
+        )
         dev.handles[pasid] = AttachHandle(dev, pasid, hwpt, drv)
         self.counters["replaces"] += 1
         return old

@@ -49,8 +49,12 @@ class IommufdObject:
 
     def describe(self) -> dict[str, object]:
         """The row of the admin ``objects`` result."""
-        return {"id": self.id, "type": self.type_name(), "client": self.ctx.label,
-                "users": self.users}
+        return {
+            "id": self.id,
+            "type": self.type_name(),
+            "client": self.ctx.label,
+            "users": self.users,
+        }
 
     def type_name(self) -> str:
         return self.kind
@@ -180,8 +184,9 @@ class ContextBase:
     def teardown(self, now: int) -> None:
         """Release everything, as closing ``/dev/iommu`` does: users before what they
         use (devices, nested HWPTs, HWPTs, then fault queues and IOASes)."""
-        ranked = sorted(self.objects.values(),
-                        key=lambda o: (OBJECT_OPS[type(o)].teardown_rank(o), o.id))
+        ranked = sorted(
+            self.objects.values(), key=lambda o: (OBJECT_OPS[type(o)].teardown_rank(o), o.id)
+        )
         for obj in ranked:
             OBJECT_OPS[type(obj)].destroy(self, obj, now)
             del self.objects[obj.id]

@@ -42,10 +42,16 @@ class KernelProfile:
 
 
 PROFILES: Final[dict[str, KernelProfile]] = {
-    "6.12": KernelProfile("6.12", pri_at_probe=False, pasid_attach=False,
-                          paging_fault_hwpt=False, vf_rule_pri_only=False),
-    "6.18": KernelProfile("6.18", pri_at_probe=True, pasid_attach=True,
-                          paging_fault_hwpt=True, vf_rule_pri_only=True),
+    "6.12": KernelProfile(
+        "6.12",
+        pri_at_probe=False,
+        pasid_attach=False,
+        paging_fault_hwpt=False,
+        vf_rule_pri_only=False,
+    ),
+    "6.18": KernelProfile(
+        "6.18", pri_at_probe=True, pasid_attach=True, paging_fault_hwpt=True, vf_rule_pri_only=True
+    ),
 }
 DEFAULT_KERNEL: Final = "6.18"
 
@@ -55,8 +61,9 @@ def kernel_profile(name: str) -> KernelProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(f"unknown kernel profile {name!r}: choose one of "
-                         f"{', '.join(sorted(PROFILES))}") from None
+        raise ValueError(
+            f"unknown kernel profile {name!r}: choose one of {', '.join(sorted(PROFILES))}"
+        ) from None
 
 
 __all__ = ["DEFAULT_KERNEL", "PROFILES", "KernelProfile", "kernel_profile"]

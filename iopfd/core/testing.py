@@ -39,8 +39,13 @@ RW = 3
 class Env:
     """One core over one machine, a clock, and helpers that keep tests short."""
 
-    def __init__(self, topo: TopologySpec | None = None, limits: CoreLimits | None = None,
-                 kernel: str = DEFAULT_KERNEL, **machine_kw: int) -> None:
+    def __init__(
+        self,
+        topo: TopologySpec | None = None,
+        limits: CoreLimits | None = None,
+        kernel: str = DEFAULT_KERNEL,
+        **machine_kw: int,
+    ) -> None:
         self.machine = Machine(topo or default_topology(), **machine_kw)
         self.core = Core(self.machine, limits, kernel_profile(kernel))
         self.now = 1_000_000
@@ -80,9 +85,15 @@ class Env:
         return out
 
     # ---- setup
-    def fault_hwpt(self, rid: str = ACCEL, pasid: int | None = 5, ctx: Context | None = None,
-                   *, fault: bool = True, nested: bool | None = None,
-                   ) -> tuple[int, int, int | None, int]:
+    def fault_hwpt(
+        self,
+        rid: str = ACCEL,
+        pasid: int | None = 5,
+        ctx: Context | None = None,
+        *,
+        fault: bool = True,
+        nested: bool | None = None,
+    ) -> tuple[int, int, int | None, int]:
         """bind + IOAS + fault queue + HWPT, attached; (dev_id, ioas, fq, hwpt).
 
         The HWPT is a paging one, or a nested one on a nesting parent with an identity
@@ -105,8 +116,7 @@ class Env:
         ctx.attach(dev_id, hwpt, pasid, self.now)
         return dev_id, ioas, fq, hwpt
 
-    def map(self, ioas: int, hwpt: int, iova: int, length: int,
-            ctx: Context | None = None) -> None:
+    def map(self, ioas: int, hwpt: int, iova: int, length: int, ctx: Context | None = None) -> None:
         """Map ``[iova, iova + length)`` for ``hwpt``: the IOAS identity, and for a nested
         HWPT its stage 1 too (iova -> the same gpa), as a guest would."""
         ctx = ctx or self.ctx
@@ -115,8 +125,16 @@ class Env:
         if isinstance(obj, HwPagetable) and obj.is_nested:
             ctx.hwpt_s1_map(hwpt, iova, length, iova, RW)
 
-    def inject(self, rid: str, pasid: int | None, addr: int, grpid: int, *,
-               last: bool = True, perm: int = RW) -> None:
+    def inject(
+        self,
+        rid: str,
+        pasid: int | None,
+        addr: int,
+        grpid: int,
+        *,
+        last: bool = True,
+        perm: int = RW,
+    ) -> None:
         self.core.emulation.inject(rid, pasid, addr, perm, grpid, last, self.now)
 
 
@@ -139,7 +157,8 @@ def check_invariants(env: Env) -> None:
     pending_rows = core.pending(env.now)
     # Exactly once, visible from outside.
     assert c["groups"] == c["responses"] + c["auto_responses"] + c["throttled"] + len(
-        pending_rows), c
+        pending_rows
+    ), c
     assert core.counters["double_answers_prevented"] == 0
     # A second answer to a group reaches the device as an unexpected PRGI. The only
     # legitimate source: requests answered INVALID on arrival for want of a handler
@@ -147,11 +166,21 @@ def check_invariants(env: Env) -> None:
     # each of which can add at most one answer beyond the one the group needed.
     uprgi = sum(fn.counters["unexpected_prgi"] for fn in env.machine.functions.values())
     assert uprgi <= core.counters["no_handler_partial_responses"], (
-        uprgi, core.counters["no_handler_partial_responses"])
-    fqs = [o for ctx in core.contexts.values() for o in ctx.objects.values()
-           if isinstance(o, FaultQueue)]
-    hwpts = [o for ctx in core.contexts.values() for o in ctx.objects.values()
-             if isinstance(o, HwPagetable)]
+        uprgi,
+        core.counters["no_handler_partial_responses"],
+    )
+    fqs = [
+        o
+        for ctx in core.contexts.values()
+        for o in ctx.objects.values()
+        if isinstance(o, FaultQueue)
+    ]
+    hwpts = [
+        o
+        for ctx in core.contexts.values()
+        for o in ctx.objects.values()
+        if isinstance(o, HwPagetable)
+    ]
     per_domain: dict[int, int] = {}
     for fq in fqs:
         # Memory bounded; no group pending for an attachment that is gone.
@@ -222,8 +251,12 @@ def check_no_stale_translation(env: Env) -> None:
 
 
 def _all_hwpts(core: Core) -> list[HwPagetable]:
-    return [o for ctx in core.contexts.values() for o in ctx.objects.values()
-            if isinstance(o, HwPagetable)]
+    return [
+        o
+        for ctx in core.contexts.values()
+        for o in ctx.objects.values()
+        if isinstance(o, HwPagetable)
+    ]
 
 
 def _walk(hwpt: HwPagetable, page: int) -> tuple[int, Perm] | None:
@@ -238,5 +271,3 @@ def _walk(hwpt: HwPagetable, page: int) -> tuple[int, Perm] | None:
         return None
     rw = Perm.READ | Perm.WRITE
     return s2[0], (s1[1] & s2[1] & rw) | (s1[1] & (Perm.EXEC | Perm.PRIV))
-
-

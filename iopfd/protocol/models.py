@@ -213,7 +213,8 @@ class UnplugArgs(RidArgs):
 
     force: bool = False
     grace_s: Annotated[float, Field(ge=0, le=UNPLUG_GRACE_MAX_S, allow_inf_nan=False)] = (
-        UNPLUG_GRACE_DEFAULT_S)
+        UNPLUG_GRACE_DEFAULT_S
+    )
 
 
 class InjectArgs(Args):

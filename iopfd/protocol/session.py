@@ -67,8 +67,9 @@ class Rejected:
 class ServerSession:
     """One connection, as the daemon sees it."""
 
-    def __init__(self, *, admin: bool, max_frame: int = DEFAULT_MAX_FRAME,
-                 max_deferred: int = 256) -> None:
+    def __init__(
+        self, *, admin: bool, max_frame: int = DEFAULT_MAX_FRAME, max_deferred: int = 256
+    ) -> None:
         self.admin = admin
         self.max_frame = max_frame
         self.max_deferred = max_deferred
@@ -115,8 +116,9 @@ class ServerSession:
     def receive_eof(self) -> Rejected | None:
         """The peer closed its end: a violation if it did so inside a frame."""
         if self.decoder.buffered and not self.closed:
-            return self._violation(None, f"connection closed inside a frame "
-                                         f"({self.decoder.buffered} bytes held)")
+            return self._violation(
+                None, f"connection closed inside a frame ({self.decoder.buffered} bytes held)"
+            )
         self.closed = True
         return None
 
@@ -131,8 +133,13 @@ class ServerSession:
         except RequestError as exc:
             if exc.closes_connection:
                 return self._violation(exc.request_id, exc.message)
-            return Rejected(exc.request_id, exc.errno, exc.message,
-                            error_frame(exc.request_id, exc.errno, exc.message), False)
+            return Rejected(
+                exc.request_id,
+                exc.errno,
+                exc.message,
+                error_frame(exc.request_id, exc.errno, exc.message),
+                False,
+            )
 
     def _admit(self, msg: Mapping[str, object]) -> Request:
         """Every session rule, in the order a client sees them broken."""
@@ -145,20 +152,23 @@ class ServerSession:
             raise RequestError(EINVAL, "unknown op", rid)
         if spec.admin and not self.admin:
             raise RequestError(EPERM, f"{op} is an admin op", rid)
-        args = m.validate_args(op, {k: v for k, v in msg.items()
-                                    if k != "op" and k != "id"}, rid)
+        args = m.validate_args(op, {k: v for k, v in msg.items() if k != "op" and k != "id"}, rid)
         if op == "hello":
             self._hello(args, rid)
         if spec.deferred:
             if rid in self.deferred:
-                raise RequestError(EINVAL, f"a {self.deferred[rid]} with id {rid} is still "
-                                           "in flight", rid)
+                raise RequestError(
+                    EINVAL, f"a {self.deferred[rid]} with id {rid} is still in flight", rid
+                )
             # Bounded where the contract lets the op say ENOSPC (``dma``, per connection:
             # max_dma_inflight); an ``unplug`` waits on a device, of which there are few.
             if ENOSPC in spec.errnos:
                 if self._waiting[op] >= self.max_deferred:
-                    raise RequestError(ENOSPC, f"{self.max_deferred} {op} requests already "
-                                               "wait for their replies", rid)
+                    raise RequestError(
+                        ENOSPC,
+                        f"{self.max_deferred} {op} requests already wait for their replies",
+                        rid,
+                    )
                 self._waiting[op] += 1
             self.deferred[rid] = op
         return Request(op, rid, args, spec)
@@ -173,8 +183,9 @@ class ServerSession:
         if self.hello_done:
             raise RequestError(EINVAL, "hello was already accepted on this connection", rid)
         if args.version not in m.SUPPORTED_VERSIONS:
-            raise RequestError(EPROTONOSUPPORT,
-                               f"supported versions: {list(m.SUPPORTED_VERSIONS)}", rid)
+            raise RequestError(
+                EPROTONOSUPPORT, f"supported versions: {list(m.SUPPORTED_VERSIONS)}", rid
+            )
         self.hello_done = True
 
     def _violation(self, rid: int | None, message: str) -> Rejected:
@@ -189,8 +200,7 @@ class ServerSession:
         self._done(rid)
         frame = encode_frame({"id": rid, "ok": True, "result": result})
         if len(frame) - 4 > self.max_frame:
-            return error_frame(rid, ENOSPC, f"result of {len(frame) - 4} bytes exceeds "
-                                             "max_frame")
+            return error_frame(rid, ENOSPC, f"result of {len(frame) - 4} bytes exceeds max_frame")
         return frame
 
     def error(self, rid: int | None, errno: str, message: str) -> bytes:
@@ -276,8 +286,11 @@ class ClientSession:
         m.validate_args(op, args, rid)
         frame = encode_frame({"op": op, "id": rid, **args})
         if len(frame) - 4 > self.max_frame:
-            raise RequestError(EINVAL, f"request of {len(frame) - 4} bytes exceeds "
-                                       f"max_frame ({self.max_frame})", rid)
+            raise RequestError(
+                EINVAL,
+                f"request of {len(frame) - 4} bytes exceeds max_frame ({self.max_frame})",
+                rid,
+            )
         self.waiting[rid] = op
         self.requests += 1
         return rid, frame
@@ -335,8 +348,7 @@ class ClientSession:
                 self.missed_events += gap
             self.last_seq = seq
         body = {k: v for k, v in msg.items() if k != "event" and k != "seq"}
-        return Event(str(msg.get("event")), seq if isinstance(seq, int) else 0, body, gap,
-                     expected)
+        return Event(str(msg.get("event")), seq if isinstance(seq, int) else 0, body, gap, expected)
 
     def _reply(self, msg: Mapping[str, Any]) -> Reply | None:
         self.replies += 1
@@ -358,8 +370,9 @@ class ClientSession:
             return Reply(rid, True, result)
         err = msg.get("error")
         err = err if isinstance(err, Mapping) else {}
-        return Reply(rid, False, code=str(err.get("code", "EPROTO")),
-                     message=str(err.get("message", "")))
+        return Reply(
+            rid, False, code=str(err.get("code", "EPROTO")), message=str(err.get("message", ""))
+        )
 
     def _adopt_max_frame(self, max_frame: object) -> None:
         """``hello`` names the daemon's frame limit: requests must fit it, and replies up
@@ -378,8 +391,9 @@ def parse_result(op: str, result: Mapping[str, object]) -> Result:
     try:
         return OPS[op].result.model_validate(result)
     except ValidationError as exc:
-        raise ValueError(f"{op}: result does not fit the protocol: "
-                         f"{m.format_validation_error(exc)}") from None
+        raise ValueError(
+            f"{op}: result does not fit the protocol: {m.format_validation_error(exc)}"
+        ) from None
 
 
 __all__ = [

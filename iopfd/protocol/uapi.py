@@ -25,8 +25,20 @@ RECORD_FIELDS: Final = ("flags", "dev_id", "pasid", "grpid", "perm", "addr", "le
 def encode_group(records: Iterable[Mapping[str, int]], cookie: int) -> bytes:
     """One group as the kernel's ``read()`` copies it out: every record with the cookie."""
     pack = PGFAULT.pack
-    return b"".join(pack(r["flags"], r["dev_id"], r["pasid"], r["grpid"], r["perm"], 0,
-                         r["addr"], r["length"], cookie) for r in records)
+    return b"".join(
+        pack(
+            r["flags"],
+            r["dev_id"],
+            r["pasid"],
+            r["grpid"],
+            r["perm"],
+            0,
+            r["addr"],
+            r["length"],
+            cookie,
+        )
+        for r in records
+    )
 
 
 def decode_records(data: bytes) -> list[dict[str, int]]:
@@ -34,16 +46,26 @@ def decode_records(data: bytes) -> list[dict[str, int]]:
     if len(data) % PGFAULT.size:
         raise ValueError(f"{len(data)} bytes is not a whole number of 40-byte records")
     out = []
-    for flags, dev_id, pasid, grpid, perm, _res, addr, length, cookie in \
-            PGFAULT.iter_unpack(data):
-        out.append({"flags": flags, "dev_id": dev_id, "pasid": pasid, "grpid": grpid,
-                    "perm": perm, "addr": addr, "length": length, "cookie": cookie})
+    for flags, dev_id, pasid, grpid, perm, _res, addr, length, cookie in PGFAULT.iter_unpack(data):
+        out.append(
+            {
+                "flags": flags,
+                "dev_id": dev_id,
+                "pasid": pasid,
+                "grpid": grpid,
+                "perm": perm,
+                "addr": addr,
+                "length": length,
+                "cookie": cookie,
+            }
+        )
     return out
 
 
 def encode_responses(responses: Iterable[tuple[int, int]]) -> bytes:
-    return b"".join(PAGE_RESPONSE.pack(cookie & 0xFFFF_FFFF, code & 0xFFFF_FFFF)
-                    for cookie, code in responses)
+    return b"".join(
+        PAGE_RESPONSE.pack(cookie & 0xFFFF_FFFF, code & 0xFFFF_FFFF) for cookie, code in responses
+    )
 
 
 def decode_responses(data: bytes) -> list[tuple[int, int]]:

@@ -67,9 +67,11 @@ class Limits(BaseModel):
     @model_validator(mode="after")
     def _outbuf_holds_frames(self) -> Limits:
         if self.max_outbuf < 2 * self.max_frame:
-            raise ValueError(f"max_outbuf ({self.max_outbuf}) must be at least twice "
-                             f"max_frame ({self.max_frame}): a client reading normally must "
-                             "never be dropped for one large reply")
+            raise ValueError(
+                f"max_outbuf ({self.max_outbuf}) must be at least twice "
+                f"max_frame ({self.max_frame}): a client reading normally must "
+                "never be dropped for one large reply"
+            )
         return self
 
 
@@ -101,8 +103,7 @@ class ConfigFile(BaseModel):
     @classmethod
     def _known_kernel(cls, value: str) -> str:
         if value not in PROFILES:
-            raise ValueError(f"kernel must be one of {', '.join(sorted(PROFILES))}, "
-                             f"not {value!r}")
+            raise ValueError(f"kernel must be one of {', '.join(sorted(PROFILES))}, not {value!r}")
         return value
 
     @field_validator("socket_mode", mode="before")
@@ -113,7 +114,7 @@ class ConfigFile(BaseModel):
             try:
                 return int(value, 8)
             except ValueError:
-                raise ValueError("socket_mode must be an octal mode such as \"0660\"") from None
+                raise ValueError('socket_mode must be an octal mode such as "0660"') from None
         return value
 
     @field_validator("socket_mode")

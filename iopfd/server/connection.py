@@ -71,16 +71,18 @@ def stream_fd(stream: trio.abc.Stream) -> int | None:
 
 
 class Connection:
-    def __init__(self, host: Host, stream: trio.abc.Stream, conn_id: int, cred: PeerCred,
-                 admin: bool) -> None:
+    def __init__(
+        self, host: Host, stream: trio.abc.Stream, conn_id: int, cred: PeerCred, admin: bool
+    ) -> None:
         limits = host.limits
         self.host = host
         self.stream = stream
         self.id = conn_id
         self.cred = cred
         self.admin = admin
-        self.session = ServerSession(admin=admin, max_frame=limits.max_frame,
-                                     max_deferred=limits.max_dma_inflight)
+        self.session = ServerSession(
+            admin=admin, max_frame=limits.max_frame, max_deferred=limits.max_dma_inflight
+        )
         self.client = ""
         self.label = f"conn{conn_id}"
         self.ctx: Context | None = None
@@ -114,8 +116,11 @@ class Connection:
         self._out.append(frame)
         if self.outbytes > self._max_outbuf:
             self.host.counters["outbuf_overflows"] += 1
-            log.warning("outgoing buffer over max_outbuf, dropping connection",
-                        conn=self.id, outbytes=self.outbytes)
+            log.warning(
+                "outgoing buffer over max_outbuf, dropping connection",
+                conn=self.id,
+                outbytes=self.outbytes,
+            )
             self.abort("outbuf_overflow")
             return
         if not self._in_batch:
@@ -233,8 +238,9 @@ class Connection:
                 self.host.release(self)
                 with trio.CancelScope(shield=True):
                     await self.stream.aclose()
-                log.info("connection closed", reason=self.close_reason,
-                         requests=self.session.requests)
+                log.info(
+                    "connection closed", reason=self.close_reason, requests=self.session.requests
+                )
 
     async def _reader(self) -> None:
         session = self.session

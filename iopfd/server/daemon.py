@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("iopfd.daemon")
 
 #: accept() errors that mean "out of resources for now": back off, keep serving.
-_ACCEPT_RETRY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
-                                         errno.ENOMEM, errno.ECONNABORTED})
+_ACCEPT_RETRY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
+)
 
 #: How long the refusal of a connection beyond ``max_connections`` may take to send.
 REFUSE_TIMEOUT_S: Final = 1.0
@@ -60,9 +61,19 @@ class Daemon:
         self.server_name = f"iopfd/{__version__}"
         self.admin_gid = resolve_group(config.admin_group)
         # Every documented daemon_* counter is in status from the start, at 0.
-        self.counters: Counter[str] = Counter(dict.fromkeys(
-            ("connections", "connections_refused", "protocol_errors", "internal_errors",
-             "outbuf_overflows", "trace_lost"), 0))
+        self.counters: Counter[str] = Counter(
+            dict.fromkeys(
+                (
+                    "connections",
+                    "connections_refused",
+                    "protocol_errors",
+                    "internal_errors",
+                    "outbuf_overflows",
+                    "trace_lost",
+                ),
+                0,
+            )
+        )
         self.connections: dict[int, Connection] = {}
         self._by_ctx: dict[int, Connection] = {}
         self._subscribers: set[Connection] = set()
@@ -116,8 +127,7 @@ class Daemon:
             log.exception("core service failed")
         if self._hw_sleeping:
             deadline = core.next_deadline()
-            if deadline is not None and (self._hw_deadline is None
-                                         or deadline < self._hw_deadline):
+            if deadline is not None and (self._hw_deadline is None or deadline < self._hw_deadline):
                 self._hw_wake.set()
 
     def dispatch(self, events: list[CoreEvent], now: int) -> None:
@@ -135,19 +145,26 @@ class Daemon:
             conn = self._by_ctx.get(ev.ctx.id)
             if conn is None:
                 return
-            body: dict[str, object] = {"fault_id": ev.fault_id, "cookie": ev.cookie,
-                                       "faults": ev.faults}
+            body: dict[str, object] = {
+                "fault_id": ev.fault_id,
+                "cookie": ev.cookie,
+                "faults": ev.faults,
+            }
             if ev.throttled:
                 body["throttled"] = ev.throttled
             conn.push_event("fault", body)
-            log.debug("fault delivered", conn=conn.id, fault_id=ev.fault_id,
-                      cookie=ev.cookie, records=len(ev.faults))
+            log.debug(
+                "fault delivered",
+                conn=conn.id,
+                fault_id=ev.fault_id,
+                cookie=ev.cookie,
+                records=len(ev.faults),
+            )
         elif type(ev) is DmaDone:
             conn = self._by_ctx.get(ev.ctx.id)
             if conn is None or not isinstance(ev.tag, int):
                 return  # the connection is gone; its DMAs ended with it
-            conn.reply_ok(ev.tag, {"status": ev.status, "faults": ev.faults,
-                                   "bytes": ev.bytes})
+            conn.reply_ok(ev.tag, {"status": ev.status, "faults": ev.faults, "bytes": ev.bytes})
         elif type(ev) is DeviceRequest:
             # vfio-pci's REQ interrupt: the owner should finish and unbind the device.
             conn = self._by_ctx.get(ev.ctx.id)
@@ -255,16 +272,22 @@ class Daemon:
         if len(self.connections) >= self.limits.max_connections:
             # Bounded whatever clients do: say why, then close (no context made).
             self.counters["connections_refused"] += 1
-            log.warning("too many connections, refusing", peer_pid=cred.pid,
-                        peer_uid=cred.uid, limit=self.limits.max_connections)
+            log.warning(
+                "too many connections, refusing",
+                peer_pid=cred.pid,
+                peer_uid=cred.uid,
+                limit=self.limits.max_connections,
+            )
             frame = error_frame(None, ENOSPC, "too many connections")
             fd = stream_fd(stream)
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.write(fd, frame)  # a fresh socket takes a small frame at once
             else:
-                with trio.move_on_after(REFUSE_TIMEOUT_S), contextlib.suppress(
-                        trio.BrokenResourceError, trio.ClosedResourceError):
+                with (
+                    trio.move_on_after(REFUSE_TIMEOUT_S),
+                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
                     await stream.send_all(frame)
             await stream.aclose()
             return None
@@ -283,11 +306,11 @@ class Daemon:
         if socks:
             log.info("socket activation", fds=[s.fileno() for s in socks])
         else:
-            self.bound = bind_unix_socket(self.config.socket, self.config.socket_mode,
-                                          self.admin_gid)
+            self.bound = bind_unix_socket(
+                self.config.socket, self.config.socket_mode, self.admin_gid
+            )
             socks = [self.bound.sock]
-            log.info("listening", socket=str(self.bound.path),
-                     mode=oct(self.config.socket_mode))
+            log.info("listening", socket=str(self.bound.path), mode=oct(self.config.socket_mode))
         return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in socks]
 
     def shutdown(self, reason: str) -> None:
@@ -306,9 +329,12 @@ class Daemon:
     def _status_line(self) -> str:
         return f"STATUS=serving {len(self.connections)} client(s)"
 
-    async def run(self, listeners: list[trio.SocketListener], *,
-                  task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """The hardware task and an accept loop per listener, until cancelled; started
         with the nursery that owns the connections (``connect`` adds to it)."""
         async with trio.open_nursery() as nursery:
@@ -318,8 +344,7 @@ class Daemon:
                 nursery.start_soon(self._accept_loop, listener)
             task_status.started(nursery)
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly."""
         # Take the signals before the socket exists: a client (or a test) that sees the
         # socket may signal at once, and must find the clean path already in place.
@@ -334,8 +359,12 @@ class Daemon:
                     if interval is not None:
                         nursery.start_soon(self._watchdog, interval)
                     task_status.started()
-                    log.info("ready", server=self.server_name, pid=os.getpid(),
-                             kernel=self.core.profile.name)
+                    log.info(
+                        "ready",
+                        server=self.server_name,
+                        pid=os.getpid(),
+                        kernel=self.core.profile.name,
+                    )
                     async for signum in signals:
                         log.info("shutting down", signal=signal.Signals(signum).name)
                         break

@@ -62,8 +62,9 @@ def _clear_stale(path: Path) -> None:
     raise SocketInUse(f"{path}: another daemon is listening there")
 
 
-def bind_unix_socket(path: str | Path, mode: int, group: int | None,
-                     backlog: int = 128) -> BoundSocket:
+def bind_unix_socket(
+    path: str | Path, mode: int, group: int | None, backlog: int = 128
+) -> BoundSocket:
     """Bind and listen at ``path`` with ``mode`` (and ``group``), creating its directory.
 
     Refuses to replace a socket some process still answers on; removes a stale one.

@@ -27,16 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iopfd",
         description="I/O page fault delivery daemon over an emulated Intel VT-d IOMMU.",
     )
-    p.add_argument("--socket", metavar="PATH",
-                   help="listen on PATH (default: from the config, else /run/iopfd/iopfd.sock;"
-                        " ignored under socket activation)")
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="listen on PATH (default: from the config, else /run/iopfd/iopfd.sock;"
+        " ignored under socket activation)",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    p.add_argument("--log-format", choices=("json", "console"),
-                   help="log line format (default: console on a terminal, else json)")
+    p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="log line format (default: console on a terminal, else json)",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--kernel", choices=sorted(PROFILES),
-                   help="behave as this LTS kernel where they differ (default: from the "
-                        f"config, else {DEFAULT_KERNEL}); hello and status report it")
+    p.add_argument(
+        "--kernel",
+        choices=sorted(PROFILES),
+        help="behave as this LTS kernel where they differ (default: from the "
+        f"config, else {DEFAULT_KERNEL}); hello and status report it",
+    )
     p.add_argument("--version", action="version", version=f"iopfd {__version__}")
     return p
 
@@ -52,15 +61,19 @@ def build_core(config: Config) -> Core:
         spec = hwmodel.default_topology()
     limits = config.limits
     machine = hwmodel.Machine(spec, max_retries=limits.max_retries)
-    return Core(machine, CoreLimits(max_pending=limits.max_pending,
-                                    max_objects_per_context=limits.max_objects,
-                                    max_retries=limits.max_retries,
-                                    max_dma_length=limits.max_dma_length,
-                                    max_map_length=limits.max_map_length,
-                                    max_mapped_pages_per_context=limits.max_mapped_pages,
-                                    max_partials_per_device=partials_fitting(
-                                        limits.max_frame)),
-                kernel_profile(config.kernel))
+    return Core(
+        machine,
+        CoreLimits(
+            max_pending=limits.max_pending,
+            max_objects_per_context=limits.max_objects,
+            max_retries=limits.max_retries,
+            max_dma_length=limits.max_dma_length,
+            max_map_length=limits.max_map_length,
+            max_mapped_pages_per_context=limits.max_mapped_pages,
+            max_partials_per_device=partials_fitting(limits.max_frame),
+        ),
+        kernel_profile(config.kernel),
+    )
 
 
 #: The most a fault record packs to (msgpack: seven keys, uint32/uint64 values), and the
@@ -104,13 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ConfigError) as exc:
         failure = (EXIT_USAGE, "bad configuration", {"error": str(exc)})
     except KeyError as exc:
-        failure = (EXIT_USAGE, "unknown admin group",
-                   {"admin_group": config.admin_group, "error": str(exc)})
+        failure = (
+            EXIT_USAGE,
+            "unknown admin group",
+            {"admin_group": config.admin_group, "error": str(exc)},
+        )
     except SocketInUse as exc:
         failure = (EXIT_RUNTIME, "cannot listen", {"error": str(exc)})
     except OSError as exc:
-        failure = (EXIT_RUNTIME, "cannot listen or read a file",
-                   {"socket": config.socket, "error": str(exc)})
+        failure = (
+            EXIT_RUNTIME,
+            "cannot listen or read a file",
+            {"socket": config.socket, "error": str(exc)},
+        )
     if failure is not None:
         code, event, fields = failure
         log.error(event, **fields)

@@ -99,36 +99,34 @@ def op_unbind(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs, now: i
     return EMPTY
 
 
-def op_ioas_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs,
-                  now: int) -> Result:
+def op_ioas_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
     return {"ioas_id": _ctx(conn).ioas_alloc()}
 
 
-def op_ioas_map(srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs,
-                now: int) -> Result:
-    return {"iova": _ctx(conn).ioas_map(args.ioas_id, args.iova, args.length, args.perm,
-                                        now)}
+def op_ioas_map(srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs, now: int) -> Result:
+    return {"iova": _ctx(conn).ioas_map(args.ioas_id, args.iova, args.length, args.perm, now)}
 
 
-def op_ioas_unmap(srv: Server, conn: Connection, rid: int, args: m.IoasUnmapArgs,
-                  now: int) -> Result:
+def op_ioas_unmap(
+    srv: Server, conn: Connection, rid: int, args: m.IoasUnmapArgs, now: int
+) -> Result:
     return {"unmapped": _ctx(conn).ioas_unmap(args.ioas_id, args.iova, args.length, now)}
 
 
-def op_hw_info(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs,
-               now: int) -> Result:
+def op_hw_info(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:
     return _ctx(conn).hw_info(args.dev_id)
 
 
-def op_fault_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs,
-                   now: int) -> Result:
+def op_fault_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
     return {"fault_id": _ctx(conn).fault_alloc()}
 
 
-def op_hwpt_alloc(srv: Server, conn: Connection, rid: int, args: m.HwptAllocArgs,
-                  now: int) -> Result:
-    hwpt_id = _ctx(conn).hwpt_alloc(args.dev_id, args.pt_id, list(args.flags), args.fault_id,
-                                    args.data)
+def op_hwpt_alloc(
+    srv: Server, conn: Connection, rid: int, args: m.HwptAllocArgs, now: int
+) -> Result:
+    hwpt_id = _ctx(conn).hwpt_alloc(
+        args.dev_id, args.pt_id, list(args.flags), args.fault_id, args.data
+    )
     return {"hwpt_id": hwpt_id}
 
 
@@ -137,8 +135,7 @@ def op_attach(srv: Server, conn: Connection, rid: int, args: m.AttachArgs, now: 
     return EMPTY
 
 
-def op_replace(srv: Server, conn: Connection, rid: int, args: m.AttachArgs,
-               now: int) -> Result:
+def op_replace(srv: Server, conn: Connection, rid: int, args: m.AttachArgs, now: int) -> Result:
     _ctx(conn).replace(args.dev_id, args.pt_id, args.pasid, now)
     return EMPTY
 
@@ -148,8 +145,9 @@ def op_detach(srv: Server, conn: Connection, rid: int, args: m.DetachArgs, now: 
     return EMPTY
 
 
-def op_page_response(srv: Server, conn: Connection, rid: int, args: m.PageResponseArgs,
-                     now: int) -> Result:
+def op_page_response(
+    srv: Server, conn: Connection, rid: int, args: m.PageResponseArgs, now: int
+) -> Result:
     # The fault fd's write(): ``done`` entries applied, processing stopped at the next.
     responses = [(r.cookie, r.code) for r in args.responses]
     return {"done": _ctx(conn).page_response(args.fault_id, responses, now)}
@@ -161,32 +159,33 @@ def op_dma(srv: Server, conn: Connection, rid: int, args: m.DmaArgs, now: int) -
     return DEFERRED
 
 
-def op_destroy(srv: Server, conn: Connection, rid: int, args: m.DestroyArgs,
-               now: int) -> Result:
+def op_destroy(srv: Server, conn: Connection, rid: int, args: m.DestroyArgs, now: int) -> Result:
     _ctx(conn).destroy(args.obj_id, now)
     return EMPTY
 
 
-def op_device_reset(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs,
-                    now: int) -> Result:
+def op_device_reset(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:
     _ctx(conn).device_reset(args.dev_id, now)
     log.info("device_reset", dev_id=args.dev_id)
     return EMPTY
 
 
-def op_hwpt_s1_map(srv: Server, conn: Connection, rid: int, args: m.HwptS1MapArgs,
-                   now: int) -> Result:
+def op_hwpt_s1_map(
+    srv: Server, conn: Connection, rid: int, args: m.HwptS1MapArgs, now: int
+) -> Result:
     _ctx(conn).hwpt_s1_map(args.hwpt_id, args.iova, args.length, args.gpa, args.perm)
     return EMPTY
 
 
-def op_hwpt_s1_unmap(srv: Server, conn: Connection, rid: int, args: m.HwptS1UnmapArgs,
-                     now: int) -> Result:
+def op_hwpt_s1_unmap(
+    srv: Server, conn: Connection, rid: int, args: m.HwptS1UnmapArgs, now: int
+) -> Result:
     return {"unmapped": _ctx(conn).hwpt_s1_unmap(args.hwpt_id, args.iova, args.length)}
 
 
-def op_hwpt_invalidate(srv: Server, conn: Connection, rid: int, args: m.HwptInvalidateArgs,
-                       now: int) -> Result:
+def op_hwpt_invalidate(
+    srv: Server, conn: Connection, rid: int, args: m.HwptInvalidateArgs, now: int
+) -> Result:
     _ctx(conn).hwpt_invalidate(args.hwpt_id, args.iova, args.length, now)
     return EMPTY
 
@@ -217,8 +216,9 @@ def op_pending(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int
 
 
 def op_inject(srv: Server, conn: Connection, rid: int, args: m.InjectArgs, now: int) -> Result:
-    srv.core.emulation.inject(args.rid, args.pasid, args.addr, args.perm, args.grpid,
-                              args.last, now)
+    srv.core.emulation.inject(
+        args.rid, args.pasid, args.addr, args.perm, args.grpid, args.last, now
+    )
     return EMPTY
 
 
@@ -227,8 +227,9 @@ def op_unplug(srv: Server, conn: Connection, rid: int, args: m.UnplugArgs, now: 
     until the device is gone (``UnplugDone``), unless nobody holds it or ``force``."""
     core = srv.core
     forced_before = core.counters["forced_unplugs"]
-    removed = core.emulation.unplug(args.rid, now, force=args.force,
-                                    grace_ns=int(args.grace_s * 1e9), ctx=conn.ctx, tag=rid)
+    removed = core.emulation.unplug(
+        args.rid, now, force=args.force, grace_ns=int(args.grace_s * 1e9), ctx=conn.ctx, tag=rid
+    )
     if not removed:
         log.info("unplug requested", rid=args.rid, force=args.force, grace_s=args.grace_s)
         return DEFERRED
@@ -250,8 +251,9 @@ def op_reset(srv: Server, conn: Connection, rid: int, args: m.RidArgs, now: int)
     return EMPTY
 
 
-def op_subscribe(srv: Server, conn: Connection, rid: int, args: m.SubscribeArgs,
-                 now: int) -> Result:
+def op_subscribe(
+    srv: Server, conn: Connection, rid: int, args: m.SubscribeArgs, now: int
+) -> Result:
     topics = frozenset(args.topics) if args.topics else frozenset(m.TRACE_TOPICS)
     srv.subscribe(conn, topics)
     return {"topics": sorted(topics)}

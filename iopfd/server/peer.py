@@ -57,8 +57,9 @@ def _peer_groups(sock: _HasSockopt, pid: int) -> frozenset[int]:
 
 def peer_credentials(sock: _HasSockopt) -> PeerCred:
     """SO_PEERCRED (pid, uid, gid) and supplementary groups of a connected AF_UNIX socket."""
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                  _UCRED.size))
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
     return PeerCred(pid, uid, gid, _peer_groups(sock, pid))
 
 

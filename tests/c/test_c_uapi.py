@@ -72,8 +72,8 @@ class Wire:
             if len(self.buf) >= 4:
                 (n,) = struct.unpack(">I", self.buf[:4])
                 if len(self.buf) >= 4 + n:
-                    msg = msgpack.unpackb(self.buf[4:4 + n], raw=False)
-                    self.buf = self.buf[4 + n:]
+                    msg = msgpack.unpackb(self.buf[4 : 4 + n], raw=False)
+                    self.buf = self.buf[4 + n :]
                     return msg  # type: ignore[no-any-return]
             data, anc, _flags, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(16))
             for level, kind, payload in anc:
@@ -131,8 +131,9 @@ class Daemon:
         deadline = time.monotonic() + 10
         while True:
             counters, clients, pending = self.status()
-            total = (counters["responses"] + counters["auto_responses"]
-                     + counters["throttled"] + pending)
+            total = (
+                counters["responses"] + counters["auto_responses"] + counters["throttled"] + pending
+            )
             if (clients == 1 and counters["groups"] == total) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -140,7 +141,8 @@ class Daemon:
         assert counters["groups"] == total, (
             f"exactly-once identity broken: groups {counters['groups']} != responses "
             f"{counters['responses']} + auto {counters['auto_responses']} + throttled "
-            f"{counters['throttled']} + pending {pending}")
+            f"{counters['throttled']} + pending {pending}"
+        )
         assert counters.get("daemon_internal_errors", 0) == 0, self.log_path.read_text()[-4000:]
 
     def stop(self) -> None:
@@ -162,8 +164,13 @@ def _start_daemon(tmp: Path, *args: str) -> Daemon:
     log_path = tmp / "iopfd.log"
     env = dict(os.environ, NOTIFY_SOCKET=notify)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(IOPFD), "--socket", sock, "--log-format", "json", *args],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        proc = subprocess.Popen(
+            [str(IOPFD), "--socket", sock, "--log-format", "json", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
     deadline = time.monotonic() + 30
     try:
         while True:
@@ -211,8 +218,12 @@ def _probe(path: str) -> list[str]:
 def c_build() -> None:
     if not (shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")):
         pytest.skip("no C compiler (make test installs gcc where it can)")
-    r = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "c-build"],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["make", "-s", "--no-print-directory", "-C", str(ROOT), "c-build"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if r.returncode != 0:
         pytest.fail(f"make c-build failed:\n{r.stdout}\n{r.stderr}")
 
@@ -240,14 +251,24 @@ def daemon_612(c_build: None) -> Iterator[Daemon]:
 
 
 def _env(d: Daemon) -> dict[str, str]:
-    return dict(os.environ, IOPFD_SOCKET=d.socket, IOPF_TEST_CAPS=",".join(d.caps),
-                ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=99",
-                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    return dict(
+        os.environ,
+        IOPFD_SOCKET=d.socket,
+        IOPF_TEST_CAPS=",".join(d.caps),
+        ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=99",
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+    )
 
 
 def _run_case(d: Daemon, name: str) -> None:
-    r = subprocess.run([str(CTEST), name], env=_env(d), capture_output=True, text=True,
-                       timeout=CASE_TIMEOUT_S, check=False)
+    r = subprocess.run(
+        [str(CTEST), name],
+        env=_env(d),
+        capture_output=True,
+        text=True,
+        timeout=CASE_TIMEOUT_S,
+        check=False,
+    )
     if r.returncode == SKIP_RC:
         pytest.skip(r.stdout.strip())
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
@@ -294,8 +315,8 @@ class StandIn:
                 buf += data
                 while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
                     (n,) = struct.unpack(">I", buf[:4])
-                    msg = msgpack.unpackb(buf[4:4 + n], raw=False)
-                    buf = buf[4 + n:]
+                    msg = msgpack.unpackb(buf[4 : 4 + n], raw=False)
+                    buf = buf[4 + n :]
                     self._handle(conn, msg)
 
     def _send(self, conn: socket.socket, msg: dict[str, Any], fd: int | None = None) -> None:
@@ -316,8 +337,10 @@ class StandIn:
         elif op == "fault_fd":
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.send(RECORD.pack(2, 3, 0, 11, 1, 0, 0x1000, 0, 1))
-            ours.send(RECORD.pack(5, 3, 9, 12, 3, 0, 0xffffe000, 0, 2)
-                      + RECORD.pack(7, 3, 9, 12, 3, 0, 0xfffff000, 0, 2))
+            ours.send(
+                RECORD.pack(5, 3, 9, 12, 3, 0, 0xFFFFE000, 0, 2)
+                + RECORD.pack(7, 3, 9, 12, 3, 0, 0xFFFFF000, 0, 2)
+            )
             self.ours.append(ours)
             self._send(conn, {"id": rid, "ok": True, "result": {}}, theirs.fileno())
             theirs.close()
@@ -330,16 +353,23 @@ class StandIn:
                 self.pending.discard(r["cookie"])
                 done += 1
             if not done:
-                self._send(conn, {"id": rid, "ok": False,
-                                  "error": {"code": "EINVAL", "message": "bad first entry"}})
+                self._send(
+                    conn,
+                    {
+                        "id": rid,
+                        "ok": False,
+                        "error": {"code": "EINVAL", "message": "bad first entry"},
+                    },
+                )
                 return
             ok = {"done": done}
         elif op == "destroy":
             ok = {}
         else:
             self.errors.append(f"unexpected op {op}")
-            self._send(conn, {"id": rid, "ok": False, "error": {"code": "EINVAL",
-                                                                "message": "unknown op"}})
+            self._send(
+                conn, {"id": rid, "ok": False, "error": {"code": "EINVAL", "message": "unknown op"}}
+            )
             return
         self._send(conn, {"id": rid, "ok": True, "result": ok})
 
@@ -353,10 +383,20 @@ class StandIn:
 def test_c_case_against_the_standin(c_build: None, tmp_path: Path, name: str) -> None:
     standin = StandIn(str(tmp_path / "standin.sock"))
     try:
-        env = dict(os.environ, IOPFD_SOCKET=standin.path,
-                   ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="halt_on_error=1")
-        r = subprocess.run([str(CTEST), name], env=env, capture_output=True, text=True,
-                           timeout=CASE_TIMEOUT_S, check=False)
+        env = dict(
+            os.environ,
+            IOPFD_SOCKET=standin.path,
+            ASAN_OPTIONS="detect_leaks=1",
+            UBSAN_OPTIONS="halt_on_error=1",
+        )
+        r = subprocess.run(
+            [str(CTEST), name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CASE_TIMEOUT_S,
+            check=False,
+        )
         assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
         assert not standin.errors, standin.errors
         assert len(standin.ours) == 1, "the fault fd came from the stand-in's fault_fd"
@@ -370,8 +410,14 @@ def test_c_case_against_the_standin(c_build: None, tmp_path: Path, name: str) ->
 
 def _run_vmm(d: Daemon, *args: str) -> str:
     env = dict(os.environ, IOPFD_SOCKET=d.socket, LD_PRELOAD=str(PRELOAD))
-    r = subprocess.run([str(VMM), *args], env=env, capture_output=True, text=True,
-                       timeout=CASE_TIMEOUT_S, check=False)
+    r = subprocess.run(
+        [str(VMM), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CASE_TIMEOUT_S,
+        check=False,
+    )
     assert r.returncode == 0, f"iopf-vmm-c exited {r.returncode}\n{r.stdout}\n{r.stderr}"
     assert "invariants     ok" in r.stdout, r.stdout
     d.assert_at_rest()

@@ -56,8 +56,15 @@ class FakeConn:
 
     async def fault(self, fault_id: int, cookie: int, addrs: list[int], **extra: Any) -> None:
         faults = [
-            {"flags": 2 if i == len(addrs) - 1 else 0, "dev_id": 1, "pasid": 0, "grpid": 3,
-             "perm": 3, "addr": a, "length": 0}
+            {
+                "flags": 2 if i == len(addrs) - 1 else 0,
+                "dev_id": 1,
+                "pasid": 0,
+                "grpid": 3,
+                "perm": 3,
+                "addr": a,
+                "length": 0,
+            }
             for i, a in enumerate(addrs)
         ]
         await self.event("fault", fault_id=fault_id, cookie=cookie, faults=faults, **extra)
@@ -113,8 +120,13 @@ class FakeDaemon:
             if op in self.handlers:
                 result = await self.handlers[op](conn, msg)
             elif op == "hello":
-                result = {"version": 2, "server": "fake/0", "max_frame": 1 << 20, "admin": True,
-                          "kernel": "6.18"}
+                result = {
+                    "version": 2,
+                    "server": "fake/0",
+                    "max_frame": 1 << 20,
+                    "admin": True,
+                    "kernel": "6.18",
+                }
             elif op == "ioas_map" and op not in self.results:
                 # As the daemon: the IOVA mapped, the one asked for or one it picked.
                 result = {"iova": msg.get("iova", 0x10_0000)}
@@ -150,8 +162,9 @@ class LiveDaemon:
             cfg = os.path.join(tmpdir, "iopfd.toml")
             with open(cfg, "w") as f:
                 f.write(config)
-        self.launched = launch(socket=self.path, config=cfg, log=self.log_path,
-                               args=("--log-format", "json"))
+        self.launched = launch(
+            socket=self.path, config=cfg, log=self.log_path, args=("--log-format", "json")
+        )
 
     def stop(self) -> int:
         return self.launched.stop(10.0)

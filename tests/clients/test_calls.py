@@ -22,17 +22,34 @@ SPELLED_OUT = {(IopfClient, "subscribe"), (SyncClient, "dma")}
 
 #: One sample call per op, and a result that fits the op's result model.
 SAMPLES: dict[str, tuple[Call[Any], dict[str, Any]]] = {
-    "hello": (CALLS.hello("t"), {"version": 2, "server": "s", "max_frame": 1 << 20,
-                                 "admin": False, "kernel": "6.18"}),
-    "devices": (CALLS.devices(), {"devices": [
-        {"rid": "0000:3a:00.0", "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
-         "pf": None, "state": "free"}]}),
+    "hello": (
+        CALLS.hello("t"),
+        {"version": 2, "server": "s", "max_frame": 1 << 20, "admin": False, "kernel": "6.18"},
+    ),
+    "devices": (
+        CALLS.devices(),
+        {
+            "devices": [
+                {
+                    "rid": "0000:3a:00.0",
+                    "iommu": "dmar0",
+                    "pri": True,
+                    "ats": True,
+                    "pasid_bits": 20,
+                    "pf": None,
+                    "state": "free",
+                }
+            ]
+        },
+    ),
     "bind": (CALLS.bind("0000:3a:00.0"), {"dev_id": 1}),
     "unbind": (CALLS.unbind(1), {}),
     "ioas_alloc": (CALLS.ioas_alloc(), {"ioas_id": 2}),
     "ioas_map": (CALLS.ioas_map(2, 0x1000, 0x1000), {"iova": 0x1000}),
-    "hw_info": (CALLS.hw_info(1), {"type": "intel_vtd", "flags": 0, "cap_reg": 6,
-                                   "ecap_reg": 1 << 29}),
+    "hw_info": (
+        CALLS.hw_info(1),
+        {"type": "intel_vtd", "flags": 0, "cap_reg": 6, "ecap_reg": 1 << 29},
+    ),
     "ioas_unmap": (CALLS.ioas_unmap(2, 0x1000, 0x1000), {"unmapped": 4096}),
     "fault_alloc": (CALLS.fault_alloc(), {"fault_id": 3}),
     "hwpt_alloc": (CALLS.hwpt_alloc(1, 2, flags=["pasid"], fault_id=3), {"hwpt_id": 4}),
@@ -40,15 +57,19 @@ SAMPLES: dict[str, tuple[Call[Any], dict[str, Any]]] = {
     "replace": (CALLS.replace(1, 4), {}),
     "detach": (CALLS.detach(1, 1), {}),
     "page_response": (CALLS.page_response(3, [(1, 0)]), {"done": 1}),
-    "dma": (CALLS.dma(1, 0x1000, 0x1000, Perm.READ, pasid=1),
-            {"status": "ok", "faults": 0, "bytes": 4096}),
+    "dma": (
+        CALLS.dma(1, 0x1000, 0x1000, Perm.READ, pasid=1),
+        {"status": "ok", "faults": 0, "bytes": 4096},
+    ),
     "destroy": (CALLS.destroy(4), {}),
     "device_reset": (CALLS.device_reset(1), {}),
     "hwpt_s1_map": (CALLS.hwpt_s1_map(5, 0x1000, 0x1000, 0x2000, Perm.READ), {}),
     "hwpt_s1_unmap": (CALLS.hwpt_s1_unmap(5, 0x1000, 0x1000), {"unmapped": 4096}),
     "hwpt_invalidate": (CALLS.hwpt_invalidate(5), {}),
-    "status": (CALLS.status(), {"version": 2, "uptime_s": 1.0, "clients": 1,
-                                "counters": {"groups": 0}, "kernel": "6.18"}),
+    "status": (
+        CALLS.status(),
+        {"version": 2, "uptime_s": 1.0, "clients": 1, "counters": {"groups": 0}, "kernel": "6.18"},
+    ),
     "topology": (CALLS.topology(), {"iommus": [], "devices": []}),
     "objects": (CALLS.objects(), {"objects": []}),
     "pending": (CALLS.pending(), {"pending": []}),
@@ -111,10 +132,14 @@ def test_page_response_each_is_driven_without_io_and_resends_after_a_refusal() -
     """The procedure alone: yield a Call, receive its value or error, settle every entry."""
     proc = PROCEDURES.page_response_each(9, [(1, 0), (2, 0), (3, 0), (4, 0)])
     sent = [[r["cookie"] for r in next(proc).args["responses"]]]
-    sent.append([r["cookie"] for r in proc.send(1).args["responses"]])   # cookie 2 refused
+    sent.append([r["cookie"] for r in proc.send(1).args["responses"]])  # cookie 2 refused
     with pytest.raises(StopIteration) as stop:
-        sent.append([r["cookie"] for r in proc.throw(
-            IopfError("EINVAL", "first refused")).args["responses"]])    # cookie 3 refused
+        sent.append(
+            [
+                r["cookie"]
+                for r in proc.throw(IopfError("EINVAL", "first refused")).args["responses"]
+            ]
+        )  # cookie 3 refused
         proc.send(1)
     assert sent == [[1, 2, 3, 4], [3, 4], [4]]
     assert stop.value.value == [None, "EINVAL", "EINVAL", None]

@@ -31,44 +31,113 @@ OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, 
     ("bind", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {"dev_id": 7}, 7),
     ("unbind", (7,), {}, {"dev_id": 7}, {}, None),
     ("ioas_alloc", (), {}, {}, {"ioas_id": 8}, 8),
-    ("ioas_map", (8, 0x1000, 0x2000), {}, {"ioas_id": 8, "iova": 0x1000, "length": 0x2000,
-                                          "perm": 3}, {"iova": 0x1000}, 0x1000),
-    ("ioas_map", (8, None, 0x2000), {}, {"ioas_id": 8, "length": 0x2000, "perm": 3},
-     {"iova": 0x10_0000}, 0x10_0000),
-    ("hw_info", (7,), {}, {"dev_id": 7},
-     {"type": "intel_vtd", "flags": 0, "cap_reg": 6, "ecap_reg": 2},
-     {"type": "intel_vtd", "flags": 0, "cap_reg": 6, "ecap_reg": 2}),
-    ("ioas_unmap", (8, 0x1000, 0x2000), {}, {"ioas_id": 8, "iova": 0x1000, "length": 0x2000},
-     {"unmapped": 0x2000}, 0x2000),
+    (
+        "ioas_map",
+        (8, 0x1000, 0x2000),
+        {},
+        {"ioas_id": 8, "iova": 0x1000, "length": 0x2000, "perm": 3},
+        {"iova": 0x1000},
+        0x1000,
+    ),
+    (
+        "ioas_map",
+        (8, None, 0x2000),
+        {},
+        {"ioas_id": 8, "length": 0x2000, "perm": 3},
+        {"iova": 0x10_0000},
+        0x10_0000,
+    ),
+    (
+        "hw_info",
+        (7,),
+        {},
+        {"dev_id": 7},
+        {"type": "intel_vtd", "flags": 0, "cap_reg": 6, "ecap_reg": 2},
+        {"type": "intel_vtd", "flags": 0, "cap_reg": 6, "ecap_reg": 2},
+    ),
+    (
+        "ioas_unmap",
+        (8, 0x1000, 0x2000),
+        {},
+        {"ioas_id": 8, "iova": 0x1000, "length": 0x2000},
+        {"unmapped": 0x2000},
+        0x2000,
+    ),
     ("fault_alloc", (), {}, {}, {"fault_id": 9}, 9),
-    ("hwpt_alloc", (7, 8), {"fault_id": 9}, {"dev_id": 7, "pt_id": 8, "flags": [],
-                                             "fault_id": 9}, {"hwpt_id": 10}, 10),
-    ("hwpt_alloc", (7, 10), {"data": {"type": "vtd_s1"}},
-     {"dev_id": 7, "pt_id": 10, "flags": [], "data": {"type": "vtd_s1"}}, {"hwpt_id": 11}, 11),
+    (
+        "hwpt_alloc",
+        (7, 8),
+        {"fault_id": 9},
+        {"dev_id": 7, "pt_id": 8, "flags": [], "fault_id": 9},
+        {"hwpt_id": 10},
+        10,
+    ),
+    (
+        "hwpt_alloc",
+        (7, 10),
+        {"data": {"type": "vtd_s1"}},
+        {"dev_id": 7, "pt_id": 10, "flags": [], "data": {"type": "vtd_s1"}},
+        {"hwpt_id": 11},
+        11,
+    ),
     ("attach", (7, 10), {}, {"dev_id": 7, "pt_id": 10}, {}, None),
     ("attach", (7, 10, 5), {}, {"dev_id": 7, "pt_id": 10, "pasid": 5}, {}, None),
     ("replace", (7, 11), {"pasid": 5}, {"dev_id": 7, "pt_id": 11, "pasid": 5}, {}, None),
     ("detach", (7,), {}, {"dev_id": 7}, {}, None),
-    ("page_response", (9, [(1, 0), (2, 1)]), {},
-     {"fault_id": 9, "responses": [{"cookie": 1, "code": 0}, {"cookie": 2, "code": 1}]},
-     {"done": 1}, 1),
+    (
+        "page_response",
+        (9, [(1, 0), (2, 1)]),
+        {},
+        {"fault_id": 9, "responses": [{"cookie": 1, "code": 0}, {"cookie": 2, "code": 1}]},
+        {"done": 1},
+        1,
+    ),
     ("destroy", (10,), {}, {"obj_id": 10}, {}, None),
     ("device_reset", (7,), {}, {"dev_id": 7}, {}, None),
-    ("hwpt_s1_map", (11, 0x4000, 0x1000, 0x8000, Perm.READ), {},
-     {"hwpt_id": 11, "iova": 0x4000, "length": 0x1000, "gpa": 0x8000, "perm": 1}, {}, None),
-    ("hwpt_s1_unmap", (11, 0x4000, 0x1000), {}, {"hwpt_id": 11, "iova": 0x4000,
-                                                 "length": 0x1000}, {"unmapped": 4096}, 4096),
+    (
+        "hwpt_s1_map",
+        (11, 0x4000, 0x1000, 0x8000, Perm.READ),
+        {},
+        {"hwpt_id": 11, "iova": 0x4000, "length": 0x1000, "gpa": 0x8000, "perm": 1},
+        {},
+        None,
+    ),
+    (
+        "hwpt_s1_unmap",
+        (11, 0x4000, 0x1000),
+        {},
+        {"hwpt_id": 11, "iova": 0x4000, "length": 0x1000},
+        {"unmapped": 4096},
+        4096,
+    ),
     ("hwpt_invalidate", (11,), {}, {"hwpt_id": 11}, {}, None),
     ("hwpt_invalidate", (11, 0, 4096), {}, {"hwpt_id": 11, "iova": 0, "length": 4096}, {}, None),
     ("topology", (), {}, {}, {"iommus": [], "devices": []}, {"iommus": [], "devices": []}),
     ("objects", (), {}, {}, {"objects": [], "future": 1}, {"objects": [], "future": 1}),
-    ("inject", ("0000:3a:00.0", 0x1000, 1, 4), {"pasid": 3},
-     {"rid": "0000:3a:00.0", "addr": 0x1000, "perm": 1, "grpid": 4, "last": True, "pasid": 3},
-     {}, None),
-    ("unplug", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0", "force": False, "grace_s": 10.0},
-     {"forced": False}, False),
-    ("unplug", ("0000:3a:00.0",), {"force": True, "grace_s": 2},
-     {"rid": "0000:3a:00.0", "force": True, "grace_s": 2.0}, {"forced": True}, True),
+    (
+        "inject",
+        ("0000:3a:00.0", 0x1000, 1, 4),
+        {"pasid": 3},
+        {"rid": "0000:3a:00.0", "addr": 0x1000, "perm": 1, "grpid": 4, "last": True, "pasid": 3},
+        {},
+        None,
+    ),
+    (
+        "unplug",
+        ("0000:3a:00.0",),
+        {},
+        {"rid": "0000:3a:00.0", "force": False, "grace_s": 10.0},
+        {"forced": False},
+        False,
+    ),
+    (
+        "unplug",
+        ("0000:3a:00.0",),
+        {"force": True, "grace_s": 2},
+        {"rid": "0000:3a:00.0", "force": True, "grace_s": 2.0},
+        {"forced": True},
+        True,
+    ),
     ("plug", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
     ("reset", ("0000:3a:00.0",), {}, {"rid": "0000:3a:00.0"}, {}, None),
 ]
@@ -76,8 +145,13 @@ OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, 
 
 @pytest.mark.parametrize(("method", "args", "kwargs", "wire", "result", "ret"), OPS)
 async def test_each_op_sends_its_exact_wire_arguments_and_decodes_its_result(
-    fake: FakeDaemon, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-    wire: dict[str, Any], result: dict[str, Any], ret: Any,
+    fake: FakeDaemon,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wire: dict[str, Any],
+    result: dict[str, Any],
+    ret: Any,
 ) -> None:
     fake.results[method] = result
     async with IopfClient.open(fake.path, client_name="unit") as c:
@@ -99,16 +173,48 @@ async def test_hello_is_the_first_request_and_reports_admin(fake: FakeDaemon) ->
 
 
 async def test_typed_results_for_devices_status_pending_and_dma(fake: FakeDaemon) -> None:
-    fake.results["devices"] = {"devices": [
-        {"rid": "0000:3a:00.0", "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
-         "pf": None, "state": "free", "pri_enabled": False},
-        {"rid": "0000:3a:00.1", "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 0,
-         "pf": "0000:3a:00.0", "state": "bound"},
-    ]}
-    fake.results["status"] = {"version": 2, "kernel": "6.12", "uptime_s": 1.5, "clients": 2,
-                              "counters": {"groups": 4}}
-    fake.results["pending"] = {"pending": [{"fault_id": 9, "cookie": 3, "rid": "0000:3a:00.0",
-                                            "pasid": None, "age_s": 0.25, "client": "x"}]}
+    fake.results["devices"] = {
+        "devices": [
+            {
+                "rid": "0000:3a:00.0",
+                "iommu": "dmar0",
+                "pri": True,
+                "ats": True,
+                "pasid_bits": 20,
+                "pf": None,
+                "state": "free",
+                "pri_enabled": False,
+            },
+            {
+                "rid": "0000:3a:00.1",
+                "iommu": "dmar0",
+                "pri": True,
+                "ats": True,
+                "pasid_bits": 0,
+                "pf": "0000:3a:00.0",
+                "state": "bound",
+            },
+        ]
+    }
+    fake.results["status"] = {
+        "version": 2,
+        "kernel": "6.12",
+        "uptime_s": 1.5,
+        "clients": 2,
+        "counters": {"groups": 4},
+    }
+    fake.results["pending"] = {
+        "pending": [
+            {
+                "fault_id": 9,
+                "cookie": 3,
+                "rid": "0000:3a:00.0",
+                "pasid": None,
+                "age_s": 0.25,
+                "client": "x",
+            }
+        ]
+    }
     fake.results["dma"] = {"status": "invalid", "faults": 2, "bytes": 0}
     async with IopfClient.open(fake.path) as c:
         devs = await c.devices()
@@ -271,8 +377,9 @@ async def test_eproto_with_null_id_closes_the_client_with_the_daemons_reason(
 ) -> None:
     @fake.on("ioas_alloc")
     async def _(conn: FakeConn, req: dict[str, Any]) -> Any:
-        await conn.send({"id": None, "ok": False,
-                         "error": {"code": "EPROTO", "message": "bad frame"}})
+        await conn.send(
+            {"id": None, "ok": False, "error": {"code": "EPROTO", "message": "bad frame"}}
+        )
         return DEFER
 
     async with IopfClient.open(fake.path) as c:
@@ -378,8 +485,9 @@ async def test_submitted_requests_leave_in_submission_order_in_one_write(
     async with IopfClient.open(fake.path) as c:
         conn = fake.conns[0]
         chunks = conn.chunks
-        pending = [c.submit("ioas_map", ioas_id=1, iova=i << 12, length=4096, perm=3)
-                   for i in range(5)]
+        pending = [
+            c.submit("ioas_map", ioas_id=1, iova=i << 12, length=4096, perm=3) for i in range(5)
+        ]
         pending.append(c.submit("page_response", fault_id=2, responses=[]))
         for p in pending:
             await p.result()
@@ -397,8 +505,10 @@ async def test_a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order(
         return {"hwpt_id": req["pt_id"]}
 
     async with IopfClient.open(fake.path) as c:
-        pending = [c.submit("hwpt_alloc", dev_id=1, pt_id=i, data={"pad": "x" * 100_000})
-                   for i in range(120)]
+        pending = [
+            c.submit("hwpt_alloc", dev_id=1, pt_id=i, data={"pad": "x" * 100_000})
+            for i in range(120)
+        ]
         with trio.fail_after(20):
             got = [(await p.result())["hwpt_id"] for p in pending]
     assert got == list(range(120))
@@ -417,7 +527,8 @@ async def test_iopfctl_prints_the_errno_name_and_exits_1_for_a_non_admin_peer(
     rc = await trio.to_thread.run_sync(iopfctl, ["--socket", fake.path, "status"])
     assert rc == 1
     assert capsys.readouterr().err == (
-        "iopfctl: EPERM: admin operations need root, the daemon's uid or its group\n")
+        "iopfctl: EPERM: admin operations need root, the daemon's uid or its group\n"
+    )
 
 
 async def test_a_submitted_request_is_sent_even_before_anyone_awaits_it(
@@ -534,15 +645,16 @@ async def test_page_response_each_resends_what_follows_a_refused_entry(
 ) -> None:
     seen = _fault_fd(fake, {9: {1, 2, 4, 5, 7}})
     async with IopfClient.open(fake.path) as c:
-        got = await c.page_response_each(9, [(1, 0), (2, 1), (3, 0), (4, 0), (5, 7), (5, 0),
-                                             (6, 0), (6, 0), (7, 1)])
+        got = await c.page_response_each(
+            9, [(1, 0), (2, 1), (3, 0), (4, 0), (5, 7), (5, 0), (6, 0), (6, 0), (7, 1)]
+        )
     assert got == [None, None, "EINVAL", None, "EINVAL", None, "EINVAL", "EINVAL", None]
     assert [[r["cookie"] for r in req["responses"]] for req in seen] == [
-        [1, 2, 3, 4, 5, 5, 6, 6, 7],   # done 2: entry 2 (cookie 3) refused
-        [4, 5, 5, 6, 6, 7],            # done 1: entry 1 (code 7) refused
-        [5, 6, 6, 7],                  # done 1: cookie 6 refused
-        [6, 7],                        # EINVAL: the first is refused
-        [7],                           # done 1
+        [1, 2, 3, 4, 5, 5, 6, 6, 7],  # done 2: entry 2 (cookie 3) refused
+        [4, 5, 5, 6, 6, 7],  # done 1: entry 1 (code 7) refused
+        [5, 6, 6, 7],  # done 1: cookie 6 refused
+        [6, 7],  # EINVAL: the first is refused
+        [7],  # done 1
     ]
 
 
@@ -565,7 +677,7 @@ async def test_answer_raises_for_a_refused_group_and_returns_for_an_applied_one(
         g = await c.fault_queue(5).receive()
         await c.answer(g, ResponseCode.SUCCESS)
         with pytest.raises(InvalidArgument) as ei:
-            await c.answer(g, ResponseCode.SUCCESS)   # answered already
+            await c.answer(g, ResponseCode.SUCCESS)  # answered already
     assert ei.value.op == "page_response" and "cookie 1" in str(ei.value)
 
 
@@ -578,16 +690,28 @@ async def test_answer_all_sends_one_page_response_per_queue_and_keeps_input_orde
         conn = fake.conns[0]
         for fid, cookie in ((5, 1), (6, 2), (5, 3)):
             await conn.fault(fid, cookie, [cookie << 12])
-        groups = [await c.fault_queue(5).receive(), await c.fault_queue(6).receive(),
-                  await c.fault_queue(5).receive()]
-        results = await c.answer_all([(groups[1], ResponseCode.INVALID),
-                                      (groups[0], ResponseCode.SUCCESS),
-                                      (groups[2], ResponseCode.SUCCESS)])
+        groups = [
+            await c.fault_queue(5).receive(),
+            await c.fault_queue(6).receive(),
+            await c.fault_queue(5).receive(),
+        ]
+        results = await c.answer_all(
+            [
+                (groups[1], ResponseCode.INVALID),
+                (groups[0], ResponseCode.SUCCESS),
+                (groups[2], ResponseCode.SUCCESS),
+            ]
+        )
     assert results == ["EINVAL", None, None]
-    sent = [(r["fault_id"], r["responses"]) for r in fake.conns[0].requests
-            if r["op"] == "page_response"]
-    assert sorted(sent) == [(5, [{"cookie": 1, "code": 0}, {"cookie": 3, "code": 0}]),
-                            (6, [{"cookie": 2, "code": 1}])]
+    sent = [
+        (r["fault_id"], r["responses"])
+        for r in fake.conns[0].requests
+        if r["op"] == "page_response"
+    ]
+    assert sorted(sent) == [
+        (5, [{"cookie": 1, "code": 0}, {"cookie": 3, "code": 0}]),
+        (6, [{"cookie": 2, "code": 1}]),
+    ]
 
 
 async def test_answer_all_answers_every_group_behind_a_refused_one(fake: FakeDaemon) -> None:
@@ -599,8 +723,11 @@ async def test_answer_all_answers_every_group_behind_a_refused_one(fake: FakeDae
         groups = [await c.fault_queue(5).receive() for _ in range(4)]
         results = await c.answer_all([(g, ResponseCode.SUCCESS) for g in groups])
     assert results == [None, "EINVAL", None, None]
-    sent = [[r["cookie"] for r in req["responses"]] for req in fake.conns[0].requests
-            if req["op"] == "page_response"]
+    sent = [
+        [r["cookie"] for r in req["responses"]]
+        for req in fake.conns[0].requests
+        if req["op"] == "page_response"
+    ]
     assert sent == [[1, 2, 3, 4], [3, 4]]
 
 
@@ -623,8 +750,7 @@ async def test_sync_client_settles_each_entry_of_a_partial_page_response(
 
     each, done, refused = await trio.to_thread.run_sync(script)
     assert (each, done, refused) == ([None, "EINVAL", None], 0, "EINVAL")
-    assert [[r["cookie"] for r in req["responses"]] for req in seen] == [
-        [1, 2, 3], [3], [], [1]]
+    assert [[r["cookie"] for r in req["responses"]] for req in seen] == [[1, 2, 3], [3], [], [1]]
 
 
 async def test_device_requests_are_buffered_until_read_and_carry_dev_id_and_rid(
@@ -689,13 +815,14 @@ async def test_vmm_serve_reports_a_refused_answer_and_still_answers_the_groups_b
     from clients.vmm.report import Progress
     from clients.vmm.workload import GUEST_RAM_BASE
 
-    seen = _fault_fd(fake, {9: {1, 3}})   # cookie 2 is not pending: it is refused
+    seen = _fault_fd(fake, {9: {1, 3}})  # cookie 2 is not pending: it is refused
     async with IopfClient.open(fake.path) as c:
         vmm = DemandPagingVmm(c, VmmOptions(), Progress(enabled=False))
         vmm.fault_id, vmm.ioas, vmm.guest_pages = 9, 4, 16
         groups = [
-            FaultGroup(9, cookie, (FaultRecord(2, 1, 0, 0, Perm.READ,
-                                               GUEST_RAM_BASE + cookie * 4096, 0),))
+            FaultGroup(
+                9, cookie, (FaultRecord(2, 1, 0, 0, Perm.READ, GUEST_RAM_BASE + cookie * 4096, 0),)
+            )
             for cookie in (1, 2, 3)
         ]
         await vmm.serve(groups)
@@ -753,8 +880,9 @@ async def test_sync_client_submit_sends_a_batch_in_call_order_in_one_write(
     def script() -> tuple[int, int]:
         with SyncClient(fake.path, timeout=5) as c:
             before = c.stats().writes
-            maps = [c.submit("ioas_map", ioas_id=1, iova=i << 12, length=4096, perm=3)
-                    for i in range(5)]
+            maps = [
+                c.submit("ioas_map", ioas_id=1, iova=i << 12, length=4096, perm=3) for i in range(5)
+            ]
             resp = c.submit("page_response", fault_id=2, responses=[])
             for i, m in enumerate(maps):
                 assert m.result() == {"iova": i << 12}

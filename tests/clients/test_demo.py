@@ -42,7 +42,10 @@ def _alive(pid: int) -> bool:
 def test_demo_runs_clean_and_leaves_no_process_and_no_socket() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "iopfd.demo", "--duration", "1", "--", "--pages", "64"],
-        check=False, capture_output=True, text=True, timeout=60,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     m = re.search(r"iopfd pid (\d+), socket (\S+),", proc.stdout)
@@ -60,7 +63,9 @@ def test_demo_runs_clean_and_leaves_no_process_and_no_socket() -> None:
 def test_interrupted_demo_still_stops_everything_it_started() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "iopfd.demo", "--duration", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -92,7 +97,9 @@ def test_a_killed_demo_takes_its_daemon_and_vmm_with_it() -> None:
     (PR_SET_PDEATHSIG), and the daemon, told by SIGTERM, removes its socket."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "iopfd.demo", "--duration", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None

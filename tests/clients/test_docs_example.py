@@ -28,11 +28,20 @@ def test_docs_example_serves_faults_and_prints_the_documented_outcome(
 ) -> None:
     script = tmp_path / "fault_handler.py"
     script.write_text(_example())
-    proc = subprocess.run([sys.executable, str(script), live.path], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(script), live.path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for line in ("first touch: ok, 8 page requests", "pasid 1:     ok, 1 page requests",
-                 "again:       ok, 0 page requests", "wild:        invalid"):
+    for line in (
+        "first touch: ok, 8 page requests",
+        "pasid 1:     ok, 1 page requests",
+        "again:       ok, 0 page requests",
+        "wild:        invalid",
+    ):
         assert line in out, out
     assert "-> SUCCESS" in out and "-> INVALID" in out

@@ -31,7 +31,10 @@ FREE = "0000:5c:00.0"  # no PRI, no ATS: nobody binds it in these tests
     ],
 )
 def test_read_commands_print_a_table_or_the_daemons_json(
-    live: LiveDaemon, capsys: pytest.CaptureFixture[str], command: str, human_marker: str,
+    live: LiveDaemon,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    human_marker: str,
     json_key: str,
 ) -> None:
     with SyncClient(live.path) as other:  # something for objects to show
@@ -51,8 +54,12 @@ def test_unplug_plug_reset_and_inject_succeed_in_both_forms(
     live: LiveDaemon, capsys: pytest.CaptureFixture[str], as_json: bool
 ) -> None:
     flag = ["--json"] if as_json else []
-    for argv in (["unplug", FREE], ["plug", FREE], ["reset", FREE],
-                 ["inject", FREE, "--addr", "0x5000", "--perm", "rw", "--grpid", "3"]):
+    for argv in (
+        ["unplug", FREE],
+        ["plug", FREE],
+        ["reset", FREE],
+        ["inject", FREE, "--addr", "0x5000", "--perm", "rw", "--grpid", "3"],
+    ):
         assert main(["--socket", live.path, *argv, *flag]) == 0, argv
         out = capsys.readouterr().out.strip()
         if as_json:
@@ -68,15 +75,18 @@ def test_status_shows_the_kernel_profile(
     live: LiveDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["--socket", live.path, "status"]) == 0
-    assert any(line.split() == ["kernel", "6.18"]
-               for line in capsys.readouterr().out.splitlines())
+    assert any(line.split() == ["kernel", "6.18"] for line in capsys.readouterr().out.splitlines())
     assert main(["--socket", live.path, "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["kernel"] == "6.18"
 
 
 def _unplug_proc(live: LiveDaemon, rid: str, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([IOPFCTL, "--socket", live.path, "unplug", rid, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [IOPFCTL, "--socket", live.path, "unplug", rid, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_unplug_waits_for_the_owner_to_release_the_device_or_forces_it_after_grace(
@@ -99,14 +109,16 @@ def test_unplug_waits_for_the_owner_to_release_the_device_or_forces_it_after_gra
         assert (proc.returncode, out.strip()) == (0, "unplugged"), err
         owner.plug(rid)
         dev = owner.bind(rid)
-        proc = _unplug_proc(live, rid, "--grace", "0")   # nobody will let go
+        proc = _unplug_proc(live, rid, "--grace", "0")  # nobody will let go
         out, err = proc.communicate(timeout=30)
         assert (proc.returncode, out.strip()) == (
-            0, "unplugged (forced: its owner had not released it)"), err
+            0,
+            "unplugged (forced: its owner had not released it)",
+        ), err
         assert owner.next_device_request(timeout=10) is not None
         owner.unbind(dev)
         owner.plug(rid)
-        with pytest.raises(SystemExit) as exit_info:   # a usage error, from argparse
+        with pytest.raises(SystemExit) as exit_info:  # a usage error, from argparse
             main(["--socket", live.path, "unplug", rid, "--grace", "-1"])
         assert exit_info.value.code == 2
 
@@ -133,9 +145,24 @@ def test_socket_comes_from_iopfd_socket_and_a_dead_socket_exits_3(
 
 def _trace_proc(live: LiveDaemon, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [IOPFCTL, "--socket", live.path, "trace", "--topic", "fault", "--topic", "response",
-         "--topic", "auto_response", "--count", "4", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            IOPFCTL,
+            "--socket",
+            live.path,
+            "trace",
+            "--topic",
+            "fault",
+            "--topic",
+            "response",
+            "--topic",
+            "auto_response",
+            "--count",
+            "4",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -17,8 +17,11 @@ pytestmark = pytest.mark.integration
 
 
 def _leftovers() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir())
-            if p.startswith(("iopfd-launch-", "iopfd-notify-"))}
+    return {
+        p
+        for p in os.listdir(tempfile.gettempdir())
+        if p.startswith(("iopfd-launch-", "iopfd-notify-"))
+    }
 
 
 def _fake_python(tmp_path: Path, body: str) -> str:
@@ -47,8 +50,9 @@ def test_launch_returns_a_ready_daemon_and_stop_returns_its_exit_status() -> Non
 
 def test_launched_stops_the_daemon_and_keeps_a_given_log(tmp_path: Path) -> None:
     log = tmp_path / "iopfd.log"
-    with launched(socket=tmp_path / "s.sock", log=log, args=("--log-format", "json"),
-                  kernel="6.12") as d:
+    with launched(
+        socket=tmp_path / "s.sock", log=log, args=("--log-format", "json"), kernel="6.12"
+    ) as d:
         assert d.socket == str(tmp_path / "s.sock") and d.private_dir is None
     assert not d.alive()
     assert '"ready"' in log.read_text() and '"6.12"' in log.read_text()
@@ -62,10 +66,14 @@ def test_a_daemon_that_exits_before_ready_is_a_launch_error_with_its_output() ->
 
 
 def test_no_ready_within_the_timeout_is_a_launch_error_and_the_process_is_killed(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     pidfile = tmp_path / "pid"
-    python = _fake_python(tmp_path, f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
-                                    "print('starting slowly', flush=True)\ntime.sleep(600)")
+    python = _fake_python(
+        tmp_path,
+        f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "print('starting slowly', flush=True)\ntime.sleep(600)",
+    )
     with pytest.raises(LaunchError, match=r"no READY=1 within 0.5 s(.|\n)*starting slowly"):
         launch(python=python, ready_timeout=0.5)
     pid = int(pidfile.read_text())
@@ -74,7 +82,9 @@ def test_no_ready_within_the_timeout_is_a_launch_error_and_the_process_is_killed
 
 
 def test_launched_raises_when_the_daemon_exits_non_zero_on_sigterm(tmp_path: Path) -> None:
-    python = _fake_python(tmp_path, """\
+    python = _fake_python(
+        tmp_path,
+        """\
 def term(*_):
     print("dying badly", flush=True)
     sys.exit(3)
@@ -82,9 +92,12 @@ signal.signal(signal.SIGTERM, term)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.sendto(b"STATUS=up\\nREADY=1", os.environ["NOTIFY_SOCKET"])
 while True:
-    time.sleep(1)""")
-    with pytest.raises(LaunchError, match=r"status 3 on SIGTERM(.|\n)*dying badly"), \
-            launched(python=python):
+    time.sleep(1)""",
+    )
+    with (
+        pytest.raises(LaunchError, match=r"status 3 on SIGTERM(.|\n)*dying badly"),
+        launched(python=python),
+    ):
         pass
 
 

@@ -114,8 +114,10 @@ async def test_nested_ops_translate_through_guest_stage1_and_fault_after_invalid
 async def test_errors_carry_errno_names_and_leave_the_connection_usable(
     live: LiveDaemon,
 ) -> None:
-    async with IopfClient.open(live.path, client_name="it-a") as a, \
-            IopfClient.open(live.path, client_name="it-b") as b:
+    async with (
+        IopfClient.open(live.path, client_name="it-a") as a,
+        IopfClient.open(live.path, client_name="it-b") as b,
+    ):
         dev = await a.bind(PF)
         with pytest.raises(Busy) as ei:
             await b.bind(PF)
@@ -140,8 +142,10 @@ async def test_errors_carry_errno_names_and_leave_the_connection_usable(
 
 
 async def test_admin_ops_see_inject_pending_unplug_plug_and_reset(live: LiveDaemon) -> None:
-    async with IopfClient.open(live.path, client_name="it-vmm") as vmm, \
-            IopfClient.open(live.path, client_name="it-admin") as admin:
+    async with (
+        IopfClient.open(live.path, client_name="it-vmm") as vmm,
+        IopfClient.open(live.path, client_name="it-admin") as admin,
+    ):
         assert admin.admin
         dev = await vmm.bind(PF)
         ioas = await vmm.ioas_alloc()

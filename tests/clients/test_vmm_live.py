@@ -53,8 +53,19 @@ def test_vmm_answers_every_group_and_every_touched_page_ends_mapped(
 def test_vmm_nested_random_epochs_map_both_stages_and_stay_consistent(
     live: LiveDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, s = _vmm(live, capsys, "--nested", "--pattern", "random", "--pages", "32",
-                 "--duration", "0.6", "--concurrency", "16")
+    rc, s = _vmm(
+        live,
+        capsys,
+        "--nested",
+        "--pattern",
+        "random",
+        "--pages",
+        "32",
+        "--duration",
+        "0.6",
+        "--concurrency",
+        "16",
+    )
     assert rc == 0, s["violations"]
     assert s["mode"] == "nested" and s["epochs"] >= 2
     assert s["s1_pages_mapped"] > 0 and s["pages_mapped"] >= s["s1_pages_mapped"]
@@ -65,8 +76,22 @@ def test_vmm_nested_random_epochs_map_both_stages_and_stay_consistent(
 def test_vmm_binds_only_the_devices_it_is_told_with_their_pasids(
     live: LiveDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, s = _vmm(live, capsys, "--device", "0000:5b:00.0", "--device", "0000:3a:00.0",
-                 "--pasids", "3", "--pattern", "strided", "--pages", "16", "--bad-fraction", "0")
+    rc, s = _vmm(
+        live,
+        capsys,
+        "--device",
+        "0000:5b:00.0",
+        "--device",
+        "0000:3a:00.0",
+        "--pasids",
+        "3",
+        "--pattern",
+        "strided",
+        "--pages",
+        "16",
+        "--bad-fraction",
+        "0",
+    )
     assert rc == 0, s["violations"]
     assert s["devices"] == ["0000:5b:00.0", "0000:3a:00.0"]
     assert s["targets"] == 1 + 4  # 5b has no PASID: RID only; 3a: RID + 3 PASIDs
@@ -83,15 +108,18 @@ def test_vmm_refuses_a_device_that_is_not_there_with_exit_2(
 
 def _vmm_proc(live: LiveDaemon, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket", live.path,
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket", live.path, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
 def _wait_until_faulting(admin: SyncClient, rid: str) -> None:
     deadline = time.monotonic() + 10
-    while admin.status().counters.get("groups", 0) == 0 or \
-            {d.rid: d.state for d in admin.devices()}[rid] != "bound":
+    while (
+        admin.status().counters.get("groups", 0) == 0
+        or {d.rid: d.state for d in admin.devices()}[rid] != "bound"
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     time.sleep(0.2)
@@ -112,21 +140,23 @@ def test_vmm_exits_1_when_a_device_is_removed_by_force_mid_run(live: LiveDaemon)
             proc.wait()
     assert proc.returncode == 1, err
     summary = json.loads(out)
-    assert not summary["ok"] and summary["dma"].get("removed", 0) + \
-        summary["dma"].get("ENODEV", 0) > 0
+    assert (
+        not summary["ok"] and summary["dma"].get("removed", 0) + summary["dma"].get("ENODEV", 0) > 0
+    )
 
 
 def test_vmm_releases_a_device_on_device_request_answers_everything_and_exits_4(
     live: LiveDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rid = "0000:5a:00.0"
-    proc = _vmm_proc(live, "--device", rid, "--duration", "10", "--json", "--pages", "64",
-                     "--bad-fraction", "0")
+    proc = _vmm_proc(
+        live, "--device", rid, "--duration", "10", "--json", "--pages", "64", "--bad-fraction", "0"
+    )
     try:
         with SyncClient(live.path, client_name="it-unplugger") as admin:
             _wait_until_faulting(admin, rid)
             forced_before = admin.status().counters["forced_unplugs"]
-            forced = admin.unplug(rid, grace_s=60)   # returns once the VMM let go
+            forced = admin.unplug(rid, grace_s=60)  # returns once the VMM let go
             out, err = proc.communicate(timeout=30)
             states = {d.rid: d.state for d in admin.devices()}
             k = admin.status().counters
@@ -138,8 +168,12 @@ def test_vmm_releases_a_device_on_device_request_answers_everything_and_exits_4(
     assert forced is False and states[rid] == "removed"
     assert proc.returncode == 4, err
     assert b"Traceback" not in err
-    assert err.decode().rstrip().splitlines()[-1].startswith(
-        f"iopf-vmm: released {rid} on the daemon's device_request")
+    assert (
+        err.decode()
+        .rstrip()
+        .splitlines()[-1]
+        .startswith(f"iopf-vmm: released {rid} on the daemon's device_request")
+    )
     summary = json.loads(out)
     # It stopped early with every check holding: each DMA ended ok, every group
     # answered by the VMM itself, none left for the daemon.
@@ -154,9 +188,20 @@ def test_vmm_surfaces_throttling_by_a_full_fault_queue(tmp_path) -> None:
     daemon = LiveDaemon(str(tmp_path), config="[limits]\nmax_pending = 2\n")
     try:
         proc = subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket",
-             daemon.path, "--concurrency", "32", "--pages", "32", "--json"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                os.path.join(os.path.dirname(sys.executable), "iopf-vmm"),
+                "--socket",
+                daemon.path,
+                "--concurrency",
+                "32",
+                "--pages",
+                "32",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         summary = json.loads(proc.stdout)
         with SyncClient(daemon.path) as admin:
@@ -179,9 +224,18 @@ def test_interrupted_vmm_exits_130_and_the_daemon_releases_everything(
     live: LiveDaemon,
 ) -> None:
     proc = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket", live.path,
-         "--duration", "10", "--name", "it-interrupted"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            os.path.join(os.path.dirname(sys.executable), "iopf-vmm"),
+            "--socket",
+            live.path,
+            "--duration",
+            "10",
+            "--name",
+            "it-interrupted",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         with SyncClient(live.path, client_name="it-watcher") as admin:
@@ -216,9 +270,21 @@ def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_pa
         runs = {}
         for mode_args in ((), ("--nested",)):
             proc = subprocess.run(
-                [os.path.join(os.path.dirname(sys.executable), "iopf-vmm"), "--socket",
-                 daemon.path, "--pages", "16", "--pasids", "2", "--json", *mode_args],
-                capture_output=True, text=True, timeout=60, check=False,
+                [
+                    os.path.join(os.path.dirname(sys.executable), "iopf-vmm"),
+                    "--socket",
+                    daemon.path,
+                    "--pages",
+                    "16",
+                    "--pasids",
+                    "2",
+                    "--json",
+                    *mode_args,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             )
             assert proc.returncode == 0, proc.stderr
             runs[mode_args] = (json.loads(proc.stdout), proc.stderr)
@@ -231,7 +297,7 @@ def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_pa
     nested, _ = runs[("--nested",)]
     assert paging["kernel"] == "6.12" and paging["mode"] == "identity-s1"
     assert "no fault-capable paging HWPT" in paging_err and "no PASID attach" in paging_err
-    assert paging["targets"] == len(paging["devices"])          # RIDs only
+    assert paging["targets"] == len(paging["devices"])  # RIDs only
     assert paging["ok"] and paging["verified_pages"] == paging["touched_pages"] > 0
     assert paging["s1_pages_mapped"] == 0 and paging["pages_mapped"] > 0
     assert nested["mode"] == "nested" and nested["ok"] and nested["s1_pages_mapped"] > 0
@@ -240,13 +306,15 @@ def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_pa
 
 
 def test_vmm_spawn_daemon_runs_against_a_private_daemon_and_stops_it(
-    tmp_path, capsys: pytest.CaptureFixture[str],
+    tmp_path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """--spawn-daemon: a daemon of the VMM's own (here on a given socket, playing 6.12),
     ready before the VMM connects, stopped cleanly (exit 0, socket removed) at the end."""
     sock = str(tmp_path / "private.sock")
-    rc = vmm_main(["--spawn-daemon", "--daemon-kernel", "6.12", "--socket", sock,
-                   "--pages", "8", "--json"])
+    rc = vmm_main(
+        ["--spawn-daemon", "--daemon-kernel", "6.12", "--socket", sock, "--pages", "8", "--json"]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["ok"] and summary["kernel"] == "6.12"
     assert not os.path.exists(sock), "the spawned iopfd left its socket behind"

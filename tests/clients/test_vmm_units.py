@@ -23,14 +23,19 @@ DEVICES: list[tuple[str, int, list[int | None]]] = [
 
 def _plan(pattern: str, seed: int = 7, bad: float = 0.0, pages: int = 64):
     targets = layout_targets(DEVICES, pages, nested=False)
-    return targets, plan_epoch(targets, pattern=pattern, dma_pages=4, stride=4,
-                               bad_fraction=bad, rng=random.Random(seed))
+    return targets, plan_epoch(
+        targets, pattern=pattern, dma_pages=4, stride=4, bad_fraction=bad, rng=random.Random(seed)
+    )
 
 
 def test_each_stream_gets_its_own_buffer_back_to_back_in_guest_ram() -> None:
     targets = layout_targets(DEVICES, 16, nested=False)
     assert [(t.rid, t.pasid) for t in targets] == [
-        ("0000:3a:00.0", None), ("0000:3a:00.0", 1), ("0000:3a:00.0", 2), ("0000:5b:00.0", None)]
+        ("0000:3a:00.0", None),
+        ("0000:3a:00.0", 1),
+        ("0000:3a:00.0", 2),
+        ("0000:5b:00.0", None),
+    ]
     assert [t.gpa for t in targets] == [GUEST_RAM_BASE + i * 16 * PAGE_SIZE for i in range(4)]
     assert all(t.iova == t.gpa for t in targets)
     nested = layout_targets(DEVICES, 16, nested=True)

@@ -29,11 +29,18 @@ def test_device_list_rows(env: Env) -> None:
     env.fault_hwpt(pasid=5)
     rows = {r["rid"]: r for r in env.core.device_list()}
     assert rows[ACCEL] == {
-        "rid": ACCEL, "vfio": 0, "iommu": "dmar0", "pri": True, "ats": True, "pasid_bits": 20,
-        "pf": None, "state": "bound", "removing": False, "ats_enabled": True,
+        "rid": ACCEL,
+        "vfio": 0,
+        "iommu": "dmar0",
+        "pri": True,
+        "ats": True,
+        "pasid_bits": 20,
+        "pf": None,
+        "state": "bound",
+        "removing": False,
+        "ats_enabled": True,
         "pri_enabled": True,
-        "pri_status": {"response_failure": False, "unexpected_prgi": False,
-                       "stopped": False},
+        "pri_status": {"response_failure": False, "unexpected_prgi": False, "stopped": False},
     }
     assert rows[NIC_VF0]["pf"] == NIC_PF and rows[NIC_VF0]["state"] == "free"
 
@@ -53,8 +60,9 @@ def test_topology_and_objects_show_owner_attachments_and_dids(env: Env) -> None:
 
 def test_inject_validates_its_arguments(env: Env) -> None:
     assert _errno(env.core.emulation.inject, "bogus", None, 0, 1, 0, True, env.now) == "EINVAL"
-    assert _errno(env.core.emulation.inject, "0000:99:00.0", None, 0, 1, 0, True,
-                  env.now) == "ENOENT"
+    assert (
+        _errno(env.core.emulation.inject, "0000:99:00.0", None, 0, 1, 0, True, env.now) == "ENOENT"
+    )
     assert _errno(env.core.emulation.inject, ACCEL, 1 << 20, 0, 1, 0, True, env.now) == "EINVAL"
     assert _errno(env.core.emulation.inject, ACCEL, None, 0x123, 1, 0, True, env.now) == "EINVAL"
     assert _errno(env.core.emulation.inject, ACCEL, None, 0, 1, 512, True, env.now) == "EINVAL"
@@ -73,15 +81,14 @@ def test_every_trace_topic_is_produced_when_enabled() -> None:
     dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     env.ctx.ioas_map(ioas, A, 4096, RW, env.now)
     env.inject(ACCEL, 5, A, grpid=1)
-    env.inject(ACCEL, 5, A, grpid=2)                       # throttled
-    env.inject(ACCEL, 5, A, grpid=3, perm=9)               # bad request
+    env.inject(ACCEL, 5, A, grpid=2)  # throttled
+    env.inject(ACCEL, 5, A, grpid=3, perm=9)  # bad request
     (ev,) = faults_of(env.service())
     env.ctx.page_response(fq, [(ev.cookie, 0)], env.now)
     env.ctx.ioas_unmap(ioas, A, 4096, env.now)
     env.core.emulation.unplug(ACCEL, env.now)
     topics = {e.topic for e in env.core.take_events() + env.events if hasattr(e, "topic")}
-    assert topics >= {"fault", "throttle", "auto_response", "response", "invalidation",
-                      "device"}
+    assert topics >= {"fault", "throttle", "auto_response", "response", "invalidation", "device"}
     assert topics <= TRACE_TOPICS
 
 
@@ -105,7 +112,7 @@ def test_dma_arguments_are_checked(env: Env) -> None:
 
 def test_ioas_map_rules(env: Env) -> None:
     ioas = env.ctx.ioas_alloc()
-    assert _errno(env.ctx.ioas_map, ioas, A, 4096, 4, env.now) == "EINVAL"   # EXEC
+    assert _errno(env.ctx.ioas_map, ioas, A, 4096, 4, env.now) == "EINVAL"  # EXEC
     assert _errno(env.ctx.ioas_map, ioas, A, 4095, 1, env.now) == "EINVAL"
     assert _errno(env.ctx.ioas_map, ioas, (1 << 64) - 4096, 8192, 1, env.now) == "EINVAL"
     env.ctx.ioas_map(ioas, A, 8192, RW, env.now)
@@ -115,10 +122,23 @@ def test_ioas_map_rules(env: Env) -> None:
 
 def test_status_counters_have_every_protocol_name(env: Env) -> None:
     c = env.core.status_counters()
-    for name in ("page_requests", "groups", "delivered", "responses", "auto_responses",
-                 "throttled", "prq_overflows", "invalidations", "bad_requests",
-                 "hw_auto_responses", "partials_discarded", "stop_markers", "drains",
-                 "dma_started", "dma_completed"):
+    for name in (
+        "page_requests",
+        "groups",
+        "delivered",
+        "responses",
+        "auto_responses",
+        "throttled",
+        "prq_overflows",
+        "invalidations",
+        "bad_requests",
+        "hw_auto_responses",
+        "partials_discarded",
+        "stop_markers",
+        "drains",
+        "dma_started",
+        "dma_completed",
+    ):
         assert c[name] == 0, name
 
 
@@ -135,8 +155,7 @@ def test_an_invalid_descriptor_is_counted_and_does_not_halt_the_queue(env: Env) 
     assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
 
 
-def test_forced_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_once(
-        env: Env) -> None:
+def test_forced_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_once(env: Env) -> None:
     dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")
     (ev,) = faults_of(env.service())
@@ -156,21 +175,22 @@ def test_forced_unplug_ends_a_dma_in_flight_as_removed_and_answers_its_group_onc
 
 
 def test_reset_leaves_the_fault_queues_alone_and_the_function_discards_stale_answers(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     """VFIO_DEVICE_RESET tells neither iommufd nor the IOMMU driver: what the function
     had posted is still reported and delivered, and stays answerable; the function,
     which forgot those requests in the FLR (SPEC 7.9), discards the answers."""
     dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
-    env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")   # posted, not yet serviced
+    env.ctx.dma(dev, 5, A, 4096, RW, env.now, "t")  # posted, not yet serviced
     assert env.machine.posted_page_requests
     env.core.emulation.reset(ACCEL, env.now)
     events = env.service()
     (ev,) = faults_of(events)
     (done,) = dma_done(events)
-    assert done.status == "failure"                   # the FLR aborted the transfer
+    assert done.status == "failure"  # the FLR aborted the transfer
     assert [r["cookie"] for r in env.core.pending(env.now)] == [ev.cookie]
     fn = env.machine.function(ACCEL)
-    assert fn.pri.enabled                             # pci_restore_pri_state
+    assert fn.pri.enabled  # pci_restore_pri_state
     assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
     assert fn.counters["page_responses_discarded"] == 1
     assert fn.counters["unexpected_prgi"] == 0
@@ -183,9 +203,9 @@ def test_hw_info_reports_what_the_unit_implements(env: Env) -> None:
     info = env.ctx.hw_info(dev)
     ecap, cap = int(info["ecap_reg"]), int(info["cap_reg"])  # type: ignore[call-overload]
     assert info["type"] == "intel_vtd"
-    assert ecap >> 29 & 1 and ecap >> 42 & 1 and ecap >> 26 & 1   # PRS, PDS, NEST
-    assert ecap >> 40 & 1 and (ecap >> 35 & 0x1F) == 19          # PASID, PSS = 20 bits
-    assert cap >> 16 & 0x3F == 47 and cap & 7 == 6               # MGAW 48 bits, ND
+    assert ecap >> 29 & 1 and ecap >> 42 & 1 and ecap >> 26 & 1  # PRS, PDS, NEST
+    assert ecap >> 40 & 1 and (ecap >> 35 & 0x1F) == 19  # PASID, PSS = 20 bits
+    assert cap >> 16 & 0x3F == 47 and cap & 7 == 6  # MGAW 48 bits, ND
     assert _errno(env.ctx.hw_info, 4242) == "ENOENT"
 
 

@@ -39,11 +39,11 @@ def test_detach_answers_only_that_pasids_groups(env: Env) -> None:
 def test_detach_drains_a_request_already_in_the_queue(env: Env) -> None:
     dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=3)
-    env.machine.advance(env.now)            # in the PRQ, the thread has not run yet
+    env.machine.advance(env.now)  # in the PRQ, the thread has not run yet
     assert env.machine.iommus["dmar0"].prq.used == 1
     env.ctx.detach(dev, 5, env.now)
     assert env.machine.iommus["dmar0"].prq.used == 0
-    assert faults_of(env.service()) == []   # never delivered: the attachment was gone
+    assert faults_of(env.service()) == []  # never delivered: the attachment was gone
     c = env.core.status_counters()
     assert (c["groups"], c["auto_responses"], c["delivered"]) == (1, 1, 0)
     check_invariants(env)
@@ -51,7 +51,7 @@ def test_detach_drains_a_request_already_in_the_queue(env: Env) -> None:
 
 def test_detach_drains_requests_still_posted_by_the_function(env: Env) -> None:
     dev, _ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
-    env.ctx.dma(dev, 5, A, 2 * 4096, RW, env.now, "t")   # requests posted, not delivered
+    env.ctx.dma(dev, 5, A, 2 * 4096, RW, env.now, "t")  # requests posted, not delivered
     assert env.machine.posted_page_requests == 2
     env.ctx.detach(dev, 5, env.now)
     assert env.machine.posted_page_requests == 0
@@ -79,12 +79,12 @@ def test_replace_answers_groups_of_the_old_attachment_only_on_the_old_queue(env:
     env.inject(NIC_PF, 5, A, grpid=2)
     env.service()
     env.ctx.replace(dev, new, 5, env.now)
-    assert _pending(env) == [(fq_new, 1)]          # the new queue's group is untouched
+    assert _pending(env) == [(fq_new, 1)]  # the new queue's group is untouched
     c = env.core.status_counters()
     assert c["auto_responses"] == 1
     env.inject(ACCEL, 5, A, grpid=3)
     (ev,) = faults_of(env.service())
-    assert ev.fault_id == fq_new                   # later faults reach the new HWPT
+    assert ev.fault_id == fq_new  # later faults reach the new HWPT
     check_invariants(env)
 
 
@@ -155,7 +155,7 @@ def test_forced_unplug_drains_answers_and_leaves_the_dev_id_enodev(env: Env) -> 
     assert ei.value.errno == "ENODEV"
     check_invariants(env)
     env.core.emulation.plug(ACCEL, env.now)
-    env.ctx.unbind(dev, env.now)                 # the stale ID goes away
+    env.ctx.unbind(dev, env.now)  # the stale ID goes away
     env.fault_hwpt(pasid=5)
     env.inject(ACCEL, 5, A, grpid=1)
     assert len(faults_of(env.service())) == 1
@@ -182,7 +182,7 @@ def test_unplug_asks_the_owner_first_and_completes_when_it_unbinds(env: Env) -> 
     assert ei.value.errno == "EBUSY"
     env.ctx.unbind(dev, env.now)
     with pytest.raises(CoreError) as ei:
-        other.bind(ACCEL, env.now)                   # never bound again on its way out
+        other.bind(ACCEL, env.now)  # never bound again on its way out
     assert ei.value.errno == "ENODEV"
     (done,) = [e for e in env.service() if isinstance(e, UnplugDone)]
     assert (done.ctx, done.tag, done.rid, done.forced) == (env.ctx, "u", ACCEL, False)
@@ -199,10 +199,10 @@ def test_unplug_forces_the_removal_when_the_grace_period_ends(env: Env) -> None:
     assert env.core.emulation.unplug(ACCEL, env.now, grace_ns=5_000_000_000, tag=1) is False
     assert env.core.next_deadline() == env.now + 5_000_000_000
     assert [e for e in env.tick(4_000_000_000) if isinstance(e, UnplugDone)] == []
-    assert len(env.core.pending(env.now)) == 1       # answerable until the removal
+    assert len(env.core.pending(env.now)) == 1  # answerable until the removal
     (done,) = [e for e in env.tick(1_000_000_000) if isinstance(e, UnplugDone)]
     assert done.forced and done.tag == 1
-    assert env.core.pending(env.now) == []           # answered INVALID by the daemon
+    assert env.core.pending(env.now) == []  # answered INVALID by the daemon
     c = env.core.status_counters()
     assert (c["forced_unplugs"], c["auto_responses"]) == (1, 1)
     with pytest.raises(CoreError) as ei:
@@ -243,7 +243,7 @@ def test_reset_clears_response_failure_and_restores_pri(kenv: Env) -> None:
     fn = env.machine.function(ACCEL)
     fn.pri.response_failure = True
     env.ctx.device_reset(dev, env.now)
-    assert fn.pri.enabled and not fn.pri.response_failure   # pci_restore_pri_state
+    assert fn.pri.enabled and not fn.pri.response_failure  # pci_restore_pri_state
     check_invariants(env)
 
 
@@ -259,7 +259,7 @@ def test_reset_keeps_pending_groups_answerable_and_frees_partials(kenv: Env) -> 
     # them, so iopfd frees them.
     assert env.core.devices[ACCEL].fault_param.n_partials == 0
     assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
-    env.inject(ACCEL, None, A, grpid=2)          # the function is back in service
+    env.inject(ACCEL, None, A, grpid=2)  # the function is back in service
     (ev2,) = faults_of(env.service())
     assert len(ev2.faults) == 1
     with pytest.raises(CoreError) as ei:

@@ -32,9 +32,11 @@ def test_partials_wait_for_the_last_and_the_group_comes_whole_in_arrival_order(e
     # intel_prq_report sets NEEDS_PASID with PASID_VALID; iommufd copies flags raw.
     assert [r["flags"] for r in ev.faults] == [5, 5, 5, 7]
     assert [r["flags"] for r in ev.faults] == [PASID_VALID | NEEDS_PASID] * 3 + [
-        PASID_VALID | NEEDS_PASID | LAST_PAGE]
-    assert {(r["dev_id"], r["pasid"], r["grpid"], r["perm"], r["length"])
-            for r in ev.faults} == {(dev, 5, 7, RW, 0)}
+        PASID_VALID | NEEDS_PASID | LAST_PAGE
+    ]
+    assert {(r["dev_id"], r["pasid"], r["grpid"], r["perm"], r["length"]) for r in ev.faults} == {
+        (dev, 5, 7, RW, 0)
+    }
     assert env.core.devices[ACCEL].fault_param.n_partials == 1  # grpid 8 still waits
     c = env.core.status_counters()
     assert (c["page_requests"], c["groups"], c["delivered"]) == (5, 1, 1)
@@ -48,8 +50,7 @@ def test_request_without_pasid_has_no_pasid_valid_flag(env: Env) -> None:
     assert ev.faults[0]["flags"] == LAST_PAGE and ev.faults[0]["pasid"] == 0
 
 
-def test_request_without_fault_capable_attachment_is_answered_invalid_on_arrival(
-        env: Env) -> None:
+def test_request_without_fault_capable_attachment_is_answered_invalid_on_arrival(env: Env) -> None:
     # iommu_report_device_fault: find_fault_handler runs for every request, and
     # err_bad_iopf answers INVALID at once, last request or not; nothing is set aside.
     dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)  # PRE on for the device
@@ -58,8 +59,9 @@ def test_request_without_fault_capable_attachment_is_answered_invalid_on_arrival
     env.inject(ACCEL, None, A, grpid=4, last=False)
     env.responses.clear()
     assert faults_of(env.service()) == []
-    assert [(r.response_code, r.prg_index, r.pasid_present) for _u, r in env.responses] == \
-        [(1, 4, False)]
+    assert [(r.response_code, r.prg_index, r.pasid_present) for _u, r in env.responses] == [
+        (1, 4, False)
+    ]
     assert env.core.devices[ACCEL].fault_param.n_partials == 0
     env.inject(ACCEL, None, A + 4096, grpid=4, last=True)
     assert faults_of(env.service()) == []
@@ -108,8 +110,7 @@ def test_bad_requests_priv_or_exec_read_are_answered_invalid_never_delivered(env
     check_invariants(env)
 
 
-def test_a_bad_non_last_request_is_dropped_and_the_rest_of_its_group_delivered(
-        env: Env) -> None:
+def test_a_bad_non_last_request_is_dropped_and_the_rest_of_its_group_delivered(env: Env) -> None:
     # handle_bad_prq_event answers only a last request; a non-last one is dropped and
     # its group still reaches the handler without it.
     env.fault_hwpt(pasid=5)
@@ -122,8 +123,12 @@ def test_a_bad_non_last_request_is_dropped_and_the_rest_of_its_group_delivered(
     assert [r["addr"] for r in ev.faults] == [A, A + 8192]
     assert env.responses == []
     c = env.core.status_counters()
-    assert (c["bad_requests"], c["bad_requests_dropped"], c["groups"], c["delivered"]) == \
-        (1, 1, 1, 1)
+    assert (c["bad_requests"], c["bad_requests_dropped"], c["groups"], c["delivered"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
     assert env.core.devices[ACCEL].fault_param.n_partials == 0
     check_invariants(env)
 
@@ -134,7 +139,7 @@ def test_bad_last_request_takes_its_groups_partials_with_it(env: Env) -> None:
     env.inject(ACCEL, 5, A + 4096, grpid=4, perm=int(Perm.READ | Perm.EXEC))
     assert faults_of(env.service()) == []
     assert env.core.devices[ACCEL].fault_param.n_partials == 0
-    env.inject(ACCEL, 5, A, grpid=4)                  # a fresh group with that index
+    env.inject(ACCEL, 5, A, grpid=4)  # a fresh group with that index
     (ev,) = faults_of(env.service())
     assert len(ev.faults) == 1
 
@@ -158,8 +163,13 @@ def test_response_carries_rid_pasid_and_prgi_of_the_last_request(env: Env) -> No
     ((unit, resp),) = env.responses
     info = env.core.devices[ACCEL]
     assert unit == "dmar0"
-    assert (resp.sid, resp.pasid_present, resp.pasid, resp.prg_index, resp.response_code) == \
-        (info.sid, True, 9, 0x1AB, 1)
+    assert (resp.sid, resp.pasid_present, resp.pasid, resp.prg_index, resp.response_code) == (
+        info.sid,
+        True,
+        9,
+        0x1AB,
+        1,
+    )
 
 
 def test_cookies_start_at_1_and_only_grow(env: Env) -> None:
@@ -243,8 +253,7 @@ def test_two_devices_two_units_each_find_their_own_attachment(env: Env) -> None:
     env.inject(ACCEL, 5, A, grpid=1)
     env.inject(ACCEL1, 5, A, grpid=1)
     evs = faults_of(env.service())
-    assert sorted((e.fault_id, e.faults[0]["dev_id"]) for e in evs) == sorted([(f0, d0),
-                                                                               (f1, d1)])
+    assert sorted((e.fault_id, e.faults[0]["dev_id"]) for e in evs) == sorted([(f0, d0), (f1, d1)])
 
 
 def test_trace_records_only_when_enabled(env: Env) -> None:

@@ -26,7 +26,8 @@ def _fill(env: Env, dev: int, pasid: int | None, pages: int = 2) -> None:
 
 
 def test_unmap_of_a_domain_on_many_devices_issues_one_flush_per_did_and_per_ats_pasid(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     ctx = env.ctx
     ioas = ctx.ioas_alloc()
     ctx.ioas_map(ioas, A, 0x10000, RW, env.now)
@@ -34,7 +35,7 @@ def test_unmap_of_a_domain_on_many_devices_issues_one_flush_per_did_and_per_ats_
     hwpt = ctx.hwpt_alloc(devs[ACCEL], ioas, ["pasid"], None, None)
     for dev in devs.values():
         ctx.attach(dev, hwpt, None, env.now)
-    ctx.attach(devs[ACCEL], hwpt, 5, env.now)   # same domain, same device, another PASID
+    ctx.attach(devs[ACCEL], hwpt, 5, env.now)  # same domain, same device, another PASID
     for dev in devs.values():
         _fill(env, dev, None)
     _fill(env, devs[ACCEL], 5)
@@ -104,7 +105,7 @@ def test_hwpt_invalidate_flushes_the_nested_domain_only(env: Env) -> None:
     assert ctx.hwpt_s1_unmap(nested, 0x1000_0000, 0x1000) == 0x1000
     ctx.hwpt_invalidate(nested, 0x1000_0000, 0x1000, env.now)
     st = env.core.last_flush
-    assert (st.iotlb, st.devtlb) == (1, 1)    # P_IOTLB (DID, PASID 5) + ATC of PASID 5
+    assert (st.iotlb, st.devtlb) == (1, 1)  # P_IOTLB (DID, PASID 5) + ATC of PASID 5
     check_no_stale_translation(env)
     ctx.hwpt_invalidate(nested, None, None, env.now)
     assert (env.core.last_flush.iotlb, env.core.last_flush.devtlb) == (1, 1)
@@ -198,14 +199,13 @@ def test_detach_leaves_no_cached_translation_of_the_old_hwpt(env: Env) -> None:
 def test_psi_alignment_covers_the_range() -> None:
     assert psi_aligned(0x1000, 0x2000) == (0x1000, 0)
     assert psi_aligned(0x0, 0x4000) == (0x0, 2)
-    addr, mask = psi_aligned(0x3000, 0x5000)     # pages 3..4 straddle an 8-page boundary
+    addr, mask = psi_aligned(0x3000, 0x5000)  # pages 3..4 straddle an 8-page boundary
     assert addr <= 0x3000 and addr + (4096 << mask) >= 0x5000 and addr % (4096 << mask) == 0
 
 
 def test_units_with_small_prq_still_flush_per_unit() -> None:
     topo = default_topology()
-    env = Env(TopologySpec((IommuSpec("dmar0", prq_order=0), IommuSpec("dmar1")),
-                           topo.functions))
+    env = Env(TopologySpec((IommuSpec("dmar0", prq_order=0), IommuSpec("dmar1")), topo.functions))
     dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=None)
     env.ctx.ioas_map(ioas, A, 0x1000, RW, env.now)
     _fill(env, dev, None, pages=1)

@@ -117,8 +117,7 @@ def test_object_limit_gives_enospc() -> None:
 def test_hwpt_alloc_unknown_flag_is_eopnotsupp_and_unknown_fault_id_enoent(env: Env) -> None:
     dev = env.ctx.bind(ACCEL, env.now)
     ioas = env.ctx.ioas_alloc()
-    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["dirty_tracking"], None, None) == \
-        "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["dirty_tracking"], None, None) == "EOPNOTSUPP"
     assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["bogus"], None, None) == "EOPNOTSUPP"
     assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], 0xFFFF_FFFF, None) == "ENOENT"
     assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], ioas, None) == "ENOENT"
@@ -148,8 +147,9 @@ def test_6_12_has_no_pasid_flag_and_no_fault_capable_paging_hwpt() -> None:
     assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], fq, None) == "EOPNOTSUPP"
     assert errno_of(env.ctx.hwpt_alloc, dev, ioas, [], 0xFFFF_FFFF, None) == "EOPNOTSUPP"
     parent = env.ctx.hwpt_alloc(dev, ioas, ["nest_parent"], None, None)
-    assert errno_of(env.ctx.hwpt_alloc, dev, parent, ["pasid"], fq, {"type": "vtd_s1"}) \
-        == "EOPNOTSUPP"
+    assert (
+        errno_of(env.ctx.hwpt_alloc, dev, parent, ["pasid"], fq, {"type": "vtd_s1"}) == "EOPNOTSUPP"
+    )
     nested = env.ctx.hwpt_alloc(dev, parent, [], fq, {"type": "vtd_s1"})
     env.ctx.attach(dev, nested, None, env.now)
     # VFIO_DEVICE_ATTACH_IOMMUFD_PT takes no flag in 6.12: no PASID attach at all.
@@ -162,8 +162,7 @@ def test_a_nesting_parent_is_never_fault_capable(env: Env) -> None:
     dev = env.ctx.bind(ACCEL, env.now)
     ioas = env.ctx.ioas_alloc()
     fq = env.ctx.fault_alloc()
-    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["nest_parent"], fq, None) == \
-        "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, ioas, ["nest_parent"], fq, None) == "EOPNOTSUPP"
 
 
 def test_hwpt_alloc_data_rules(env: Env) -> None:
@@ -176,12 +175,13 @@ def test_hwpt_alloc_data_rules(env: Env) -> None:
     # iommufd_hwpt_nested_alloc: no user data is EOPNOTSUPP, as a flag beyond
     # FAULT_ID_VALID and ALLOC_PASID is.
     assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, None) == "EOPNOTSUPP"
-    assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, {"type": "arm"}) == \
-        "EOPNOTSUPP"
-    assert errno_of(env.ctx.hwpt_alloc, dev, parent, ["nest_parent"], None,
-                    {"type": "vtd_s1"}) == "EOPNOTSUPP"
+    assert errno_of(env.ctx.hwpt_alloc, dev, parent, [], None, {"type": "arm"}) == "EOPNOTSUPP"
+    assert (
+        errno_of(env.ctx.hwpt_alloc, dev, parent, ["nest_parent"], None, {"type": "vtd_s1"})
+        == "EOPNOTSUPP"
+    )
     nested = env.ctx.hwpt_alloc(dev, parent, ["pasid"], None, {"type": "vtd_s1"})
-    env.ctx.attach(dev, nested, 9, env.now)      # nested HWPTs accept ALLOC_PASID (6.15+)
+    env.ctx.attach(dev, nested, 9, env.now)  # nested HWPTs accept ALLOC_PASID (6.15+)
     env.ctx.hwpt_alloc(dev, parent, [], None, {"type": "vtd_s1"})
 
 
@@ -200,17 +200,17 @@ def test_attach_where_attached_is_a_replace_and_detach_of_nothing_succeeds(env: 
     dev, ioas, fq, hwpt = env.fault_hwpt(pasid=7)
     env.inject(ACCEL, 7, 0x1000, grpid=1)
     env.service()
-    env.ctx.attach(dev, hwpt, 7, env.now)          # the same HWPT: nothing changes
+    env.ctx.attach(dev, hwpt, 7, env.now)  # the same HWPT: nothing changes
     assert len(env.core.pending(env.now)) == 1
     other = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)
-    env.ctx.attach(dev, other, 7, env.now)         # a replace: the old group answered
+    env.ctx.attach(dev, other, 7, env.now)  # a replace: the old group answered
     info = env.core.devices[ACCEL]
     assert info.handles[7].hwpt.id == other
     assert env.core.pending(env.now) == []
     c = env.core.status_counters()
     assert (c["replaces"], c["attaches"], c["auto_responses"]) == (1, 1, 1)
     assert errno_of(env.ctx.replace, dev, hwpt, 8, env.now) == "EINVAL"
-    env.ctx.detach(dev, 8, env.now)                # nothing there: not an error
+    env.ctx.detach(dev, 8, env.now)  # nothing there: not an error
     env.ctx.detach(dev, None, env.now)
     assert c.get("detaches", 0) == env.core.status_counters().get("detaches", 0) == 0
     check_invariants(env)
@@ -223,9 +223,9 @@ def test_pasid_attach_needs_a_pasid_compatible_hwpt(env: Env) -> None:
     plain = env.ctx.hwpt_alloc(dev, ioas, [], None, None)
     compat = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
     assert errno_of(env.ctx.attach, dev, plain, 5, env.now) == "EINVAL"
-    env.ctx.attach(dev, plain, None, env.now)      # the RID holds a non-PASID HWPT ...
-    assert errno_of(env.ctx.attach, dev, compat, 5, env.now) == "EINVAL"   # ... so no PASID
-    env.ctx.attach(dev, compat, None, env.now)     # (a replace)
+    env.ctx.attach(dev, plain, None, env.now)  # the RID holds a non-PASID HWPT ...
+    assert errno_of(env.ctx.attach, dev, compat, 5, env.now) == "EINVAL"  # ... so no PASID
+    env.ctx.attach(dev, compat, None, env.now)  # (a replace)
     env.ctx.attach(dev, compat, 5, env.now)
     # With a PASID attached, the RID may not take a non-PASID HWPT, by attach or replace.
     assert errno_of(env.ctx.attach, dev, plain, None, env.now) == "EINVAL"
@@ -278,9 +278,10 @@ def test_fault_capable_attach_on_a_vf_is_einval(kenv: Env) -> None:
 def test_the_vf_rule_refuses_any_vf_in_6_12_and_a_pri_vf_in_6_18() -> None:
     topo = default_topology()
     nic = Rid.parse(NIC_PF)
-    funcs = tuple(replace(f, pri=False, pri_capacity=0) if nic in (f.rid, f.pf) else f
-                  for f in topo.functions)
-    topo = replace(topo, functions=funcs)                # the VF's PF has no PRI
+    funcs = tuple(
+        replace(f, pri=False, pri_capacity=0) if nic in (f.rid, f.pf) else f for f in topo.functions
+    )
+    topo = replace(topo, functions=funcs)  # the VF's PF has no PRI
     errnos = {}
     for kernel in ("6.12", "6.18"):
         env = Env(topo, kernel=kernel)
@@ -321,7 +322,7 @@ def test_failed_replace_keeps_the_old_hwpt(env: Env) -> None:
 def test_6_18_keeps_pri_on_while_the_iopf_refcount_follows_fault_attachments(env: Env) -> None:
     fn = env.machine.function(ACCEL)
     info = env.core.devices[ACCEL]
-    assert fn.pri.enabled and info.info.unit.context(info.sid).pre   # from probe
+    assert fn.pri.enabled and info.info.unit.context(info.sid).pre  # from probe
     dev, ioas, _fq, hwpt = env.fault_hwpt(pasid=5)
     env.ctx.attach(dev, hwpt, 6, env.now)
     plain = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
@@ -369,7 +370,7 @@ def test_close_context_releases_everything(env: Env) -> None:
     assert env.core.objects() == []
     assert all(d["state"] == "free" for d in env.core.device_list())
     assert all(d.info.iopf_refcount == 0 for d in env.core.devices.values())
-    assert env.machine.function(ACCEL).pri.enabled     # 6.18: on from probe
+    assert env.machine.function(ACCEL).pri.enabled  # 6.18: on from probe
     other = env.core.open_context("next")
     other.bind(ACCEL, env.now)
     check_invariants(env)
@@ -381,7 +382,7 @@ def test_exhausted_domain_ids_are_enospc_and_leave_nothing_held() -> None:
     env = Env()
     dev, ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
     ustate = env.core.devices[ACCEL].info.ustate
-    ustate._next_did = intel_iommu.MAX_DOMAIN_ID + 1   # every DID of dmar0 in use
+    ustate._next_did = intel_iommu.MAX_DOMAIN_ID + 1  # every DID of dmar0 in use
     hwpt2 = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], fq, None)
     pri_refs = env.core.devices[ACCEL].info.iopf_refcount
     with pytest.raises(CoreError) as ei:
@@ -389,7 +390,7 @@ def test_exhausted_domain_ids_are_enospc_and_leave_nothing_held() -> None:
     assert ei.value.errno == "ENOSPC"
     assert env.core.devices[ACCEL].info.iopf_refcount == pri_refs
     assert 6 not in env.core.devices[ACCEL].handles
-    env.ctx.destroy(hwpt2, env.now)                     # not left referenced
+    env.ctx.destroy(hwpt2, env.now)  # not left referenced
     check_invariants(env)
 
 
@@ -397,8 +398,9 @@ def test_one_request_stays_short_and_mappings_are_bounded_per_context() -> None:
     """A request runs to its end before anyone else is served, and a mapped page costs
     memory: dma and map lengths are capped (EINVAL), mapped pages per context too
     (ENOSPC), and unmap and destroy give the pages back."""
-    limits = CoreLimits(max_dma_length=8 << 12, max_map_length=16 << 12,
-                        max_mapped_pages_per_context=24)
+    limits = CoreLimits(
+        max_dma_length=8 << 12, max_map_length=16 << 12, max_mapped_pages_per_context=24
+    )
     env = Env(limits=limits)
     ctx = env.ctx
     dev, ioas, _fq, _hwpt = env.fault_hwpt(pasid=5)
@@ -451,10 +453,10 @@ def test_a_map_without_iova_takes_the_lowest_aligned_hole(env: Env) -> None:
     assert a == 0x10_0000
     b = env.ctx.ioas_map(ioas, None, 0x1000, 3, env.now)
     assert b == a + 0x4000
-    c = env.ctx.ioas_map(ioas, None, 0x3000, 3, env.now)   # 4-page aligned
+    c = env.ctx.ioas_map(ioas, None, 0x3000, 3, env.now)  # 4-page aligned
     assert c == a + 0x8000 and c % 0x4000 == 0
     env.ctx.ioas_unmap(ioas, a, 0x4000, env.now)
-    assert env.ctx.ioas_map(ioas, None, 0x2000, 3, env.now) == a   # the hole is reused
+    assert env.ctx.ioas_map(ioas, None, 0x2000, 3, env.now) == a  # the hole is reused
     assert env.ctx.ioas_map(ioas, 0x5000_0000, 0x1000, 3, env.now) == 0x5000_0000
     assert errno_of(env.ctx.ioas_map, ioas, 0x5000_0000, 0x1000, 3, env.now) == "EBUSY"
 

@@ -111,6 +111,7 @@ def test_pending_rows_carry_the_admin_fields(env: Env) -> None:
     fq, (c1, c2) = _two_groups(env)
     env.now += 2_000_000_000
     rows = env.core.pending(env.now)
-    assert [(r["fault_id"], r["cookie"], r["rid"], r["pasid"], r["grpid"], r["client"])
-            for r in rows] == [(fq, c1, ACCEL, 5, 1, "vmm"), (fq, c2, ACCEL, 5, 2, "vmm")]
+    assert [
+        (r["fault_id"], r["cookie"], r["rid"], r["pasid"], r["grpid"], r["client"]) for r in rows
+    ] == [(fq, c1, ACCEL, 5, 1, "vmm"), (fq, c2, ACCEL, 5, 2, "vmm")]
     assert all(r["age_s"] == pytest.approx(2.0) for r in rows)

@@ -97,7 +97,7 @@ def test_selftest_4_pasid_path(env: Env) -> None:
     cookie, rec = _trigger(env, 2048)
     assert rec["flags"] == PASID_VALID | NEEDS_PASID | LAST_PAGE and rec["pasid"] == 2048
     assert ctx.page_response(fq, [(cookie, 0)], env.now) == 1
-    _trigger(env, 2048)                      # left unanswered: replace must answer it
+    _trigger(env, 2048)  # left unanswered: replace must answer it
     ctx.replace(dev, s2, 2048, env.now)
     assert env.core.pending(env.now) == []
     ctx.detach(dev, 2048, env.now)

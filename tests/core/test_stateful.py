@@ -43,9 +43,9 @@ from iopfd.core.testing import (
 
 RIDS = [ACCEL, NIC_PF, NIC_VF0, ACCEL1, NO_PASID]
 PASIDS = [None, 5, 6]
-BASE = 0x100_0000           # the region DMAs and injected requests touch (16 pages)
+BASE = 0x100_0000  # the region DMAs and injected requests touch (16 pages)
 NPAGES = 16
-NESTED_IOVA = 0x800_0000    # nested HWPTs map this window onto BASE
+NESTED_IOVA = 0x800_0000  # nested HWPTs map this window onto BASE
 ERRNOS = {"EINVAL", "ENOENT", "EBUSY", "EOPNOTSUPP", "ENODEV", "ENOSPC"}
 
 
@@ -53,10 +53,10 @@ class CoreStateMachine(RuleBasedStateMachine):
     @initialize(kernel=st.sampled_from(["6.12", "6.18"]))
     def setup(self, kernel: str) -> None:
         topo = default_topology()
-        topo = TopologySpec((IommuSpec("dmar0", prq_order=0), IommuSpec("dmar1")),
-                            topo.functions)
-        self.env = Env(topo, limits=CoreLimits(max_pending=3, max_partials_per_device=24),
-                       kernel=kernel)
+        topo = TopologySpec((IommuSpec("dmar0", prq_order=0), IommuSpec("dmar1")), topo.functions)
+        self.env = Env(
+            topo, limits=CoreLimits(max_pending=3, max_partials_per_device=24), kernel=kernel
+        )
         self.env.core.trace_enabled = True
         self.ctxs: list[Context] = [self.env.ctx, self.env.core.open_context("b")]
         self.delivered: set[tuple[int, int]] = set()
@@ -71,8 +71,16 @@ class CoreStateMachine(RuleBasedStateMachine):
         self._setup(self.ctxs[0], ACCEL, None, fault=True, kind="nested")
         self._setup(self.ctxs[1], ACCEL1, None, fault=True, kind="paging")
 
-    def _setup(self, ctx: Context, rid: str, pasid: int | None, *, fault: bool,
-               kind: str, compat: bool = True) -> None:
+    def _setup(
+        self,
+        ctx: Context,
+        rid: str,
+        pasid: int | None,
+        *,
+        fault: bool,
+        kind: str,
+        compat: bool = True,
+    ) -> None:
         """bind (if needed), a HWPT of ``kind``, then attach or replace: one step."""
         now = self.env.now
         info = self.env.core.devices[rid]
@@ -88,11 +96,15 @@ class CoreStateMachine(RuleBasedStateMachine):
             fq = fqs[-1] if fqs and len(fqs) > 1 else ctx.fault_alloc()
         ioas = self._ioas(ctx)
         if kind == "nested":
-            parents = [i for i, o in ctx.objects.items()
-                       if isinstance(o, HwPagetable) and o.nest_parent]
+            parents = [
+                i for i, o in ctx.objects.items() if isinstance(o, HwPagetable) and o.nest_parent
+            ]
             flags = ["pasid"] if compat and self.env.core.profile.pasid_attach else []
-            parent = parents[0] if parents else self._try(
-                ctx.hwpt_alloc, dev, ioas, ["nest_parent", *flags], None, None)
+            parent = (
+                parents[0]
+                if parents
+                else self._try(ctx.hwpt_alloc, dev, ioas, ["nest_parent", *flags], None, None)
+            )
             if not isinstance(parent, int):
                 return
             hwpt = self._try(ctx.hwpt_alloc, dev, parent, flags, fq, {"type": "vtd_s1"})
@@ -101,8 +113,14 @@ class CoreStateMachine(RuleBasedStateMachine):
             ctx.hwpt_s1_map(hwpt, NESTED_IOVA, NPAGES * 4096, BASE, RW)
         else:
             flags = ["pasid"] if compat and self.env.core.profile.pasid_attach else []
-            hwpt = self._try(ctx.hwpt_alloc, dev, ioas, ["nest_parent", *flags]
-                             if kind == "parent" else flags, fq, None)
+            hwpt = self._try(
+                ctx.hwpt_alloc,
+                dev,
+                ioas,
+                ["nest_parent", *flags] if kind == "parent" else flags,
+                fq,
+                None,
+            )
             if not isinstance(hwpt, int):
                 return
         op = ctx.replace if pasid in info.handles else ctx.attach
@@ -135,8 +153,7 @@ class CoreStateMachine(RuleBasedStateMachine):
     def _pasid(self, ctx: Context, dev: int, data: st.DataObject) -> int | None:
         """Mostly a PASID the device is attached at."""
         idev = ctx.objects.get(dev)
-        attached = list(idev.dev.handles) if idev is not None and \
-            hasattr(idev, "dev") else []
+        attached = list(idev.dev.handles) if idev is not None and hasattr(idev, "dev") else []
         if attached and data.draw(st.integers(0, 3)):
             return data.draw(st.sampled_from(attached))
         return data.draw(st.sampled_from(PASIDS))
@@ -148,11 +165,17 @@ class CoreStateMachine(RuleBasedStateMachine):
         return ctx.ioas_alloc()
 
     # ---------------------------------------------------------------- client rules
-    @rule(data=st.data(), rid=st.sampled_from(RIDS), pasid=st.sampled_from(PASIDS),
-          fault=st.booleans(), kind=st.sampled_from(["paging", "parent", "nested"]),
-          compat=st.sampled_from([True, True, False]))
-    def attach_new_hwpt(self, data: st.DataObject, rid: str, pasid: int | None, fault: bool,
-                        kind: str, compat: bool) -> None:
+    @rule(
+        data=st.data(),
+        rid=st.sampled_from(RIDS),
+        pasid=st.sampled_from(PASIDS),
+        fault=st.booleans(),
+        kind=st.sampled_from(["paging", "parent", "nested"]),
+        compat=st.sampled_from([True, True, False]),
+    )
+    def attach_new_hwpt(
+        self, data: st.DataObject, rid: str, pasid: int | None, fault: bool, kind: str, compat: bool
+    ) -> None:
         self._setup(self._ctx(data), rid, pasid, fault=fault, kind=kind, compat=compat)
 
     @rule(data=st.data(), rid=st.sampled_from(RIDS))
@@ -170,9 +193,12 @@ class CoreStateMachine(RuleBasedStateMachine):
         if info is not None and dev not in ctx.objects and pasids:
             self._assert_drained(info.name, pasids)
 
-    @rule(data=st.data(), fault=st.booleans(), kind=st.sampled_from(["paging", "parent",
-                                                                      "nested"]),
-          compat=st.booleans())
+    @rule(
+        data=st.data(),
+        fault=st.booleans(),
+        kind=st.sampled_from(["paging", "parent", "nested"]),
+        compat=st.booleans(),
+    )
     def hwpt_alloc(self, data: st.DataObject, fault: bool, kind: str, compat: bool) -> None:
         ctx = self._ctx(data)
         dev = self._dev(ctx, data)
@@ -182,8 +208,9 @@ class CoreStateMachine(RuleBasedStateMachine):
             fq = fqs[0] if fqs and data.draw(st.booleans()) else ctx.fault_alloc()
         ioas = self._ioas(ctx)
         if kind == "nested":
-            parents = [i for i, o in ctx.objects.items()
-                       if isinstance(o, HwPagetable) and o.nest_parent]
+            parents = [
+                i for i, o in ctx.objects.items() if isinstance(o, HwPagetable) and o.nest_parent
+            ]
             if not parents:
                 return
             flags = ["pasid"] if compat else []
@@ -191,12 +218,10 @@ class CoreStateMachine(RuleBasedStateMachine):
             if isinstance(hwpt, int):
                 ctx.hwpt_s1_map(hwpt, NESTED_IOVA, NPAGES * 4096, BASE, RW)
         else:
-            flags = (["nest_parent"] if kind == "parent" else []) + (["pasid"] if compat
-                                                                       else [])
+            flags = (["nest_parent"] if kind == "parent" else []) + (["pasid"] if compat else [])
             self._try(ctx.hwpt_alloc, dev, ioas, flags, fq, None)
 
-    @rule(data=st.data(), pasid=st.sampled_from(PASIDS), how=st.sampled_from(["attach",
-                                                                             "replace"]))
+    @rule(data=st.data(), pasid=st.sampled_from(PASIDS), how=st.sampled_from(["attach", "replace"]))
     def attach(self, data: st.DataObject, pasid: int | None, how: str) -> None:
         ctx = self._ctx(data)
         dev = self._dev(ctx, data)
@@ -220,8 +245,7 @@ class CoreStateMachine(RuleBasedStateMachine):
             d = unit.prq.read_descriptor(off)
             assert not ours(d.sid, d.pasid_present, d.pasid), "detach returned undrained"
         for faults in info.fault_param.partials.values():
-            assert not any(pasids is None or (f[1] if f[0] & 1 else None) in pasids
-                           for f in faults)
+            assert not any(pasids is None or (f[1] if f[0] & 1 else None) in pasids for f in faults)
 
     @rule(data=st.data())
     def detach(self, data: st.DataObject) -> None:
@@ -242,8 +266,9 @@ class CoreStateMachine(RuleBasedStateMachine):
         ids = sorted(ctx.objects) + [data.draw(st.integers(1, 200))]
         self._try(ctx.destroy, data.draw(st.sampled_from(ids)), self.env.now)
 
-    @rule(data=st.data(), page=st.integers(0, NPAGES - 1), n=st.integers(1, 4),
-          nested=st.booleans())
+    @rule(
+        data=st.data(), page=st.integers(0, NPAGES - 1), n=st.integers(1, 4), nested=st.booleans()
+    )
     def dma(self, data: st.DataObject, page: int, n: int, nested: bool) -> None:
         ctx = self._ctx(data)
         dev = self._dev(ctx, data)
@@ -255,8 +280,12 @@ class CoreStateMachine(RuleBasedStateMachine):
     @rule(data=st.data(), code=st.sampled_from([0, 0, 1]))
     def respond_right(self, data: st.DataObject, code: int) -> None:
         ctx = self._ctx(data)
-        pending = [(fq, c, g) for fq in ctx.objects.values() if isinstance(fq, FaultQueue)
-                   for c, g in fq.groups.items()]
+        pending = [
+            (fq, c, g)
+            for fq in ctx.objects.values()
+            if isinstance(fq, FaultQueue)
+            for c, g in fq.groups.items()
+        ]
         if not pending:
             return
         fq, cookie, group = data.draw(st.sampled_from(pending))
@@ -298,7 +327,7 @@ class CoreStateMachine(RuleBasedStateMachine):
             assert sorted(fq.groups) == cookies
             return
         assert ctx.page_response(fq.id, entries, self.env.now) == len(good)
-        assert sorted(fq.groups) == cookies[len(good):]
+        assert sorted(fq.groups) == cookies[len(good) :]
 
     @rule(data=st.data(), what=st.sampled_from(["code", "unknown", "late", "foreign"]))
     def respond_wrong(self, data: st.DataObject, what: str) -> None:
@@ -350,18 +379,30 @@ class CoreStateMachine(RuleBasedStateMachine):
         self.ctxs[i] = self.env.core.open_context(f"c{self.env.now}")
 
     # ---------------------------------------------------------------- admin / hardware
-    @rule(data=st.data(), grpid=st.integers(0, 3), last=st.booleans(),
-          page=st.integers(0, NPAGES - 1), perm=st.sampled_from([1, 2, 3, 3, 3, 9, 5, 0]))
-    def inject(self, data: st.DataObject, grpid: int, last: bool, page: int,
-               perm: int) -> None:
+    @rule(
+        data=st.data(),
+        grpid=st.integers(0, 3),
+        last=st.booleans(),
+        page=st.integers(0, NPAGES - 1),
+        perm=st.sampled_from([1, 2, 3, 3, 3, 9, 5, 0]),
+    )
+    def inject(self, data: st.DataObject, grpid: int, last: bool, page: int, perm: int) -> None:
         attached = [(d.name, p) for d in self.env.core.devices.values() for p in d.handles]
         if attached and data.draw(st.integers(0, 4)):
             rid, pasid = data.draw(st.sampled_from(attached))
         else:
             rid = data.draw(st.sampled_from(RIDS))
             pasid = data.draw(st.sampled_from([*PASIDS, 0]))
-        self._try(self.env.core.emulation.inject, rid, pasid, BASE + page * 4096, perm, grpid, last,
-                  self.env.now)
+        self._try(
+            self.env.core.emulation.inject,
+            rid,
+            pasid,
+            BASE + page * 4096,
+            perm,
+            grpid,
+            last,
+            self.env.now,
+        )
 
     @rule(data=st.data(), groups=st.integers(1, 5), pages=st.integers(1, 3))
     def inject_groups(self, data: st.DataObject, groups: int, pages: int) -> None:
@@ -372,14 +413,30 @@ class CoreStateMachine(RuleBasedStateMachine):
         rid, pasid = data.draw(st.sampled_from(attached))
         for g in range(groups):
             for i in range(pages):
-                self._try(self.env.core.emulation.inject, rid, pasid, BASE + i * 4096, RW, 100 + g,
-                          i == pages - 1, self.env.now)
+                self._try(
+                    self.env.core.emulation.inject,
+                    rid,
+                    pasid,
+                    BASE + i * 4096,
+                    RW,
+                    100 + g,
+                    i == pages - 1,
+                    self.env.now,
+                )
 
     @rule(rid=st.sampled_from([ACCEL, NIC_PF]), pasid=st.sampled_from(PASIDS))
     def overflow(self, rid: str, pasid: int | None) -> None:
         for i in range(140):
-            self._try(self.env.core.emulation.inject, rid, pasid, BASE + (i % NPAGES) * 4096, RW, 7,
-                      False, self.env.now)
+            self._try(
+                self.env.core.emulation.inject,
+                rid,
+                pasid,
+                BASE + (i % NPAGES) * 4096,
+                RW,
+                7,
+                False,
+                self.env.now,
+            )
         self._try(self.env.core.emulation.inject, rid, pasid, BASE, RW, 7, True, self.env.now)
 
     @rule(rid=st.sampled_from(RIDS), how=st.sampled_from(["plug", "plug", "reset"]))
@@ -398,15 +455,24 @@ class CoreStateMachine(RuleBasedStateMachine):
         self._try(ctx.device_reset, self._dev(ctx, data), self.env.now)
         assert before <= self._pending() | self._answered_now()
 
-    @rule(rid=st.sampled_from(RIDS), force=st.sampled_from([False, False, True]),
-          grace_ms=st.sampled_from([0, 1, 20, 200]))
+    @rule(
+        rid=st.sampled_from(RIDS),
+        force=st.sampled_from([False, False, True]),
+        grace_ms=st.sampled_from([0, 1, 20, 200]),
+    )
     def unplug(self, rid: str, force: bool, grace_ms: int) -> None:
         """vfio-pci's remove path: ask the owners, wait for the release or the grace."""
         core = self.env.core
         self._tags += 1
         was = core.devices[rid].state
-        done = self._try(core.emulation.unplug, rid, self.env.now, force=force,
-                         grace_ns=grace_ms * 1_000_000, tag=self._tags)
+        done = self._try(
+            core.emulation.unplug,
+            rid,
+            self.env.now,
+            force=force,
+            grace_ns=grace_ms * 1_000_000,
+            tag=self._tags,
+        )
         if done is True:
             assert was != "removed"
             self._assert_drained(rid, None)
@@ -415,15 +481,20 @@ class CoreStateMachine(RuleBasedStateMachine):
             self.removals[rid] = self._tags
 
     def _pending(self) -> set[tuple[int, int]]:
-        return {(int(str(r["fault_id"])), int(str(r["cookie"])))
-                for r in self.env.core.pending(self.env.now)}
+        return {
+            (int(str(r["fault_id"])), int(str(r["cookie"])))
+            for r in self.env.core.pending(self.env.now)
+        }
 
     def _answered_now(self) -> set[tuple[int, int]]:
         """Groups answered by events not yet taken (a reset answers none itself)."""
         out = set()
         for ev in self.env.core.sink.events:
-            if isinstance(ev, Trace) and ev.topic in ("response", "auto_response") and \
-                    ev.record.get("cookie") is not None:
+            if (
+                isinstance(ev, Trace)
+                and ev.topic in ("response", "auto_response")
+                and ev.record.get("cookie") is not None
+            ):
                 out.add((int(str(ev.record["fault_id"])), int(str(ev.record["cookie"]))))
         return out
 
@@ -454,8 +525,11 @@ class CoreStateMachine(RuleBasedStateMachine):
             elif isinstance(ev, DeviceRequest):
                 binding = env.core.devices[ev.rid].binding
                 assert binding is not None and binding.ctx is ev.ctx
-            elif isinstance(ev, Trace) and ev.record.get("reason") == "no_handler" and \
-                    not ev.record.get("last"):
+            elif (
+                isinstance(ev, Trace)
+                and ev.record.get("reason") == "no_handler"
+                and not ev.record.get("last")
+            ):
                 rid = str(ev.record["rid"])
                 self.early_answers[rid] = self.early_answers.get(rid, 0) + 1
             if isinstance(ev, FaultDelivered):
@@ -470,8 +544,9 @@ class CoreStateMachine(RuleBasedStateMachine):
                 assert key in self.delivered, "answer to a group never delivered"
                 assert key not in self.answered, "group answered twice"
                 self.answered.add(key)
-        pending = {(int(str(r["fault_id"])), int(str(r["cookie"])))
-                   for r in env.core.pending(env.now)}
+        pending = {
+            (int(str(r["fault_id"])), int(str(r["cookie"]))) for r in env.core.pending(env.now)
+        }
         assert pending == self.delivered - self.answered
         # A removal still waiting has its grace deadline ahead; every one completes.
         for rid in self.removals:
@@ -484,6 +559,9 @@ class CoreStateMachine(RuleBasedStateMachine):
 
 
 CoreStateMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=50, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    max_examples=200,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 test_core_state_machine = CoreStateMachine.TestCase

@@ -33,10 +33,20 @@ def qwords(b: bytes) -> tuple[int, int, int, int]:
 
 
 page_requests = st.builds(
-    PageRequestDescriptor, sid=u(16), pasid_present=st.booleans(), pasid=u(20),
-    exe_req=st.booleans(), pm_req=st.booleans(), rd_req=st.booleans(), wr_req=st.booleans(),
-    lpig=st.booleans(), prg_index=u(9), addr=page_addr, priv_data_present=st.booleans(),
-    priv_data=u(128))
+    PageRequestDescriptor,
+    sid=u(16),
+    pasid_present=st.booleans(),
+    pasid=u(20),
+    exe_req=st.booleans(),
+    pm_req=st.booleans(),
+    rd_req=st.booleans(),
+    wr_req=st.booleans(),
+    lpig=st.booleans(),
+    prg_index=u(9),
+    addr=page_addr,
+    priv_data_present=st.booleans(),
+    priv_data=u(128),
+)
 
 
 @SETTINGS
@@ -66,11 +76,19 @@ def test_page_request_fields_sit_at_the_spec_bit_positions(d: PageRequestDescrip
 
 
 def test_page_request_known_image() -> None:
-    d = PageRequestDescriptor(sid=0x3A00, pasid_present=True, pasid=5, exe_req=False,
-                              pm_req=False, rd_req=True, wr_req=True, lpig=True,
-                              prg_index=3, addr=0x12345000)
-    assert d.encode().hex() == (
-        "0101003a05000000" "1f50341200000000" + "00" * 16)
+    d = PageRequestDescriptor(
+        sid=0x3A00,
+        pasid_present=True,
+        pasid=5,
+        exe_req=False,
+        pm_req=False,
+        rd_req=True,
+        wr_req=True,
+        lpig=True,
+        prg_index=3,
+        addr=0x12345000,
+    )
+    assert d.encode().hex() == ("0101003a050000001f50341200000000" + "00" * 16)
 
 
 def test_page_request_decode_rejects_wrong_type_length_and_reserved_bits() -> None:
@@ -88,10 +106,25 @@ def test_page_request_decode_rejects_wrong_type_length_and_reserved_bits() -> No
 
 
 def test_page_request_encode_rejects_out_of_range_fields() -> None:
-    base = {"sid": 1, "pasid_present": True, "pasid": 1, "exe_req": False, "pm_req": False,
-            "rd_req": True, "wr_req": False, "lpig": True, "prg_index": 1, "addr": 0x1000}
-    for k, v in (("sid", 1 << 16), ("pasid", 1 << 20), ("prg_index", 512), ("addr", 0x1001),
-                 ("addr", 1 << 64)):
+    base = {
+        "sid": 1,
+        "pasid_present": True,
+        "pasid": 1,
+        "exe_req": False,
+        "pm_req": False,
+        "rd_req": True,
+        "wr_req": False,
+        "lpig": True,
+        "prg_index": 1,
+        "addr": 0x1000,
+    }
+    for k, v in (
+        ("sid", 1 << 16),
+        ("pasid", 1 << 20),
+        ("prg_index", 512),
+        ("addr", 0x1001),
+        ("addr", 1 << 64),
+    ):
         with pytest.raises(ValueError):
             PageRequestDescriptor(**{**base, k: v}).encode()  # type: ignore[arg-type]
 
@@ -108,27 +141,62 @@ def test_stop_marker_is_lpig_without_read_or_write() -> None:
 # --------------------------------------------------------------------------- IQ descriptors
 
 INV_STRATEGIES = {
-    ContextCacheInvDescriptor: st.builds(ContextCacheInvDescriptor, granularity=u(2),
-                                         did=u(16), sid=u(16), fm=u(2)),
-    IotlbInvDescriptor: st.builds(IotlbInvDescriptor, granularity=u(2), did=u(16),
-                                  addr=page_addr, am=u(6), ih=st.booleans(), dw=st.booleans(),
-                                  dr=st.booleans()),
-    DevTlbInvDescriptor: st.builds(DevTlbInvDescriptor, sid=u(16), addr=page_addr,
-                                   s=st.booleans(), pfsid=u(16), qdep=u(5)),
-    InvWaitDescriptor: st.builds(InvWaitDescriptor, sw=st.booleans(), status_data=u(32),
-                                 status_addr=st.integers(0, (1 << 62) - 1).map(lambda a: a << 2),
-                                 if_flag=st.booleans(), fn=st.booleans(), pd=st.booleans()),
-    PasidIotlbInvDescriptor: st.builds(PasidIotlbInvDescriptor, granularity=u(2), did=u(16),
-                                       pasid=u(20), addr=page_addr, am=u(6), ih=st.booleans()),
-    PasidCacheInvDescriptor: st.builds(PasidCacheInvDescriptor, granularity=u(2), did=u(16),
-                                       pasid=u(20)),
-    PasidDevTlbInvDescriptor: st.builds(PasidDevTlbInvDescriptor, sid=u(16), pasid=u(20),
-                                        addr=page_addr, s=st.booleans(), g=st.booleans(),
-                                        pfsid=u(16), qdep=u(5)),
-    PageGroupResponseDescriptor: st.builds(PageGroupResponseDescriptor, sid=u(16),
-                                           pasid_present=st.booleans(), pasid=u(20),
-                                           response_code=u(4), prg_index=u(9),
-                                           lpig=st.booleans()),
+    ContextCacheInvDescriptor: st.builds(
+        ContextCacheInvDescriptor, granularity=u(2), did=u(16), sid=u(16), fm=u(2)
+    ),
+    IotlbInvDescriptor: st.builds(
+        IotlbInvDescriptor,
+        granularity=u(2),
+        did=u(16),
+        addr=page_addr,
+        am=u(6),
+        ih=st.booleans(),
+        dw=st.booleans(),
+        dr=st.booleans(),
+    ),
+    DevTlbInvDescriptor: st.builds(
+        DevTlbInvDescriptor, sid=u(16), addr=page_addr, s=st.booleans(), pfsid=u(16), qdep=u(5)
+    ),
+    InvWaitDescriptor: st.builds(
+        InvWaitDescriptor,
+        sw=st.booleans(),
+        status_data=u(32),
+        status_addr=st.integers(0, (1 << 62) - 1).map(lambda a: a << 2),
+        if_flag=st.booleans(),
+        fn=st.booleans(),
+        pd=st.booleans(),
+    ),
+    PasidIotlbInvDescriptor: st.builds(
+        PasidIotlbInvDescriptor,
+        granularity=u(2),
+        did=u(16),
+        pasid=u(20),
+        addr=page_addr,
+        am=u(6),
+        ih=st.booleans(),
+    ),
+    PasidCacheInvDescriptor: st.builds(
+        PasidCacheInvDescriptor, granularity=u(2), did=u(16), pasid=u(20)
+    ),
+    PasidDevTlbInvDescriptor: st.builds(
+        PasidDevTlbInvDescriptor,
+        sid=u(16),
+        pasid=u(20),
+        addr=page_addr,
+        s=st.booleans(),
+        g=st.booleans(),
+        pfsid=u(16),
+        qdep=u(5),
+    ),
+    PageGroupResponseDescriptor: st.builds(
+        PageGroupResponseDescriptor,
+        sid=u(16),
+        pasid_present=st.booleans(),
+        pasid=u(20),
+        response_code=u(4),
+        prg_index=u(9),
+        lpig=st.booleans(),
+    ),
 }
 
 
@@ -154,8 +222,9 @@ SAMPLES: dict[type, object] = {
     InvWaitDescriptor: InvWaitDescriptor(sw=True, status_data=9, status_addr=0x100, pd=True),
     PasidIotlbInvDescriptor: PasidIotlbInvDescriptor(3, did=7, pasid=5, addr=0x5000, am=1),
     PasidCacheInvDescriptor: PasidCacheInvDescriptor(1, did=7, pasid=5),
-    PasidDevTlbInvDescriptor: PasidDevTlbInvDescriptor(0x3A00, 5, addr=0x5000, s=True,
-                                                       pfsid=0x3A00, qdep=4),
+    PasidDevTlbInvDescriptor: PasidDevTlbInvDescriptor(
+        0x3A00, 5, addr=0x5000, s=True, pfsid=0x3A00, qdep=4
+    ),
     PageGroupResponseDescriptor: PageGroupResponseDescriptor(0x3A00, True, 5, 1, 7),
 }
 
@@ -174,16 +243,17 @@ def test_invalidation_descriptor_decode_rejects_any_reserved_bit(cls: type) -> N
                 with pytest.raises(ValueError):
                     cls.decode(struct.pack("<4Q", *bad))  # type: ignore[attr-defined]
                 checked += 1
-    assert checked > 64   # qw2/qw3 at least
+    assert checked > 64  # qw2/qw3 at least
 
 
 def test_page_group_response_matches_linux_qi_pgrp_layout() -> None:
-    d = PageGroupResponseDescriptor(sid=0x3A00, pasid_present=True, pasid=5,
-                                    response_code=0xF, prg_index=3, lpig=True)
+    d = PageGroupResponseDescriptor(
+        sid=0x3A00, pasid_present=True, pasid=5, response_code=0xF, prg_index=3, lpig=True
+    )
     qw0, qw1, qw2, qw3 = qwords(d.encode())
     # QI_PGRP_RESP_TYPE | QI_PGRP_PASID_P | QI_PGRP_RESP_CODE(0xf) | QI_PGRP_DID(rid) | PASID
     assert qw0 == 0x9 | 1 << 4 | 0xF << 12 | 0x3A00 << 16 | 5 << 32
-    assert qw1 == 1 << 2 | 3 << 3            # QI_PGRP_LPIG | QI_PGRP_IDX(3)
+    assert qw1 == 1 << 2 | 3 << 3  # QI_PGRP_LPIG | QI_PGRP_IDX(3)
     assert qw2 == qw3 == 0
 
 
@@ -210,8 +280,9 @@ def test_decode_dispatch_rejects_unknown_types_and_the_wrong_class() -> None:
 
 
 def test_wait_descriptor_bit_positions() -> None:
-    d = InvWaitDescriptor(sw=True, status_data=0xDEAD, status_addr=0x1234_5678, if_flag=True,
-                          fn=True, pd=True)
+    d = InvWaitDescriptor(
+        sw=True, status_data=0xDEAD, status_addr=0x1234_5678, if_flag=True, fn=True, pd=True
+    )
     qw0, qw1, _, _ = qwords(d.encode())
     assert qw0 == 0x5 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 0xDEAD << 32
     assert qw1 == 0x1234_5678
@@ -231,5 +302,5 @@ def test_dev_tlb_whole_range_is_linux_mask_52() -> None:
     assert s and addr == 0x7FFF_FFFF_FFFF_F000
     assert dev_tlb_decode_range(0xFFFF_FFFF_FFFF_F000, True) == (0, 1 << 64)
     assert dev_tlb_decode_range(0x5000, False) == (0x5000, 0x1000)
-    assert dev_tlb_decode_range(0x4000, True) == (0x4000, 0x2000)   # bit 12 clear: 8 KiB
-    assert dev_tlb_decode_range(0x5000, True) == (0x4000, 0x4000)   # bits 12 set, 13 clear
+    assert dev_tlb_decode_range(0x4000, True) == (0x4000, 0x2000)  # bit 12 clear: 8 KiB
+    assert dev_tlb_decode_range(0x5000, True) == (0x4000, 0x4000)  # bits 12 set, 13 clear

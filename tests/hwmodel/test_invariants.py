@@ -30,18 +30,23 @@ def small() -> Machine:
     return Machine(TopologySpec(tuple(replace(u, prq_order=0) for u in t.iommus), t.functions))
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("recv"), st.integers(1, 60), st.booleans()),
-    st.tuples(st.just("read"), st.integers(0, 130), st.just(False)),
-    st.tuples(st.just("w1c"), st.sampled_from([PRS_PPR, PRS_PRO, PRS_PPR | PRS_PRO]),
-              st.just(False)),
-), max_size=40)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("recv"), st.integers(1, 60), st.booleans()),
+        st.tuples(st.just("read"), st.integers(0, 130), st.just(False)),
+        st.tuples(
+            st.just("w1c"), st.sampled_from([PRS_PPR, PRS_PRO, PRS_PPR | PRS_PRO]), st.just(False)
+        ),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(ops)
 def test_prq_ring_matches_a_reference_queue_with_n_minus_1_slots(
-        script: list[tuple[str, int, bool]]) -> None:
+    script: list[tuple[str, int, bool]],
+) -> None:
     m = small()
     b = bind(m, "0000:3a:00.0")
     unit, prq = b.unit, b.unit.prq
@@ -52,8 +57,18 @@ def test_prq_ring_matches_a_reference_queue_with_n_minus_1_slots(
     for op, n, lpig in script:
         if op == "recv":
             for _ in range(n):
-                d = PageRequestDescriptor(SID, True, 5, False, False, True, False, lpig,
-                                          serial % 512, (serial % 4096) << 12)
+                d = PageRequestDescriptor(
+                    SID,
+                    True,
+                    5,
+                    False,
+                    False,
+                    True,
+                    False,
+                    lpig,
+                    serial % 512,
+                    (serial % 4096) << 12,
+                )
                 serial += 1
                 before = prs
                 if prs & PRS_PRO:
@@ -81,22 +96,34 @@ def test_prq_ring_matches_a_reference_queue_with_n_minus_1_slots(
         assert all(r.response_code == RESP_SUCCESS for r in unit.auto_responses)
 
 
-traffic = st.lists(st.one_of(
-    st.tuples(st.just("dma"), st.sampled_from([NIC_PF, NIC_VF0, NIC_VF1]),
-              st.integers(0, 15), st.integers(1, 6)),
-    st.tuples(st.just("answer"), st.sampled_from([RESP_SUCCESS, RESP_INVALID, 0xF]),
-              st.integers(0, 20), st.just(0)),
-    st.tuples(st.just("map"), st.just(""), st.integers(0, 15), st.integers(1, 4)),
-    st.tuples(st.just("advance"), st.just(""), st.integers(0, 100_000), st.just(0)),
-    st.tuples(st.just("reset"), st.just(""), st.just(0), st.just(0)),
-    st.tuples(st.just("remove"), st.sampled_from([NIC_VF0, NIC_VF1]), st.just(0), st.just(0)),
-), max_size=50)
+traffic = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("dma"),
+            st.sampled_from([NIC_PF, NIC_VF0, NIC_VF1]),
+            st.integers(0, 15),
+            st.integers(1, 6),
+        ),
+        st.tuples(
+            st.just("answer"),
+            st.sampled_from([RESP_SUCCESS, RESP_INVALID, 0xF]),
+            st.integers(0, 20),
+            st.just(0),
+        ),
+        st.tuples(st.just("map"), st.just(""), st.integers(0, 15), st.integers(1, 4)),
+        st.tuples(st.just("advance"), st.just(""), st.integers(0, 100_000), st.just(0)),
+        st.tuples(st.just("reset"), st.just(""), st.just(0), st.just(0)),
+        st.tuples(st.just("remove"), st.sampled_from([NIC_VF0, NIC_VF1]), st.just(0), st.just(0)),
+    ),
+    max_size=50,
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(traffic)
 def test_pri_credits_always_equal_the_pages_of_outstanding_groups(
-        script: list[tuple[str, str | int, int, int]]) -> None:
+    script: list[tuple[str, str | int, int, int]],
+) -> None:
     m = Machine(default_topology(), max_retries=3, retry_backoff_ns=1000)
     binds = {r: bind(m, r, pasid=3, did=3, reqs=8) for r in (NIC_PF, NIC_VF0, NIC_VF1)}
     pf = binds[NIC_PF]

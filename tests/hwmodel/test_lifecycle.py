@@ -21,15 +21,15 @@ def test_hot_removal_in_the_middle_of_outstanding_requests(accel: Bound) -> None
     m = accel.machine
     waiting = m.start_dma(accel.fn.rid, 5, 0, 2 * PAGE, Perm.READ, now=0)
     m.advance(1)
-    reqs = accel.drain_prq()                 # queued and read by software, not answered
+    reqs = accel.drain_prq()  # queued and read by software, not answered
     posted = m.start_dma(accel.fn.rid, 5, 0x100000, PAGE, Perm.READ, now=2)  # still on link
     m.hot_remove(accel.fn.rid, now=3)
     assert waiting.status is DmaStatus.REMOVED and posted.status is DmaStatus.REMOVED
     assert accel.fn.pri.outstanding == 0 and not accel.fn.pri.enabled
     assert not accel.fn.present and not accel.fn.atc
-    m.advance(4)                              # the posted request never arrives
+    m.advance(4)  # the posted request never arrives
     assert accel.unit.prq.is_empty and m.counters["page_requests_lost"] == 1
-    accel.respond(reqs[-1], RESP_SUCCESS)     # late answer: dropped by the root port
+    accel.respond(reqs[-1], RESP_SUCCESS)  # late answer: dropped by the root port
     accel.unit.iq.submit([PasidDevTlbInvDescriptor(accel.fn.sid, 5)])
     assert accel.unit.counters["page_responses_to_absent"] == 1
     assert accel.unit.counters["dev_tlb_inv_to_absent"] == 1
@@ -47,7 +47,7 @@ def test_hot_plug_brings_the_function_back_fresh(accel: Bound) -> None:
     assert fn.present and not fn.ats_enabled and not fn.pasid_enabled
     assert not fn.pri.enabled and fn.pri.stopped and fn.pri.outstanding == 0
     assert fn.outstanding_groups == 0
-    b = bind(m, ACCEL)                         # the driver probes it again
+    b = bind(m, ACCEL)  # the driver probes it again
     t = m.start_dma(b.fn.rid, 5, 0, PAGE, Perm.READ, now=3)
     assert t.faults == 1
 
@@ -64,8 +64,7 @@ def test_removing_a_pf_removes_its_vfs_and_plugging_a_vf_needs_the_pf() -> None:
     assert vf.fn.present
 
 
-def test_flr_resets_pri_cancels_requests_and_discards_their_late_responses(
-        accel: Bound) -> None:
+def test_flr_resets_pri_cancels_requests_and_discards_their_late_responses(accel: Bound) -> None:
     m = accel.machine
     t = m.start_dma(accel.fn.rid, 5, 0, PAGE, Perm.READ, now=0)
     m.advance(1)
@@ -73,14 +72,14 @@ def test_flr_resets_pri_cancels_requests_and_discards_their_late_responses(
     accel.s2.map(0x10000, 0x90000, PAGE, Perm.READ)
     m.start_dma(accel.fn.rid, 5, 0x10000, PAGE, Perm.READ, now=1)
     assert accel.fn.atc
-    accel.respond(r, 0xF)                     # RF set
+    accel.respond(r, 0xF)  # RF set
     assert accel.fn.pri.response_failure
     m.flr(accel.fn.rid, now=2)
     pri = accel.fn.pri
     assert t.status is DmaStatus.FAILURE
     assert not pri.enabled and not pri.response_failure and not pri.unexpected_prgi
     assert pri.outstanding == 0 and pri.stopped and not accel.fn.atc
-    assert accel.fn.ats_enabled and accel.fn.pasid_enabled     # restored, as Linux does
+    assert accel.fn.ats_enabled and accel.fn.pasid_enabled  # restored, as Linux does
     pri.enable(64)
     t2 = m.start_dma(accel.fn.rid, 5, 0x200000, PAGE, Perm.READ, now=3)
     m.advance(4)

@@ -19,21 +19,48 @@ from hwmodel.testing import ACCEL, ACCEL1, Bound, bind, response_for
 def test_public_names_are_exported_and_importable() -> None:
     for name in hwmodel.__all__:
         assert getattr(hwmodel, name) is not None, name
-    for required in ("Perm", "Rid", "PageRequestDescriptor", "PageGroupResponseDescriptor",
-                     "IotlbInvDescriptor", "DevTlbInvDescriptor", "InvWaitDescriptor",
-                     "PasidIotlbInvDescriptor", "PasidCacheInvDescriptor",
-                     "PasidDevTlbInvDescriptor", "ContextCacheInvDescriptor",
-                     "decode_inv_descriptor", "RESP_SUCCESS", "RESP_INVALID", "RESP_FAILURE",
-                     "IommuSpec", "FunctionSpec", "TopologySpec", "default_topology",
-                     "topology_from_dict", "load_topology", "generated_topology", "PageTable",
-                     "Pgtt", "PasidEntry", "IommuUnit", "Translation", "PageRequestQueue",
-                     "InvalidationQueue", "PciFunction", "PriCapability", "DmaStatus",
-                     "DmaTransfer", "Machine", "InvalidDescriptorError", "PriError"):
+    for required in (
+        "Perm",
+        "Rid",
+        "PageRequestDescriptor",
+        "PageGroupResponseDescriptor",
+        "IotlbInvDescriptor",
+        "DevTlbInvDescriptor",
+        "InvWaitDescriptor",
+        "PasidIotlbInvDescriptor",
+        "PasidCacheInvDescriptor",
+        "PasidDevTlbInvDescriptor",
+        "ContextCacheInvDescriptor",
+        "decode_inv_descriptor",
+        "RESP_SUCCESS",
+        "RESP_INVALID",
+        "RESP_FAILURE",
+        "IommuSpec",
+        "FunctionSpec",
+        "TopologySpec",
+        "default_topology",
+        "topology_from_dict",
+        "load_topology",
+        "generated_topology",
+        "PageTable",
+        "Pgtt",
+        "PasidEntry",
+        "IommuUnit",
+        "Translation",
+        "PageRequestQueue",
+        "InvalidationQueue",
+        "PciFunction",
+        "PriCapability",
+        "DmaStatus",
+        "DmaTransfer",
+        "Machine",
+        "InvalidDescriptorError",
+        "PriError",
+    ):
         assert required in hwmodel.__all__, required
 
 
-def test_posted_requests_make_the_deadline_now_and_advance_delivers_them(
-        accel: Bound) -> None:
+def test_posted_requests_make_the_deadline_now_and_advance_delivers_them(accel: Bound) -> None:
     m = accel.machine
     assert m.next_deadline() is None
     m.start_dma(accel.fn.rid, 5, 0, 0x1000, Perm.READ, now=500)
@@ -60,11 +87,9 @@ def test_interrupts_come_from_the_unit_that_queued(machine: Machine) -> None:
     assert a.unit.prq.is_empty and b.unit.prq.used == 1
 
 
-def test_injected_request_is_queued_and_its_response_absorbed_without_uprgi(
-        accel: Bound) -> None:
+def test_injected_request_is_queued_and_its_response_absorbed_without_uprgi(accel: Bound) -> None:
     m = accel.machine
-    d = PageRequestDescriptor(accel.fn.sid, True, 5, False, False, True, False, True, 77,
-                              0xABC000)
+    d = PageRequestDescriptor(accel.fn.sid, True, 5, False, False, True, False, True, 77, 0xABC000)
     m.inject_page_request(accel.fn.rid, d, now=0)
     m.advance(1)
     (got,) = accel.drain_prq()
@@ -72,11 +97,14 @@ def test_injected_request_is_queued_and_its_response_absorbed_without_uprgi(
     accel.respond(got, RESP_SUCCESS)
     assert not accel.fn.pri.unexpected_prgi
     assert accel.fn.counters["page_responses_to_injected"] == 1
-    accel.respond(got, RESP_SUCCESS)            # a second answer matches nothing
+    accel.respond(got, RESP_SUCCESS)  # a second answer matches nothing
     assert accel.fn.pri.unexpected_prgi
     with pytest.raises(ValueError, match="SID"):
-        m.inject_page_request(accel.fn.rid, PageRequestDescriptor(
-            0x1234, True, 5, False, False, True, False, True, 1, 0), now=2)
+        m.inject_page_request(
+            accel.fn.rid,
+            PageRequestDescriptor(0x1234, True, 5, False, False, True, False, True, 1, 0),
+            now=2,
+        )
 
 
 def test_machine_counters_sum_units_and_functions(accel: Bound) -> None:
@@ -112,7 +140,7 @@ def test_unaligned_transfer_counts_bytes_not_pages(accel: Bound) -> None:
     accel.s2.map(0, 0x10000, 0x3000, Perm.READ)
     t = m.start_dma(accel.fn.rid, 5, 0x0FF0, 0x1020, Perm.READ, now=0)
     assert t.status is DmaStatus.OK and t.bytes == 0x1020
-    assert accel.fn.counters["atc_misses"] == 3     # three pages touched
+    assert accel.fn.counters["atc_misses"] == 3  # three pages touched
 
 
 def test_many_machines_default_topology_is_fresh_each_time() -> None:

@@ -38,12 +38,13 @@ def fault_cycle(b: Bound, now: int) -> list:  # type: ignore[type-arg]
 
 
 def test_a_miss_sends_one_group_of_consecutive_missing_pages_last_one_with_lpig(
-        accel: Bound) -> None:
+    accel: Bound,
+) -> None:
     m = accel.machine
-    accel.s2.map(0x13000, 0x900000, PAGE, RW)      # page 0x13 present: splits the group
+    accel.s2.map(0x13000, 0x900000, PAGE, RW)  # page 0x13 present: splits the group
     t = m.start_dma(accel.fn.rid, 5, 0x10000, 6 * PAGE, RW, now=0)
     assert t.waiting == "response" and t.faults == 3
-    assert m.posted_page_requests == 3 and accel.unit.prq.is_empty   # posted, not delivered
+    assert m.posted_page_requests == 3 and accel.unit.prq.is_empty  # posted, not delivered
     reqs = fault_cycle(accel, 1)
     assert [r.addr for r in reqs] == [0x10000, 0x11000, 0x12000]
     assert [r.lpig for r in reqs] == [False, False, True]
@@ -75,8 +76,8 @@ def test_each_new_group_gets_a_free_9_bit_prg_index() -> None:
     for i in range(600):
         m.start_dma(b.fn.rid, 5, i * 16 * PAGE, PAGE, Perm.READ, now=0)
     prgis = b.fn.outstanding_prg_indices()
-    assert prgis == list(range(512))            # all distinct, 9-bit
-    assert b.fn.pri.outstanding == 512          # the 88 others wait for a free index
+    assert prgis == list(range(512))  # all distinct, 9-bit
+    assert b.fn.pri.outstanding == 512  # the 88 others wait for a free index
     assert b.fn.counters["pri_credit_stalls"] == 88
 
 
@@ -85,29 +86,30 @@ def test_outstanding_requests_stay_within_the_allocation_and_resume_on_response(
     b = bind(m, ACCEL, reqs=3)
     assert b.fn.pri.allocation == 3
     t1 = m.start_dma(b.fn.rid, 5, 0, 5 * PAGE, Perm.READ, now=0)
-    assert t1.faults == 3                       # the group is cut to the 3 credits
+    assert t1.faults == 3  # the group is cut to the 3 credits
     t2 = m.start_dma(b.fn.rid, 5, 0x100000, PAGE, Perm.READ, now=0)
     assert t2.waiting == "credits" and t2.faults == 0
     reqs = fault_cycle(b, 1)
     assert len(reqs) == 3 and b.fn.pri.outstanding == 3
     b.s2.map(0, 0x800000, 5 * PAGE, Perm.READ)
-    b.respond(reqs[-1])                         # all three credits return
+    b.respond(reqs[-1])  # all three credits return
     assert b.fn.pri.outstanding == 0
     m.advance(2)
-    assert t2.faults == 1 and t2.waiting == "response"    # woken by the returned credits
+    assert t2.faults == 1 and t2.waiting == "response"  # woken by the returned credits
     assert t1.status is DmaStatus.OK and t1.bytes == 5 * PAGE and t1.faults == 3
 
 
 def test_success_retries_at_once_then_backs_off_exponentially_with_a_cap() -> None:
-    m = Machine(default_topology(), max_retries=20, retry_backoff_ns=1000,
-                retry_backoff_max_ns=5000)
+    m = Machine(
+        default_topology(), max_retries=20, retry_backoff_ns=1000, retry_backoff_max_ns=5000
+    )
     b = bind(m, ACCEL)
     t = m.start_dma(b.fn.rid, 5, 0, PAGE, Perm.READ, now=0)
     now = 10
     delays = []
     for _ in range(6):
         (r,) = fault_cycle(b, now)
-        b.respond(r, RESP_SUCCESS)              # "serviced", but the page never appears
+        b.respond(r, RESP_SUCCESS)  # "serviced", but the page never appears
         due = m.next_deadline()
         assert due is not None
         delays.append(due - now)
@@ -139,7 +141,7 @@ def test_success_after_mapping_completes_the_transfer(accel: Bound) -> None:
     assert [r.addr for r in reqs] == [0x10000, 0x11000, 0x12000]
     accel.s2.map(0x10000, 0x900000, 3 * PAGE, RW)
     accel.respond(reqs[-1])
-    assert t.status is None and t.waiting == "retry"   # only marked due by the IQ
+    assert t.status is None and t.waiting == "retry"  # only marked due by the IQ
     m.advance(2)
     assert t.status is DmaStatus.OK and t.bytes == 2 * PAGE and t.tag == "x"
     assert m.take_completed() == [t] and m.take_completed() == []
@@ -189,8 +191,9 @@ def test_response_with_an_unknown_prg_index_sets_uprgi_and_is_ignored(accel: Bou
     m = accel.machine
     t = m.start_dma(accel.fn.rid, 5, 0, PAGE, Perm.READ, now=0)
     (r,) = fault_cycle(accel, 1)
-    accel.unit.iq.submit([PageGroupResponseDescriptor(r.sid, True, 5, RESP_SUCCESS,
-                                                      (r.prg_index + 1) % 512)])
+    accel.unit.iq.submit(
+        [PageGroupResponseDescriptor(r.sid, True, 5, RESP_SUCCESS, (r.prg_index + 1) % 512)]
+    )
     pri = accel.fn.pri
     assert pri.unexpected_prgi and pri.status & 2
     assert t.waiting == "response" and pri.outstanding == 1
@@ -205,18 +208,18 @@ def test_vf_shares_the_pf_pri_capability_and_its_outstanding_allocation() -> Non
     vf0.enable_pasid()
     vf0.enable_ats()
     with pytest.raises(PriError):
-        vf0.enable_pri(4)                   # pci_enable_pri(vf) needs the PF's enabled
+        vf0.enable_pri(4)  # pci_enable_pri(vf) needs the PF's enabled
     pf.enable_pri(2)
-    vf0.enable_pri(4)                       # a no-op now
+    vf0.enable_pri(4)  # a no-op now
     assert pf.pri.allocation == 2
     b0 = bind(m, NIC_VF0, pasid=9)
     t0 = m.start_dma(vf0.rid, 9, 0, 4 * PAGE, Perm.READ, now=0)
     assert t0.faults == 2 and pf.pri.outstanding == 2
-    b1 = bind(m, NIC_VF1, pasid=9, did=3)   # its own domain
+    b1 = bind(m, NIC_VF1, pasid=9, did=3)  # its own domain
     t1 = m.start_dma(vf1.rid, 9, 0, PAGE, Perm.READ, now=0)
-    assert t1.waiting == "credits"          # the VFs share the PF's quota
+    assert t1.waiting == "credits"  # the VFs share the PF's quota
     reqs = fault_cycle(b0, 1)
-    assert {r.sid for r in reqs} == {vf0.sid}   # the VF's own RID on the wire
+    assert {r.sid for r in reqs} == {vf0.sid}  # the VF's own RID on the wire
     b0.s2.map(0, 0x100000, 4 * PAGE, Perm.READ)
     b0.respond(reqs[-1])
     m.advance(2)
@@ -224,8 +227,9 @@ def test_vf_shares_the_pf_pri_capability_and_its_outstanding_allocation() -> Non
     assert b1.fn.counters["pri_credit_stalls"] == 1
 
 
-@pytest.mark.parametrize(("rid", "why"), [(ATS_NO_PRI, "no PRI"), (LEGACY, "no ATS"),
-                                          (ACCEL, "PRI disabled")])
+@pytest.mark.parametrize(
+    ("rid", "why"), [(ATS_NO_PRI, "no PRI"), (LEGACY, "no ATS"), (ACCEL, "PRI disabled")]
+)
 def test_a_miss_without_usable_pri_ends_no_pri(rid: str, why: str) -> None:
     m = Machine(default_topology())
     b = bind(m, rid, pasid=None, pri=why != "PRI disabled")
@@ -234,11 +238,10 @@ def test_a_miss_without_usable_pri_ends_no_pri(rid: str, why: str) -> None:
     assert m.posted_page_requests == 0
 
 
-def test_a_table_fault_with_pri_still_sends_the_request_and_gets_auto_invalid(
-        accel: Bound) -> None:
+def test_a_table_fault_with_pri_still_sends_the_request_and_gets_auto_invalid(accel: Bound) -> None:
     m = accel.machine
     t = m.start_dma(accel.fn.rid, 5, 0, PAGE, Perm.READ, now=0)
-    accel.unit.clear_pasid_present(accel.fn.sid, 5)   # torn down while the request flies
+    accel.unit.clear_pasid_present(accel.fn.sid, 5)  # torn down while the request flies
     m.advance(1)
     assert t.status is DmaStatus.INVALID and t.faults == 1
     assert accel.unit.counters["hw_auto_responses_invalid"] == 1
@@ -263,9 +266,12 @@ def test_overflow_auto_success_makes_the_function_retry_and_fault_again() -> Non
     from dataclasses import replace
 
     from hwmodel import TopologySpec
+
     topo = default_topology()
-    m = Machine(TopologySpec(tuple(replace(u, prq_order=0) for u in topo.iommus),
-                             topo.functions), retry_backoff_ns=100)
+    m = Machine(
+        TopologySpec(tuple(replace(u, prq_order=0) for u in topo.iommus), topo.functions),
+        retry_backoff_ns=100,
+    )
     b = bind(m, ACCEL)
     ts = [m.start_dma(b.fn.rid, 5, i * 64 * PAGE, PAGE, Perm.READ, now=0) for i in range(130)]
     m.advance(1)
@@ -277,10 +283,10 @@ def test_overflow_auto_success_makes_the_function_retry_and_fault_again() -> Non
     assert unit.counters["hw_auto_responses_success"] == 6
     retried = [t for t in ts if t.retries]
     assert len(retried) == 3 and all(t.retries == 2 and t.status is None for t in retried)
-    reqs = b.drain_prq()                  # ring empty, PRO cleared by software
+    reqs = b.drain_prq()  # ring empty, PRO cleared by software
     assert len(reqs) == 127
     m.advance(m.next_deadline() or 1)
-    assert unit.prq.used == 3             # the three re-faulted and were queued this time
+    assert unit.prq.used == 3  # the three re-faulted and were queued this time
 
 
 def test_pri_enable_refuses_unless_disabled_and_stopped_and_clamps_to_capacity() -> None:
@@ -288,12 +294,12 @@ def test_pri_enable_refuses_unless_disabled_and_stopped_and_clamps_to_capacity()
     pri = m.function(ACCEL).pri
     assert pri.stopped and not pri.enabled
     pri.enable(1 << 20)
-    assert pri.allocation == 512            # min(capacity, reqs)
+    assert pri.allocation == 512  # min(capacity, reqs)
     with pytest.raises(PriError) as ei:
         pri.enable(4)
     assert ei.value.errno == "EBUSY"
     with pytest.raises(PriError):
-        pri.do_reset()                      # Reset needs Enable=0
+        pri.do_reset()  # Reset needs Enable=0
     with pytest.raises(PriError) as ei:
         m.function(ATS_NO_PRI).pri.enable(4)
     assert ei.value.errno == "EOPNOTSUPP"
@@ -307,7 +313,7 @@ def test_atc_keeps_partial_permissions_and_a_write_to_a_read_page_faults(accel: 
     t = m.start_dma(accel.fn.rid, 5, 0, PAGE, Perm.WRITE, now=1)
     (r,) = fault_cycle(accel, 2)
     assert r.wr_req and not r.rd_req and t.faults == 1
-    accel.s2.map(0, 0x40000, PAGE, RW)                 # software upgrades the mapping
+    accel.s2.map(0, 0x40000, PAGE, RW)  # software upgrades the mapping
     accel.respond(r)
     m.advance(3)
     assert t.status is DmaStatus.OK and accel.fn.atc[(5, 0)] == (0x40, RW)

@@ -40,11 +40,27 @@ def unit_with_entry(order: int = 0) -> IommuUnit:
     return unit
 
 
-def req(i: int = 0, *, lpig: bool = True, pasid: int | None = 5, rd: bool = True,
-        wr: bool = False, sid: int = SID) -> PageRequestDescriptor:
-    return PageRequestDescriptor(sid=sid, pasid_present=pasid is not None, pasid=pasid or 0,
-                                 exe_req=False, pm_req=False, rd_req=rd, wr_req=wr, lpig=lpig,
-                                 prg_index=i % 512, addr=(0x100 + i) << 12)
+def req(
+    i: int = 0,
+    *,
+    lpig: bool = True,
+    pasid: int | None = 5,
+    rd: bool = True,
+    wr: bool = False,
+    sid: int = SID,
+) -> PageRequestDescriptor:
+    return PageRequestDescriptor(
+        sid=sid,
+        pasid_present=pasid is not None,
+        pasid=pasid or 0,
+        exe_req=False,
+        pm_req=False,
+        rd_req=rd,
+        wr_req=wr,
+        lpig=lpig,
+        prg_index=i % 512,
+        addr=(0x100 + i) << 12,
+    )
 
 
 def test_prq_order_0_has_128_slots_and_holds_127() -> None:
@@ -63,7 +79,7 @@ def test_accepted_request_is_written_at_tail_sets_ppr_and_fires_one_event() -> N
     assert unit.irq_pending
     unit.irq_pending = False
     unit.receive_page_request(req(2))
-    assert not unit.irq_pending          # PPR already set: no new event
+    assert not unit.irq_pending  # PPR already set: no new event
     assert unit.counters["prq_interrupts"] == 1
     unit.write_prs_w1c(PRS_PPR)
     unit.receive_page_request(req(3))
@@ -82,7 +98,7 @@ def test_masked_event_stays_pending_until_unmask_and_clearing_prs_cancels_it() -
     unit.write_prs_w1c(PRS_PPR)
     unit.receive_page_request(req(2))
     assert unit.read_pectl() & (1 << 30)
-    unit.write_prs_w1c(PRS_PPR | PRS_PRO)   # clearing PPR and PRO clears IP
+    unit.write_prs_w1c(PRS_PPR | PRS_PRO)  # clearing PPR and PRO clears IP
     assert unit.read_pectl() == 1 << 31
     unit.write_pectl(im=False)
     assert not unit.irq_pending
@@ -109,15 +125,14 @@ def test_full_ring_sets_pro_and_auto_answers_success_for_last_page_only() -> Non
         unit.receive_page_request(req(i, lpig=False))
     assert unit.prq.is_full and unit.prq.used == 127
     tail = unit.prq.tail
-    unit.receive_page_request(req(200, lpig=False))      # full, not last: no response
+    unit.receive_page_request(req(200, lpig=False))  # full, not last: no response
     assert unit.read_prs() & PRS_PRO and unit.prq.tail == tail
     assert list(unit.auto_responses) == []
     unit.write_prs_w1c(PRS_PRO)
-    unit.receive_page_request(req(201, lpig=True))       # full, last: auto Success
+    unit.receive_page_request(req(201, lpig=True))  # full, last: auto Success
     assert unit.prq.tail == tail
     (resp,) = unit.auto_responses
-    assert (resp.response_code, resp.prg_index, resp.sid, resp.pasid) == (RESP_SUCCESS, 201,
-                                                                           SID, 5)
+    assert (resp.response_code, resp.prg_index, resp.sid, resp.pasid) == (RESP_SUCCESS, 201, SID, 5)
     assert unit.counters["prq_overflows"] == 2
     assert unit.counters["hw_auto_responses"] == 1
 
@@ -136,7 +151,7 @@ def test_pro_set_drops_requests_without_event_even_with_room_and_answers_lpig() 
     unit = unit_with_entry(0)
     for i in range(128):
         unit.receive_page_request(req(i, lpig=False))
-    unit.prq.head = unit.prq.tail           # software drained, PRO still set
+    unit.prq.head = unit.prq.tail  # software drained, PRO still set
     unit.write_prs_w1c(PRS_PPR)
     unit.irq_pending = False
     unit.receive_page_request(req(400, lpig=False))
@@ -150,16 +165,20 @@ def test_pro_set_drops_requests_without_event_even_with_room_and_answers_lpig() 
     assert unit.prq.used == 1 and unit.irq_pending
 
 
-@pytest.mark.parametrize(("setup", "reason"), [
-    ("no_context", "context_not_present"),
-    ("pre_clear", "pre_clear"),
-    ("no_entry", "pasid_entry_not_present"),
-    ("not_present", "pasid_entry_not_present"),
-    ("too_wide", "pasid_too_wide"),
-    ("pasid0", "pasid_is_rid_pasid"),
-])
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("no_context", "context_not_present"),
+        ("pre_clear", "pre_clear"),
+        ("no_entry", "pasid_entry_not_present"),
+        ("not_present", "pasid_entry_not_present"),
+        ("too_wide", "pasid_too_wide"),
+        ("pasid0", "pasid_is_rid_pasid"),
+    ],
+)
 def test_remapping_table_error_is_not_queued_and_gets_auto_invalid_for_lpig(
-        setup: str, reason: str) -> None:
+    setup: str, reason: str
+) -> None:
     unit = unit_with_entry()
     pasid = 5
     if setup == "no_context":
@@ -170,12 +189,12 @@ def test_remapping_table_error_is_not_queued_and_gets_auto_invalid_for_lpig(
         unit.set_pasid_entry(SID, 5, None)
     elif setup == "not_present":
         unit.clear_pasid_present(SID, 5)
-        assert unit.pasid_entry(SID, 5) is not None   # only P cleared
+        assert unit.pasid_entry(SID, 5) is not None  # only P cleared
     elif setup == "too_wide":
         pasid = (1 << 20) - 1
-        unit = Machine(TopologySpec(
-            (replace(default_topology().iommus[0], pasid_bits=8),),
-            ())).iommus["dmar0"]
+        unit = Machine(
+            TopologySpec((replace(default_topology().iommus[0], pasid_bits=8),), ())
+        ).iommus["dmar0"]
         unit.set_context(SID, present=True, pre=True)
     elif setup == "pasid0":
         pasid = 0
@@ -196,7 +215,7 @@ def test_stop_marker_passes_through_the_ring_without_auto_response() -> None:
     assert unit.counters["prq_stop_markers"] == 1
     unit.set_context(SID, present=False, pre=False)
     unit.receive_page_request(req(9, lpig=True, rd=False, wr=False))
-    assert not unit.auto_responses            # a stop marker never needs a response
+    assert not unit.auto_responses  # a stop marker never needs a response
 
 
 def test_request_without_pasid_walks_the_rid_pasid_entry() -> None:
@@ -226,7 +245,7 @@ def test_accepting_a_request_invalidates_the_iotlb_for_that_address(pgtt: Pgtt) 
         b.s2.map(addr, 0x80000, 0x1000, Perm.READ)
     assert unit.translate(SID, 5, addr, Perm.READ).ok
     (b.s1 if pgtt != Pgtt.SECOND_STAGE else b.s2).unmap(addr, 0x1000)
-    assert unit.translate(SID, 5, addr, Perm.READ).ok        # stale IOTLB hit
+    assert unit.translate(SID, 5, addr, Perm.READ).ok  # stale IOTLB hit
     unit.receive_page_request(req(0))
     assert not unit.translate(SID, 5, addr, Perm.READ).ok
 

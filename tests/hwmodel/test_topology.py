@@ -28,8 +28,19 @@ def test_rid_parse_format_and_sid() -> None:
     assert Rid.from_sid(0, 0x3A0A) == r
 
 
-@pytest.mark.parametrize("bad", ["", "3a:00.0", "0000:3a:00.8", "0000:3a:20.0", "0000:3a:00",
-                                 "00000:3a:00.0", "0000:3g:00.0", " 0000:3a:00.0"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "3a:00.0",
+        "0000:3a:00.8",
+        "0000:3a:20.0",
+        "0000:3a:00",
+        "00000:3a:00.0",
+        "0000:3g:00.0",
+        " 0000:3a:00.0",
+    ],
+)
 def test_rid_parse_rejects_malformed_strings(bad: str) -> None:
     with pytest.raises(ValueError):
         Rid.parse(bad)
@@ -53,7 +64,7 @@ def test_default_topology_has_what_the_issue_requires() -> None:
     assert [u.name for u in t.iommus] == ["dmar0", "dmar1"]
     f = {str(x.rid): x for x in t.functions}
     full = [x for x in t.functions if x.ats and x.pri and x.pasid and x.pf is None]
-    assert len({x.iommu for x in full}) == 2                 # on different IOMMUs
+    assert len({x.iommu for x in full}) == 2  # on different IOMMUs
     assert f["0000:3a:00.0"].pri_capacity == 512 and f["0000:3a:00.0"].pasid_bits == 20
     vfs = [x for x in t.functions if x.pf == Rid.parse("0000:3b:00.0")]
     assert [str(v.rid) for v in vfs] == ["0000:3b:00.1", "0000:3b:00.2"]
@@ -67,29 +78,58 @@ def test_the_toml_worked_example_is_the_default_topology() -> None:
     assert load_topology(TOML) == default_topology()
 
 
-@pytest.mark.parametrize(("doc", "msg"), [
-    ({"iommu": []}, "at least one"),
-    ({"iommu": [{"name": "a"}], "extra": 1}, "unknown top-level"),
-    ({"iommu": [{"name": "a", "colour": 1}]}, "unknown keys"),
-    ({"iommu": [{"name": "a", "prq_order": 9}]}, "prq_order"),
-    ({"iommu": [{"name": "a", "iq_entries": 100}]}, "iq_entries"),
-    ({"iommu": [{"name": "a"}, {"name": "a"}]}, "duplicated"),
-    ({"iommu": [{"name": "a", "segment": "0"}]}, "integer"),
-    ({"iommu": [{"name": "a"}], "function": [{"rid": "0000:01:00.0", "iommu": "b"}]},
-     "unknown IOMMU"),
-    ({"iommu": [{"name": "a"}], "function": [{"rid": "0001:01:00.0", "iommu": "a"}]},
-     "segment"),
-    ({"iommu": [{"name": "a"}], "function": [{"rid": "0000:01:00.0", "iommu": "a"},
-                                            {"rid": "0000:01:00.0", "iommu": "a"}]}, "twice"),
-    ({"iommu": [{"name": "a"}], "function": [{"rid": "0000:01:00.1", "pf": "0000:01:00.0"}]},
-     "unknown PF"),
-    ({"iommu": [{"name": "a"}], "function": [{"rid": "0000:01:00.0", "iommu": "a",
-                                             "pri": True, "pri_capacity": 0}]}, "capacity"),
-    ({"iommu": [{"name": "a"}], "function": [{"rid": "0000:01:00.0", "iommu": "a"},
-                                            {"rid": "0000:01:00.1", "pf": "0000:01:00.0",
-                                             "pri": True}]}, "PRI needs a PF"),
-    ({"iommu": [{"name": "a"}], "function": [{"rid": "bogus", "iommu": "a"}]}, "malformed"),
-])
+@pytest.mark.parametrize(
+    ("doc", "msg"),
+    [
+        ({"iommu": []}, "at least one"),
+        ({"iommu": [{"name": "a"}], "extra": 1}, "unknown top-level"),
+        ({"iommu": [{"name": "a", "colour": 1}]}, "unknown keys"),
+        ({"iommu": [{"name": "a", "prq_order": 9}]}, "prq_order"),
+        ({"iommu": [{"name": "a", "iq_entries": 100}]}, "iq_entries"),
+        ({"iommu": [{"name": "a"}, {"name": "a"}]}, "duplicated"),
+        ({"iommu": [{"name": "a", "segment": "0"}]}, "integer"),
+        (
+            {"iommu": [{"name": "a"}], "function": [{"rid": "0000:01:00.0", "iommu": "b"}]},
+            "unknown IOMMU",
+        ),
+        (
+            {"iommu": [{"name": "a"}], "function": [{"rid": "0001:01:00.0", "iommu": "a"}]},
+            "segment",
+        ),
+        (
+            {
+                "iommu": [{"name": "a"}],
+                "function": [
+                    {"rid": "0000:01:00.0", "iommu": "a"},
+                    {"rid": "0000:01:00.0", "iommu": "a"},
+                ],
+            },
+            "twice",
+        ),
+        (
+            {"iommu": [{"name": "a"}], "function": [{"rid": "0000:01:00.1", "pf": "0000:01:00.0"}]},
+            "unknown PF",
+        ),
+        (
+            {
+                "iommu": [{"name": "a"}],
+                "function": [{"rid": "0000:01:00.0", "iommu": "a", "pri": True, "pri_capacity": 0}],
+            },
+            "capacity",
+        ),
+        (
+            {
+                "iommu": [{"name": "a"}],
+                "function": [
+                    {"rid": "0000:01:00.0", "iommu": "a"},
+                    {"rid": "0000:01:00.1", "pf": "0000:01:00.0", "pri": True},
+                ],
+            },
+            "PRI needs a PF",
+        ),
+        ({"iommu": [{"name": "a"}], "function": [{"rid": "bogus", "iommu": "a"}]}, "malformed"),
+    ],
+)
 def test_bad_topologies_are_refused_with_a_clear_message(doc: dict, msg: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValueError, match=msg):
         topology_from_dict(doc)

@@ -41,37 +41,44 @@ def test_second_stage_translation_and_permissions(accel: Bound) -> None:
     assert not tr.ok and tr.table_fault
 
 
-@pytest.mark.parametrize(("desc", "gone"), [
-    (IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x10000, am=0), True),
-    (IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x13000, am=3), True),  # 0x10000-0x17fff
-    (IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x11000, am=0), False),  # other page
-    (IotlbInvDescriptor(IOTLB_G_PSI, did=3, addr=0x10000, am=0), False),  # other DID
-    (IotlbInvDescriptor(IOTLB_G_DSI, did=2), True),
-    (IotlbInvDescriptor(IOTLB_G_DSI, did=3), False),
-    (IotlbInvDescriptor(IOTLB_G_GLOBAL), True),
-    (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=2, pasid=5), False),  # S2 is tagged by DID
-])
+@pytest.mark.parametrize(
+    ("desc", "gone"),
+    [
+        (IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x10000, am=0), True),
+        (IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x13000, am=3), True),  # 0x10000-0x17fff
+        (IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x11000, am=0), False),  # other page
+        (IotlbInvDescriptor(IOTLB_G_PSI, did=3, addr=0x10000, am=0), False),  # other DID
+        (IotlbInvDescriptor(IOTLB_G_DSI, did=2), True),
+        (IotlbInvDescriptor(IOTLB_G_DSI, did=3), False),
+        (IotlbInvDescriptor(IOTLB_G_GLOBAL), True),
+        (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=2, pasid=5), False),  # S2 is tagged by DID
+    ],
+)
 def test_second_stage_iotlb_is_stale_until_a_matching_did_invalidation(
-        accel: Bound, desc: object, gone: bool) -> None:
+    accel: Bound, desc: object, gone: bool
+) -> None:
     unit = accel.unit
     accel.s2.map(0x10000, 0x80000, 0x1000, RW)
     assert unit.translate(SID, 5, 0x10000, Perm.READ).ok
     accel.s2.unmap(0x10000, 0x1000)
-    assert unit.translate(SID, 5, 0x10000, Perm.READ).ok          # stale hit
+    assert unit.translate(SID, 5, 0x10000, Perm.READ).ok  # stale hit
     assert unit.counters["iotlb_hits"] == 1
     unit.iq.submit([desc])  # type: ignore[list-item]
     assert unit.translate(SID, 5, 0x10000, Perm.READ).ok is not gone
 
 
-@pytest.mark.parametrize(("desc", "gone"), [
-    (PasidIotlbInvDescriptor(PIOTLB_G_PSI, did=2, pasid=5, addr=0x10000), True),
-    (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=2, pasid=5), True),
-    (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=2, pasid=6), False),   # other PASID
-    (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=3, pasid=5), False),   # other DID
-    (PasidIotlbInvDescriptor(PIOTLB_G_PSI, did=2, pasid=5, addr=0x20000), False),
-    (IotlbInvDescriptor(IOTLB_G_DSI, did=2), False),    # first-stage needs P_IOTLB
-    (IotlbInvDescriptor(IOTLB_G_GLOBAL), True),
-])
+@pytest.mark.parametrize(
+    ("desc", "gone"),
+    [
+        (PasidIotlbInvDescriptor(PIOTLB_G_PSI, did=2, pasid=5, addr=0x10000), True),
+        (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=2, pasid=5), True),
+        (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=2, pasid=6), False),  # other PASID
+        (PasidIotlbInvDescriptor(PIOTLB_G_PASID, did=3, pasid=5), False),  # other DID
+        (PasidIotlbInvDescriptor(PIOTLB_G_PSI, did=2, pasid=5, addr=0x20000), False),
+        (IotlbInvDescriptor(IOTLB_G_DSI, did=2), False),  # first-stage needs P_IOTLB
+        (IotlbInvDescriptor(IOTLB_G_GLOBAL), True),
+    ],
+)
 def test_first_stage_iotlb_is_tagged_by_did_and_pasid(desc: object, gone: bool) -> None:
     m = Machine(default_topology())
     b = bind(m, ACCEL, pgtt=Pgtt.FIRST_STAGE)
@@ -87,12 +94,12 @@ def test_nested_walk_goes_s1_then_s2_and_intersects_permissions() -> None:
     m = Machine(default_topology())
     b = bind(m, ACCEL, pgtt=Pgtt.NESTED)
     b.s1.map(0x10000, 0x40000, 0x3000, Perm.READ | Perm.WRITE | Perm.EXEC)
-    b.s2.map(0x40000, 0x900000, 0x1000, Perm.READ)          # gpa page 0x40 read-only
+    b.s2.map(0x40000, 0x900000, 0x1000, Perm.READ)  # gpa page 0x40 read-only
     b.s2.map(0x41000, 0x901000, 0x1000, RW)
     unit = b.unit
     tr = unit.translate(SID, 5, 0x10010, Perm.READ)
     assert tr.ok and tr.addr == 0x900010
-    assert tr.perm == Perm.READ | Perm.EXEC                  # W cut by S2, X only from S1
+    assert tr.perm == Perm.READ | Perm.EXEC  # W cut by S2, X only from S1
     assert not unit.translate(SID, 5, 0x10000, Perm.WRITE).ok
     assert unit.translate(SID, 5, 0x11000, Perm.WRITE).ok
     assert not unit.translate(SID, 5, 0x12000, Perm.READ).ok  # S1 maps it, S2 does not
@@ -104,7 +111,7 @@ def test_nested_entries_drop_on_any_iotlb_psi_for_their_did() -> None:
     b.s1.map(0x10000, 0x40000, 0x1000, RW)
     b.s2.map(0x40000, 0x900000, 0x1000, RW)
     assert b.unit.translate(SID, 5, 0x10000, Perm.READ).ok
-    b.s2.unmap(0x40000, 0x1000)                # S2 (parent) unmap at a GPA
+    b.s2.unmap(0x40000, 0x1000)  # S2 (parent) unmap at a GPA
     assert b.unit.translate(SID, 5, 0x10000, Perm.READ).ok
     b.unit.iq.submit([IotlbInvDescriptor(IOTLB_G_PSI, did=2, addr=0x40000)])
     assert not b.unit.translate(SID, 5, 0x10000, Perm.READ).ok
@@ -147,25 +154,29 @@ def _dma_ok(b: Bound) -> bool:
 def test_atc_is_stale_after_unmap_and_iotlb_flush_until_dev_tlb_invalidation() -> None:
     b5, _ = _atc_setup()
     hits = b5.fn.counters["atc_hits"]
-    assert _dma_ok(b5)                                  # stale ATC: the DMA still succeeds
+    assert _dma_ok(b5)  # stale ATC: the DMA still succeeds
     assert b5.fn.counters["atc_hits"] == hits + 1
     b5.unit.iq.submit([PasidDevTlbInvDescriptor(sid=SID, pasid=5, addr=0x10000)])
     assert not _dma_ok(b5)
 
 
-@pytest.mark.parametrize(("desc", "gone5", "gone6"), [
-    (PasidDevTlbInvDescriptor(sid=SID, pasid=5, addr=0x10000), True, False),
-    (PasidDevTlbInvDescriptor(sid=SID, pasid=6, addr=0x10000), False, True),
-    (PasidDevTlbInvDescriptor(sid=SID, pasid=5, addr=0x11000), False, False),
-    (PasidDevTlbInvDescriptor(sid=0x3B00, pasid=5, addr=0x10000), False, False),  # other SID
-    (PasidDevTlbInvDescriptor(sid=SID, pasid=7, addr=0x10000, g=True), True, True),
-    (PasidDevTlbInvDescriptor(SID, 5, *dev_tlb_encode_range(0, 52)), True, False),
-    (PasidDevTlbInvDescriptor(SID, 5, *dev_tlb_encode_range(0x10000, 4)), True, False),
-    (PasidDevTlbInvDescriptor(SID, 5, *dev_tlb_encode_range(0x20000, 4)), False, False),
-    (DevTlbInvDescriptor(sid=SID, addr=0x10000), False, False),   # no-PASID entries only
-])
+@pytest.mark.parametrize(
+    ("desc", "gone5", "gone6"),
+    [
+        (PasidDevTlbInvDescriptor(sid=SID, pasid=5, addr=0x10000), True, False),
+        (PasidDevTlbInvDescriptor(sid=SID, pasid=6, addr=0x10000), False, True),
+        (PasidDevTlbInvDescriptor(sid=SID, pasid=5, addr=0x11000), False, False),
+        (PasidDevTlbInvDescriptor(sid=0x3B00, pasid=5, addr=0x10000), False, False),  # other SID
+        (PasidDevTlbInvDescriptor(sid=SID, pasid=7, addr=0x10000, g=True), True, True),
+        (PasidDevTlbInvDescriptor(SID, 5, *dev_tlb_encode_range(0, 52)), True, False),
+        (PasidDevTlbInvDescriptor(SID, 5, *dev_tlb_encode_range(0x10000, 4)), True, False),
+        (PasidDevTlbInvDescriptor(SID, 5, *dev_tlb_encode_range(0x20000, 4)), False, False),
+        (DevTlbInvDescriptor(sid=SID, addr=0x10000), False, False),  # no-PASID entries only
+    ],
+)
 def test_dev_tlb_invalidation_hits_only_its_sid_pasid_and_range(
-        desc: object, gone5: bool, gone6: bool) -> None:
+    desc: object, gone5: bool, gone6: bool
+) -> None:
     b5, b6 = _atc_setup()
     b5.unit.iq.submit([desc])  # type: ignore[list-item]
     assert ((5, 0x10) not in b5.fn.atc) is gone5

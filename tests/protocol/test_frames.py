@@ -100,21 +100,27 @@ def test_frames_before_a_bad_one_are_returned_then_the_violation_is_raised() -> 
 @settings(max_examples=60, deadline=None)
 @given(
     msgs=st.lists(
-        st.dictionaries(st.text(max_size=8),
-                        st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=20),
-                                  st.booleans(), st.none()),
-                        max_size=6),
-        min_size=1, max_size=8),
+        st.dictionaries(
+            st.text(max_size=8),
+            st.one_of(
+                st.integers(-(2**63), 2**64 - 1), st.text(max_size=20), st.booleans(), st.none()
+            ),
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=8,
+    ),
     cuts=st.lists(st.integers(min_value=1, max_value=64), max_size=20),
 )
 def test_any_split_of_the_stream_decodes_the_same_messages(
-        msgs: list[dict[str, object]], cuts: list[int]) -> None:
+    msgs: list[dict[str, object]], cuts: list[int]
+) -> None:
     stream = b"".join(encode_frame(m) for m in msgs)
     dec = FrameDecoder()
     out: list[dict[str, object]] = []
     pos = 0
     for c in cuts:
-        out += dec.feed(stream[pos:pos + c])
+        out += dec.feed(stream[pos : pos + c])
         pos += c
     out += dec.feed(stream[pos:])
     assert out == msgs

@@ -177,9 +177,13 @@ def test_hwpt_invalidate_needs_iova_and_length_together() -> None:
 def test_page_response_code_or_cookie_of_any_integer_is_not_a_schema_error() -> None:
     # PROTOCOL.md v2 item 1: a code other than 0/1 or an unknown cookie stops processing
     # at that entry (the core's job); it is not a malformed request.
-    _, _, args = validate_request(req("page_response", fault_id=1,
-                                      responses=[{"cookie": 1, "code": 7},
-                                                 {"cookie": -1, "code": -1}]))
+    _, _, args = validate_request(
+        req(
+            "page_response",
+            fault_id=1,
+            responses=[{"cookie": 1, "code": 7}, {"cookie": -1, "code": -1}],
+        )
+    )
     assert args.responses[0].code == 7  # type: ignore[attr-defined]
     assert (args.responses[1].cookie, args.responses[1].code) == (-1, -1)  # type: ignore[attr-defined]
 

@@ -68,8 +68,11 @@ def test_admin_ops_are_eperm_for_other_peers() -> None:
 def test_unknown_ops_keys_and_types_are_einval_and_keep_the_session() -> None:
     server, client = _pair()
     _hello(server, client)
-    for msg in ({"op": "nope", "id": 5}, {"op": "bind", "id": 6, "rid": 3},
-                {"op": "bind", "id": 7, "rid": "0000:3a:00.0", "typo": 1}):
+    for msg in (
+        {"op": "nope", "id": 5},
+        {"op": "bind", "id": 6, "rid": 3},
+        {"op": "bind", "id": 7, "rid": "0000:3a:00.0", "typo": 1},
+    ):
         item = _one(server, encode_frame(msg))
         assert isinstance(item, Rejected) and item.errno == "EINVAL" and not item.close
         assert item.id == msg["id"]
@@ -141,8 +144,17 @@ def test_replies_round_trip_and_results_fit_their_models() -> None:
     rid, data = client.request("hello", {"version": 2, "client": "t"})
     (req,) = server.receive_data(data)
     assert isinstance(req, Request)
-    frame = server.reply(rid, {"version": 2, "server": "iopfd/x", "max_frame": 1 << 20,
-                               "admin": False, "kernel": "6.18", "future_key": 1})
+    frame = server.reply(
+        rid,
+        {
+            "version": 2,
+            "server": "iopfd/x",
+            "max_frame": 1 << 20,
+            "admin": False,
+            "kernel": "6.18",
+            "future_key": 1,
+        },
+    )
     (reply,) = client.receive_data(frame)
     assert isinstance(reply, Reply) and reply.ok and reply.id == rid
     result = parse_result("hello", reply.result)
@@ -184,8 +196,9 @@ def test_an_abandoned_requests_reply_is_dropped_and_counted_late() -> None:
     other, _ = client.request("ioas_alloc", {})
     client.abandon(rid)
     assert client.in_flight == 1
-    got = client.receive_data(_reply_frame(rid, {"ioas_id": 1}) +
-                              _reply_frame(other, {"ioas_id": 2}) + _reply_frame(999))
+    got = client.receive_data(
+        _reply_frame(rid, {"ioas_id": 1}) + _reply_frame(other, {"ioas_id": 2}) + _reply_frame(999)
+    )
     assert [r.id for r in got if isinstance(r, Reply)] == [other, 999]
     assert (client.replies, client.late_replies, client.in_flight) == (3, 2, 0)
     assert client.requests == 2
@@ -194,8 +207,11 @@ def test_an_abandoned_requests_reply_is_dropped_and_counted_late() -> None:
 def test_the_hello_reply_sets_the_frame_limit_of_requests_and_replies() -> None:
     client = ClientSession()
     rid, _ = client.hello("t")
-    client.receive_data(_reply_frame(rid, {"version": 2, "server": "s", "admin": False,
-                                           "kernel": "6.18", "max_frame": 100}))
+    client.receive_data(
+        _reply_frame(
+            rid, {"version": 2, "server": "s", "admin": False, "kernel": "6.18", "max_frame": 100}
+        )
+    )
     assert client.max_frame == 100
     assert client.decoder.max_frame == DEFAULT_MAX_FRAME  # replies: never below the default
     with pytest.raises(RequestError, match="exceeds max_frame"):
@@ -208,7 +224,10 @@ def test_an_event_whose_seq_is_not_the_one_due_names_the_one_that_was() -> None:
     frames = [server.event("trace", {}) for _ in range(4)]
     got = client.receive_data(frames[0] + frames[3] + frames[1])
     assert [(e.seq, e.expected, e.gap) for e in got if isinstance(e, Event)] == [
-        (1, 0, 0), (4, 2, 2), (2, 5, 0)]  # a seq that went back is reported too
+        (1, 0, 0),
+        (4, 2, 2),
+        (2, 5, 0),
+    ]  # a seq that went back is reported too
     assert (client.events, client.seq_gaps, client.missed_events) == (3, 2, 2)
 
 

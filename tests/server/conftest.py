@@ -50,7 +50,8 @@ def _checked(daemon: DaemonProc) -> Iterator[DaemonProc]:
     assert daemon.alive(), f"iopfd died:\n{daemon.log_path.read_text()}"
     counters = daemon.assert_identity_at_rest()
     assert counters.get("daemon_internal_errors", 0) == 0, [
-        line for line in daemon.log() if line.get("level") == "error"]
+        line for line in daemon.log() if line.get("level") == "error"
+    ]
 
 
 @pytest.fixture
@@ -72,4 +73,3 @@ def public_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-

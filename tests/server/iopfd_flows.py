@@ -10,13 +10,13 @@ from iopfd_rawclient import RawClient
 READ, WRITE, EXEC, PRIV = 1, 2, 4, 8
 PASID_VALID, LAST_PAGE, NEEDS_PASID = 1, 2, 4
 
-ACCEL0 = "0000:3a:00.0"       # ATS, PRI, 20-bit PASID
-NIC_PF = "0000:3b:00.0"       # PF with PRI
-NIC_VF0 = "0000:3b:00.1"      # its VF: shares the PF's PRI
+ACCEL0 = "0000:3a:00.0"  # ATS, PRI, 20-bit PASID
+NIC_PF = "0000:3b:00.0"  # PF with PRI
+NIC_VF0 = "0000:3b:00.1"  # its VF: shares the PF's PRI
 ATS_NO_PRI = "0000:3c:00.0"
-ACCEL1 = "0000:5a:00.0"       # ATS, PRI, PASID, on dmar1
+ACCEL1 = "0000:5a:00.0"  # ATS, PRI, PASID, on dmar1
 PRI_NO_PASID = "0000:5b:00.0"
-LEGACY = "0000:5c:00.0"       # no ATS, no PRI, no PASID
+LEGACY = "0000:5c:00.0"  # no ATS, no PRI, no PASID
 
 IOVA = 0x10_0000
 
@@ -29,8 +29,9 @@ class FaultPath:
     hwpt_id: int
 
 
-def fault_path(c: RawClient, rid: str = ACCEL0, *, pasid: int | None = None,
-               flags: list[str] | None = None) -> FaultPath:
+def fault_path(
+    c: RawClient, rid: str = ACCEL0, *, pasid: int | None = None, flags: list[str] | None = None
+) -> FaultPath:
     """bind, IOAS, fault queue, fault-capable paging HWPT, attached (RID or pasid).
 
     The HWPT takes flag ``pasid`` when attached at a PASID (kernel 6.18, PROTOCOL.md v2

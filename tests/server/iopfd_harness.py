@@ -57,21 +57,31 @@ class DaemonProc:
     def identity(self) -> tuple[int, int]:
         """(groups, responses + auto_responses + throttled + pending)."""
         counters, pending = self.counters_and_pending()
-        return counters["groups"], (counters["responses"] + counters["auto_responses"]
-                                    + counters["throttled"] + len(pending))
+        return counters["groups"], (
+            counters["responses"]
+            + counters["auto_responses"]
+            + counters["throttled"]
+            + len(pending)
+        )
 
     def assert_identity_at_rest(self, timeout: float = 5.0) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         while True:
             counters, pending = self.counters_and_pending()
             lhs = counters["groups"]
-            rhs = (counters["responses"] + counters["auto_responses"] + counters["throttled"]
-                   + len(pending))
+            rhs = (
+                counters["responses"]
+                + counters["auto_responses"]
+                + counters["throttled"]
+                + len(pending)
+            )
             if lhs == rhs:
                 return counters
             if time.monotonic() > deadline:
-                raise AssertionError(f"exactly-once identity broken: groups={lhs} != {rhs} "
-                                     f"counters={counters} pending={pending}")
+                raise AssertionError(
+                    f"exactly-once identity broken: groups={lhs} != {rhs} "
+                    f"counters={counters} pending={pending}"
+                )
             time.sleep(0.02)
 
     def alive(self) -> bool:
@@ -90,14 +100,21 @@ class DaemonProc:
         return self.launched.stop(timeout, sig=sig)
 
 
-def start_daemon(tmp: Path, config: str = "", *, socket_path: str | None = None,
-                 args: tuple[str, ...] = ()) -> DaemonProc:
+def start_daemon(
+    tmp: Path, config: str = "", *, socket_path: str | None = None, args: tuple[str, ...] = ()
+) -> DaemonProc:
     sock = socket_path or str(tmp / "run" / "iopfd.sock")
     cfg = tmp / "iopfd.toml"
     cfg.write_text(config)
-    return DaemonProc(launch(socket=sock, config=cfg, log=tmp / "iopfd.log",
-                             args=("--log-format", "json", *args),
-                             ready_timeout=START_TIMEOUT_S))
+    return DaemonProc(
+        launch(
+            socket=sock,
+            config=cfg,
+            log=tmp / "iopfd.log",
+            args=("--log-format", "json", *args),
+            ready_timeout=START_TIMEOUT_S,
+        )
+    )
 
 
 def finish(d: DaemonProc) -> None:

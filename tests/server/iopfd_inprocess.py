@@ -164,9 +164,14 @@ async def running(**limits: Any) -> AsyncIterator[Daemon]:
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
 
-async def connect(daemon: Daemon, cred: PeerCred = ROOT, *, hello: bool = True,
-                  name: str = "t",
-                  pair: StreamPair = trio.testing.memory_stream_pair) -> Peer:
+async def connect(
+    daemon: Daemon,
+    cred: PeerCred = ROOT,
+    *,
+    hello: bool = True,
+    name: str = "t",
+    pair: StreamPair = trio.testing.memory_stream_pair,
+) -> Peer:
     """A new connection; ``pair`` makes the two ends (``lockstep_stream_pair``: the
     daemon's writes wait until the client reads; ``socket_pair``: a real socketpair)."""
     client, server = pair()
@@ -188,5 +193,4 @@ def identity_holds(daemon: Daemon) -> bool:
     """groups == responses + auto_responses + throttled + pending, at rest."""
     k = daemon.core.status_counters()
     pending = daemon.core.pending(int(trio.current_time() * 1e9))
-    return k["groups"] == (k["responses"] + k["auto_responses"] + k["throttled"]
-                           + len(pending))
+    return k["groups"] == (k["responses"] + k["auto_responses"] + k["throttled"] + len(pending))

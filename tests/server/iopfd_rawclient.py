@@ -69,8 +69,8 @@ class RawClient:
             if len(self._buf) >= 4:
                 (n,) = struct.unpack(">I", self._buf[:4])
                 if len(self._buf) >= 4 + n:
-                    body = bytes(self._buf[4:4 + n])
-                    del self._buf[:4 + n]
+                    body = bytes(self._buf[4 : 4 + n])
+                    del self._buf[: 4 + n]
                     msg: dict[str, Any] = msgpack.unpackb(body, raw=False)
                     return msg
             left = deadline - time.monotonic()

@@ -12,14 +12,21 @@ from iopfd_harness import DaemonProc, finish, start_daemon
 from iopfd_rawclient import RawClient, frame
 
 
-def test_status_reports_version_uptime_clients_and_the_protocol_counters(
-        iopfd: DaemonProc) -> None:
+def test_status_reports_version_uptime_clients_and_the_protocol_counters(iopfd: DaemonProc) -> None:
     with iopfd.client() as c:
         st = c.call("status")
     assert st["version"] == 2 and st["uptime_s"] >= 0 and st["clients"] >= 1
     assert st["kernel"] == "6.18"
-    for name in ("page_requests", "groups", "delivered", "responses", "auto_responses",
-                 "throttled", "prq_overflows", "invalidations"):
+    for name in (
+        "page_requests",
+        "groups",
+        "delivered",
+        "responses",
+        "auto_responses",
+        "throttled",
+        "prq_overflows",
+        "invalidations",
+    ):
         assert isinstance(st["counters"][name], int)
 
 
@@ -30,10 +37,14 @@ def test_topology_and_objects_show_owners(iopfd: DaemonProc) -> None:
         assert {u["name"] for u in topo["iommus"]} == {"dmar0", "dmar1"}
         row = next(d for d in topo["devices"] if d["rid"] == ACCEL0)
         assert row["state"] == "bound" and row["owner"].startswith("owner#")
-        objs = {o["id"]: o for o in c.call("objects")["objects"]
-                if o["client"].startswith("owner#")}
+        objs = {
+            o["id"]: o for o in c.call("objects")["objects"] if o["client"].startswith("owner#")
+        }
         assert {objs[p.dev_id]["type"], objs[p.ioas_id]["type"], objs[p.fault_id]["type"]} == {
-            "device", "ioas", "fault"}
+            "device",
+            "ioas",
+            "fault",
+        }
         assert objs[p.hwpt_id]["fault_id"] == p.fault_id
 
 
@@ -47,8 +58,9 @@ def test_pending_lists_unanswered_groups_with_their_fields(iopfd: DaemonProc) ->
         row = rows[0]
         assert {"fault_id", "cookie", "rid", "pasid", "age_s"} <= row.keys()
         assert (row["cookie"], row["rid"]) == (ev["cookie"], ACCEL0)
-        c.call("page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"],
-                                                                 "code": 1}])
+        c.call(
+            "page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"], "code": 1}]
+        )
         assert c.wait_reply(dma_id)["result"]["status"] == "invalid"
         assert not [r for r in c.call("pending")["pending"] if r["fault_id"] == p.fault_id]
 
@@ -63,14 +75,17 @@ def test_inject_writes_a_page_request_that_reaches_the_fault_queue(iopfd: Daemon
         assert (rec["grpid"], rec["addr"], rec["dev_id"]) == (5, 0x4000_0000, p.dev_id)
         assert rec["flags"] & LAST_PAGE
         assert c.call("status")["counters"]["page_requests"] == before + 1
-        c.call("page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"],
-                                                                 "code": 0}])
-        assert c.error("inject", rid="0000:ee:00.0", addr=0, perm=READ, grpid=1,
-                       last=True) == "ENOENT"
+        c.call(
+            "page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"], "code": 0}]
+        )
+        assert (
+            c.error("inject", rid="0000:ee:00.0", addr=0, perm=READ, grpid=1, last=True) == "ENOENT"
+        )
 
 
 def test_forced_unplug_answers_pending_groups_and_plug_brings_the_device_back(
-        iopfd: DaemonProc) -> None:
+    iopfd: DaemonProc,
+) -> None:
     """``force``: removed at once, as version 1's unplug (the owner is not asked)."""
     with iopfd.client() as c:
         p = fault_path(c, ACCEL1)
@@ -102,13 +117,13 @@ def test_forced_unplug_answers_pending_groups_and_plug_brings_the_device_back(
 def test_subscribe_streams_trace_records_of_the_chosen_topics(iopfd: DaemonProc) -> None:
     with iopfd.client(client="tracer") as t, iopfd.client() as c:
         assert t.error("subscribe", topics=["fault", "bogus"]) == "EINVAL"
-        assert t.call("subscribe", topics=["fault", "response"])["topics"] == [
-            "fault", "response"]
+        assert t.call("subscribe", topics=["fault", "response"])["topics"] == ["fault", "response"]
         p = fault_path(c)
         dma_id = c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
         ev = fault_event(c)
-        c.call("page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"],
-                                                                 "code": 1}])
+        c.call(
+            "page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"], "code": 1}]
+        )
         c.wait_reply(dma_id)
         topics = []
         seqs = []
@@ -132,9 +147,19 @@ def test_a_slow_subscriber_loses_records_and_is_told_how_many(tmp_path: Path) ->
             fault_path(c)
             burst = 3000
             reqs = b"".join(
-                frame({"op": "inject", "id": i, "rid": ACCEL0, "addr": 0x1000 * i,
-                        "perm": READ, "grpid": i % 512, "last": True})
-                for i in range(1, burst + 1))
+                frame(
+                    {
+                        "op": "inject",
+                        "id": i,
+                        "rid": ACCEL0,
+                        "addr": 0x1000 * i,
+                        "perm": READ,
+                        "grpid": i % 512,
+                        "last": True,
+                    }
+                )
+                for i in range(1, burst + 1)
+            )
             c.send_raw(reqs)
             for i in range(1, burst + 1):
                 c.wait_reply(i, timeout=20)
@@ -171,15 +196,17 @@ def test_throttled_groups_are_answered_and_counted_on_the_next_event(tmp_path: P
         with d.client() as c:
             p = fault_path(c)
             for grpid in range(1, 5):
-                c.call("inject", rid=ACCEL0, addr=0x1000 * grpid, perm=READ, grpid=grpid,
-                       last=True)
+                c.call("inject", rid=ACCEL0, addr=0x1000 * grpid, perm=READ, grpid=grpid, last=True)
             first = fault_event(c)
             second = fault_event(c)
             assert "throttled" not in first and "throttled" not in second
             counters = c.call("status")["counters"]
             assert counters["throttled"] == 2
-            c.call("page_response", fault_id=p.fault_id,
-                   responses=[{"cookie": first["cookie"], "code": 0}])
+            c.call(
+                "page_response",
+                fault_id=p.fault_id,
+                responses=[{"cookie": first["cookie"], "code": 0}],
+            )
             c.call("inject", rid=ACCEL0, addr=0x9000, perm=READ, grpid=9, last=True)
             third = fault_event(c)
             assert third["throttled"] == 2
@@ -203,8 +230,9 @@ def _nobody_client(path: str) -> dict[str, Any]:
             out = {
                 "admin": c.hello_result["admin"] if c.hello_result else None,
                 "status": c.request("status")["error"]["code"],
-                "inject": c.request("inject", rid=ACCEL0, addr=0, perm=1, grpid=0,
-                                    last=True)["error"]["code"],
+                "inject": c.request("inject", rid=ACCEL0, addr=0, perm=1, grpid=0, last=True)[
+                    "error"
+                ]["code"],
                 "subscribe": c.request("subscribe", topics=[])["error"]["code"],
                 "devices": bool(c.call("devices")["devices"]),
             }
@@ -220,19 +248,26 @@ def _nobody_client(path: str) -> dict[str, Any]:
     os.close(r)
     os.waitpid(pid, 0)
     import ast
+
     result: dict[str, Any] = ast.literal_eval(data.decode())
     return result
 
 
-def test_a_peer_that_is_not_admin_gets_eperm_for_admin_ops(tmp_path: Path,
-                                                          public_dir: Path) -> None:
+def test_a_peer_that_is_not_admin_gets_eperm_for_admin_ops(
+    tmp_path: Path, public_dir: Path
+) -> None:
     assert os.getuid() == 0, "this test drops privileges from root"
     path = str(public_dir / "iopfd.sock")
     d = start_daemon(tmp_path, 'socket_mode = "0666"\n', socket_path=path)
     try:
         out = _nobody_client(path)
-        assert out == {"admin": False, "status": "EPERM", "inject": "EPERM",
-                       "subscribe": "EPERM", "devices": True}, out
+        assert out == {
+            "admin": False,
+            "status": "EPERM",
+            "inject": "EPERM",
+            "subscribe": "EPERM",
+            "devices": True,
+        }, out
         d.assert_identity_at_rest()
     finally:
         finish(d)
@@ -240,8 +275,7 @@ def test_a_peer_that_is_not_admin_gets_eperm_for_admin_ops(tmp_path: Path,
 
 def test_a_member_of_the_admin_group_is_admin(tmp_path: Path, public_dir: Path) -> None:
     path = str(public_dir / "iopfd.sock")
-    d = start_daemon(tmp_path, 'socket_mode = "0666"\nadmin_group = "4242"\n',
-                     socket_path=path)
+    d = start_daemon(tmp_path, 'socket_mode = "0666"\nadmin_group = "4242"\n', socket_path=path)
     try:
         r, w = os.pipe()
         pid = os.fork()
@@ -267,19 +301,29 @@ def test_a_member_of_the_admin_group_is_admin(tmp_path: Path, public_dir: Path) 
         finish(d)
 
 
-
 def test_a_pipelined_pending_sees_the_injected_group_before_it(iopfd: DaemonProc) -> None:
     """Requests of one read are serviced as a batch; an op that reports state still
     sees the effect of every request sent before it."""
     with iopfd.client() as c:
         p = fault_path(c)
-        c.send_raw(frame({"op": "inject", "id": 9001, "rid": ACCEL0, "addr": 0x7000_0000,
-                          "perm": READ, "grpid": 7, "last": True})
-                   + frame({"op": "pending", "id": 9002}))
+        c.send_raw(
+            frame(
+                {
+                    "op": "inject",
+                    "id": 9001,
+                    "rid": ACCEL0,
+                    "addr": 0x7000_0000,
+                    "perm": READ,
+                    "grpid": 7,
+                    "last": True,
+                }
+            )
+            + frame({"op": "pending", "id": 9002})
+        )
         assert c.wait_reply(9001)["ok"]
-        rows = [r for r in c.wait_reply(9002)["result"]["pending"]
-                if r["fault_id"] == p.fault_id]
+        rows = [r for r in c.wait_reply(9002)["result"]["pending"] if r["fault_id"] == p.fault_id]
         assert [(r["grpid"], r["rid"]) for r in rows] == [(7, ACCEL0)]
         ev = fault_event(c)
-        c.call("page_response", fault_id=p.fault_id,
-               responses=[{"cookie": ev["cookie"], "code": 0}])
+        c.call(
+            "page_response", fault_id=p.fault_id, responses=[{"cookie": ev["cookie"], "code": 0}]
+        )

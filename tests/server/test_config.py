@@ -25,12 +25,21 @@ def test_no_file_gives_the_documented_defaults() -> None:
     assert c.log_format is None
     assert c.kernel == "6.18"
     lim = c.limits
-    assert (lim.max_pending, lim.max_frame, lim.max_outbuf, lim.max_retries,
-            lim.max_dma_inflight, lim.trace_buffer) == (4096, 1 << 20, 8 << 20, 8, 256, 1024)
+    assert (
+        lim.max_pending,
+        lim.max_frame,
+        lim.max_outbuf,
+        lim.max_retries,
+        lim.max_dma_inflight,
+        lim.trace_buffer,
+    ) == (4096, 1 << 20, 8 << 20, 8, 256, 1024)
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
-    c = load_config(write(tmp_path, """
+    c = load_config(
+        write(
+            tmp_path,
+            """
 socket = "/tmp/x.sock"
 socket_mode = "0666"
 admin_group = "wheel"
@@ -46,7 +55,9 @@ max_retries = 2
 max_dma_inflight = 4
 max_objects = 10
 trace_buffer = 5
-"""))
+""",
+        )
+    )
     assert c.socket == "/tmp/x.sock"
     assert c.socket_mode == 0o666
     assert (c.admin_group, c.log_format, c.log_level) == ("wheel", "json", "debug")
@@ -77,9 +88,21 @@ def test_socket_mode_accepts_a_toml_octal_integer(tmp_path: Path) -> None:
         "kernel = 6.1\n",
         "kernel = 612\n",
     ],
-    ids=["typo", "limit-typo", "negative", "string-int", "bad-mode", "bad-format",
-         "two-topologies", "not-toml", "frame-below-64k", "outbuf-below-two-frames",
-         "unknown-kernel", "unknown-kernel-number", "kernel-int"],
+    ids=[
+        "typo",
+        "limit-typo",
+        "negative",
+        "string-int",
+        "bad-mode",
+        "bad-format",
+        "two-topologies",
+        "not-toml",
+        "frame-below-64k",
+        "outbuf-below-two-frames",
+        "unknown-kernel",
+        "unknown-kernel-number",
+        "kernel-int",
+    ],
 )
 def test_a_bad_config_is_a_clear_error(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match=r"iopfd\.toml"):
@@ -111,10 +134,23 @@ def test_the_largest_group_always_fits_one_fault_event() -> None:
 
     from iopfd.server.main import partials_fitting
 
-    rec = {"flags": 3, "dev_id": 0xFFFF_FFFF, "pasid": 0xF_FFFF, "grpid": 511, "perm": 15,
-           "addr": 0xFFFF_FFFF_FFFF_F000, "length": 0}
+    rec = {
+        "flags": 3,
+        "dev_id": 0xFFFF_FFFF,
+        "pasid": 0xF_FFFF,
+        "grpid": 511,
+        "perm": 15,
+        "addr": 0xFFFF_FFFF_FFFF_F000,
+        "length": 0,
+    }
     for max_frame in (64 << 10, 100_000, 1 << 20, 64 << 20):
         records = partials_fitting(max_frame) + 1
-        event = {"event": "fault", "seq": 0xFFFF_FFFF, "fault_id": 0xFFFF_FFFF,
-                 "cookie": 0xFFFF_FFFF, "faults": [rec] * records, "throttled": 0xFFFF_FFFF}
+        event = {
+            "event": "fault",
+            "seq": 0xFFFF_FFFF,
+            "fault_id": 0xFFFF_FFFF,
+            "cookie": 0xFFFF_FFFF,
+            "faults": [rec] * records,
+            "throttled": 0xFFFF_FFFF,
+        }
         assert len(msgpack.packb(event)) <= max_frame

@@ -40,13 +40,19 @@ VIOLATIONS: dict[str, bytes] = {
 
 
 @pytest.mark.parametrize("data", VIOLATIONS.values(), ids=VIOLATIONS.keys())
-def test_framing_violation_is_eproto_with_null_id_then_close(iopfd: DaemonProc,
-                                                             data: bytes) -> None:
+def test_framing_violation_is_eproto_with_null_id_then_close(
+    iopfd: DaemonProc, data: bytes
+) -> None:
     with iopfd.client(client="neighbour") as neighbour, iopfd.client() as c:
         c.send_raw(data)
         frames = c.expect_closed()
-        assert frames == [{"id": None, "ok": False,
-                           "error": {"code": "EPROTO", "message": frames[0]["error"]["message"]}}]
+        assert frames == [
+            {
+                "id": None,
+                "ok": False,
+                "error": {"code": "EPROTO", "message": frames[0]["error"]["message"]},
+            }
+        ]
         assert frames[0]["error"]["message"]
         assert_neighbour_unaffected(neighbour)
 
@@ -83,17 +89,19 @@ def test_a_frame_split_across_many_writes_is_one_request(iopfd: DaemonProc) -> N
     with iopfd.client() as c:
         data = frame({"op": "devices", "id": 77})
         for i in range(len(data)):
-            c.send_raw(data[i:i + 1])
+            c.send_raw(data[i : i + 1])
         assert c.wait_reply(77)["ok"]
 
 
 # --- request-level violations ------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad_id", [None, -1, 2**32, "7", 1.5, True, [1]],
-                         ids=["missing", "negative", "2^32", "string", "float", "bool", "list"])
-def test_bad_request_id_is_eproto_with_null_id_then_close(iopfd: DaemonProc,
-                                                          bad_id: Any) -> None:
+@pytest.mark.parametrize(
+    "bad_id",
+    [None, -1, 2**32, "7", 1.5, True, [1]],
+    ids=["missing", "negative", "2^32", "string", "float", "bool", "list"],
+)
+def test_bad_request_id_is_eproto_with_null_id_then_close(iopfd: DaemonProc, bad_id: Any) -> None:
     with iopfd.client() as c:
         msg: dict[str, Any] = {"op": "devices"}
         if bad_id is not None:
@@ -129,16 +137,17 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("wrong-type-float", {"op": "unbind", "dev_id": 1.0}),
     ("negative", {"op": "unbind", "dev_id": -1}),
     ("beyond-u32", {"op": "unbind", "dev_id": 2**32}),
-    ("beyond-u64", {"op": "ioas_map", "ioas_id": 1, "iova": 2**64 - 1, "length": 4096,
-                    "perm": 1}),
+    ("beyond-u64", {"op": "ioas_map", "ioas_id": 1, "iova": 2**64 - 1, "length": 4096, "perm": 1}),
     ("most-negative", {"op": "ioas_unmap", "ioas_id": 1, "iova": -(2**63), "length": 4096}),
     ("missing-key", {"op": "ioas_map", "ioas_id": 1, "iova": 0, "length": 4096}),
     ("unaligned", {"op": "ioas_map", "ioas_id": 1, "iova": 1, "length": 4096, "perm": 1}),
     ("zero-length", {"op": "dma", "dev_id": 1, "iova": 0, "length": 0, "perm": 1}),
     ("pasid-zero", {"op": "attach", "dev_id": 1, "pt_id": 2, "pasid": 0}),
     ("bad-perm", {"op": "dma", "dev_id": 1, "iova": 0, "length": 4096, "perm": 99}),
-    ("nested-garbage", {"op": "page_response", "fault_id": 1,
-                        "responses": [{"cookie": {"a": [1]}, "code": 0}]}),
+    (
+        "nested-garbage",
+        {"op": "page_response", "fault_id": 1, "responses": [{"cookie": {"a": [1]}, "code": 0}]},
+    ),
     ("binary-string", {"op": "bind", "rid": b"0000:3a:00.0"}),
     ("thousands-of-keys", {"op": "devices", **{f"k{i}": i for i in range(20_000)}}),
     ("ext-type", {"op": "unbind", "dev_id": msgpack.ExtType(5, b"xx")}),
@@ -147,7 +156,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("name", "msg"), CASES, ids=[c[0] for c in CASES])
 def test_bad_arguments_are_einval_and_the_connection_stays_open(
-        iopfd: DaemonProc, name: str, msg: dict[str, Any]) -> None:
+    iopfd: DaemonProc, name: str, msg: dict[str, Any]
+) -> None:
     with iopfd.client(client="neighbour") as neighbour, iopfd.client() as c:
         rid = c.new_id()
         c.send({**msg, "id": rid})

@@ -16,18 +16,30 @@ from iopfd_rawclient import RawClient, frame
 
 from iopfd.protocol.models import OP_MODELS
 
-INTS = st.one_of(st.integers(0, 16), st.integers(-(2**63), 2**64 - 1),
-                 st.sampled_from([4096, 0x10_0000, 2**32 - 1, 2**32, 2**64 - 4096]))
-SCALARS = st.one_of(INTS, st.booleans(), st.none(), st.text(max_size=16),
-                    st.sampled_from(["0000:3a:00.0", "0000:5b:00.0", "fault", "vtd_s1"]))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=8)
+INTS = st.one_of(
+    st.integers(0, 16),
+    st.integers(-(2**63), 2**64 - 1),
+    st.sampled_from([4096, 0x10_0000, 2**32 - 1, 2**32, 2**64 - 4096]),
+)
+SCALARS = st.one_of(
+    INTS,
+    st.booleans(),
+    st.none(),
+    st.text(max_size=16),
+    st.sampled_from(["0000:3a:00.0", "0000:5b:00.0", "fault", "vtd_s1"]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
 # Keys of real arguments most of the time, so that requests get past validation.
-KEYS = st.sampled_from(sorted({k for m in OP_MODELS.values() for k in m.model_fields}
-                              | {"bogus"}))
-REQUEST = st.tuples(st.sampled_from(sorted(set(OP_MODELS) - {"hello"})),
-                    st.dictionaries(KEYS, VALUES, max_size=6))
+KEYS = st.sampled_from(sorted({k for m in OP_MODELS.values() for k in m.model_fields} | {"bogus"}))
+REQUEST = st.tuples(
+    st.sampled_from(sorted(set(OP_MODELS) - {"hello"})), st.dictionaries(KEYS, VALUES, max_size=6)
+)
 
 
 RELEASE_ID_BASE = 1 << 20
@@ -52,15 +64,19 @@ def _wait_releasing(c: RawClient, rid: int) -> dict[str, Any]:
             c.replies[msg.get("id")] = msg
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(requests=st.lists(REQUEST, min_size=1, max_size=12))
 def test_random_requests_are_answered_without_internal_errors(
-        daemon: DaemonProc, requests: list[tuple[str, dict[str, Any]]]) -> None:
+    daemon: DaemonProc, requests: list[tuple[str, dict[str, Any]]]
+) -> None:
     with RawClient(daemon.socket, client="fuzz") as c:
-        data = b"".join(frame({**args, "op": op, "id": i})
-                        for i, (op, args) in enumerate(requests, start=1))
+        data = b"".join(
+            frame({**args, "op": op, "id": i}) for i, (op, args) in enumerate(requests, start=1)
+        )
         c.send_raw(data)
         for i, (op, _) in enumerate(requests, start=1):
             if op == "dma":

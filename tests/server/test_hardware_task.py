@@ -37,7 +37,8 @@ class ClockedCore:
 
 
 async def test_hardware_task_sleeps_until_the_deadline_without_spinning(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     core = ClockedCore()
     daemon = Daemon(Config(), core)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
@@ -46,7 +47,7 @@ async def test_hardware_task_sleeps_until_the_deadline_without_spinning(
         assert core.serviced == []  # nothing due, nothing runs
         start = now_ns()
         core.deadlines.append(start + 200_000_000)  # 200 ms ahead
-        daemon.after_call(start)                     # a request scheduled it: wake
+        daemon.after_call(start)  # a request scheduled it: wake
         await trio.testing.wait_all_tasks_blocked()
         # Woken once to learn the deadline (our call, then the task's), then asleep.
         assert core.serviced == [start, start]
@@ -63,7 +64,8 @@ async def test_hardware_task_sleeps_until_the_deadline_without_spinning(
 
 
 async def test_an_earlier_deadline_wakes_the_sleeping_hardware_task(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     core = ClockedCore()
     daemon = Daemon(Config(), core)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
@@ -82,7 +84,8 @@ async def test_an_earlier_deadline_wakes_the_sleeping_hardware_task(
 
 
 async def test_a_later_deadline_does_not_wake_the_hardware_task(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     core = ClockedCore()
     daemon = Daemon(Config(), core)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:

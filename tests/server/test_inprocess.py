@@ -41,7 +41,8 @@ def test_the_daemon_has_one_handler_per_op_of_the_contract() -> None:
 
 
 async def test_a_silent_connection_is_closed_with_eproto_at_the_hello_timeout(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running(hello_timeout_s=7.5) as daemon:
         start = trio.current_time()
         c = await connect(daemon, hello=False)
@@ -53,7 +54,8 @@ async def test_a_silent_connection_is_closed_with_eproto_at_the_hello_timeout(
 
 
 async def test_a_hello_in_time_lifts_the_hello_timeout(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running(hello_timeout_s=5.0) as daemon:
         c = await connect(daemon, hello=False)
         await trio.sleep(4.9)  # virtual: the deadline is still ahead
@@ -64,7 +66,8 @@ async def test_a_hello_in_time_lifts_the_hello_timeout(
 
 
 async def test_a_request_before_hello_is_eproto_and_closes(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         c = await connect(daemon, hello=False)
         await c.send(encode_frame({"op": "devices", "id": 11}))
@@ -73,7 +76,8 @@ async def test_a_request_before_hello_is_eproto_and_closes(
 
 
 async def test_admin_ops_are_eperm_for_a_peer_outside_the_admin_group(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         root = await connect(daemon)
         assert (await root.call("status"))["clients"] == 1
@@ -84,7 +88,8 @@ async def test_admin_ops_are_eperm_for_a_peer_outside_the_admin_group(
 
 
 async def test_a_framing_violation_is_eproto_closes_and_releases_the_device(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         c = await connect(daemon)
         await c.call("bind", rid=ACCEL0)
@@ -95,12 +100,14 @@ async def test_a_framing_violation_is_eproto_closes_and_releases_the_device(
 
 
 async def test_connections_beyond_max_connections_get_enospc_and_are_closed(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running(max_connections=1) as daemon:
         first = await connect(daemon)
         refused = await connect(daemon, hello=False)
         assert [(r.id, r.code, r.message) for r in await refused.until_closed()] == [
-            (None, "ENOSPC", "too many connections")]
+            (None, "ENOSPC", "too many connections")
+        ]
         assert daemon.counters["connections_refused"] == 1
         assert (await first.call("devices"))["devices"]
 
@@ -109,34 +116,58 @@ async def test_connections_beyond_max_connections_get_enospc_and_are_closed(
 
 
 async def test_a_dma_id_in_flight_cannot_be_reused_and_dmas_in_flight_are_capped(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running(max_dma_inflight=2) as daemon:
         c = await connect(daemon)
         dev, _ioas, fault = await _fault_path(c)
         first = await c.send_request("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ)
-        await c.send(encode_frame({"op": "dma", "id": first, "dev_id": dev, "iova": IOVA,
-                                   "length": 4096, "perm": READ}))
+        await c.send(
+            encode_frame(
+                {
+                    "op": "dma",
+                    "id": first,
+                    "dev_id": dev,
+                    "iova": IOVA,
+                    "length": 4096,
+                    "perm": READ,
+                }
+            )
+        )
         assert (await c.reply(first)).code == "EINVAL"  # the duplicate's answer
         await c.send_request("dma", dev_id=dev, iova=IOVA + 0x1000, length=4096, perm=READ)
         assert await c.error("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ) == "ENOSPC"
         cookies = [(await c.event("fault")).body["cookie"] for _ in range(2)]
-        await c.call("page_response", fault_id=fault,
-                     responses=[{"cookie": k, "code": INVALID} for k in cookies])
+        await c.call(
+            "page_response",
+            fault_id=fault,
+            responses=[{"cookie": k, "code": INVALID} for k in cookies],
+        )
         assert (await c.reply(first)).result["status"] == "invalid"
         # Answered: the id is free again.
-        await c.send(encode_frame({"op": "dma", "id": first, "dev_id": dev, "iova": IOVA,
-                                   "length": 4096, "perm": READ}))
+        await c.send(
+            encode_frame(
+                {
+                    "op": "dma",
+                    "id": first,
+                    "dev_id": dev,
+                    "iova": IOVA,
+                    "length": 4096,
+                    "perm": READ,
+                }
+            )
+        )
         await c.event("fault")
         assert first in daemon.connections[1].session.deferred
 
 
 async def test_a_dma_refused_by_the_core_frees_its_id_for_the_next_request_of_the_read(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         c = await connect(daemon)
         dev, _ioas, _fault = await _fault_path(c)
-        bad = {"op": "dma", "id": 77, "dev_id": 999, "iova": IOVA, "length": 4096,
-               "perm": READ}
+        bad = {"op": "dma", "id": 77, "dev_id": 999, "iova": IOVA, "length": 4096, "perm": READ}
         good = dict(bad, dev_id=dev)
         await c.send(encode_frame(bad), encode_frame(good))  # one read
         assert (await c.reply(77)).code == "ENOENT"
@@ -148,7 +179,8 @@ async def test_a_dma_refused_by_the_core_frees_its_id_for_the_next_request_of_th
 
 
 async def test_a_read_of_many_requests_services_the_core_once_and_is_answered_in_one_write(
-        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with running() as daemon:
         c = await connect(daemon)
         await c.call("ioas_alloc")
@@ -170,7 +202,8 @@ async def test_a_read_of_many_requests_services_the_core_once_and_is_answered_in
 
 
 async def test_an_observing_op_sees_the_batch_before_it_serviced(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         c = await connect(daemon)
         dev, _ioas, fault = await _fault_path(c)
@@ -182,7 +215,8 @@ async def test_an_observing_op_sees_the_batch_before_it_serviced(
 
 
 async def test_the_reader_answers_a_read_with_one_write_of_its_own_on_a_socket(
-        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with running() as daemon:
         c = await connect(daemon, pair=socket_pair)
         (conn,) = daemon.connections.values()
@@ -208,7 +242,8 @@ async def test_the_reader_answers_a_read_with_one_write_of_its_own_on_a_socket(
 
 
 async def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running(max_frame=65536, max_outbuf=131072) as daemon:
         c = await connect(daemon, pair=trio.testing.lockstep_stream_pair)
         frame = c.frame("topology")[1]
@@ -223,7 +258,8 @@ async def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(
 
 
 async def test_an_exception_in_a_handler_costs_that_request_only(
-        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def boom(*_args: object) -> dict[str, object]:
         raise RuntimeError("bug")
 
@@ -240,7 +276,8 @@ async def test_an_exception_in_a_handler_costs_that_request_only(
 
 
 async def test_retries_after_success_wake_the_hardware_task_at_their_back_off_deadlines(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A SUCCESS answer without a mapping: the function retries at once, then after
     ``retry_backoff_ns`` (20 us), 40 us, 80 us (PCIe PRI retry with back-off); no request
     wakes the daemon meanwhile, the hardware task does, at ``core.next_deadline()``."""
@@ -251,16 +288,17 @@ async def test_retries_after_success_wake_the_hardware_task_at_their_back_off_de
         cookie = (await c.event("fault")).body["cookie"]
         waits = []
         for _ in range(4):
-            await c.call("page_response", fault_id=fault,
-                         responses=[{"cookie": cookie, "code": SUCCESS}])
+            await c.call(
+                "page_response", fault_id=fault, responses=[{"cookie": cookie, "code": SUCCESS}]
+            )
             answered = now_ns()
             deadline = daemon.core.next_deadline()
             cookie = (await c.event("fault")).body["cookie"]
-            waits.append((None if deadline is None else deadline - answered,
-                          now_ns() - answered))
+            waits.append((None if deadline is None else deadline - answered, now_ns() - answered))
         assert waits == [(None, 0), (20_000, 20_000), (40_000, 40_000), (80_000, 80_000)]
-        await c.call("page_response", fault_id=fault,
-                     responses=[{"cookie": cookie, "code": INVALID}])
+        await c.call(
+            "page_response", fault_id=fault, responses=[{"cookie": cookie, "code": INVALID}]
+        )
         assert (await c.reply(rid)).result["status"] == "invalid"
         assert identity_holds(daemon)
 
@@ -269,7 +307,8 @@ async def test_retries_after_success_wake_the_hardware_task_at_their_back_off_de
 
 
 async def test_unplug_forces_the_removal_when_the_grace_period_ends(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         vmm = await connect(daemon, name="vmm")
         admin = await connect(daemon, name="admin")
@@ -282,12 +321,12 @@ async def test_unplug_forces_the_removal_when_the_grace_period_ends(
         assert reply.result == {"forced": True}
         assert trio.current_time() - start == pytest.approx(5.0)
         assert daemon.core.status_counters()["forced_unplugs"] == 1
-        assert await vmm.error("dma", dev_id=dev, iova=IOVA, length=4096,
-                               perm=READ) == "ENODEV"
+        assert await vmm.error("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ) == "ENODEV"
 
 
 async def test_unplug_replies_as_soon_as_the_owner_unbinds(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         vmm = await connect(daemon, name="vmm")
         admin = await connect(daemon, name="admin")
@@ -302,7 +341,8 @@ async def test_unplug_replies_as_soon_as_the_owner_unbinds(
 
 
 async def test_an_unplug_id_in_flight_cannot_be_reused(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         vmm = await connect(daemon, name="vmm")
         admin = await connect(daemon, name="admin")
@@ -319,7 +359,8 @@ async def test_an_unplug_id_in_flight_cannot_be_reused(
 
 
 async def test_a_disconnect_answers_the_pending_groups_and_frees_the_device(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running() as daemon:
         c = await connect(daemon)
         dev, _ioas, _fault = await _fault_path(c)

@@ -20,15 +20,15 @@ def _pending_of(admin: RawClient, fault_id: int) -> list[dict[str, object]]:
 
 
 def test_disconnect_with_pending_groups_answers_them_and_frees_the_device(
-        iopfd: DaemonProc) -> None:
+    iopfd: DaemonProc,
+) -> None:
     with iopfd.client(client="admin") as admin:
         c = iopfd.client(client="leaver")
         p = fault_path(c)
         c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
         fault_event(c)
         for grpid in (1, 2):
-            c.call("inject", rid=ACCEL0, addr=0x20_0000 * grpid, perm=READ, grpid=grpid,
-                   last=True)
+            c.call("inject", rid=ACCEL0, addr=0x20_0000 * grpid, perm=READ, grpid=grpid, last=True)
         assert len(_pending_of(admin, p.fault_id)) == 3
         before = admin.call("status")["counters"]
         c.close()
@@ -38,8 +38,12 @@ def test_disconnect_with_pending_groups_answers_them_and_frees_the_device(
         assert _pending_of(admin, p.fault_id) == []
         after = admin.call("status")["counters"]
         assert after["auto_responses"] - before["auto_responses"] == 3
-        assert after["groups"] == (after["responses"] + after["auto_responses"]
-                                   + after["throttled"] + len(admin.call("pending")["pending"]))
+        assert after["groups"] == (
+            after["responses"]
+            + after["auto_responses"]
+            + after["throttled"]
+            + len(admin.call("pending")["pending"])
+        )
         admin.call("bind", rid=ACCEL0)  # released with the connection
 
 
@@ -75,8 +79,9 @@ def test_sigterm_answers_pending_groups_removes_the_socket_and_exits_0(tmp_path:
     counters = stopped[0]["counters"]
     assert counters["pending"] == 0
     assert counters["groups"] >= 2
-    assert counters["groups"] == (counters["responses"] + counters["auto_responses"]
-                                  + counters["throttled"])
+    assert counters["groups"] == (
+        counters["responses"] + counters["auto_responses"] + counters["throttled"]
+    )
 
 
 def test_sigint_also_shuts_down_cleanly(tmp_path: Path) -> None:
@@ -100,8 +105,10 @@ def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(tmp_path: Path) 
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 slow.sock.sendall(burst)
             deadline = time.monotonic() + 10
-            while (admin.call("status")["counters"].get("daemon_outbuf_overflows", 0) == 0
-                   and time.monotonic() < deadline):
+            while (
+                admin.call("status")["counters"].get("daemon_outbuf_overflows", 0) == 0
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.02)
             assert admin.call("status")["counters"]["daemon_outbuf_overflows"] == 1
             assert _pending_of(admin, p.fault_id) == []
@@ -114,19 +121,22 @@ def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(tmp_path: Path) 
         finish(d)
 
 
-def test_dma_in_flight_and_objects_per_connection_are_capped_with_enospc(
-        tmp_path: Path) -> None:
+def test_dma_in_flight_and_objects_per_connection_are_capped_with_enospc(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, "[limits]\nmax_dma_inflight = 2\nmax_objects = 6\n")
     try:
         with d.client() as c:
             p = fault_path(c)
-            ids = [c.start("dma", dev_id=p.dev_id, iova=IOVA + 0x1000 * i, length=4096,
-                           perm=READ) for i in range(2)]
-            assert c.error("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ) == \
-                "ENOSPC"
+            ids = [
+                c.start("dma", dev_id=p.dev_id, iova=IOVA + 0x1000 * i, length=4096, perm=READ)
+                for i in range(2)
+            ]
+            assert c.error("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ) == "ENOSPC"
             cookies = [fault_event(c)["cookie"] for _ in range(2)]
-            c.call("page_response", fault_id=p.fault_id,
-                   responses=[{"cookie": k, "code": 1} for k in cookies])
+            c.call(
+                "page_response",
+                fault_id=p.fault_id,
+                responses=[{"cookie": k, "code": 1} for k in cookies],
+            )
             assert {c.wait_reply(i)["result"]["status"] for i in ids} == {"invalid"}
             c.start("dma", dev_id=p.dev_id, iova=IOVA, length=4096, perm=READ)
             fault_event(c)
@@ -156,14 +166,16 @@ pasid_bits = 8
 def test_topology_from_a_file_or_inline_replaces_the_default(tmp_path: Path) -> None:
     (tmp_path / "topo.toml").write_text(SMALL_TOPOLOGY)
     inline = SMALL_TOPOLOGY.replace("[[iommu]]", "[[topology.iommu]]").replace(
-        "[[function]]", "[[topology.function]]")
+        "[[function]]", "[[topology.function]]"
+    )
     for config in ('topology_file = "topo.toml"\n', inline):
         d = start_daemon(tmp_path, config)
         try:
             with d.client() as c:
                 rows = c.call("devices")["devices"]
                 assert [(r["rid"], r["iommu"], r["pasid_bits"]) for r in rows] == [
-                    ("0000:10:00.0", "dmar9", 8)]
+                    ("0000:10:00.0", "dmar9", 8)
+                ]
         finally:
             finish(d)
 
@@ -171,16 +183,24 @@ def test_topology_from_a_file_or_inline_replaces_the_default(tmp_path: Path) -> 
 def test_a_bad_topology_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[topology.function]]\nrid = "zz"\n')
-    proc = subprocess.run([*iopfd_command(), "--config", str(cfg), "--socket",
-                           str(tmp_path / "s.sock")], capture_output=True, timeout=30,
-                          check=False)
+    proc = subprocess.run(
+        [*iopfd_command(), "--config", str(cfg), "--socket", str(tmp_path / "s.sock")],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
 
 
 def test_a_second_daemon_refuses_a_live_socket_and_the_first_keeps_serving(
-        iopfd: DaemonProc) -> None:
-    proc = subprocess.run([*iopfd_command(), "--socket", iopfd.socket, "--log-format", "json"],
-                          capture_output=True, timeout=30, check=False)
+    iopfd: DaemonProc,
+) -> None:
+    proc = subprocess.run(
+        [*iopfd_command(), "--socket", iopfd.socket, "--log-format", "json"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 1
     assert b"another daemon" in proc.stderr
     with iopfd.client() as c:
@@ -204,9 +224,12 @@ def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:
 def test_a_bad_config_exits_2_with_the_reason(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[limits]\nmax_pendng = 3\n")
-    proc = subprocess.run([*iopfd_command(), "--config", str(cfg), "--socket",
-                           str(tmp_path / "s.sock")], capture_output=True, timeout=30,
-                          check=False)
+    proc = subprocess.run(
+        [*iopfd_command(), "--config", str(cfg), "--socket", str(tmp_path / "s.sock")],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 2
     assert b"max_pendng" in proc.stderr
 
@@ -226,11 +249,7 @@ def test_logs_are_json_lines_with_the_connection_bound(tmp_path: Path) -> None:
     assert {"conn", "peer_pid", "peer_uid"} <= bind.keys()
 
 
-
-
-
-def test_a_result_larger_than_max_frame_is_enospc_and_the_session_goes_on(
-        tmp_path: Path) -> None:
+def test_a_result_larger_than_max_frame_is_enospc_and_the_session_goes_on(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, "[limits]\nmax_frame = 65536\n")
     try:
         with d.client() as c:
@@ -258,8 +277,7 @@ def test_a_connection_that_never_says_hello_is_closed_with_eproto(tmp_path: Path
         finish(d)
 
 
-def test_connections_beyond_max_connections_get_enospc_and_are_closed(
-        tmp_path: Path) -> None:
+def test_connections_beyond_max_connections_get_enospc_and_are_closed(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, "[limits]\nmax_connections = 2\n")
     try:
         first = d.client(client="one")

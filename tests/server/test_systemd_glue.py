@@ -12,15 +12,17 @@ from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
 
 
 def test_listen_fds_ignores_variables_meant_for_another_pid(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
     monkeypatch.setenv("LISTEN_FDS", "1")
     assert listen_fds() == []
     assert "LISTEN_PID" not in os.environ and "LISTEN_FDS" not in os.environ
 
 
-def test_listen_fds_takes_fd_3_when_meant_for_us(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_listen_fds_takes_fd_3_when_meant_for_us(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp_path / "s"))
     listener.listen()
@@ -63,7 +65,8 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
 def test_notifier_sends_one_datagram_of_newline_separated_assignments(
-        tmp_path: Path, abstract: bool) -> None:
+    tmp_path: Path, abstract: bool
+) -> None:
     sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     if abstract:
         name = f"iopfd-test-{os.getpid()}-{id(sink)}"
@@ -81,8 +84,7 @@ def test_notifier_sends_one_datagram_of_newline_separated_assignments(
     sink.close()
 
 
-def test_notifier_without_notify_socket_is_a_no_op(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notifier_without_notify_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     n = Notifier()
     assert not n.enabled

@@ -28,20 +28,31 @@ def test_units_pass_systemd_analyze_verify_without_a_warning(tmp_path: Path) -> 
     assert "ExecStart=/usr/local/bin/iopfd " in service
     # verify checks that ExecStart exists: point it at this checkout's iopfd.
     (tmp_path / "iopfd.service").write_text(
-        service.replace("ExecStart=/usr/local/bin/iopfd ", f"ExecStart={exe} "))
+        service.replace("ExecStart=/usr/local/bin/iopfd ", f"ExecStart={exe} ")
+    )
     shutil.copy(UNITS / "iopfd.socket", tmp_path / "iopfd.socket")
     proc = subprocess.run(
         [tool, "verify", str(tmp_path / "iopfd.socket"), str(tmp_path / "iopfd.service")],
-        capture_output=True, text=True, timeout=60, check=False)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", proc.stderr
 
 
 def test_service_unit_has_the_settings_the_daemon_relies_on() -> None:
     service = (UNITS / "iopfd.service").read_text()
-    for line in ("Type=notify", "RuntimeDirectory=iopfd", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "RestrictAddressFamilies=AF_UNIX",
-                 "MemoryDenyWriteExecute=yes", "SystemCallFilter=@system-service"):
+    for line in (
+        "Type=notify",
+        "RuntimeDirectory=iopfd",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RestrictAddressFamilies=AF_UNIX",
+        "MemoryDenyWriteExecute=yes",
+        "SystemCallFilter=@system-service",
+    ):
         assert line in service.splitlines(), line
     assert any(line.startswith("WatchdogSec=") for line in service.splitlines())
     sock = (UNITS / "iopfd.socket").read_text().splitlines()
@@ -69,18 +80,27 @@ def test_socket_activated_daemon_notifies_ready_watchdog_and_stopping(tmp_path: 
     notify_path = str(tmp_path / "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
-    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "LISTEN_FDS": "1",
-           "LISTEN_FDNAMES": "iopfd.socket", "WATCHDOG_USEC": "200000"}
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": notify_path,
+        "LISTEN_FDS": "1",
+        "LISTEN_FDNAMES": "iopfd.socket",
+        "WATCHDOG_USEC": "200000",
+    }
     log_path = tmp_path / "iopfd.log"
     cmd = " ".join(iopfd_command())
     fd = listener.fileno()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             # exec keeps the pid, so that LISTEN_PID names the daemon itself.
-            ["sh", "-c", f'LISTEN_PID=$$ WATCHDOG_PID=$$ exec {cmd} --log-format json'],
-            env=env, pass_fds=(3,),
+            ["sh", "-c", f"LISTEN_PID=$$ WATCHDOG_PID=$$ exec {cmd} --log-format json"],
+            env=env,
+            pass_fds=(3,),
             preexec_fn=lambda: os.dup2(fd, 3),  # noqa: PLW1509 - no threads in this test
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
     try:
         msgs = _recv_all(notify, "READY=1", 15)
         ready = next(m for m in msgs if "READY=1" in m)
@@ -103,5 +123,6 @@ def test_socket_activated_daemon_notifies_ready_watchdog_and_stopping(tmp_path: 
             proc.wait()
         listener.close()
         notify.close()
-    assert not any("socket=" in line and "listening" in line
-                   for line in log_path.read_text().splitlines())
+    assert not any(
+        "socket=" in line and "listening" in line for line in log_path.read_text().splitlines()
+    )

@@ -58,8 +58,15 @@ class CacheTag:
     __slots__ = ("did", "key", "pasid", "pfsid", "sid", "type", "unit", "users")
 
     def __init__(  # noqa: PLR0917
-        self, key: TagKey, ttype: TagType, unit: IommuUnit, did: int,
-                 pasid: int | None, sid: int, pfsid: int) -> None:
+        self,
+        key: TagKey,
+        ttype: TagType,
+        unit: IommuUnit,
+        did: int,
+        pasid: int | None,
+        sid: int,
+        pfsid: int,
+    ) -> None:
         self.key = key
         self.type = ttype
         self.unit = unit
@@ -70,9 +77,14 @@ class CacheTag:
         self.users = 1
 
     def describe(self) -> dict[str, object]:
-        return {"type": self.type.name, "iommu": self.unit.name, "did": self.did,
-                "pasid": self.pasid, "sid": self.sid if self.sid >= 0 else None,
-                "users": self.users}
+        return {
+            "type": self.type.name,
+            "iommu": self.unit.name,
+            "did": self.did,
+            "pasid": self.pasid,
+            "sid": self.sid if self.sid >= 0 else None,
+            "users": self.users,
+        }
 
 
 class CacheTagList:
@@ -85,8 +97,15 @@ class CacheTagList:
         self._by_key: dict[TagKey, CacheTag] = {}
 
     def assign(  # noqa: PLR0917
-        self, ttype: TagType, unit: IommuUnit, unit_index: int, did: int,
-               pasid: int | None, sid: int = -1, pfsid: int = 0) -> TagKey:
+        self,
+        ttype: TagType,
+        unit: IommuUnit,
+        unit_index: int,
+        did: int,
+        pasid: int | None,
+        sid: int = -1,
+        pfsid: int = 0,
+    ) -> TagKey:
         """Add a tag or take one more user of an equal one; returns its key."""
         if ttype in (TagType.IOTLB, TagType.NESTING_IOTLB):
             sid = -1  # the IOTLB lives in the unit: devices sharing DID and PASID collapse
@@ -153,8 +172,9 @@ class FlushPlan:
         else:
             self.devtlb += 1
 
-    def add_domain_range(self, tags: CacheTagList, *, first_stage: bool,
-                         start: int | None, end: int | None) -> None:
+    def add_domain_range(
+        self, tags: CacheTagList, *, first_stage: bool, start: int | None, end: int | None
+    ) -> None:
         """``cache_tag_flush_range`` (or ``_flush_all`` when start is None)."""
         if start is None or end is None:
             mask = 64
@@ -167,54 +187,74 @@ class FlushPlan:
                 pasid = RID_PASID if tag.pasid is None else tag.pasid
                 if mask > MAMV:
                     desc: InvDescriptor = PasidIotlbInvDescriptor(
-                        granularity=PIOTLB_G_PASID, did=tag.did, pasid=pasid)
+                        granularity=PIOTLB_G_PASID, did=tag.did, pasid=pasid
+                    )
                 else:
                     desc = PasidIotlbInvDescriptor(
-                        granularity=PIOTLB_G_PSI, did=tag.did, pasid=pasid, addr=addr, am=mask)
+                        granularity=PIOTLB_G_PSI, did=tag.did, pasid=pasid, addr=addr, am=mask
+                    )
                 self._add(tag.unit, desc, True)
             elif ttype is TagType.IOTLB or ttype is TagType.NESTING_IOTLB:
                 if mask > MAMV:
                     desc = IotlbInvDescriptor(granularity=IOTLB_G_DSI, did=tag.did)
                 else:
-                    desc = IotlbInvDescriptor(granularity=IOTLB_G_PSI, did=tag.did,
-                                              addr=addr, am=mask)
+                    desc = IotlbInvDescriptor(
+                        granularity=IOTLB_G_PSI, did=tag.did, addr=addr, am=mask
+                    )
                 self._add(tag.unit, desc, True)
             else:
                 # NESTING_DEVTLB: an S2 change cannot be mapped to the nested
                 # translations it affects, so the whole device TLB goes.
                 whole = ttype is TagType.NESTING_DEVTLB or mask >= DEVTLB_MASK_ALL
-                self._add(tag.unit, devtlb_descriptor(
-                    tag.sid, tag.pfsid, tag.pasid, 0 if whole else addr,
-                    DEVTLB_MASK_ALL if whole else mask), False)
+                self._add(
+                    tag.unit,
+                    devtlb_descriptor(
+                        tag.sid,
+                        tag.pfsid,
+                        tag.pasid,
+                        0 if whole else addr,
+                        DEVTLB_MASK_ALL if whole else mask,
+                    ),
+                    False,
+                )
 
 
 def assign_tags(  # noqa: PLR0917 - the tag's fields
-    domain: DmarDomain, unit: IommuUnit, unit_index: int, did: int, pasid: int | None,
-    sid: int, pfsid: int, *, ats: bool,
+    domain: DmarDomain,
+    unit: IommuUnit,
+    unit_index: int,
+    did: int,
+    pasid: int | None,
+    sid: int,
+    pfsid: int,
+    *,
+    ats: bool,
 ) -> list[tuple[CacheTagList, TagKey]]:
     """``cache_tag_assign_domain``: IOTLB (+ DEVTLB with ATS) on the domain; a nested
     domain also puts NESTING_* tags with its own DID on its parent (seed 002)."""
     tags = domain.tags
     keys = [(tags, tags.assign(TagType.IOTLB, unit, unit_index, did, pasid))]
     if ats:
-        keys.append((tags, tags.assign(TagType.DEVTLB, unit, unit_index, did, pasid,
-                                       sid, pfsid)))
+        keys.append((tags, tags.assign(TagType.DEVTLB, unit, unit_index, did, pasid, sid, pfsid)))
     parent = domain.parent
     if parent is not None:
         ptags = parent.tags
-        keys.append((ptags, ptags.assign(TagType.NESTING_IOTLB, unit, unit_index, did,
-                                         pasid)))
+        keys.append((ptags, ptags.assign(TagType.NESTING_IOTLB, unit, unit_index, did, pasid)))
         if ats:
-            keys.append((ptags, ptags.assign(TagType.NESTING_DEVTLB, unit, unit_index, did,
-                                             pasid, sid, pfsid)))
+            keys.append(
+                (
+                    ptags,
+                    ptags.assign(TagType.NESTING_DEVTLB, unit, unit_index, did, pasid, sid, pfsid),
+                )
+            )
     return keys
 
 
-def devtlb_descriptor(sid: int, pfsid: int, pasid: int | None, addr: int,
-                      mask: int) -> InvDescriptor:
+def devtlb_descriptor(
+    sid: int, pfsid: int, pasid: int | None, addr: int, mask: int
+) -> InvDescriptor:
     """``qi_flush_dev_iotlb`` / ``qi_flush_dev_iotlb_pasid`` for 2^mask pages at addr."""
     enc_addr, s = dev_tlb_encode_range(addr, mask)
     if pasid is None:
         return DevTlbInvDescriptor(sid=sid, addr=enc_addr, s=s, pfsid=pfsid, qdep=0)
-    return PasidDevTlbInvDescriptor(sid=sid, pasid=pasid, addr=enc_addr, s=s, pfsid=pfsid,
-                                    qdep=0)
+    return PasidDevTlbInvDescriptor(sid=sid, pasid=pasid, addr=enc_addr, s=s, pfsid=pfsid, qdep=0)

@@ -25,13 +25,13 @@ QI_DONE = 1
 QI_STATUS_ADDR = 0x1000  # the driver's status word; the model writes STATUS DATA there
 
 WAIT_SYNC = InvWaitDescriptor(sw=True, status_data=QI_DONE, status_addr=QI_STATUS_ADDR)
-WAIT_DRAIN = InvWaitDescriptor(sw=True, status_data=QI_DONE, status_addr=QI_STATUS_ADDR,
-                               pd=True)
+WAIT_DRAIN = InvWaitDescriptor(sw=True, status_data=QI_DONE, status_addr=QI_STATUS_ADDR, pd=True)
 WAIT_FENCE = InvWaitDescriptor(sw=False, status_data=QI_DONE, fn=True)
 
 
-def qi_submit_sync(unit: IommuUnit, descs: Sequence[InvDescriptor], counters: Counter[str],
-                   *, drain: bool = False) -> None:
+def qi_submit_sync(
+    unit: IommuUnit, descs: Sequence[InvDescriptor], counters: Counter[str], *, drain: bool = False
+) -> None:
     """Submit ``descs`` plus one wait (PD=1 with ``drain``) and return when done.
 
     An invalid descriptor (IQE) is handled as ``qi_check_fault`` does: the hardware
@@ -60,8 +60,7 @@ def _recover_iqe(unit: IommuUnit, counters: Counter[str]) -> None:
             counters["iq_errors"] += 1
 
 
-def qi_submit_flush(unit: IommuUnit, descs: Sequence[InvDescriptor],
-                    counters: Counter[str]) -> int:
+def qi_submit_flush(unit: IommuUnit, descs: Sequence[InvDescriptor], counters: Counter[str]) -> int:
     """A cache-tag flush for one unit: one submission closed by one wait (seed 002:
     the invalidations, then a wait). It is split only where the queue could not hold
     it, ``count + 2`` slots per submission as ``qi_submit_sync`` requires (the kernel
@@ -71,7 +70,7 @@ def qi_submit_flush(unit: IommuUnit, descs: Sequence[InvDescriptor],
     room = max(1, unit.iq.entries - 2)
     n = 0
     for i in range(0, len(descs), room):
-        qi_submit_sync(unit, descs[i:i + room], counters)
+        qi_submit_sync(unit, descs[i : i + room], counters)
         n += 1
     return n
 
@@ -79,14 +78,13 @@ def qi_submit_flush(unit: IommuUnit, descs: Sequence[InvDescriptor],
 _WAIT_SYNC_IMAGE = WAIT_SYNC.encode()
 
 
-def qi_submit_responses(unit: IommuUnit, images: Sequence[bytes],
-                        counters: Counter[str]) -> int:
+def qi_submit_responses(unit: IommuUnit, images: Sequence[bytes], counters: Counter[str]) -> int:
     """Page group responses already encoded (``encode_page_group_response``), in
     ``qi_batch`` chunks each closed by a wait, as ``qi_submit_batched`` would send
     them; no descriptor objects on the answer path. Returns the submissions made."""
     n = 0
     for i in range(0, len(images), QI_MAX_BATCHED_DESC_COUNT):
-        chunk = list(images[i:i + QI_MAX_BATCHED_DESC_COUNT])
+        chunk = list(images[i : i + QI_MAX_BATCHED_DESC_COUNT])
         counters["iq_descriptors_page_group_response"] += len(chunk)
         counters["iq_descriptors_wait"] += 1
         chunk.append(_WAIT_SYNC_IMAGE)
@@ -125,8 +123,14 @@ class ResponseBatch:
             self.flush()
 
     def add(  # noqa: PLR0917 - the descriptor's fields, on the hot path
-        self, unit: IommuUnit, sid: int, pasid_valid: bool, pasid: int, prgi: int,
-        code: int, last: bool = True,
+        self,
+        unit: IommuUnit,
+        sid: int,
+        pasid_valid: bool,
+        pasid: int,
+        prgi: int,
+        code: int,
+        last: bool = True,
     ) -> None:
         image = encode_page_group_response(sid, pasid_valid, pasid, code, prgi, last)
         if not self.depth:

@@ -97,7 +97,7 @@ class DeviceDomainInfo:
         self.pfsid = fn.pf.rid.sid if fn.pf is not None else self.sid
         self.ustate = ustate
         self.unit = ustate.unit
-        self.iopf_refcount = 0   # fault-capable attachments (the iopf queue's users)
+        self.iopf_refcount = 0  # fault-capable attachments (the iopf queue's users)
         self.pri_enabled = False  # ``info->pri_enabled``: the driver turned PRI on
 
     @property
@@ -141,8 +141,14 @@ class FlushStats:
 class IntelIommu:
     """The driver instance over every VT-d unit of the machine."""
 
-    def __init__(self, machine: Machine, profile: KernelProfile, iopf: IopfQueue,
-                 counters: Counter[str], sink: EventSink) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        profile: KernelProfile,
+        iopf: IopfQueue,
+        counters: Counter[str],
+        sink: EventSink,
+    ) -> None:
         self.machine = machine
         self.profile = profile
         self.iopf = iopf
@@ -206,8 +212,11 @@ class IntelIommu:
         self.counters["pri_enables"] += 1
 
     def _context_flush(self, info: DeviceDomainInfo) -> None:
-        qi_submit_sync(info.unit, (ContextCacheInvDescriptor(granularity=CC_G_DEVICE,
-                                                             sid=info.sid),), self.counters)
+        qi_submit_sync(
+            info.unit,
+            (ContextCacheInvDescriptor(granularity=CC_G_DEVICE, sid=info.sid),),
+            self.counters,
+        )
 
     # ------------------------------------------------------------------ iopf
     def enable_iopf(self, dev: Device) -> None:
@@ -269,33 +278,57 @@ class IntelIommu:
                 raise
         return did
 
-    def set_dev_pasid(self, dev: Device, pasid: int | None, domain: DmarDomain,
-                      fault_capable: bool) -> DevPasid:
+    def set_dev_pasid(
+        self, dev: Device, pasid: int | None, domain: DmarDomain, fault_capable: bool
+    ) -> DevPasid:
         """``intel_iommu_set_dev_pasid`` (``intel_iommu_attach_device`` for the RID)."""
         info = dev.info
         did = self._get_did_and_iopf(dev, domain, fault_capable)
-        keys = assign_tags(domain, info.unit, info.ustate.index, did, pasid,
-                           info.sid, info.pfsid, ats=info.fn.ats_enabled)
+        keys = assign_tags(
+            domain,
+            info.unit,
+            info.ustate.index,
+            did,
+            pasid,
+            info.sid,
+            info.pfsid,
+            ats=info.fn.ats_enabled,
+        )
         pasid_setup(info.unit, info.sid, pasid, domain, did)
         return DevPasid(did, _pgtt(domain), keys, fault_capable)
 
-    def replace_dev_pasid(self, dev: Device, pasid: int | None, domain: DmarDomain, *,
-                          fault_capable: bool, old: AttachHandle, now: int) -> DevPasid:
+    def replace_dev_pasid(
+        self,
+        dev: Device,
+        pasid: int | None,
+        domain: DmarDomain,
+        *,
+        fault_capable: bool,
+        old: AttachHandle,
+        now: int,
+    ) -> DevPasid:
         """``intel_pasid_replace_*``: the entry switches in place, the old DID's cached
         translations are flushed; requests posted before the switch reach the PRQ now
         and are reported at once, finding the new attachment as the kernel's lookup at
         report time does. Then the old attachment's DID, tags and iopf reference go."""
         info = dev.info
         did = self._get_did_and_iopf(dev, domain, fault_capable)
-        keys = assign_tags(domain, info.unit, info.ustate.index, did, pasid,
-                           info.sid, info.pfsid, ats=info.fn.ats_enabled)
+        keys = assign_tags(
+            domain,
+            info.unit,
+            info.ustate.index,
+            did,
+            pasid,
+            info.sid,
+            info.pfsid,
+            ats=info.fn.ats_enabled,
+        )
         pasid_replace(info, pasid, domain, did, old.drv.did, old.drv.pgtt, self.counters)
         drain_pasid_prq(self, dev, pasid, old.drv.did, now)
         self._release(dev, old)
         return DevPasid(did, _pgtt(domain), keys, fault_capable)
 
-    def remove_dev_pasid(self, dev: Device, pasid: int | None, old: AttachHandle,
-                         now: int) -> None:
+    def remove_dev_pasid(self, dev: Device, pasid: int | None, old: AttachHandle, now: int) -> None:
         """``intel_pasid_tear_down_entry`` then the drain (vtd-hw.md 4.2): clear Present,
         invalidate PASID cache, IOTLB and device TLB, drain (every request the function
         had posted is reported, finding no attachment), clear the entry; then the DID,
@@ -320,26 +353,39 @@ class IntelIommu:
         """``intel_iommu_hw_info`` for ``IOMMU_GET_HW_INFO``: the unit's CAP and ECAP
         registers as this emulation implements them (VT-d spec 11.4.2, 11.4.3)."""
         spec = dev.info.unit.spec
-        cap = (6                      # ND: 2^16 domain IDs
-               | 1 << 10              # SAGAW: 4-level second-stage tables
-               | 47 << 16             # MGAW: 48-bit guest addresses
-               | 1 << 39              # PSI: page-selective invalidation
-               | 18 << 48)            # MAMV (cache.MAMV)
-        ecap = (1 << 1 | 1 << 2       # QI, DT (device TLBs)
-                | 1 << 6              # PT
-                | (1 << 26 if spec.nest else 0)
-                | (1 << 29 if spec.prs else 0)
-                | ((spec.pasid_bits - 1) << 35 if spec.pasid_bits else 0))
-        ecap |= ((1 << 40 if spec.pasid_bits else 0)
-                 | 1 << 41            # DIT: the PF's SID in device-TLB invalidations
-                 | (1 << 42 if spec.pds else 0)
-                 | 1 << 43            # SMTS: scalable mode
-                 | 1 << 46 | 1 << 47)  # SLTS, FLTS
+        cap = (
+            6  # ND: 2^16 domain IDs
+            | 1 << 10  # SAGAW: 4-level second-stage tables
+            | 47 << 16  # MGAW: 48-bit guest addresses
+            | 1 << 39  # PSI: page-selective invalidation
+            | 18 << 48
+        )  # MAMV (cache.MAMV)
+        ecap = (
+            1 << 1
+            | 1 << 2  # QI, DT (device TLBs)
+            | 1 << 6  # PT
+            | (1 << 26 if spec.nest else 0)
+            | (1 << 29 if spec.prs else 0)
+            | ((spec.pasid_bits - 1) << 35 if spec.pasid_bits else 0)
+        )
+        ecap |= (
+            (1 << 40 if spec.pasid_bits else 0)
+            | 1 << 41  # DIT: the PF's SID in device-TLB invalidations
+            | (1 << 42 if spec.pds else 0)
+            | 1 << 43  # SMTS: scalable mode
+            | 1 << 46
+            | 1 << 47
+        )  # SLTS, FLTS
         return {"type": "intel_vtd", "flags": 0, "cap_reg": cap, "ecap_reg": ecap}
 
     # ------------------------------------------------------------------ answers
     def page_response(  # noqa: PLR0917 - the response's fields
-        self, dev: Device, pasid_valid: bool, pasid: int, grpid: int, code: int,
+        self,
+        dev: Device,
+        pasid_valid: bool,
+        pasid: int,
+        grpid: int,
+        code: int,
         last: bool = True,
     ) -> None:
         """``intel_iommu_page_response``: a page group response with the RID, PASID (PP
@@ -349,25 +395,39 @@ class IntelIommu:
         self.batch.add(info.unit, info.sid, pasid_valid, pasid, grpid, code, last)
 
     # ------------------------------------------------------------------ invalidation
-    def flush_iotlb_range(self, domains: Iterable[DmarDomain], *, first_stage: bool,
-                          start: int | None, end: int | None, reason: str,
-                          now: int) -> None:
+    def flush_iotlb_range(
+        self,
+        domains: Iterable[DmarDomain],
+        *,
+        first_stage: bool,
+        start: int | None,
+        end: int | None,
+        reason: str,
+        now: int,
+    ) -> None:
         """``cache_tag_flush_range`` (``_flush_all`` without a range) for each domain:
         per unit, its invalidations then one wait (``qi_submit_flush``)."""
         plan = FlushPlan()
         for domain in domains:
             plan.add_domain_range(domain.tags, first_stage=first_stage, start=start, end=end)
-        stats = FlushStats(reason=reason, iotlb=plan.iotlb, devtlb=plan.devtlb,
-                           units=len(plan.per_unit))
+        stats = FlushStats(
+            reason=reason, iotlb=plan.iotlb, devtlb=plan.devtlb, units=len(plan.per_unit)
+        )
         for name, (unit, descs, _seen) in plan.per_unit.items():
             stats.waits += qi_submit_flush(unit, descs, self.counters)
             stats.per_unit[name] = len(descs)
         self.counters["flushes"] += 1
         self.last_flush = stats
         if self.sink.trace_enabled and stats.descriptors:
-            self.sink.trace("invalidation", reason=reason, iotlb=stats.iotlb,
-                            devtlb=stats.devtlb, waits=stats.waits, units=stats.units,
-                            t_ns=now)
+            self.sink.trace(
+                "invalidation",
+                reason=reason,
+                iotlb=stats.iotlb,
+                devtlb=stats.devtlb,
+                waits=stats.waits,
+                units=stats.units,
+                t_ns=now,
+            )
 
     # ------------------------------------------------------------------ interrupts
     def service(self, now: int, fired: Iterable[IommuUnit]) -> None:
@@ -411,8 +471,7 @@ class IntelIommu:
         if info.unit.spec.pds:
             descs: list[InvDescriptor] = [WAIT_FENCE]
             if dev.fn.ats_enabled:
-                descs.append(devtlb_descriptor(info.sid, info.pfsid, None, 0,
-                                               DEVTLB_MASK_ALL))
+                descs.append(devtlb_descriptor(info.sid, info.pfsid, None, 0, DEVTLB_MASK_ALL))
             qi_submit_sync(info.unit, descs, self.counters, drain=True)
             self.counters["drains"] += 1
         with self.batch:

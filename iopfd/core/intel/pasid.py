@@ -32,14 +32,14 @@ def pasid_entry_for(domain: DmarDomain, did: int) -> PasidEntry:
     return PasidEntry(present=True, did=did, pgtt=Pgtt.SECOND_STAGE, s1=None, s2=domain.s2)
 
 
-def pasid_setup(unit: IommuUnit, sid: int, pasid: int | None, domain: DmarDomain,
-                did: int) -> None:
+def pasid_setup(unit: IommuUnit, sid: int, pasid: int | None, domain: DmarDomain, did: int) -> None:
     """Install a present entry (not-present -> present needs no flush without CM)."""
     unit.set_pasid_entry(sid, pasid, pasid_entry_for(domain, did))
 
 
-def flush_descriptors(dev: DeviceDomainInfo, pasid: int | None, did: int,
-                      pgtt: Pgtt) -> list[InvDescriptor]:
+def flush_descriptors(
+    dev: DeviceDomainInfo, pasid: int | None, did: int, pgtt: Pgtt
+) -> list[InvDescriptor]:
     """PASID cache, IOTLB, device TLB: Table 28's order for a present entry that changed."""
     p = RID_PASID if pasid is None else pasid
     descs: list[InvDescriptor] = [PasidCacheInvDescriptor(granularity=PC_G_PASID, did=did, pasid=p)]
@@ -52,8 +52,9 @@ def flush_descriptors(dev: DeviceDomainInfo, pasid: int | None, did: int,
     return descs
 
 
-def pasid_clear_present(dev: DeviceDomainInfo, pasid: int | None, did: int, pgtt: Pgtt,
-                        counters: Counter[str]) -> None:
+def pasid_clear_present(
+    dev: DeviceDomainInfo, pasid: int | None, did: int, pgtt: Pgtt, counters: Counter[str]
+) -> None:
     """``intel_pasid_tear_down_entry`` up to the drain: clear P only (in-flight walks
     still see consistent fields), then PASID cache, IOTLB and device TLB."""
     dev.unit.clear_pasid_present(dev.sid, pasid)
@@ -67,8 +68,14 @@ def pasid_clear_entry(unit: IommuUnit, sid: int, pasid: int | None) -> None:
 
 
 def pasid_replace(  # noqa: PLR0917
-    dev: DeviceDomainInfo, pasid: int | None, domain: DmarDomain, did: int,
-                  old_did: int, old_pgtt: Pgtt, counters: Counter[str]) -> None:
+    dev: DeviceDomainInfo,
+    pasid: int | None,
+    domain: DmarDomain,
+    did: int,
+    old_did: int,
+    old_pgtt: Pgtt,
+    counters: Counter[str],
+) -> None:
     """``intel_pasid_replace_*``: write the new entry in place, then flush the old DID."""
     dev.unit.set_pasid_entry(dev.sid, pasid, pasid_entry_for(domain, did))
     descs = flush_descriptors(dev, pasid, old_did, old_pgtt)

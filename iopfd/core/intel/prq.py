@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 PRS_PPR = 1
 PRS_PRO = 2
-_PAGE_REQ = struct.Struct("<QQ")              # qw0, qw1 of a page request descriptor
+_PAGE_REQ = struct.Struct("<QQ")  # qw0, qw1 of a page request descriptor
 _ADDR_MASK = 0xFFFF_FFFF_FFFF_F000
-_CANONICAL_LOW = 1 << 47                    # 48-bit virtual addresses (4-level paging)
+_CANONICAL_LOW = 1 << 47  # 48-bit virtual addresses (4-level paging)
 _CANONICAL_HIGH = (1 << 64) - (1 << 47)
 #: Bound on drain rounds repeated because of PRO; each round takes the ring to empty.
 MAX_DRAIN_ROUNDS = 64
@@ -57,17 +57,18 @@ def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
         prgi = (qw1 >> 3) & 0x1FF
         addr = qw1 & _ADDR_MASK
         if (
-            _CANONICAL_LOW <= addr < _CANONICAL_HIGH     # not canonical
-            or (pm and (rd or wr))                       # privileged mode: not supported
-            or (exe and rd)                              # execute: not supported
+            _CANONICAL_LOW <= addr < _CANONICAL_HIGH  # not canonical
+            or (pm and (rd or wr))  # privileged mode: not supported
+            or (exe and rd)  # execute: not supported
         ):
-            _bad_request(drv, us, sid, pp, pasid, prgi, lpig,
-                         rd | wr << 1 | exe << 2 | pm << 3, addr, now)
+            _bad_request(
+                drv, us, sid, pp, pasid, prgi, lpig, rd | wr << 1 | exe << 2 | pm << 3, addr, now
+            )
             continue
         if lpig and not rd and not wr:
-            counters["stop_markers"] += 1                # Stop Marker: no response
+            counters["stop_markers"] += 1  # Stop Marker: no response
             continue
-        dev = devices.get(sid)                           # seed 000: one dict lookup
+        dev = devices.get(sid)  # seed 000: one dict lookup
         if dev is None:
             _bad_request(drv, us, sid, pp, pasid, prgi, lpig, 0, addr, now)
             continue
@@ -81,8 +82,9 @@ def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
     # request (auto-answered Success by the hardware): discard them, then clear PRO.
     if unit.read_prs() & PRS_PRO and prq.head == prq.tail:
         # ``iopf_queue_discard_partial``
-        dropped = sum(drv.iopf.remove_device(dev) for dev in devices.values()
-                      if dev.fault_param.n_partials)
+        dropped = sum(
+            drv.iopf.remove_device(dev) for dev in devices.values() if dev.fault_param.n_partials
+        )
         unit.write_prs_w1c(PRS_PRO)
         counters["prq_overflows"] += 1
         if drv.sink.trace_enabled:
@@ -91,8 +93,16 @@ def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
 
 
 def _bad_request(  # noqa: PLR0917 - the descriptor's fields
-    drv: IntelIommu, us: UnitState, sid: int, pp: int, pasid: int, prgi: int, lpig: int,
-    perm: int, addr: int, now: int,
+    drv: IntelIommu,
+    us: UnitState,
+    sid: int,
+    pp: int,
+    pasid: int,
+    prgi: int,
+    lpig: int,
+    perm: int,
+    addr: int,
+    now: int,
 ) -> None:
     """``handle_bad_prq_event``: a request the driver cannot service, or of a device not
     in the RID table. The last request of a group is answered INVALID; a non-last one
@@ -108,10 +118,19 @@ def _bad_request(  # noqa: PLR0917 - the descriptor's fields
     else:
         drv.counters["bad_requests_dropped"] += 1
     if drv.sink.trace_enabled:
-        drv.sink.trace("auto_response", iommu=us.unit.name, sid=sid,
-                       pasid=pasid if pp else None, grpid=prgi, code=RESP_INVALID,
-                       reason="bad_request", answered=bool(lpig), perm=perm, addr=addr,
-                       t_ns=now)
+        drv.sink.trace(
+            "auto_response",
+            iommu=us.unit.name,
+            sid=sid,
+            pasid=pasid if pp else None,
+            grpid=prgi,
+            code=RESP_INVALID,
+            reason="bad_request",
+            answered=bool(lpig),
+            perm=perm,
+            addr=addr,
+            t_ns=now,
+        )
 
 
 def _ring_holds(us: UnitState, sid: int, pasid: int | None) -> bool:
@@ -123,8 +142,7 @@ def _ring_holds(us: UnitState, sid: int, pasid: int | None) -> bool:
     return False
 
 
-def drain_pasid_prq(drv: IntelIommu, dev: Device, pasid: int | None, did: int,
-                    now: int) -> None:
+def drain_pasid_prq(drv: IntelIommu, dev: Device, pasid: int | None, did: int, now: int) -> None:
     """``intel_iommu_drain_pasid_prq`` (vtd-hw.md 4.2): when it returns, every page request
     of (device, PASID) the function had posted was taken off the PRQ and reported.
 
@@ -150,8 +168,7 @@ def drain_pasid_prq(drv: IntelIommu, dev: Device, pasid: int | None, did: int,
         if pasid is None:
             descs.append(IotlbInvDescriptor(granularity=IOTLB_G_DSI, did=did))
         else:
-            descs.append(PasidIotlbInvDescriptor(granularity=PIOTLB_G_PASID, did=did,
-                                                 pasid=p))
+            descs.append(PasidIotlbInvDescriptor(granularity=PIOTLB_G_PASID, did=did, pasid=p))
         if dev.fn.ats_enabled:
             descs.append(devtlb_descriptor(info.sid, info.pfsid, pasid, 0, DEVTLB_MASK_ALL))
         # Hardware drain: the devTLB completion is ordered behind every page request the
