@@ -7,6 +7,7 @@ Not used by the core itself. ``Env`` is a machine, a core, one context and a clo
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal, overload
 
 from hwmodel import (
     IommuUnit,
@@ -85,6 +86,28 @@ class Env:
         return out
 
     # ---- setup
+    @overload
+    def fault_hwpt(
+        self,
+        rid: str = ...,
+        pasid: int | None = ...,
+        ctx: Context | None = ...,
+        *,
+        fault: Literal[True] = ...,
+        nested: bool | None = ...,
+    ) -> tuple[int, int, int, int]: ...
+
+    @overload
+    def fault_hwpt(
+        self,
+        rid: str = ...,
+        pasid: int | None = ...,
+        ctx: Context | None = ...,
+        *,
+        fault: Literal[False],
+        nested: bool | None = ...,
+    ) -> tuple[int, int, None, int]: ...
+
     def fault_hwpt(
         self,
         rid: str = ACCEL,

@@ -322,7 +322,9 @@ def test_failed_replace_keeps_the_old_hwpt(env: Env) -> None:
 def test_6_18_keeps_pri_on_while_the_iopf_refcount_follows_fault_attachments(env: Env) -> None:
     fn = env.machine.function(ACCEL)
     info = env.core.devices[ACCEL]
-    assert fn.pri.enabled and info.info.unit.context(info.sid).pre  # from probe
+    ctx_entry = info.info.unit.context(info.sid)
+    assert ctx_entry is not None
+    assert fn.pri.enabled and ctx_entry.pre  # from probe
     dev, ioas, _fq, hwpt = env.fault_hwpt(pasid=5)
     env.ctx.attach(dev, hwpt, 6, env.now)
     plain = env.ctx.hwpt_alloc(dev, ioas, ["pasid"], None, None)
@@ -331,7 +333,8 @@ def test_6_18_keeps_pri_on_while_the_iopf_refcount_follows_fault_attachments(env
     assert info.info.iopf_refcount == 1
     env.ctx.replace(dev, plain, 6, env.now)
     assert info.info.iopf_refcount == 0
-    assert fn.pri.enabled and info.info.unit.context(info.sid).pre
+    ctx_entry = info.info.unit.context(info.sid)
+    assert ctx_entry is not None and fn.pri.enabled and ctx_entry.pre
     check_invariants(env)
 
 

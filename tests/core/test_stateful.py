@@ -49,6 +49,12 @@ NESTED_IOVA = 0x800_0000  # nested HWPTs map this window onto BASE
 ERRNOS = {"EINVAL", "ENOENT", "EBUSY", "EOPNOTSUPP", "ENODEV", "ENOSPC"}
 
 
+def _chance(data: st.DataObject, n: int) -> bool:
+    """True n times in n + 1 draws: mostly the common case, now and then the other."""
+    drawn: int = data.draw(st.integers(0, n))
+    return drawn != 0
+
+
 class CoreStateMachine(RuleBasedStateMachine):
     @initialize(kernel=st.sampled_from(["6.12", "6.18"]))
     def setup(self, kernel: str) -> None:
@@ -154,8 +160,9 @@ class CoreStateMachine(RuleBasedStateMachine):
         """Mostly a PASID the device is attached at."""
         idev = ctx.objects.get(dev)
         attached = list(idev.dev.handles) if idev is not None and hasattr(idev, "dev") else []
-        if attached and data.draw(st.integers(0, 3)):
-            return data.draw(st.sampled_from(attached))
+        if attached and _chance(data, 3):
+            pasid: int | None = data.draw(st.sampled_from(attached))
+            return pasid
         return data.draw(st.sampled_from(PASIDS))
 
     def _ioas(self, ctx: Context) -> int:
@@ -205,7 +212,7 @@ class CoreStateMachine(RuleBasedStateMachine):
         fq = None
         if fault:
             fqs = [i for i, o in ctx.objects.items() if isinstance(o, FaultQueue)]
-            fq = fqs[0] if fqs and data.draw(st.booleans()) else ctx.fault_alloc()
+            fq = fqs[0] if fqs and _chance(data, 1) else ctx.fault_alloc()
         ioas = self._ioas(ctx)
         if kind == "nested":
             parents = [
@@ -388,7 +395,7 @@ class CoreStateMachine(RuleBasedStateMachine):
     )
     def inject(self, data: st.DataObject, grpid: int, last: bool, page: int, perm: int) -> None:
         attached = [(d.name, p) for d in self.env.core.devices.values() for p in d.handles]
-        if attached and data.draw(st.integers(0, 4)):
+        if attached and _chance(data, 4):
             rid, pasid = data.draw(st.sampled_from(attached))
         else:
             rid = data.draw(st.sampled_from(RIDS))

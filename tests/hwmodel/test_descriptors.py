@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hwmodel import (
     ContextCacheInvDescriptor,
     DevTlbInvDescriptor,
+    InvDescriptor,
     InvWaitDescriptor,
     IotlbInvDescriptor,
     PageGroupResponseDescriptor,
@@ -23,7 +24,11 @@ from hwmodel import (
     dev_tlb_encode_range,
 )
 
-u = lambda bits: st.integers(0, (1 << bits) - 1)  # noqa: E731
+
+def u(bits: int) -> st.SearchStrategy[int]:
+    return st.integers(0, (1 << bits) - 1)
+
+
 page_addr = st.integers(0, (1 << 52) - 1).map(lambda p: p << 12)
 SETTINGS = settings(max_examples=150, deadline=None)
 
@@ -215,7 +220,7 @@ def test_invalidation_descriptor_round_trips_every_field_over_its_range(cls: typ
     check()
 
 
-SAMPLES: dict[type, object] = {
+SAMPLES: dict[type, InvDescriptor] = {
     ContextCacheInvDescriptor: ContextCacheInvDescriptor(3, did=7, sid=0x3A00, fm=1),
     IotlbInvDescriptor: IotlbInvDescriptor(3, did=7, addr=0x5000, am=2, ih=True),
     DevTlbInvDescriptor: DevTlbInvDescriptor(0x3A00, addr=0x5000, s=True, pfsid=0x3A00, qdep=3),
