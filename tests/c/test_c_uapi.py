@@ -8,8 +8,11 @@ must be at rest with the exactly-once identity
 ``groups == responses + auto_responses + throttled + pending``.
 
 Cases that need an op the daemon does not have yet (``fault_fd``, ``hw_info``,
-``ioas_map`` without ``iova``, ``attach`` of an IOAS) are skipped and say which; the
-capabilities are probed over the wire before the first case runs.
+``ioas_map`` without ``iova``, ``attach`` of an IOAS, and the pending ops of
+docs/uapi.md: ``ioas_iova_ranges``, ``ioas_allow_iovas``, ``ioas_copy``,
+``ioas_map_file``, ``option``) are skipped and say which; the capabilities are probed
+over the wire before the first case runs. Cases named ``standin_*`` run against a
+stand-in speaking those ops' wire shapes.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ PRELOAD = BUILD / "libiopf-preload.so"
 VMM = ROOT / "clients" / "c" / "iopf-vmm-c"
 IOPFD = Path(sys.executable).parent / "iopfd"
 SKIP_RC = 77
+PENDING_OPS = ("ioas_iova_ranges", "ioas_allow_iovas", "ioas_copy", "ioas_map_file", "option")
 CASE_TIMEOUT_S = 90
 
 pytestmark = pytest.mark.integration
@@ -209,6 +213,11 @@ def _probe(path: str) -> list[str]:
         reply = w.request("attach", dev_id=dev_id, pt_id=ioas)
         if reply.get("ok") and "hwpt_id" in (reply.get("result") or {}):
             caps.append("auto_domain")
+        # The ops docs/uapi.md lists as pending: present unless "unknown op".
+        for op in PENDING_OPS:
+            error = w.request(op).get("error") or {}
+            if not str(error.get("message", "")).startswith("unknown op"):
+                caps.append(op)
     finally:
         w.close()
     return caps
@@ -297,6 +306,9 @@ class StandIn:
         self.path = path
         self.pending = {1, 2}
         self.ours: list[socket.socket] = []
+        self.next_obj = 100
+        self.next_iova = 0x10000000
+        self.options: dict[tuple[str, int], int] = {}
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -365,6 +377,31 @@ class StandIn:
             ok = {"done": done}
         elif op == "destroy":
             ok = {}
+        elif op == "ioas_alloc":
+            self.next_obj += 1
+            ok = {"ioas_id": self.next_obj}
+        elif op in ("ioas_map", "ioas_map_file", "ioas_copy"):
+            iova = msg.get("iova", msg.get("dst_iova"))
+            if iova is None:
+                iova, self.next_iova = self.next_iova, self.next_iova + msg["length"]
+            ok = {"iova": iova}
+        elif op in ("ioas_unmap", "ioas_allow_iovas"):
+            ok = {}
+        elif op == "ioas_iova_ranges":
+            # an attached VT-d domain: 48-bit aperture around the interrupt window
+            ok = {
+                "ranges": [
+                    {"start": 0, "last": 0xFEDFFFFF},
+                    {"start": 0xFEF00000, "last": (1 << 48) - 1},
+                ],
+                "iova_alignment": 4096,
+            }
+        elif op == "option":
+            key = (msg["option"], msg.get("object_id", 0))
+            if msg["action"] == "set":
+                self.options[key] = msg["val64"]
+            default = 1 if msg["option"] == "huge_pages" else 0
+            ok = {"val64": self.options.get(key, default)}
         else:
             self.errors.append(f"unexpected op {op}")
             self._send(
@@ -399,8 +436,9 @@ def test_c_case_against_the_standin(c_build: None, tmp_path: Path, name: str) ->
         )
         assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
         assert not standin.errors, standin.errors
-        assert len(standin.ours) == 1, "the fault fd came from the stand-in's fault_fd"
-        assert standin.pending == set(), "every group answered"
+        if "fault_fd" in name:
+            assert len(standin.ours) == 1, "the fault fd came from the stand-in's fault_fd"
+            assert standin.pending == set(), "every group answered"
     finally:
         standin.close()
 

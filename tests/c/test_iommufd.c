@@ -22,7 +22,7 @@ TEST(iommufd_read_write_and_unknown_ioctls_fail_as_on_the_kernel)
 	ASSERT_ERR(EINVAL, read(fd, buf, sizeof(buf)));
 	ASSERT_ERR(EINVAL, write(fd, buf, sizeof(buf)));
 	ASSERT_ERR(ENOTTY, ioctl(fd, IOPF_IO(';', 0xff), buf));
-	ASSERT_ERR(ENOTTY, ioctl(fd, IOPF_IO(';', IOMMUFD_CMD_OPTION), buf));
+	ASSERT_ERR(ENOTTY, ioctl(fd, IOPF_IO(';', IOMMUFD_CMD_VFIO_IOAS), buf));
 	ASSERT_ERR(ENOTTY, ioctl(fd, IOPF_IO('Q', IOMMUFD_CMD_IOAS_ALLOC), buf));
 	ASSERT_ERR(ENOTTY, ioctl(fd, VFIO_DEVICE_GET_INFO, buf));
 	/* do_vfs_ioctl() answers these for any file */

@@ -99,6 +99,72 @@ struct iommu_ioas_unmap {
 };
 #define IOMMU_IOAS_UNMAP IOPF_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_UNMAP)
 
+struct iommu_iova_range {
+	iopf_aligned_u64 start;
+	iopf_aligned_u64 last;
+};
+
+struct iommu_ioas_iova_ranges {
+	uint32_t size;
+	uint32_t ioas_id;
+	uint32_t num_iovas;
+	uint32_t __reserved;
+	iopf_aligned_u64 allowed_iovas;
+	iopf_aligned_u64 out_iova_alignment;
+};
+#define IOMMU_IOAS_IOVA_RANGES IOPF_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_IOVA_RANGES)
+
+struct iommu_ioas_allow_iovas {
+	uint32_t size;
+	uint32_t ioas_id;
+	uint32_t num_iovas;
+	uint32_t __reserved;
+	iopf_aligned_u64 allowed_iovas;
+};
+#define IOMMU_IOAS_ALLOW_IOVAS IOPF_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOW_IOVAS)
+
+struct iommu_ioas_copy {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t dst_ioas_id;
+	uint32_t src_ioas_id;
+	iopf_aligned_u64 length;
+	iopf_aligned_u64 dst_iova;
+	iopf_aligned_u64 src_iova;
+};
+#define IOMMU_IOAS_COPY IOPF_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_COPY)
+
+struct iommu_ioas_map_file {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t ioas_id;
+	int32_t fd;
+	iopf_aligned_u64 start;
+	iopf_aligned_u64 length;
+	iopf_aligned_u64 iova;
+};
+#define IOMMU_IOAS_MAP_FILE IOPF_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP_FILE)
+
+enum iommufd_option {
+	IOMMU_OPTION_RLIMIT_MODE = 0,
+	IOMMU_OPTION_HUGE_PAGES = 1,
+};
+
+enum iommufd_option_ops {
+	IOMMU_OPTION_OP_SET = 0,
+	IOMMU_OPTION_OP_GET = 1,
+};
+
+struct iommu_option {
+	uint32_t size;
+	uint32_t option_id;
+	uint16_t op;
+	uint16_t __reserved;
+	uint32_t object_id;
+	iopf_aligned_u64 val64;
+};
+#define IOMMU_OPTION IOPF_IO(IOMMUFD_TYPE, IOMMUFD_CMD_OPTION)
+
 enum iommufd_hwpt_alloc_flags {
 	IOMMU_HWPT_ALLOC_NEST_PARENT = 1 << 0,
 	IOMMU_HWPT_ALLOC_DIRTY_TRACKING = 1 << 1,
@@ -427,6 +493,54 @@ IOPF_UAPI_SIZE(iommu_ioas_unmap, 24);
 IOPF_UAPI_AT(iommu_ioas_unmap, ioas_id, 4);
 IOPF_UAPI_AT(iommu_ioas_unmap, iova, 8);
 IOPF_UAPI_AT(iommu_ioas_unmap, length, 16);
+
+IOPF_ASSERT(IOMMU_IOAS_ALLOW_IOVAS == 0x3B82, "IOMMU_IOAS_ALLOW_IOVAS");
+IOPF_ASSERT(IOMMU_IOAS_COPY == 0x3B83, "IOMMU_IOAS_COPY");
+IOPF_ASSERT(IOMMU_IOAS_IOVA_RANGES == 0x3B84, "IOMMU_IOAS_IOVA_RANGES");
+IOPF_ASSERT(IOMMU_OPTION == 0x3B87, "IOMMU_OPTION");
+IOPF_ASSERT(IOMMU_IOAS_MAP_FILE == 0x3B8F, "IOMMU_IOAS_MAP_FILE");
+IOPF_ASSERT(IOMMU_OPTION_RLIMIT_MODE == 0 && IOMMU_OPTION_HUGE_PAGES == 1 &&
+	       IOMMU_OPTION_OP_SET == 0 && IOMMU_OPTION_OP_GET == 1, "enum iommufd_option(_ops)");
+
+IOPF_UAPI_SIZE(iommu_iova_range, 16);
+IOPF_UAPI_AT(iommu_iova_range, start, 0);
+IOPF_UAPI_AT(iommu_iova_range, last, 8);
+
+IOPF_UAPI_SIZE(iommu_ioas_iova_ranges, 32);
+IOPF_UAPI_AT(iommu_ioas_iova_ranges, ioas_id, 4);
+IOPF_UAPI_AT(iommu_ioas_iova_ranges, num_iovas, 8);
+IOPF_UAPI_AT(iommu_ioas_iova_ranges, __reserved, 12);
+IOPF_UAPI_AT(iommu_ioas_iova_ranges, allowed_iovas, 16);
+IOPF_UAPI_AT(iommu_ioas_iova_ranges, out_iova_alignment, 24);
+
+IOPF_UAPI_SIZE(iommu_ioas_allow_iovas, 24);
+IOPF_UAPI_AT(iommu_ioas_allow_iovas, ioas_id, 4);
+IOPF_UAPI_AT(iommu_ioas_allow_iovas, num_iovas, 8);
+IOPF_UAPI_AT(iommu_ioas_allow_iovas, __reserved, 12);
+IOPF_UAPI_AT(iommu_ioas_allow_iovas, allowed_iovas, 16);
+
+IOPF_UAPI_SIZE(iommu_ioas_copy, 40);
+IOPF_UAPI_AT(iommu_ioas_copy, flags, 4);
+IOPF_UAPI_AT(iommu_ioas_copy, dst_ioas_id, 8);
+IOPF_UAPI_AT(iommu_ioas_copy, src_ioas_id, 12);
+IOPF_UAPI_AT(iommu_ioas_copy, length, 16);
+IOPF_UAPI_AT(iommu_ioas_copy, dst_iova, 24);
+IOPF_UAPI_AT(iommu_ioas_copy, src_iova, 32);
+
+IOPF_UAPI_SIZE(iommu_ioas_map_file, 40);
+IOPF_UAPI_AT(iommu_ioas_map_file, flags, 4);
+IOPF_UAPI_AT(iommu_ioas_map_file, ioas_id, 8);
+IOPF_UAPI_AT(iommu_ioas_map_file, fd, 12);
+IOPF_UAPI_AT(iommu_ioas_map_file, start, 16);
+IOPF_UAPI_AT(iommu_ioas_map_file, length, 24);
+IOPF_UAPI_AT(iommu_ioas_map_file, iova, 32);
+
+IOPF_UAPI_SIZE(iommu_option, 24);
+IOPF_UAPI_AT(iommu_option, option_id, 4);
+IOPF_UAPI_AT(iommu_option, op, 8);
+IOPF_UAPI_AT(iommu_option, __reserved, 10);
+IOPF_UAPI_AT(iommu_option, object_id, 12);
+IOPF_UAPI_AT(iommu_option, val64, 16);
 
 IOPF_UAPI_SIZE(iommu_hwpt_vtd_s1, 24);
 IOPF_UAPI_AT(iommu_hwpt_vtd_s1, flags, 0);

@@ -27,6 +27,7 @@ struct waiter {
 	uint32_t id;
 	bool done;
 	bool want_fd;
+	bool unknown_op; /* the daemon's EINVAL "unknown op": it has no such op */
 	int err;
 	struct iopf_reply rep;
 	struct waiter *next;
@@ -128,7 +129,24 @@ int conn_call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep)
 	return conn_call_fd(c, req, rep, false);
 }
 
+static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep, bool want_fd,
+		bool *unknown_op);
+
 int conn_call_fd(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep, bool want_fd)
+{
+	return call(c, req, rep, want_fd, NULL);
+}
+
+int conn_call_pending(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep)
+{
+	bool unknown = false;
+	int rc = call(c, req, rep, false, &unknown);
+
+	return rc == -EINVAL && unknown ? -ENOTTY : rc;
+}
+
+static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep, bool want_fd,
+		bool *unknown_op)
 {
 	struct waiter w = { .err = 0 };
 	int rc;
@@ -178,6 +196,8 @@ int conn_call_fd(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep
 			rc = -EIO;
 	} else {
 		rc = w.err;
+		if (unknown_op)
+			*unknown_op = w.unknown_op;
 	}
 	pthread_mutex_unlock(&c->lock);
 
@@ -256,6 +276,9 @@ static bool handle_frame(struct iopf_conn *c, uint8_t *frame, size_t len)
 	} else {
 		const struct mp_obj *err = mp_map_get(root, "error");
 		w->err = -errno_from_name(mp_map_get(err, "code"));
+		const struct mp_obj *m = mp_map_get(err, "message");
+		w->unknown_op = w->err == -EINVAL && m && m->type == MP_STR && m->len >= 10 &&
+				memcmp(m->v.s, "unknown op", 10) == 0;
 		if (getenv("IOPF_DEBUG")) {
 			char code[32] = "?", msg[256] = "";
 			mp_get_str(mp_map_get(err, "code"), code, sizeof(code));

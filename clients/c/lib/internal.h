@@ -13,6 +13,10 @@
  *   vfio.c       the VFIO device cdev ioctls
  *   faultfd.c    the fault fd: read(), write(), and its delivery
  *   extras.c     iopf.h: iopf_dma, iopf_s1_map, iopf_s1_unmap
+ *   ioas_ext.c   IOAS_IOVA_RANGES, IOAS_ALLOW_IOVAS, IOAS_COPY, IOAS_MAP_FILE, OPTION
+ *   devtree.c    the device nodes and the sysfs view: paths, entries, stat data
+ *   fsops.c      the libc calls on paths served by devtree.c (stat, access, readlink,
+ *                opendir/readdir, fopen; open() itself is in interpose.c)
  */
 #ifndef IOPF_INTERNAL_H
 #define IOPF_INTERNAL_H
@@ -45,6 +49,49 @@ void iopf_real_init(void);
 /* Prints to stderr when $IOPF_DEBUG is set. */
 void iopf_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* --- devtree.c: the device nodes and the sysfs view -------------------------------- */
+
+#define IOPF_IOMMU_MINOR 123 /* /dev/iommu: misc (10), a dynamic minor on Linux */
+#define IOPF_VFIO_MAJOR 237  /* /dev/vfio/devices/vfioN: a dynamic major on Linux */
+
+enum vnode_type { VN_DIR = 1, VN_CHR, VN_REG, VN_LNK };
+enum vnode_fs { FS_DEVTMPFS = 1, FS_SYSFS };
+
+struct vnode {
+	enum vnode_type type;
+	enum vnode_fs fs;
+	unsigned mode; /* permission bits */
+	unsigned rdev_major, rdev_minor;
+	char path[256]; /* canonical */
+	char text[256]; /* VN_REG: the content; VN_LNK: the target */
+};
+
+struct vdirent {
+	char name[64];
+	unsigned char type; /* DT_* */
+};
+
+/* 1: not a path this library serves (libc's); 0: *vn filled; -errno (ENOENT, ENOTDIR,
+ * ELOOP) as the kernel's path walk would say. Absolute paths only. */
+int vfs_lookup(const char *path, bool follow, struct vnode *vn);
+/* The node behind an open /dev/iommu (@iommu) or vfio@index fd. */
+void vfs_dev_node(struct vnode *vn, bool iommu, unsigned index);
+/* A directory's entries ("." and ".." first); free() *out. */
+int vfs_list(const struct vnode *dir, struct vdirent **out, size_t *n);
+struct stat;
+void vfs_stat(const struct vnode *vn, struct stat *st);
+uint64_t vfs_ino(const char *path);
+/* fsops.c: open() of a served path that is not /dev/iommu or a vfioN node: an fd, or
+ * -1 with errno. */
+int vfs_open(const struct vnode *vn, int flags);
+/* open() of @path (absolute, or under a directory fd of ours): false if not ours, else
+ * true with the fd or -1/errno in *fd. */
+bool vfs_try_open(int dirfd, const char *path, int flags, int *fd);
+/* interpose.c: an open of /dev/iommu (@iommu) or of vfio@index, and the whole rule of
+ * what open() serves (false: libc's). */
+int iopf_open_dev(bool iommu, unsigned index, int flags);
+bool iopf_open_served(int dirfd, const char *path, int flags, int *fd);
+
 /* --- conn.c: a daemon connection ------------------------------------------------- */
 
 struct iopf_conn;
@@ -71,6 +118,9 @@ void conn_put(struct iopf_conn *c); /* the last put closes the connection */
 int conn_call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep);
 /* conn_call() of an op whose reply carries an fd (`fault_fd`): it lands in rep->fd. */
 int conn_call_fd(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep, bool want_fd);
+/* conn_call() of an op the daemon may not have yet (docs/uapi.md, "pending"): -ENOTTY
+ * when the daemon answers EINVAL "unknown op", as a kernel without the ioctl would. */
+int conn_call_pending(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep);
 void reply_free(struct iopf_reply *rep);
 /* The iommufd context this connection serves (objects, IOAS areas, fault sinks). */
 struct iopf_ctx *conn_ctx(struct iopf_conn *c);
@@ -81,7 +131,9 @@ uint64_t reply_u64(const struct iopf_reply *rep, const char *key, bool *present)
 
 /* --- fdtable.c: our fds --------------------------------------------------------- */
 
-enum iopf_file_kind { IOPF_IOMMUFD = 1, IOPF_VFIO = 2, IOPF_FAULT = 3 };
+/* IOPF_NODE: an open sysfs file or directory of devtree.c (a memfd or /dev/null
+ * behind it; read/write/ioctl go to libc, fstat reports the node). */
+enum iopf_file_kind { IOPF_IOMMUFD = 1, IOPF_VFIO = 2, IOPF_FAULT = 3, IOPF_NODE = 4 };
 
 struct iopf_file {
 	enum iopf_file_kind kind;
@@ -104,6 +156,10 @@ struct iopf_file {
 			uint32_t fault_id;
 			struct fault_sink *sink; /* event delivery (no daemon fault fd), or NULL */
 		} fault;
+		struct {
+			char path[256];      /* the node's canonical path */
+			uint64_t dev, ino;   /* what is behind the fd: a stale entry is dropped */
+		} node;
 	} u;
 };
 
@@ -193,6 +249,18 @@ void ctx_del(struct iopf_ctx *ctx, uint32_t id);
 /* ioas.c: IOMMU_IOAS_MAP and IOMMU_IOAS_UNMAP of the kernel's io_pagetable. */
 int ioas_map(struct iopf_conn *c, void *arg);
 int ioas_unmap(struct iopf_conn *c, void *arg);
+/* The area bookkeeping (ctx->lock held), shared with ioas_ext.c. */
+int ioas_area_insert(struct iopf_obj *ioas, uint64_t iova, uint64_t length);
+bool ioas_area_overlaps(const struct iopf_obj *ioas, uint64_t iova, uint64_t last);
+int ioas_wire_unmap(struct iopf_conn *c, uint32_t ioas_id, uint64_t iova, uint64_t length);
+
+/* ioas_ext.c: IOMMU_IOAS_IOVA_RANGES, _ALLOW_IOVAS, _COPY, _MAP_FILE and IOMMU_OPTION,
+ * over the daemon ops docs/uapi.md lists as pending (ENOTTY until the daemon has them). */
+int iommufd_ioas_iova_ranges(struct ucmd *u);
+int iommufd_ioas_allow_iovas(struct ucmd *u);
+int iommufd_ioas_copy(struct ucmd *u);
+int iommufd_ioas_map_file(struct ucmd *u);
+int iommufd_option(struct ucmd *u);
 
 /* faultfd.c: a new fault queue's fd (IOMMU_FAULT_QUEUE_ALLOC), O_CLOEXEC, in the fd
  * table. Returns the fd or -errno. */

@@ -145,10 +145,27 @@ static bool open_needs_mode(int flags)
 	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE;
 }
 
-#define OPEN_BODY(call_real)                                          \
-	unsigned index = 0;                                           \
-	int kind;                                                     \
+int iopf_open_dev(bool iommu, unsigned index, int flags)
+{
+	return open_ours(iommu ? PATH_IOMMU : PATH_VFIO, index, flags);
+}
+
+/* The device nodes by their devtmpfs names, then everything devtree.c serves. */
+bool iopf_open_served(int dirfd, const char *path, int flags, int *fd)
+{
+	unsigned index = 0;
+	int kind = classify(path, &index);
+
+	if (kind != PATH_OTHER) {
+		*fd = open_ours(kind, index, flags);
+		return true;
+	}
+	return vfs_try_open(dirfd, path, flags, fd);
+}
+
+#define OPEN_BODY(dirfd, call_real)                                   \
 	mode_t mode = 0;                                              \
+	int fd_;                                                      \
 	iopf_real_init();                                             \
 	if (open_needs_mode(flags)) {                                 \
 		va_list ap;                                           \
@@ -156,77 +173,68 @@ static bool open_needs_mode(int flags)
 		mode = (mode_t)va_arg(ap, int);                       \
 		va_end(ap);                                           \
 	}                                                             \
-	kind = classify(path, &index);                                \
-	if (kind != PATH_OTHER)                                       \
-		return open_ours(kind, index, flags);                 \
+	if (iopf_open_served(dirfd, path, flags, &fd_))               \
+		return fd_;                                           \
 	return call_real
 
 int open(const char *path, int flags, ...)
 {
-	OPEN_BODY(iopf_real.open(path, flags, mode));
+	OPEN_BODY(AT_FDCWD, iopf_real.open(path, flags, mode));
 }
 
 int open64(const char *path, int flags, ...)
 {
-	OPEN_BODY(more.open64(path, flags, mode));
+	OPEN_BODY(AT_FDCWD, more.open64(path, flags, mode));
 }
 
 int openat(int dirfd, const char *path, int flags, ...)
 {
-	OPEN_BODY(iopf_real.openat(dirfd, path, flags, mode));
+	OPEN_BODY(dirfd, iopf_real.openat(dirfd, path, flags, mode));
 }
 
 int openat64(int dirfd, const char *path, int flags, ...)
 {
-	OPEN_BODY(more.openat64(dirfd, path, flags, mode));
+	OPEN_BODY(dirfd, more.openat64(dirfd, path, flags, mode));
 }
 
 /* _FORTIFY_SOURCE builds call these instead of open(). */
 int __open_2(const char *path, int flags)
 {
-	unsigned index = 0;
-	int kind;
+	int fd;
 
 	iopf_real_init();
-	kind = classify(path, &index);
-	if (kind != PATH_OTHER)
-		return open_ours(kind, index, flags);
+	if (iopf_open_served(AT_FDCWD, path, flags, &fd))
+		return fd;
 	return more.open_2 ? more.open_2(path, flags) : iopf_real.open(path, flags);
 }
 
 int __open64_2(const char *path, int flags)
 {
-	unsigned index = 0;
-	int kind;
+	int fd;
 
 	iopf_real_init();
-	kind = classify(path, &index);
-	if (kind != PATH_OTHER)
-		return open_ours(kind, index, flags);
+	if (iopf_open_served(AT_FDCWD, path, flags, &fd))
+		return fd;
 	return more.open64_2 ? more.open64_2(path, flags) : more.open64(path, flags);
 }
 
 int __openat_2(int dirfd, const char *path, int flags)
 {
-	unsigned index = 0;
-	int kind;
+	int fd;
 
 	iopf_real_init();
-	kind = classify(path, &index);
-	if (kind != PATH_OTHER)
-		return open_ours(kind, index, flags);
+	if (iopf_open_served(dirfd, path, flags, &fd))
+		return fd;
 	return more.openat_2 ? more.openat_2(dirfd, path, flags) : iopf_real.openat(dirfd, path, flags);
 }
 
 int __openat64_2(int dirfd, const char *path, int flags)
 {
-	unsigned index = 0;
-	int kind;
+	int fd;
 
 	iopf_real_init();
-	kind = classify(path, &index);
-	if (kind != PATH_OTHER)
-		return open_ours(kind, index, flags);
+	if (iopf_open_served(dirfd, path, flags, &fd))
+		return fd;
 	return more.openat64_2 ? more.openat64_2(dirfd, path, flags)
 			       : more.openat64(dirfd, path, flags);
 }
@@ -249,6 +257,8 @@ int close(int fd)
 			break;
 		case IOPF_FAULT:
 			fault_release(f);
+			break;
+		case IOPF_NODE: /* nothing behind it but the fd */
 			break;
 		}
 		file_put(f);
@@ -280,6 +290,8 @@ ssize_t read(int fd, void *buf, size_t count)
 
 	iopf_real_init();
 	f = fdtab_get(fd);
+	if (f && f->kind == IOPF_NODE) /* a sysfs file: its memfd */
+		file_put(f), f = NULL;
 	if (!f)
 		return iopf_real.read(fd, buf, count);
 	return read_ours(f, buf, count);
@@ -293,6 +305,8 @@ ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen)
 	if (count > buflen || !more.read_chk) /* let libc report the overflow */
 		return more.read_chk ? more.read_chk(fd, buf, count, buflen) : -1;
 	f = fdtab_get(fd);
+	if (f && f->kind == IOPF_NODE)
+		file_put(f), f = NULL;
 	if (!f)
 		return more.read_chk(fd, buf, count, buflen);
 	return read_ours(f, buf, count);
@@ -305,6 +319,8 @@ ssize_t write(int fd, const void *buf, size_t count)
 
 	iopf_real_init();
 	f = fdtab_get(fd);
+	if (f && f->kind == IOPF_NODE)
+		file_put(f), f = NULL;
 	if (!f)
 		return iopf_real.write(fd, buf, count);
 	rc = f->kind == IOPF_FAULT ? fault_write(f, buf, count) : -EINVAL;
@@ -332,6 +348,8 @@ int ioctl(int fd, unsigned long cmd, ...)
 	va_end(ap);
 	iopf_real_init();
 	f = fdtab_get(fd);
+	if (f && f->kind == IOPF_NODE)
+		file_put(f), f = NULL;
 	if (!f)
 		return iopf_real.ioctl(fd, cmd, arg);
 	if (vfs_generic_ioctl(cmd)) {

@@ -18,7 +18,7 @@
 /* The largest range one ioas_unmap request names (its length is a uint32). */
 #define UNMAP_RUN_MAX (1ull << 30)
 
-static int area_insert(struct iopf_obj *ioas, uint64_t iova, uint64_t length)
+int ioas_area_insert(struct iopf_obj *ioas, uint64_t iova, uint64_t length)
 {
 	size_t i;
 
@@ -38,7 +38,7 @@ static int area_insert(struct iopf_obj *ioas, uint64_t iova, uint64_t length)
 	return 0;
 }
 
-static bool area_overlaps(const struct iopf_obj *ioas, uint64_t iova, uint64_t last)
+bool ioas_area_overlaps(const struct iopf_obj *ioas, uint64_t iova, uint64_t last)
 {
 	for (size_t i = 0; i < ioas->nareas; i++) {
 		const struct ioas_area *a = &ioas->areas[i];
@@ -79,7 +79,7 @@ static int wire_map(struct iopf_conn *c, uint32_t ioas_id, bool fixed, uint64_t 
 	return 0;
 }
 
-static int wire_unmap(struct iopf_conn *c, uint32_t ioas_id, uint64_t iova, uint64_t length)
+int ioas_wire_unmap(struct iopf_conn *c, uint32_t ioas_id, uint64_t iova, uint64_t length)
 {
 	struct mp_buf req;
 
@@ -143,7 +143,7 @@ int ioas_map(struct iopf_conn *c, void *arg)
 			rc = -EOVERFLOW;
 			goto out;
 		}
-		if (area_overlaps(ioas, iova, last)) {
+		if (ioas_area_overlaps(ioas, iova, last)) {
 			rc = -EEXIST;
 			goto out;
 		}
@@ -151,9 +151,9 @@ int ioas_map(struct iopf_conn *c, void *arg)
 	rc = wire_map(c, cmd->ioas_id, fixed, &iova, cmd->length, perm);
 	if (rc)
 		goto out;
-	rc = area_insert(ioas, iova, cmd->length);
+	rc = ioas_area_insert(ioas, iova, cmd->length);
 	if (rc) {
-		wire_unmap(c, cmd->ioas_id, iova, cmd->length);
+		ioas_wire_unmap(c, cmd->ioas_id, iova, cmd->length);
 		goto out;
 	}
 	cmd->iova = iova;
@@ -205,7 +205,7 @@ int ioas_unmap(struct iopf_conn *c, void *arg)
 			     run_len + a->length <= UNMAP_RUN_MAX;
 
 		if (run_len && !joins) { /* flush the run before this area */
-			rc = wire_unmap(c, cmd->ioas_id, run_iova, run_len);
+			rc = ioas_wire_unmap(c, cmd->ioas_id, run_iova, run_len);
 			if (rc)
 				goto out;
 			size_t n = i - run_first;

@@ -6,7 +6,8 @@
  * its last original field) is EINVAL; a larger struct must be zero beyond what is
  * known (E2BIG); the reply copies min(size, sizeof) bytes back (iommufd_ucmd_respond).
  * Each handler checks its fields in the kernel's order before it asks the daemon.
- * HWPT_ALLOC and HWPT_INVALIDATE are in hw_pagetable.c, IOAS_MAP/UNMAP in ioas.c.
+ * HWPT_ALLOC and HWPT_INVALIDATE are in hw_pagetable.c, IOAS_MAP/UNMAP in ioas.c,
+ * IOAS_IOVA_RANGES, _ALLOW_IOVAS, _COPY, _MAP_FILE and OPTION in ioas_ext.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -291,6 +292,13 @@ static const struct {
 	IOCTL_OP(IOMMU_IOAS_ALLOC, iommufd_ioas_alloc, iommu_ioas_alloc, out_ioas_id),
 	IOCTL_OP(IOMMU_IOAS_MAP, iommufd_ioas_map, iommu_ioas_map, iova),
 	IOCTL_OP(IOMMU_IOAS_UNMAP, iommufd_ioas_unmap, iommu_ioas_unmap, length),
+	IOCTL_OP(IOMMU_IOAS_IOVA_RANGES, iommufd_ioas_iova_ranges, iommu_ioas_iova_ranges,
+		 out_iova_alignment),
+	IOCTL_OP(IOMMU_IOAS_ALLOW_IOVAS, iommufd_ioas_allow_iovas, iommu_ioas_allow_iovas,
+		 allowed_iovas),
+	IOCTL_OP(IOMMU_IOAS_COPY, iommufd_ioas_copy, iommu_ioas_copy, src_iova),
+	IOCTL_OP(IOMMU_IOAS_MAP_FILE, iommufd_ioas_map_file, iommu_ioas_map_file, iova),
+	IOCTL_OP(IOMMU_OPTION, iommufd_option, iommu_option, val64),
 };
 
 long iommufd_ioctl(struct iopf_file *f, unsigned long cmd, void *arg)
@@ -304,6 +312,11 @@ long iommufd_ioctl(struct iopf_file *f, unsigned long cmd, void *arg)
 		struct iommu_ioas_alloc alloc;
 		struct iommu_ioas_map map;
 		struct iommu_ioas_unmap unmap;
+		struct iommu_ioas_iova_ranges ranges;
+		struct iommu_ioas_allow_iovas allow;
+		struct iommu_ioas_copy copy;
+		struct iommu_ioas_map_file map_file;
+		struct iommu_option option;
 	} buf;
 	struct ucmd u = { .ubuffer = arg, .cmd = &buf };
 	size_t i;
