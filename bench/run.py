@@ -5,7 +5,8 @@
 Runs, one after another in this one process tree: the transport ceilings
 (bench/ceilings.py), the daemon benches (bench/faults.py), and the model-only and
 sans-IO core benches of bench/bench_hwmodel.py and bench/bench_core.py when present,
-then writes `bench/results/latest.json` and `bench/results/latest.md`.
+then writes `bench/results/latest.json` and `bench/results/latest.md` (with `--quick`:
+`bench/results/quick/latest.*`, so a smoke run never overwrites the committed figures).
 
 Every section runs even if an earlier one failed; a failure is recorded under
 `errors` in the JSON and the run exits non-zero.
@@ -100,12 +101,26 @@ def cost_notes(entries: list[Entry]) -> list[str]:
     return notes
 
 
+#: Where ``--quick`` writes: not over the committed full-run results.
+QUICK_RESULTS = RESULTS / "quick"
+
+
+def default_out(quick: bool) -> Path:
+    return QUICK_RESULTS if quick else RESULTS
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs, small sizes (CI smoke)")
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.{json,md}")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"directory for latest.{{json,md}} (default {RESULTS}, with --quick {QUICK_RESULTS})",
+    )
     args = ap.parse_args(argv)
+    args.out = default_out(args.quick) if args.out is None else args.out
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS)
     if unknown:

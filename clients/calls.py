@@ -20,6 +20,9 @@ exactly one :class:`Calls` method per op and that both clients expose it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -59,6 +62,24 @@ class Call(Generic[R]):
     #: How long the daemon may hold the reply by design (``unplug``: its grace period);
     #: a client with a per-call timeout waits at least this long.
     held_s: float = 0.0
+    #: For an op whose ok reply passes fds (``OpSpec.fds``: ``fault_fd``): the value
+    #: from the result and those fds; it owns the fds (closes them if it fails).
+    parse_fds: Callable[[Mapping[str, Any], tuple[int, ...]], R] | None = None
+
+    def value(self, result: Mapping[str, Any], fds: Sequence[int] = ()) -> R:
+        """The typed value of an ok reply: its ``result`` and the fds it passed (the
+        session hands them over, ``Reply.fds``); fds nobody expects are closed."""
+        if self.parse_fds is not None:
+            return self.parse_fds(result, tuple(fds))
+        close_fds(fds)
+        return self.parse(result)
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close fds the daemon passed that nobody will use (never leak one)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def result_map(op: str, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,6 +270,26 @@ class Calls:
         """
         return _page_response(fault_id, response_items(responses))
 
+    def fault_fd(self, fault_id: int) -> Call[socket.socket]:
+        """The fault queue's kernel-format fault fd: one end of a ``SOCK_SEQPACKET``
+        socketpair, passed with the reply (a Unix socket connection only).
+
+        From now on each group of the queue arrives on it as one packet of 40-byte
+        ``struct iommu_hwpt_pgfault`` records instead of on ``fault_queue``; packets of
+        8-byte ``struct iommu_hwpt_page_response`` written to it answer them, as the
+        kernel fd's ``write()`` does (no reply: check with ``pending``). Closing it
+        returns the queue to events; groups read from it stay pending. Read it with
+        :mod:`clients.faultfd`. Raises Busy if the queue has an open fault fd,
+        NoSuchObject for a queue not of this connection, NotSupported where the
+        connection cannot carry fds.
+        """
+        return Call(
+            "fault_fd",
+            {"fault_id": fault_id},
+            lambda r: _fault_fd_socket(r, ()),
+            parse_fds=_fault_fd_socket,
+        )
+
     def dma(
         self, dev_id: int, iova: int, length: int, perm: int, pasid: int | None = None
     ) -> Call[DmaResult]:
@@ -392,6 +433,19 @@ class Calls:
         )
 
 
+def _fault_fd_socket(result: Mapping[str, Any], fds: tuple[int, ...]) -> socket.socket:
+    """``fault_fd``'s value: the one fd the reply passed, as a socket."""
+    if len(fds) != 1:
+        close_fds(fds)
+        raise ProtocolViolation("EPROTO", f"the reply passed {len(fds)} fds, not 1", "fault_fd")
+    try:
+        _checked("fault_fd", result)
+        return socket.socket(fileno=fds[0])
+    except BaseException:
+        close_fds(fds)
+        raise
+
+
 def _page_response(fault_id: int, items: list[dict[str, int]]) -> Call[int]:
     return _call(
         "page_response", {"fault_id": fault_id, "responses": items}, o.DoneResult, lambda r: r.done
@@ -484,6 +538,7 @@ __all__ = [
     "Calls",
     "Procedure",
     "Procedures",
+    "close_fds",
     "op_names",
     "response_items",
     "result_map",

@@ -27,8 +27,10 @@ consumer does can hold up replies.
 
 from __future__ import annotations
 
+import array
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -44,6 +46,7 @@ from clients.calls import (
     Calls,
     Procedure,
     Procedures,
+    close_fds,
     result_map,
 )
 from clients.errors import ConnectionLost, EventGap, IopfError, error_from_reply
@@ -66,6 +69,42 @@ def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:
     if path is not None and str(path):
         return os.fspath(path)
     return os.environ.get("IOPFD_SOCKET") or DEFAULT_SOCKET
+
+
+def check_server_uid(sock: socket.socket, expected: int | None = None) -> None:
+    """When asked (``expected``, else ``$IOPFD_SERVER_UID``), refuse a server whose
+    ``SO_PEERCRED`` uid differs: whoever squats the socket path is not iopfd
+    (``PermissionError``). Not asked: nothing is checked."""
+    if expected is None:
+        env = os.environ.get("IOPFD_SERVER_UID", "")
+        if not env:
+            return
+        expected = int(env)
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    uid = struct.unpack("3i", creds)[1]
+    if uid != expected:
+        raise PermissionError(
+            f"the server at {sock.getpeername()!r} runs as uid {uid}, not {expected}"
+        )
+
+
+#: Room for the fds one read may bring (the daemon passes one per reply, and a read
+#: stops after the segment that carries fds).
+FDS_PER_READ: Final = 4
+ANCILLARY_SPACE: Final = socket.CMSG_SPACE(FDS_PER_READ * array.array("i").itemsize)
+
+
+def fds_of(ancdata: list[tuple[int, int, bytes]], flags: int) -> list[int]:
+    """The fds a ``recvmsg`` brought (SCM_RIGHTS); ``OSError`` (after closing them)
+    when the control data was cut off, since fds were then lost."""
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if flags & socket.MSG_CTRUNC:
+        close_fds(fds)
+        raise OSError("iopfd passed more fds than a read can take")
+    return list(fds)
 
 
 def session_request(session: ClientSession, op: str, args: Mapping[str, Any]) -> tuple[int, bytes]:
@@ -112,6 +151,7 @@ class PendingCall:
     async def result(self) -> dict[str, Any]:
         """The reply's ``result`` map; raises IopfError (errno) or ConnectionLost."""
         reply = await self._client._reply(self.id, self._waiter)
+        close_fds(reply.fds)  # the typed method (fault_fd) takes them; a raw map cannot
         return result_map(self.op, reply_value(reply, self.op))
 
 
@@ -278,7 +318,7 @@ class IopfClient:
         """Send one :class:`~clients.calls.Call` and return its typed value."""
         req_id, waiter = self._queue(call.op, call.args)
         reply = await self._reply(req_id, waiter)
-        value = call.parse(reply_value(reply, call.op))
+        value = call.value(reply_value(reply, call.op), reply.fds)
         self._track(call, value)
         return value
 
@@ -302,6 +342,7 @@ class IopfClient:
         """Send any request and return its ``result`` map (the typed methods are nicer)."""
         req_id, waiter = self._queue(op, args)
         reply = await self._reply(req_id, waiter)
+        close_fds(reply.fds)  # the typed method (fault_fd) takes them; a raw map cannot
         return result_map(op, reply_value(reply, op))
 
     def submit(self, op: str, **args: Any) -> PendingCall:
@@ -402,18 +443,30 @@ class IopfClient:
             self._writer_busy = False
 
     async def _reader(self) -> None:
+        # On a socket every read is a recvmsg: a plain read of the byte that carries an
+        # fd (``fault_fd``'s reply) would drop the fd.
+        sock = self._stream.socket if isinstance(self._stream, trio.SocketStream) else None
+        fds: list[int] = []
+        data: bytes | bytearray
         try:
             while True:
-                data = await self._stream.receive_some(1 << 16)
+                if sock is not None:
+                    data, anc, flags, _ = await sock.recvmsg(
+                        1 << 16, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+                    )
+                    fds = fds_of(anc, flags)
+                else:
+                    data = await self._stream.receive_some(1 << 16)
                 if not data:
                     self._shutdown("iopfd closed the connection")
                     return
                 now = time.monotonic_ns()
-                for item in self._session.receive_data(bytes(data)):
+                for item in self._session.receive_data(bytes(data), fds):
                     if isinstance(item, Event):
                         self._event(item, now)
                     else:
                         self._settle(item)
+                close_fds(self._session.take_stray_fds())
                 self._session.check()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._shutdown(f"connection to iopfd lost: {e!r}")
@@ -427,6 +480,7 @@ class IopfClient:
             return
         waiter = self._waiters.pop(reply.id, None)
         if waiter is None:
+            close_fds(reply.fds)
             return  # an id never sent: the session counted it as late
         waiter.reply = reply
         waiter.done.set()
@@ -452,6 +506,7 @@ class IopfClient:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
+        close_fds(self._session.release_fds())
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             waiter.error = f"{waiter.op}: {reason}"
@@ -516,6 +571,7 @@ class IopfClient:
     replace = async_op(Calls.replace)
     detach = async_op(Calls.detach)
     page_response = async_op(Calls.page_response)
+    fault_fd = async_op(Calls.fault_fd)
     dma = async_op(Calls.dma)
     destroy = async_op(Calls.destroy)
     device_reset = async_op(Calls.device_reset)
@@ -542,6 +598,7 @@ async def _open_stream(path: str) -> tuple[trio.SocketStream, socket.socket]:
     tsock = trio.socket.from_stdlib_socket(sock)  # same object, now non-blocking
     try:
         await tsock.connect(path)
+        check_server_uid(sock)
     except BaseException:
         tsock.close()
         raise
@@ -556,5 +613,6 @@ __all__ = [
     "PendingCall",
     "async_op",
     "async_procedure",
+    "check_server_uid",
     "resolve_socket_path",
 ]

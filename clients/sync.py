@@ -29,8 +29,24 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Concatenate, Final, NoReturn, ParamSpec, TypeVar
 
-from clients.calls import CALLS, PROCEDURES, Call, Calls, Procedure, Procedures, result_map
-from clients.client import reply_value, resolve_socket_path, session_request
+from clients.calls import (
+    CALLS,
+    PROCEDURES,
+    Call,
+    Calls,
+    Procedure,
+    Procedures,
+    close_fds,
+    result_map,
+)
+from clients.client import (
+    ANCILLARY_SPACE,
+    check_server_uid,
+    fds_of,
+    reply_value,
+    resolve_socket_path,
+    session_request,
+)
 from clients.errors import ConnectionLost, EventGap, IopfError
 from clients.records import ClientStats, DeviceRequest, DmaResult, FaultGroup, TraceRecord
 from iopfd.protocol.frames import ProtocolViolation as FramingError
@@ -104,6 +120,7 @@ class SyncClient:
         try:
             self._sock.settimeout(timeout)
             self._sock.connect(resolve_socket_path(path))
+            check_server_uid(self._sock)
         except BaseException:
             self._sock.close()
             raise
@@ -130,6 +147,9 @@ class SyncClient:
         if self._closed_reason is None:
             self._closed_reason = "client closed"
         self._sock.close()
+        close_fds(self._session.release_fds())
+        for reply in self._replies.values():
+            close_fds(reply.fds)
 
     def __enter__(self) -> SyncClient:
         return self
@@ -169,7 +189,7 @@ class SyncClient:
         if limit is not None and call.held_s:
             limit = max(limit, call.held_s + UNPLUG_REPLY_SLACK_S)
         reply = self._wait_reply(req_id, on_fault, limit)
-        return call.parse(reply_value(reply, call.op))
+        return call.value(reply_value(reply, call.op), reply.fds)
 
     def run(self, procedure: Procedure[R]) -> R:
         """Drive a :class:`~clients.calls.Procedure` (see :meth:`IopfClient.run`)."""
@@ -213,6 +233,7 @@ class SyncClient:
         ``timeout`` (seconds) overrides the client's for this wait."""
         op = self._pending.get(req_id, op)
         reply = self._wait_reply(req_id, on_fault, self.timeout if timeout is None else timeout)
+        close_fds(reply.fds)  # the typed method (fault_fd) takes them; a raw map cannot
         return result_map(op, reply_value(reply, op))
 
     def _queue(self, op: str, args: Mapping[str, Any]) -> int:
@@ -272,7 +293,11 @@ class SyncClient:
         else:
             self._sock.settimeout(None)
         try:
-            data = self._sock.recv(1 << 16)
+            # recvmsg: a plain read of the byte that carries an fd would drop the fd
+            data, anc, flags, _ = self._sock.recvmsg(
+                1 << 16, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+            )
+            fds = fds_of(anc, flags)
         except TimeoutError:
             raise
         except OSError as e:
@@ -281,9 +306,10 @@ class SyncClient:
             self._lost("iopfd closed the connection")
         now = time.monotonic_ns()
         try:
-            items = self._session.receive_data(data)
+            items = self._session.receive_data(data, fds)
         except FramingError as e:
             self._lost(f"iopfd sent a bad frame: {e}")
+        close_fds(self._session.take_stray_fds())
         for item in items:
             if isinstance(item, Event):
                 self._event(item, now)
@@ -291,6 +317,8 @@ class SyncClient:
                 self._lost(f"iopfd: {item.code}: {item.message or 'protocol violation'}")
             elif item.id in self._pending:
                 self._replies[item.id] = item
+            else:
+                close_fds(item.fds)
         try:
             self._session.check()
         except FramingError as e:
@@ -367,6 +395,7 @@ class SyncClient:
     replace = sync_op(Calls.replace)
     detach = sync_op(Calls.detach)
     page_response = sync_op(Calls.page_response)
+    fault_fd = sync_op(Calls.fault_fd)
     destroy = sync_op(Calls.destroy)
     device_reset = sync_op(Calls.device_reset)
     hwpt_s1_map = sync_op(Calls.hwpt_s1_map)

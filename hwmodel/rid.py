@@ -37,7 +37,9 @@ def perm_allows(entry: Perm | int, access: Perm | int) -> bool:
     return int(access) & ~int(entry) == 0
 
 
-_RID_RE = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+# The same forms and messages as iopfd.protocol.rid (hwmodel imports nothing of ours;
+# tests/protocol/test_rid.py pins the two together): SSSS:BB:DD.F, or BB:DD.F for segment 0.
+_RID_RE = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 
 
 @dataclass(frozen=True, order=True)
@@ -61,11 +63,15 @@ class Rid:
 
     @classmethod
     def parse(cls, s: str) -> Rid:
-        """Parse ``SSSS:BB:DD.F`` (hex); ``ValueError`` on anything else."""
-        m = _RID_RE.match(s)
+        """Parse ``SSSS:BB:DD.F`` or ``BB:DD.F`` (segment 0), hex; ``ValueError`` on
+        anything else."""
+        m = _RID_RE.match(s) if isinstance(s, str) else None
         if m is None:
-            raise ValueError(f"malformed requester ID {s!r}: expected SSSS:BB:DD.F")
-        return cls(int(m[1], 16), int(m[2], 16), int(m[3], 16), int(m[4]))
+            raise ValueError(
+                f"malformed requester ID {s!r}: expected [SSSS:]BB:DD.F (hex), "
+                "e.g. 0000:3a:00.0 or 3a:00.0"
+            )
+        return cls(int(m[1] or "0", 16), int(m[2], 16), int(m[3], 16), int(m[4]))
 
     @classmethod
     def from_sid(cls, segment: int, sid: int) -> Rid:

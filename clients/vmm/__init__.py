@@ -12,15 +12,19 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 import trio
 
-from clients.client import IopfClient
-from clients.errors import IopfError
+from clients.client import IopfClient, resolve_socket_path
+from clients.completion import SHELLS, completion_script
+from clients.errors import ConnectionLost, IopfError
 from clients.launch import LaunchError, launch
 from clients.vmm.paging import DemandPagingVmm, VmmOptions
-from clients.vmm.report import Progress, RunInfo, print_summary
+from clients.vmm.report import Progress, RunInfo, VmmStats, print_summary
 from clients.vmm.workload import PATTERNS
+from iopfd.protocol.rid import canonical_rid
 
 EXIT_OK = 0
 EXIT_INVARIANT = 1
@@ -30,9 +34,46 @@ EXIT_CONNECTION = 3
 #: the VMM finished its DMAs, answered every group, released it and stopped early.
 EXIT_DEVICE_RELEASED = 4
 
-EPILOG = """exit status: 0 every check held; 1 an invariant broke (the summary lists it);
-2 setup or usage error; 3 iopfd cannot be reached; 4 the daemon asked for a device back
-(an admin unplugged it): the VMM answered what it held, released it and stopped early."""
+EPILOG = """exit status:
+  0    every check held
+  1    an invariant broke (the summary lists it)
+  2    setup or usage error
+  3    iopfd cannot be reached, or went away mid-run (e.g. stopped with SIGTERM)
+  4    the daemon asked for a device back (an admin unplugged it): the VMM answered
+       what it held, released it and stopped early
+  130  interrupted (Ctrl-C)
+A closed stdout (iopf-vmm | head) does not change the status."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """``(default: X)`` after each option's help where X says something (not for flags
+    and unset options, whose help says what happens); the epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" not in text
+            and action.option_strings
+            and action.default not in (None, False, [], argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    try:
+        return package_version("iopfd")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
+
+def _rid(text: str) -> str:
+    """The protocol's one RID parser: ``SSSS:BB:DD.F`` or ``BB:DD.F`` (segment 0)."""
+    try:
+        return canonical_rid(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
 
 __all__ = ["EXIT_DEVICE_RELEASED", "DemandPagingVmm", "VmmOptions", "build_parser", "main", "run"]
 
@@ -43,9 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reference VMM for iopfd: demand-pages a guest's DMA buffers by "
         "serving I/O page faults, then prints what happened.",
         epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"iopf-vmm {_version()}")
+    p.add_argument(
+        "--completion",
+        choices=SHELLS,
+        help="print the bash or zsh completion script and exit",
     )
     p.add_argument(
-        "--socket", help="iopfd socket (default: $IOPFD_SOCKET, then /run/iopfd/iopfd.sock)"
+        "--socket",
+        help="iopfd socket (default: $IOPFD_SOCKET, then /run/iopfd/iopfd.sock)",
     )
     p.add_argument(
         "--spawn-daemon",
@@ -56,28 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--daemon-kernel",
         metavar="VERSION",
-        help="with --spawn-daemon: the kernel profile it plays (iopfd --kernel)",
+        help="with --spawn-daemon: the kernel profile it plays (iopfd --kernel; default: "
+        "the daemon's own)",
     )
     p.add_argument(
         "--device",
         action="append",
         default=[],
         metavar="RID",
-        help="bind this device (repeatable; default: every PRI-capable free PF)",
+        type=_rid,
+        help="bind this device, SSSS:BB:DD.F or BB:DD.F (repeatable; default: "
+        "every PRI-capable free PF)",
     )
     p.add_argument(
         "--pasids",
         type=int,
         default=2,
         metavar="N",
-        help="PASIDs to attach per PASID-capable device, besides the RID (default 2)",
+        help="PASIDs to attach per PASID-capable device, besides the RID",
     )
     p.add_argument(
         "--nested",
         action="store_true",
         help="nested translation: guest stage-1 table (vtd_s1) over the IOAS",
     )
-    p.add_argument("--pattern", choices=PATTERNS, default="sequential")
+    p.add_argument("--pattern", choices=PATTERNS, default="sequential", help="DMA order")
     p.add_argument("--pages", type=int, default=256, help="buffer pages per DMA stream")
     p.add_argument("--dma-pages", type=int, default=4, help="pages per DMA transfer")
     p.add_argument("--stride", type=int, default=8, help="stride of --pattern strided, in DMAs")
@@ -87,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="keep playing epochs this long (default 0: one pass over the buffers)",
+        help="keep playing epochs this long (0: one pass over the buffers)",
     )
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the workload plan")
     p.add_argument(
         "--bad-fraction",
         type=float,
@@ -192,7 +244,7 @@ async def run(args: argparse.Namespace) -> int:
         gaps = client.stats().seq_gaps
         if gaps:
             vmm.stats.violate(f"{gaps} event sequence gap(s)")
-        print_summary(info, vmm.stats, sys.stdout, args.json)
+        _print_summary(info, vmm.stats, args.json)
         if vmm.stats.violations:
             return EXIT_INVARIANT
         if vmm.released:
@@ -207,7 +259,11 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.completion:
+        print(completion_script(parser, args.completion), end="")
+        return EXIT_OK
     problem = _check(args)
     if problem:
         print(f"iopf-vmm: {problem}", file=sys.stderr)
@@ -257,11 +313,29 @@ def _run(args: argparse.Namespace) -> int:
         if len(leaves) == 1 and isinstance(leaves[0], IopfError):
             print(f"iopf-vmm: {leaves[0].errno}: {leaves[0]}", file=sys.stderr)
             return EXIT_SETUP
-        if len(leaves) == 1 and isinstance(leaves[0], ConnectionError | FileNotFoundError):
-            where = args.socket or os.environ.get("IOPFD_SOCKET") or "/run/iopfd/iopfd.sock"
+        where = resolve_socket_path(args.socket)
+        if any(isinstance(e, ConnectionLost) for e in leaves) and all(
+            isinstance(e, ConnectionError | IopfError) for e in leaves
+        ):
+            # every task saw it: one line, not one traceback per task
+            first = next(e for e in leaves if isinstance(e, ConnectionLost))
+            print(f"iopf-vmm: iopfd at {where} went away: {first}", file=sys.stderr)
+            return EXIT_CONNECTION
+        if leaves and all(isinstance(e, ConnectionError | FileNotFoundError) for e in leaves):
             print(f"iopf-vmm: cannot talk to iopfd at {where}: {leaves[0]}", file=sys.stderr)
             return EXIT_CONNECTION
         raise
+
+
+def _print_summary(info: RunInfo, stats: VmmStats, as_json: bool) -> None:
+    """The summary on stdout; a reader that went away (``| head``) changes nothing."""
+    try:
+        print_summary(info, stats, sys.stdout, as_json)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail
+        os.close(devnull)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

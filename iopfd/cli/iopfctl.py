@@ -1,31 +1,64 @@
 """``iopfctl``: look at and poke a running iopfd.
 
 Every command prints a human table by default and the daemon's own result map
-with ``--json`` (``trace --json`` prints one JSON object per line). Exit status
-is 0 on success; on an error reply it is 1 and stderr says
-``iopfctl: <ERRNO>: <message>``; 3 when the daemon cannot be reached; 2 for a
-usage error. The socket comes from ``--socket``, then ``$IOPFD_SOCKET``, then
-/run/iopfd/iopfd.sock.
+with ``--json`` (``trace --json`` prints one JSON object per line; numbers stay
+numbers there, while the tables say ``READ|WRITE`` and ``SUCCESS``). Exit statuses
+are in :data:`EPILOG`; an expected failure is one line on stderr, never a traceback.
+The socket comes from ``--socket``, then ``$IOPFD_SOCKET``, then /run/iopfd/iopfd.sock.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
-from clients import IopfError, Perm, resolve_socket_path
+from clients import IopfError, NotPermitted, Perm, ResponseCode, resolve_socket_path
+from clients.completion import SHELLS, completion_script
 from clients.sync import SyncClient
 from iopfd.cli.tables import cell, key_values, render
 from iopfd.protocol.models import TRACE_TOPICS, UNPLUG_GRACE_DEFAULT_S, UNPLUG_GRACE_MAX_S
+from iopfd.protocol.rid import canonical_rid
 
 EXIT_OK = 0
 EXIT_ERRNO = 1
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
+EXIT_INTERRUPTED = 130
+
+EPILOG = """exit status:
+  0    success; also when the output pipe closed early (iopfctl trace | head)
+  1    the daemon answered with an error (stderr: iopfctl: ERRNO: message)
+  2    usage error
+  3    iopfd cannot be reached, went away, did not answer in time, or (wait) was not
+       ready within --timeout
+  130  interrupted (Ctrl-C; trace stops with 0)"""
+
+
+class OutputClosed(Exception):
+    """stdout's reader went away (``iopfctl trace | head``): stop quietly."""
+
+
+def _out(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
+def tool_version() -> str:
+    try:
+        return package_version("iopfd")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
 
 Handler = Callable[[SyncClient, argparse.Namespace], dict[str, Any]]
 
@@ -49,6 +82,31 @@ def _perm(text: str) -> int:
         if ch not in letters:
             raise argparse.ArgumentTypeError(f"permission letters are r, w, x, p: {text!r}")
         value |= letters[ch]
+    return value
+
+
+def _rid(text: str) -> str:
+    """The protocol's one RID parser: ``SSSS:BB:DD.F`` or ``BB:DD.F`` (segment 0)."""
+    try:
+        return canonical_rid(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"seconds must be > 0: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 
@@ -113,7 +171,8 @@ def _inject(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
 def _show_status(r: Mapping[str, Any]) -> str:
     head = key_values(
         [
-            ("version", r.get("version")),
+            ("daemon", r.get("server")),
+            ("protocol", r.get("version")),
             ("kernel", r.get("kernel")),
             ("uptime_s", r.get("uptime_s")),
             ("clients", r.get("clients")),
@@ -224,9 +283,15 @@ def _show_unplug(r: Mapping[str, Any]) -> str:
 def _trace(c: SyncClient, a: argparse.Namespace) -> int:
     c.subscribe(a.topic or [])
     seen = 0
+    deadline = None if a.duration is None else time.monotonic() + a.duration
     try:
         while a.count is None or seen < a.count:
-            rec = c.next_trace(timeout=None)
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+            rec = c.next_trace(timeout=timeout)
             if rec is None:
                 continue
             seen += 1
@@ -234,11 +299,11 @@ def _trace(c: SyncClient, a: argparse.Namespace) -> int:
                 line = {"seq": rec.seq, "topic": rec.topic, "t": rec.t, **rec.fields}
                 if rec.lost:
                     line["lost"] = rec.lost
-                print(json.dumps(line, default=str), flush=True)
+                _out(json.dumps(line, default=str))
             else:
                 lost = f"  (lost {rec.lost})" if rec.lost else ""
                 fields = " ".join(f"{k}={_trace_value(k, v)}" for k, v in rec.fields.items())
-                print(f"{_clock(rec.t)}  {rec.topic:<13} {fields}{lost}", flush=True)
+                _out(f"{_clock(rec.t)}  {rec.topic:<13} {fields}{lost}")
     except KeyboardInterrupt:
         pass  # the normal way to stop following
     return EXIT_OK
@@ -251,12 +316,78 @@ def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e6):06d}"
 
 
+def perm_name(value: int) -> str:
+    """``READ|WRITE`` for 3; ``NONE`` for 0 (an inject's stop marker)."""
+    names = [p.name or "" for p in Perm if value & p]
+    rest = value & ~sum(int(p) for p in Perm)
+    return "|".join(names + ([f"{rest:#x}"] if rest else [])) or "NONE"
+
+
+def code_name(value: int) -> str:
+    """``SUCCESS``/``INVALID``; any other code as its number."""
+    try:
+        return ResponseCode(value).name
+    except ValueError:
+        return str(value)
+
+
 def _trace_value(key: str, value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and key in ("addr", "iova", "gpa"):
-        return f"{value:#x}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if key in ("addr", "iova", "gpa"):
+            return f"{value:#x}"
+        if key == "perm":
+            return perm_name(value)
+        if key == "code":
+            return code_name(value)
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"), default=str)
     return cell(value)
+
+
+# -- wait -----------------------------------------------------------------------
+
+
+def _wait(socket_path: str, a: argparse.Namespace) -> int:
+    """Until the daemon answers ``hello`` and ``status`` (``EPERM`` for a non-admin
+    counts as an answer) and, with ``--attached RID``, RID is bound and attached; or
+    until ``--timeout`` passes."""
+    deadline = time.monotonic() + a.timeout
+    last: object = None
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with SyncClient(socket_path, client_name="iopfctl", timeout=max(remaining, 0.1)) as c:
+                assert c.hello_info is not None
+                result: dict[str, Any] = {
+                    "socket": socket_path,
+                    "server": c.hello_info.server,
+                    "kernel": c.hello_info.kernel,
+                }
+                with contextlib.suppress(NotPermitted):  # a non-admin's EPERM is an answer
+                    c.status()
+                if a.attached is None or _attached(c, a.attached):
+                    if a.json:
+                        _out(json.dumps(result))
+                    else:
+                        server, kernel = result["server"], result["kernel"]
+                        _out(f"iopfd ready at {socket_path} ({server}, kernel {kernel})")
+                    return EXIT_OK
+                last = f"{a.attached} is not attached yet"
+        except (OSError, ConnectionError) as e:
+            last = e
+        if time.monotonic() + 0.05 >= deadline:
+            print(
+                f"iopfctl: iopfd at {socket_path} not ready within {a.timeout:g} s: {last}",
+                file=sys.stderr,
+            )
+            return EXIT_CONNECT
+        time.sleep(0.05)
+
+
+def _attached(c: SyncClient, rid: str) -> bool:
+    """``rid`` is bound and something is attached to it (admin: ``topology``)."""
+    devices = c.topology().get("devices", [])
+    return any(d.get("rid") == rid and d.get("attached") for d in devices)
 
 
 # -- parser -------------------------------------------------------------------
@@ -277,7 +408,7 @@ COMMANDS: dict[str, tuple[Handler, Callable[[Mapping[str, Any]], str], str]] = {
     "reset": (
         _rid_op("reset"),
         _done("reset"),
-        "function-level reset (clears PRI RF; pending groups stay answerable)",
+        "function-level reset (clears PRI RF; groups stay pending)",
     ),
 }
 
@@ -296,13 +427,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the daemon's result as JSON",
     )
     p = argparse.ArgumentParser(
-        prog="iopfctl", parents=[common], description="Inspect and control a running iopfd."
+        prog="iopfctl",
+        parents=[common],
+        description="Inspect and control a running iopfd.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"iopfctl {tool_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wp = sub.add_parser(
+        "wait",
+        parents=[common],
+        help="wait until the daemon answers (exit 3 after --timeout)",
+        description="Wait until iopfd answers hello and status on its socket.",
+    )
+    wp.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="give up after S seconds, exit 3 (default 10)",
+    )
+    wp.add_argument(
+        "--attached",
+        type=_rid,
+        metavar="RID",
+        help="also wait until a client has bound RID and attached it (admin)",
+    )
     for name, (_, _, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         if name in ("inject", "unplug", "plug", "reset"):
-            sp.add_argument("rid", help="PCI requester ID, SSSS:BB:DD.F")
+            sp.add_argument(
+                "rid", type=_rid, help="PCI requester ID, SSSS:BB:DD.F or BB:DD.F (segment 0)"
+            )
         if name == "unplug":
             sp.add_argument(
                 "--force",
@@ -336,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trace",
         parents=[common],
         help="follow the trace stream live",
-        description="Follow the trace stream until Ctrl-C or --count records.",
+        description="Follow the trace stream until Ctrl-C, --count records or --duration.",
     )
     tp.add_argument(
         "--topic",
@@ -344,16 +501,56 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TRACE_TOPICS,
         help="only this topic (repeatable; default all)",
     )
-    tp.add_argument("--count", type=int, default=None, help="stop after N records")
+    tp.add_argument("--count", type=_count, default=None, metavar="N", help="stop after N records")
+    tp.add_argument(
+        "--duration", type=_seconds, default=None, metavar="S", help="stop after S seconds"
+    )
+    cp = sub.add_parser(
+        "completion",
+        help="completion script for iopfctl and iopf-vmm (bash, zsh)",
+        description="Print a completion script for iopfctl and iopf-vmm: "
+        'eval "$(iopfctl completion bash)" in ~/.bashrc, '
+        "source <(iopfctl completion zsh) in ~/.zshrc.",
+    )
+    cp.add_argument("shell", choices=SHELLS)
     return p
+
+
+def completion(shell: str) -> str:
+    """Both tools' completion for ``shell``: one script to source."""
+    from clients.vmm import build_parser as vmm_parser
+
+    return completion_script(build_parser(), shell) + completion_script(vmm_parser(), shell)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except OutputClosed:
+        # Nobody reads stdout any more: stop quietly, and keep Python's own flush at
+        # exit from failing on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.command == "completion":
+        _out(completion(args.shell))
+        return EXIT_OK
     socket_path = resolve_socket_path(getattr(args, "socket", None))
     args.json = getattr(args, "json", False)
+    if args.command == "wait":
+        return _wait(socket_path, args)
     try:
         client = SyncClient(socket_path, client_name="iopfctl", timeout=10.0)
+    except TimeoutError:
+        print(f"iopfctl: iopfd at {socket_path} did not answer within 10 s", file=sys.stderr)
+        return EXIT_CONNECT
     except (OSError, ConnectionError) as e:
         print(f"iopfctl: cannot connect to iopfd at {socket_path}: {e}", file=sys.stderr)
         return EXIT_CONNECT
@@ -366,19 +563,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _trace(client, args)
             handler, show, _ = COMMANDS[args.command]
             result = handler(client, args)
-            if args.json:
-                print(json.dumps(result, indent=2, default=str))
-            else:
-                print(show(result))
+            _out(json.dumps(result, indent=2, default=str) if args.json else show(result))
             return EXIT_OK
     except IopfError as e:
         print(f"iopfctl: {e.errno}: {e.message or e.op or ''}", file=sys.stderr)
         return EXIT_ERRNO
-    except (OSError, ConnectionError) as e:
-        print(f"iopfctl: connection to iopfd at {socket_path} failed: {e}", file=sys.stderr)
+    except TimeoutError:
+        print(f"iopfctl: iopfd at {socket_path} did not answer in time", file=sys.stderr)
         return EXIT_CONNECT
-    except KeyboardInterrupt:
-        return 130
+    except (OSError, ConnectionError) as e:
+        print(f"iopfctl: connection to iopfd at {socket_path} lost: {e}", file=sys.stderr)
+        return EXIT_CONNECT
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ thread of every unit whose page-request event fired, until nothing more is due a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Generator
 
 from hwmodel import Machine
+from iopfd.core.budgets import Budgets
 from iopfd.core.context import Context
 from iopfd.core.device import DmaTag
 from iopfd.core.emulation import Emulation
@@ -73,8 +75,16 @@ class Core:
         self.iopf.driver = self.driver
         self.iommu = IommuCore(self.driver, self.iopf, self.counters)
         self.emulation = Emulation(self.iommu, self.driver, machine, self.counters, self.sink)
+        self.budgets = Budgets(self.limits)
         self.services = CoreServices(
-            self.iommu, machine, IdAllocator(), self.limits, self.profile, self.counters, self.sink
+            self.iommu,
+            machine,
+            IdAllocator(),
+            self.limits,
+            self.profile,
+            self.counters,
+            self.sink,
+            self.budgets,
         )
         self.contexts: dict[int, Context] = {}
         self._next_ctx = 1
@@ -109,8 +119,10 @@ class Core:
         self.sink.trace_enabled = value
 
     # ------------------------------------------------------------------ contexts
-    def open_context(self, label: str) -> Context:
-        ctx = Context(self.services, self._next_ctx, label)
+    def open_context(self, label: str, uid: int | None = None) -> Context:
+        """A new client context; what it holds is charged to ``uid`` (the peer's
+        ``SO_PEERCRED`` uid; ``None``: one shared account, for tests and benches)."""
+        ctx = Context(self.services, self._next_ctx, label, uid)
         self._next_ctx += 1
         self.contexts[ctx.id] = ctx
         return ctx
@@ -121,7 +133,20 @@ class Core:
             return
         with self.driver.response_batch():
             ctx.teardown(now)
-        self.contexts.pop(ctx.id, None)
+        self._closed(ctx)
+
+    def close_context_steps(self, ctx: Context, now: int) -> Generator[None, None, None]:
+        """``close_context`` in bounded steps (``Context.teardown_steps``), each in its
+        own response batch; the daemon serves others between them. A generator closed
+        early leaves the rest to ``close_context``, which finishes it."""
+        if ctx.closed:
+            return
+        yield from ctx.teardown_steps(now, self.driver.response_batch)
+        self._closed(ctx)
+
+    def _closed(self, ctx: Context) -> None:
+        if self.contexts.pop(ctx.id, None) is not None:
+            self.budgets.close(ctx.account)
 
     # ------------------------------------------------------------------ service
     def service(self, now: int) -> None:
@@ -218,6 +243,7 @@ class Core:
             f.counters["unexpected_prgi"] for f in self.machine.functions.values()
         )
         out["pending"] = self.pending_count()
+        out.update(self.budgets.counters())
         return out
 
     def topology(self) -> dict[str, object]:

@@ -20,6 +20,7 @@ through the old HWPT is cached anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, CoreError
@@ -89,12 +90,34 @@ def release_device(ctx: ContextBase, idev: IommufdDevice, now: int, reason: str)
     quiesces it, so no retry of this owner's can fault into the next owner's
     attachments; what it had sent is settled by the drains), every PASID is detached,
     then the RID, and the binding goes."""
+    for _ in release_device_steps(ctx, idev, now, reason):
+        pass
+
+
+#: Attachments one step of a sliced release detaches (each is a drain and a flush).
+DETACHES_PER_STEP = 64
+
+
+def release_device_steps(
+    ctx: ContextBase, idev: IommufdDevice, now: int, reason: str
+) -> Iterator[None]:
+    """``release_device`` in steps of ``DETACHES_PER_STEP`` detaches: between steps the
+    device's DMA is stopped and each remaining attachment is whole, so the fault path
+    finds a complete attachment or none (and its groups are answered when it goes)."""
     if idev.removed:
         return
     dev = idev.dev
     ctx.services.machine.stop_dma(dev.rid, now, with_vfs=False)
-    for pasid in sorted(dev.handles, key=lambda p: -1 if p is None else p, reverse=True):
-        detach_handle(ctx.iommu, dev, pasid, now, reason)
+    # PASIDs first, the RID last; nothing attaches meanwhile (the owner is closing).
+    pasids = sorted(dev.handles, key=lambda p: -1 if p is None else p, reverse=True)
+    for start in range(0, len(pasids), DETACHES_PER_STEP):
+        if start:
+            yield
+            if dev.binding is not idev or idev.removed:
+                return  # an unplug took the device meanwhile, with its attachments
+        for pasid in pasids[start : start + DETACHES_PER_STEP]:
+            if pasid in dev.handles:
+                detach_handle(ctx.iommu, dev, pasid, now, reason)
     dev.binding = None
     if ctx.sink.trace_enabled:
         ctx.sink.trace("device", rid=dev.name, state="free", t_ns=now)
@@ -109,8 +132,16 @@ def detach_handle(iommu: IommuCore, dev: Device, pasid: int | None, now: int, re
     old.hwpt.attached -= 1
 
 
+def _destroy_steps(ctx: ContextBase, obj: IommufdObject, now: int) -> Iterator[None]:
+    assert isinstance(obj, IommufdDevice)
+    return release_device_steps(ctx, obj, now, "close")
+
+
 register_object_ops(
-    IommufdDevice, ObjectOps(destroy=_destroy, refuse=_refuse, teardown_rank=lambda o: 0)
+    IommufdDevice,
+    ObjectOps(
+        destroy=_destroy, refuse=_refuse, teardown_rank=lambda o: 0, destroy_steps=_destroy_steps
+    ),
 )
 
 
@@ -135,7 +166,7 @@ class DeviceOps(ContextBase):
             )
         obj_id = self.new_id()
         idev = IommufdDevice(obj_id, self, dev)
-        self.objects[obj_id] = idev
+        self.insert(idev)
         dev.binding = idev
         self.iommu.driver.device_bound(dev)
         if self.sink.trace_enabled:
@@ -145,7 +176,7 @@ class DeviceOps(ContextBase):
     def unbind(self, dev_id: int, now: int) -> None:
         idev = self.bound_device(dev_id)
         release_device(self, idev, now, "unbind")
-        del self.objects[idev.id]
+        self.remove(idev)
 
     # ------------------------------------------------------------------ checks
     def check_pasid(self, dev: Device, pasid: int | None) -> None:
@@ -303,4 +334,12 @@ def _check_pasid_compat(dev: Device, hwpt: HwPagetable, pasid: int | None) -> No
         raise CoreError(EINVAL, "the RID holds a HWPT without the pasid flag")
 
 
-__all__ = ["DeviceOps", "DmaTag", "IommufdDevice", "detach_handle", "release_device"]
+__all__ = [
+    "DETACHES_PER_STEP",
+    "DeviceOps",
+    "DmaTag",
+    "IommufdDevice",
+    "detach_handle",
+    "release_device",
+    "release_device_steps",
+]

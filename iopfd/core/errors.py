@@ -35,3 +35,9 @@ class CoreLimits:
     max_dma_length: int = 1 << 20  # bytes one dma may cover (EINVAL beyond)
     max_map_length: int = 64 << 20  # bytes one ioas_map / hwpt_s1_map may cover
     max_mapped_pages_per_context: int = 1 << 20  # 4 KiB pages mapped at once (ENOSPC)
+    # Budgets per uid and for the daemon (iopfd.core.budgets; ENOSPC beyond).
+    max_objects_per_uid: int = 65536
+    max_objects_total: int = 1 << 20
+    max_mapped_pages_per_uid: int = 1 << 20
+    max_mapped_pages_total: int = 1 << 23
+    max_dids_per_uid: int = 4096  # domain IDs one uid may hold on one IOMMU unit

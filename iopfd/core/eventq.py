@@ -218,7 +218,7 @@ class FaultOps(ContextBase):
     def fault_alloc(self) -> int:
         """``IOMMU_FAULT_QUEUE_ALLOC``."""
         obj_id = self.new_id()
-        self.objects[obj_id] = FaultQueue(obj_id, self, self.iommu.iopf)
+        self.insert(FaultQueue(obj_id, self, self.iommu.iopf))
         return obj_id
 
     def page_response(self, fault_id: int, responses: Sequence[tuple[int, int]], now: int) -> int:

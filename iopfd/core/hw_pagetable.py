@@ -101,7 +101,7 @@ def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
     assert isinstance(obj, HwPagetable)
     if obj.parent is not None:
         if obj.domain.s1 is not None:
-            ctx.mapped_pages -= len(obj.domain.s1)
+            ctx.uncharge_pages(len(obj.domain.s1))
         obj.parent.users -= 1
         del obj.parent.children[obj.id]
     else:
@@ -207,7 +207,8 @@ class HwptOps(IoasOps):
         pt.users += 1
         if fault is not None:
             fault.users += 1
-        self.objects[obj_id] = hwpt
+        hwpt.domain.owner = self.account
+        self.insert(hwpt)
         return obj_id
 
     def _fault_queue(self, fault_id: int | None) -> FaultQueue | None:
@@ -251,7 +252,7 @@ class HwptOps(IoasOps):
         check_range(iova, length)
         assert hwpt.domain.s1 is not None
         unmapped = hwpt.domain.s1.unmap(iova, length)
-        self.mapped_pages -= unmapped // PAGE_SIZE
+        self.uncharge_pages(unmapped // PAGE_SIZE)
         return unmapped
 
     def hwpt_invalidate(self, hwpt_id: int, iova: int | None, length: int | None, now: int) -> None:

@@ -122,7 +122,7 @@ def check_perm(perm: int, allowed: int) -> Perm:
 
 def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
     assert isinstance(obj, Ioas)
-    ctx.mapped_pages -= len(obj.table)
+    ctx.uncharge_pages(len(obj.table))
 
 
 register_object_ops(Ioas, ObjectOps(destroy=_destroy, teardown_rank=lambda o: 3))
@@ -133,7 +133,7 @@ class IoasOps(ContextBase):
 
     def ioas_alloc(self) -> int:
         obj_id = self.new_id()
-        self.objects[obj_id] = Ioas(obj_id, self)
+        self.insert(Ioas(obj_id, self))
         return obj_id
 
     def check_map_length(self, length: int) -> None:
@@ -152,6 +152,7 @@ class IoasOps(ContextBase):
                 f"mapping {npages} more pages would exceed "
                 f"max_mapped_pages ({limit}) for this connection",
             )
+        self.account.charge_pages(npages)
         self.mapped_pages += npages
 
     def ioas_map(self, ioas_id: int, iova: int | None, length: int, perm: int, now: int) -> int:
@@ -189,7 +190,7 @@ class IoasOps(ContextBase):
         unmapped = 0
         for lo, hi in ioas.areas.cut(first, first + length // PAGE_SIZE):
             unmapped += ioas.table.unmap(lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE)
-        self.mapped_pages -= unmapped // PAGE_SIZE
+        self.uncharge_pages(unmapped // PAGE_SIZE)
         self.counters["ioas_unmaps"] += 1
         if unmapped:
             self.iommu.driver.flush_iotlb_range(

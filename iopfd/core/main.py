@@ -15,7 +15,8 @@ themselves live in the module of the object kind they act on (``ioas.py``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from collections import Counter
 
     from hwmodel import Machine
+    from iopfd.core.budgets import Budgets, UidAccount
     from iopfd.core.device import IommufdDevice
     from iopfd.core.errors import CoreLimits
     from iopfd.core.events import EventSink
@@ -87,6 +89,10 @@ class ObjectOps:
     #: Refuse a ``destroy`` the client may not do (e.g. a bound device): an errno
     #: message, or ``None`` when ``users == 0`` is all that is needed.
     refuse: Callable[[IommufdObject], str | None] = lambda obj: None
+    #: ``destroy`` in steps, for a teardown the daemon slices (a device with thousands
+    #: of PASID attachments): each step leaves the object consistent, and the last
+    #: step has done all ``destroy`` does. ``None``: ``destroy`` is one step.
+    destroy_steps: Callable[[ContextBase, IommufdObject, int], Iterator[None]] | None = None
 
 
 #: ``iommufd_object_ops[]``: filled by each kind's module, keyed by its class.
@@ -110,12 +116,15 @@ class CoreServices:
     profile: KernelProfile
     counters: Counter[str]
     sink: EventSink
+    budgets: Budgets
 
 
 class ContextBase:
     """``struct iommufd_ctx``: one client's objects, every ID visible to it alone."""
 
-    def __init__(self, services: CoreServices, ctx_id: int, label: str) -> None:
+    def __init__(
+        self, services: CoreServices, ctx_id: int, label: str, uid: int | None = None
+    ) -> None:
         self.services = services
         self.iommu = services.iommu
         self.limits = services.limits
@@ -128,6 +137,9 @@ class ContextBase:
         self.closed = False
         #: 4 KiB pages this context maps, in its IOASes and stage-1 tables.
         self.mapped_pages = 0
+        #: The owner's uid and what that uid holds across its contexts (``budgets.py``).
+        self.uid = uid
+        self.account: UidAccount = services.budgets.open(uid)
 
     def __repr__(self) -> str:
         return f"<Context {self.id} {self.label!r}>"
@@ -138,7 +150,22 @@ class ContextBase:
             raise CoreError(EINVAL, "context is closed")
         if len(self.objects) >= self.limits.max_objects_per_context:
             raise CoreError(ENOSPC, "too many objects on this connection")
+        self.account.check_object()
         return self.services.ids.alloc()
+
+    def insert(self, obj: IommufdObject) -> None:
+        """Publish a new object in the table, charged to the owner's uid."""
+        self.account.charge_object()
+        self.objects[obj.id] = obj
+
+    def remove(self, obj: IommufdObject) -> None:
+        del self.objects[obj.id]
+        self.account.release_object()
+
+    def uncharge_pages(self, npages: int) -> None:
+        """Pages this context no longer maps (unmap, or its table destroyed)."""
+        self.mapped_pages -= npages
+        self.account.release_pages(npages)
 
     def lookup(self, obj_id: object) -> IommufdObject | None:
         """``iommufd_get_object(..., IOMMUFD_OBJ_ANY)``: None when not this context's."""
@@ -179,17 +206,42 @@ class ContextBase:
         if obj.users:
             raise CoreError(EBUSY, f"object {obj_id} is in use ({obj.users} users)")
         ops.destroy(self, obj, now)
-        del self.objects[obj.id]
+        self.remove(obj)
 
     def teardown(self, now: int) -> None:
         """Release everything, as closing ``/dev/iommu`` does: users before what they
         use (devices, nested HWPTs, HWPTs, then fault queues and IOASes)."""
+        for _ in self.teardown_steps(now, nullcontext):
+            pass
+
+    def teardown_steps(
+        self, now: int, step: Callable[[], AbstractContextManager[object]]
+    ) -> Iterator[None]:
+        """``teardown`` as a generator: it yields between bounded steps (an object, or
+        one attachment of a device), each run inside ``step()``'s context (the driver's
+        response batch), so the daemon can serve others in between. Each step leaves the
+        context consistent: a teardown left suspended is finished by ``teardown``, and
+        every group is still answered exactly once."""
         ranked = sorted(
             self.objects.values(), key=lambda o: (OBJECT_OPS[type(o)].teardown_rank(o), o.id)
         )
         for obj in ranked:
-            OBJECT_OPS[type(obj)].destroy(self, obj, now)
-            del self.objects[obj.id]
+            if self.objects.get(obj.id) is not obj:
+                continue  # released meanwhile (a teardown that finished it)
+            ops = OBJECT_OPS[type(obj)]
+            if ops.destroy_steps is not None:
+                steps = ops.destroy_steps(self, obj, now)
+                while True:
+                    with step():
+                        more = next(steps, False) is None
+                    if not more:
+                        break
+                    yield
+            else:
+                with step():
+                    ops.destroy(self, obj, now)
+            self.remove(obj)
+            yield
         self.closed = True
 
 

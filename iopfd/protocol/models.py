@@ -12,9 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from iopfd.protocol.errors import EINVAL, EPROTO, RequestError
+from iopfd.protocol.rid import canonical_rid
 
 U32_MAX: Final = (1 << 32) - 1
 U64_MAX: Final = (1 << 64) - 1
@@ -44,6 +53,8 @@ U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
 Pasid = Annotated[int, Field(ge=1, le=U32_MAX)]
 Perm = Annotated[int, Field(ge=1, le=PERM_ALL)]
 MapPerm = Annotated[int, Field(ge=1, le=PERM_READ | PERM_WRITE)]
+#: A requester ID, ``SSSS:BB:DD.F`` or ``BB:DD.F``, passed on in the canonical spelling.
+RidStr = Annotated[str, Field(max_length=64), AfterValidator(canonical_rid)]
 
 TRACE_TOPICS: Final = (
     "fault",
@@ -90,7 +101,7 @@ class NoArgs(Args):
 
 
 class BindArgs(Args):
-    rid: Annotated[str, Field(max_length=64)]
+    rid: RidStr
 
 
 class DevIdArgs(Args):
@@ -128,12 +139,40 @@ class IoasUnmapArgs(IovaRangeArgs):
     ioas_id: U32
 
 
+#: Bounds of ``hwpt_alloc``'s ``data`` (a driver's user data is a small flat struct):
+#: nesting depth and values in all (its bytes are bounded by ``max_frame``).
+DATA_MAX_DEPTH: Final = 4
+DATA_MAX_ITEMS: Final = 64
+
+
+def _check_data_bounds(value: object) -> object:
+    """Walks ``data`` without recursion (a deeply nested one must be EINVAL, not a
+    ``RecursionError``): depth and item count bounded."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    items = 0
+    while stack:
+        node, depth = stack.pop()
+        items += 1
+        if items > DATA_MAX_ITEMS:
+            raise ValueError(f"data holds more than {DATA_MAX_ITEMS} values")
+        children: list[object] = []
+        if isinstance(node, dict):
+            children = [*node.keys(), *node.values()]
+        elif isinstance(node, (list, tuple)):
+            children = list(node)
+        if children:
+            if depth >= DATA_MAX_DEPTH:
+                raise ValueError(f"data is nested deeper than {DATA_MAX_DEPTH}")
+            stack.extend((c, depth + 1) for c in children)
+    return value
+
+
 class HwptAllocArgs(Args):
     dev_id: U32
     pt_id: U32
     flags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] = []
     fault_id: U32 | None = None
-    data: dict[str, Any] | None = None
+    data: Annotated[dict[str, Any] | None, BeforeValidator(_check_data_bounds)] = None
 
 
 class AttachArgs(Args):
@@ -157,6 +196,12 @@ class PageResponseItem(Args):
 class PageResponseArgs(Args):
     fault_id: U32
     responses: list[PageResponseItem]
+
+
+class FaultFdArgs(Args):
+    """``fault_fd``: the fault queue's groups as kernel records on a passed fd."""
+
+    fault_id: U32
 
 
 class DmaArgs(IovaRangeArgs):
@@ -205,7 +250,7 @@ class HwptInvalidateArgs(Args):
 
 
 class RidArgs(Args):
-    rid: Annotated[str, Field(max_length=64)]
+    rid: RidStr
 
 
 class UnplugArgs(RidArgs):
@@ -218,7 +263,7 @@ class UnplugArgs(RidArgs):
 
 
 class InjectArgs(Args):
-    rid: Annotated[str, Field(max_length=64)]
+    rid: RidStr
     pasid: Annotated[int, Field(ge=1, le=PASID_MAX)] | None = None
     addr: U64
     # 0 is allowed: with ``last`` it writes a stop marker (vtd-hw.md 2.1).
@@ -253,6 +298,7 @@ OP_MODELS: Final[Mapping[str, type[Args]]] = {
     "replace": AttachArgs,
     "detach": DetachArgs,
     "page_response": PageResponseArgs,
+    "fault_fd": FaultFdArgs,
     "dma": DmaArgs,
     "destroy": DestroyArgs,
     "device_reset": DevIdArgs,

@@ -135,6 +135,8 @@ class OpSpec:
     admin: bool = False
     #: The reply waits for the hardware (``dma``) or for other clients (``unplug``).
     deferred: bool = False
+    #: How many fds an ok reply carries (SCM_RIGHTS, in the sendmsg of its frame).
+    fds: int = 0
 
 
 #: Every request may also be refused as malformed (EINVAL) or, past the session's
@@ -152,6 +154,7 @@ def _op(
     *,
     admin: bool = False,
     deferred: bool = False,
+    fds: int = 0,
 ) -> OpSpec:
     return OpSpec(
         name,
@@ -161,6 +164,7 @@ def _op(
         _ANY | frozenset(errnos) | ({EPERM} if admin else set()),
         admin,
         deferred,
+        fds,
     )
 
 
@@ -241,6 +245,14 @@ OPS: Final[Mapping[str, OpSpec]] = {
             DoneResult,
             "answer groups by cookie, in order, up to the first bad entry",
             {ENOENT},
+        ),
+        _op(
+            "fault_fd",
+            m.FaultFdArgs,
+            Empty,
+            "the fault queue's groups as kernel records on an fd passed with the reply",
+            {ENOENT, EBUSY, EOPNOTSUPP},
+            fds=1,
         ),
         _op(
             "dma",

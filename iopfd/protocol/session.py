@@ -14,8 +14,8 @@ I/O loops around them, and the session rules are tested in microseconds.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -238,6 +238,9 @@ class Reply:
     result: dict[str, Any] = field(default_factory=dict)
     code: str = ""
     message: str = ""
+    #: fds passed with an ok reply to an op whose ``OpSpec.fds`` says so (``fault_fd``):
+    #: the caller owns them now.
+    fds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +259,13 @@ class ClientSession:
     """One connection, as a client sees it: request ids, the frame limit ``hello``
     sets, replies matched to what is waiting, event ``seq`` checked, and the counters
     a client reports (``requests``, ``replies``, ``events``, ``seq_gaps``,
-    ``missed_events``, ``late_replies``)."""
+    ``missed_events``, ``late_replies``).
+
+    fds the daemon passes (SCM_RIGHTS) arrive with the first byte of the frame that owns
+    them, so by the time that frame is decoded they were handed to ``receive_data``:
+    they queue in arrival order and each ok reply of an op with ``OpSpec.fds`` takes
+    its count from the head (the daemon passes fds with nothing else). fds of a reply
+    nobody waits for wait in :meth:`take_stray_fds` for the I/O loop to close."""
 
     def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.decoder = FrameDecoder(max_frame)
@@ -275,6 +284,10 @@ class ClientSession:
         self.missed_events = 0
         #: Replies nobody waits for: to abandoned requests, or ids never sent.
         self.late_replies = 0
+        #: fds received and not claimed by a reply yet, in arrival order.
+        self._fds: deque[int] = deque()
+        #: fds nobody will take (their reply was abandoned): the I/O loop closes them.
+        self._stray_fds: list[int] = []
 
     def request(self, op: str, args: Mapping[str, object]) -> tuple[int, bytes]:
         """A request frame with a fresh id; ``RequestError(EINVAL)`` before anything is
@@ -318,10 +331,13 @@ class ClientSession:
         """Requests sent whose reply somebody still waits for."""
         return len(self.waiting)
 
-    def receive_data(self, data: bytes) -> list[Reply | Event]:
+    def receive_data(self, data: bytes, fds: Iterable[int] = ()) -> list[Reply | Event]:
         """Replies and events in ``data``, except replies to abandoned requests;
         ``ProtocolViolation`` when the daemon broke the framing (the connection is then
-        useless). A violation after good frames is held back: :meth:`check` raises it."""
+        useless). A violation after good frames is held back: :meth:`check` raises it.
+        ``fds``: those the read brought (SCM_RIGHTS); the session owns them until a
+        reply takes them."""
+        self._fds.extend(fds)
         out: list[Reply | Event] = []
         for msg in self.decoder.feed(data):
             if "event" in msg:
@@ -356,8 +372,11 @@ class ClientSession:
         rid = rid if isinstance(rid, int) else None
         op = None
         if rid is not None:
-            if self.abandoned.pop(rid, None) is not None:
+            abandoned = self.abandoned.pop(rid, None)
+            if abandoned is not None:
                 self.late_replies += 1
+                if msg.get("ok") is True:
+                    self._stray_fds += self._take_fds(abandoned)
                 return None
             op = self.waiting.pop(rid, None)
             if op is None:
@@ -367,7 +386,7 @@ class ClientSession:
             result = dict(result) if isinstance(result, Mapping) else {}
             if op == "hello":
                 self._adopt_max_frame(result.get("max_frame"))
-            return Reply(rid, True, result)
+            return Reply(rid, True, result, fds=self._take_fds(op))
         err = msg.get("error")
         err = err if isinstance(err, Mapping) else {}
         return Reply(
@@ -383,6 +402,26 @@ class ClientSession:
 
     def op_of(self, rid: int) -> str | None:
         return self.waiting.get(rid)
+
+    def _take_fds(self, op: str | None) -> tuple[int, ...]:
+        """The fds an ok reply of ``op`` owns: its ``OpSpec.fds`` from the queue's head
+        (fewer if fewer came: the caller finds out)."""
+        spec = OPS.get(op) if op is not None else None
+        if spec is None or not spec.fds:
+            return ()
+        n = min(spec.fds, len(self._fds))
+        return tuple(self._fds.popleft() for _ in range(n))
+
+    def take_stray_fds(self) -> list[int]:
+        """fds nobody will claim (their reply was abandoned), for the caller to close."""
+        out, self._stray_fds = self._stray_fds, []
+        return out
+
+    def release_fds(self) -> list[int]:
+        """Every fd the session still holds, for a closing I/O loop to close."""
+        out = self.take_stray_fds() + list(self._fds)
+        self._fds.clear()
+        return out
 
 
 def parse_result(op: str, result: Mapping[str, object]) -> Result:

@@ -63,6 +63,24 @@ class Limits(BaseModel):
     max_connections: Annotated[int, Field(ge=1, le=1 << 16)] = 1024
     #: Seconds a new connection has to send ``hello`` (EPROTO and closed after).
     hello_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # --- budgets per uid and global (docs/operations.md, *Security model*) ---------
+    #: Connections one non-admin uid may hold at once (ENOSPC beyond).
+    max_connections_per_uid: Annotated[int, Field(ge=1, le=1 << 16)] = 64
+    #: Of ``max_connections``, slots only admins (root, the daemon's uid, the admin
+    #: group) may take: a tenant holding every other slot cannot lock them out
+    #: (at most ``max_connections - 1``).
+    admin_reserved_connections: Annotated[int, Field(ge=0, le=1 << 16)] = 8
+    #: Objects one uid may hold across its connections, and the daemon in all.
+    max_objects_per_uid: Annotated[int, Field(ge=1, le=1 << 24)] = 65536
+    max_objects_total: Annotated[int, Field(ge=1, le=1 << 26)] = 1 << 20
+    #: 4 KiB pages one uid may have mapped across its connections, and the daemon.
+    max_mapped_pages_per_uid: Annotated[int, Field(ge=1, le=1 << 28)] = 1 << 20
+    max_mapped_pages_total: Annotated[int, Field(ge=1, le=1 << 30)] = 1 << 23
+    #: Domain IDs one uid may hold on one IOMMU unit (a unit has 65534).
+    max_dids_per_uid: Annotated[int, Field(ge=1, le=65534)] = 4096
+    #: Unsent outgoing bytes across one uid's connections; beyond, the connection
+    #: whose frame crossed it is dropped (as for ``max_outbuf``).
+    max_outbuf_per_uid: Annotated[int, Field(ge=64 << 10, le=1 << 34)] = 64 << 20
 
     @model_validator(mode="after")
     def _outbuf_holds_frames(self) -> Limits:
@@ -73,6 +91,12 @@ class Limits(BaseModel):
                 "never be dropped for one large reply"
             )
         return self
+
+    @property
+    def admin_reserve(self) -> int:
+        """The slots kept for admins: ``admin_reserved_connections``, at most all
+        but one of ``max_connections``."""
+        return min(self.admin_reserved_connections, self.max_connections - 1)
 
 
 class ConfigFile(BaseModel):

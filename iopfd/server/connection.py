@@ -14,7 +14,9 @@ a connection that sends no ``hello`` within ``hello_timeout_s`` is closed (EPROT
 
 from __future__ import annotations
 
+import array
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -24,17 +26,23 @@ import structlog
 import trio
 
 from iopfd.protocol.session import Rejected, Request, ServerSession
+from iopfd.server.budgets import UidOutput
 from iopfd.server.config import Limits
 from iopfd.server.peer import PeerCred
 
 if TYPE_CHECKING:
     from iopfd.core import Context
+    from iopfd.server.faultfd import FaultFd
 
 log = structlog.get_logger("iopfd.connection")
 
 RECEIVE_SIZE: Final = 256 * 1024
 #: How long a closing connection may take to flush its last frames (an EPROTO error).
 FLUSH_TIMEOUT_S: Final = 2.0
+#: Fairness: the reader yields to the other tasks after this many requests of one read,
+#: or once it has run this long, whichever comes first (docs/operations.md).
+REQUESTS_PER_SLICE: Final = 64
+SLICE_S: Final = 0.005
 
 
 class Host(Protocol):
@@ -54,6 +62,9 @@ class Host(Protocol):
     def release(self, conn: Connection) -> None:
         """Everything the connection owned goes; its pending groups are answered."""
 
+    async def release_sliced(self, conn: Connection) -> None:
+        """``release``, the context torn down in steps with others served between."""
+
 
 def now_ns() -> int:
     """The core's clock: trio's clock in integer nanoseconds (a ``MockClock`` in tests).
@@ -70,9 +81,22 @@ def stream_fd(stream: trio.abc.Stream) -> int | None:
     return None
 
 
+class FdFrame(bytes):
+    """A frame that carries an fd (SCM_RIGHTS): sent by the writer task with
+    ``sendmsg``, after every frame queued before it; ``sock`` is closed once sent."""
+
+    sock: socket.socket
+
+
 class Connection:
-    def __init__(
-        self, host: Host, stream: trio.abc.Stream, conn_id: int, cred: PeerCred, admin: bool
+    def __init__(  # noqa: PLR0917
+        self,
+        host: Host,
+        stream: trio.abc.Stream,
+        conn_id: int,
+        cred: PeerCred,
+        admin: bool,
+        uid_out: UidOutput | None = None,
     ) -> None:
         limits = host.limits
         self.host = host
@@ -94,6 +118,12 @@ class Connection:
         self._trace_buffer = limits.trace_buffer
         self._out: list[bytes] = []
         self.outbytes = 0
+        #: ``FdFrame``s in ``_out``: while there is one, the writer task sends.
+        self._fd_frames = 0
+        #: The open fault fds (``fault_fd``) of this connection's fault queues.
+        self.fault_fds: dict[int, FaultFd] = {}
+        #: Unsent bytes of all the peer uid's connections (``max_outbuf_per_uid``).
+        self.uid_out = uid_out
         self._writer_wake = trio.Event()
         #: The writer holds bytes taken from ``_out`` that are not all sent yet.
         self._writer_busy = False
@@ -114,7 +144,10 @@ class Connection:
             return
         self.outbytes += len(frame)
         self._out.append(frame)
-        if self.outbytes > self._max_outbuf:
+        uid_out = self.uid_out
+        if uid_out is not None:
+            uid_out.bytes += len(frame)
+        if self.outbytes > self._max_outbuf or (uid_out is not None and uid_out.over):
             self.host.counters["outbuf_overflows"] += 1
             log.warning(
                 "outgoing buffer over max_outbuf, dropping connection",
@@ -128,6 +161,24 @@ class Connection:
 
     def reply_ok(self, rid: int, result: Mapping[str, object]) -> None:
         self._enqueue(self.session.reply(rid, result))
+
+    def reply_ok_with_fd(self, rid: int, result: Mapping[str, object], sock: socket.socket) -> None:
+        """The reply frame with ``sock``'s fd passed in the same ``sendmsg``; the
+        connection owns ``sock`` from now on (closed once sent, or when dropped)."""
+        if self.closed:
+            sock.close()
+            return
+        frame = FdFrame(self.session.reply(rid, result))
+        frame.sock = sock
+        self._fd_frames += 1
+        self._enqueue(frame)
+
+    @property
+    def can_pass_fds(self) -> bool:
+        """Whether the connection is a Unix socket (fds can ride on it)."""
+        return isinstance(self.stream, trio.SocketStream) and (
+            self.stream.socket.family == socket.AF_UNIX
+        )
 
     def reply_error(self, rid: int | None, code: str, message: str) -> None:
         self._enqueue(self.session.error(rid, code, message))
@@ -162,6 +213,10 @@ class Connection:
                 await self._writer_wake.wait()
                 self._writer_wake = trio.Event()
                 continue
+            if self._fd_frames:
+                if not await self._send_fd_frame():
+                    return
+                continue
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
             self.trace_queued = 0
@@ -173,7 +228,47 @@ class Connection:
                 return
             finally:
                 self._writer_busy = False
-            self.outbytes -= len(data)
+            self._sent(len(data))
+
+    async def _send_fd_frame(self) -> bool:
+        """What is queued before the first ``FdFrame``, then that frame with its fd in
+        one ``sendmsg`` (a partial send carries the fd with its first byte). False when
+        the peer is gone."""
+        i = next(i for i, f in enumerate(self._out) if type(f) is FdFrame)
+        head, frame = self._out[:i], self._out[i]
+        del self._out[: i + 1]
+        assert isinstance(frame, FdFrame)
+        self._fd_frames -= 1
+        self.trace_queued = 0
+        self._writer_busy = True
+        try:
+            if head:
+                data = b"".join(head)
+                await self.stream.send_all(data)
+                self._sent(len(data))
+            assert isinstance(self.stream, trio.SocketStream)
+            fds = array.array("i", [frame.sock.fileno()])
+            n = await self.stream.socket.sendmsg(
+                [frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+            )
+            if n < len(frame):
+                await self.stream.send_all(frame[n:])
+            self._sent(len(frame))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.abort("peer_gone")
+            return False
+        finally:
+            self._writer_busy = False
+            frame.sock.close()
+        return True
+
+    def drop_fd_frames(self) -> None:
+        """Close the fds of reply frames that will never be sent."""
+        if self._fd_frames:
+            for f in self._out:
+                if type(f) is FdFrame:
+                    f.sock.close()
+            self._fd_frames = 0
 
     def _send_now(self) -> None:
         """End of a batch: send what it queued straight from the reader with one
@@ -182,7 +277,7 @@ class Connection:
         self._in_batch = False
         if not self._out or self.closed:
             return
-        if self._writer_busy or self._fd is None:
+        if self._writer_busy or self._fd is None or self._fd_frames:
             self._writer_wake.set()  # keep byte order: the writer sends after its chunk
             return
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
@@ -193,13 +288,18 @@ class Connection:
         except OSError:
             self.abort("peer_gone")
             return
-        self.outbytes -= n
+        self._sent(n)
         self.trace_queued = 0
         if n == len(data):
             self._out.clear()
         else:
             self._out[:] = [data[n:]]
             self._writer_wake.set()
+
+    def _sent(self, n: int) -> None:
+        self.outbytes -= n
+        if self.uid_out is not None:
+            self.uid_out.bytes -= n
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -208,6 +308,7 @@ class Connection:
         if not self.closed:
             self.closed = True
             self.close_reason = reason
+            self.drop_fd_frames()
             self._out.clear()
         if self._scope is not None:
             self._scope.cancel()
@@ -235,8 +336,9 @@ class Connection:
                 log.exception("connection task failed")
             finally:
                 self.closed = True
-                self.host.release(self)
                 with trio.CancelScope(shield=True):
+                    await self.host.release_sliced(self)
+                    self._sent(self.outbytes)  # what was never sent leaves the uid's budget
                     await self.stream.aclose()
                 log.info(
                     "connection closed", reason=self.close_reason, requests=self.session.requests
@@ -269,9 +371,12 @@ class Connection:
                 return
             # Every request of this read runs to its end, then the hardware is serviced
             # once for all of them (the emulated interrupt): one PRQ pass, one head
-            # write and batched answers for a burst, with no await in between.
+            # write and batched answers for a burst. Between two requests the reader
+            # yields once a slice is used up, so one burst cannot stall the others.
             self._in_batch = True
             ran = False
+            slice_left = REQUESTS_PER_SLICE
+            slice_end = time.perf_counter() + SLICE_S
             try:
                 for item in session.iter_requests(data):
                     if type(item) is Request:
@@ -282,6 +387,13 @@ class Connection:
                         self._rejected(item)
                     if self.closed or session.closed:
                         return
+                    slice_left -= 1
+                    if slice_left <= 0 or time.perf_counter() > slice_end:
+                        await trio.lowlevel.checkpoint()
+                        if self.closed:
+                            return
+                        slice_left = REQUESTS_PER_SLICE
+                        slice_end = time.perf_counter() + SLICE_S
             finally:
                 if ran:
                     host.after_call(now_ns())

@@ -13,6 +13,7 @@ import errno
 import math
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Final
@@ -32,10 +33,13 @@ from iopfd.core.events import (
 )
 from iopfd.protocol.errors import EINVAL, ENOSPC
 from iopfd.protocol.session import Request, error_frame
+from iopfd.server.budgets import ConnectionBudgets
 from iopfd.server.config import Config, Limits
 from iopfd.server.connection import Connection, now_ns, stream_fd
+from iopfd.server.faultfd import FaultFd
 from iopfd.server.listener import BoundSocket, bind_unix_socket
-from iopfd.server.ops import HANDLERS, OBSERVING_OPS, Deferred
+from iopfd.server.logconfig import log_dropped, printable
+from iopfd.server.ops import HANDLERS, OBSERVING_OPS, Deferred, PassFd
 from iopfd.server.peer import PeerCred, is_admin, peer_credentials, resolve_group
 from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
 
@@ -48,6 +52,12 @@ log = structlog.get_logger("iopfd.daemon")
 _ACCEPT_RETRY_ERRNOS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
 )
+
+#: Signals that stop the daemon cleanly (docs/operations.md, *Signals*); of the other
+#: catchable ones, SIGUSR1 logs the counters and the rest are logged and ignored (SIGHUP
+#: does not reload: the limits are read once, at start).
+SHUTDOWN_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+OTHER_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 #: How long the refusal of a connection beyond ``max_connections`` may take to send.
 REFUSE_TIMEOUT_S: Final = 1.0
@@ -70,11 +80,21 @@ class Daemon:
                     "internal_errors",
                     "outbuf_overflows",
                     "trace_lost",
+                    # fault fds (``fault_fd``): opened, groups sent, answer packets
+                    # applied, and what went wrong (docs/protocol.md, *Fault fd*)
+                    "fault_fds",
+                    "fault_fd_packets",
+                    "fault_fd_writes",
+                    "fault_fd_malformed",
+                    "fault_fd_refused",
+                    "fault_fd_send_errors",
+                    "fault_fd_overflows",
                 ),
                 0,
             )
         )
         self.connections: dict[int, Connection] = {}
+        self.budgets = ConnectionBudgets(self.limits)
         self._by_ctx: dict[int, Connection] = {}
         self._subscribers: set[Connection] = set()
         self._next_conn_id = 1
@@ -109,7 +129,9 @@ class Daemon:
             log.exception("request failed inside the daemon", op=request.op, request_id=rid)
             conn.reply_error(rid, EINVAL, f"internal error: {type(exc).__name__}")
         else:
-            if not isinstance(result, Deferred):
+            if isinstance(result, PassFd):
+                conn.reply_ok_with_fd(rid, result.result, result.sock)
+            elif not isinstance(result, Deferred):
                 conn.reply_ok(rid, result)
 
     # --- the core, serviced ------------------------------------------------------
@@ -145,21 +167,12 @@ class Daemon:
             conn = self._by_ctx.get(ev.ctx.id)
             if conn is None:
                 return
-            body: dict[str, object] = {
-                "fault_id": ev.fault_id,
-                "cookie": ev.cookie,
-                "faults": ev.faults,
-            }
-            if ev.throttled:
-                body["throttled"] = ev.throttled
-            conn.push_event("fault", body)
-            log.debug(
-                "fault delivered",
-                conn=conn.id,
-                fault_id=ev.fault_id,
-                cookie=ev.cookie,
-                records=len(ev.faults),
-            )
+            if conn.fault_fds:
+                # A queue with an open fault fd: one packet there instead of an event.
+                ffd = conn.fault_fds.get(ev.fault_id)
+                if ffd is not None and ffd.deliver(ev):
+                    return
+            self.push_fault(conn, ev)
         elif type(ev) is DmaDone:
             conn = self._by_ctx.get(ev.ctx.id)
             if conn is None or not isinstance(ev.tag, int):
@@ -184,6 +197,35 @@ class Daemon:
                 if ev.topic in sub.topics:
                     sub.push_trace(ev.topic, t, ev.record)
 
+    def push_fault(self, conn: Connection, ev: FaultDelivered) -> None:
+        """A group as a ``fault`` event on its connection."""
+        body: dict[str, object] = {
+            "fault_id": ev.fault_id,
+            "cookie": ev.cookie,
+            "faults": ev.faults,
+        }
+        if ev.throttled:
+            body["throttled"] = ev.throttled
+        conn.push_event("fault", body)
+        log.debug(
+            "fault delivered",
+            conn=conn.id,
+            fault_id=ev.fault_id,
+            cookie=ev.cookie,
+            records=len(ev.faults),
+        )
+
+    def open_fault_fd(self, conn: Connection, fault_id: int) -> socket.socket:
+        """``fault_fd``: the daemon keeps one end of a SOCK_SEQPACKET socketpair (its
+        tasks run in the daemon's nursery) and returns the other, for the reply."""
+        assert self._nursery is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ffd = FaultFd(self, conn, fault_id, self.limits.max_pending, ours)
+        conn.fault_fds[fault_id] = ffd
+        self.counters["fault_fds"] += 1
+        self._nursery.start_soon(ffd.run)
+        return theirs
+
     async def _hardware_task(self) -> None:
         """Runs the core at its deadlines (device retries with back-off); woken early
         when a request schedules work sooner. Page requests need no poll: every request
@@ -203,9 +245,10 @@ class Daemon:
     # --- connections -------------------------------------------------------------
 
     def open_context(self, conn: Connection, client: str) -> Context:
+        client = printable(client)  # shown to admins: no terminal escapes
         conn.client = client
         conn.label = f"{client}#{conn.id}" if client else f"conn{conn.id}"
-        ctx = self.core.open_context(conn.label)
+        ctx = self.core.open_context(conn.label, conn.cred.uid)
         conn.ctx = ctx
         self._by_ctx[ctx.id] = conn
         return ctx
@@ -219,6 +262,27 @@ class Daemon:
         # The core builds trace records only while someone listens.
         self.core.trace_enabled = bool(self._subscribers)
 
+    async def release_sliced(self, conn: Connection) -> None:
+        """``release``, with the context torn down in bounded steps first
+        (``Core.close_context_steps``) and a checkpoint between them, so a context with
+        thousands of attachments or objects does not stall the other connections. A
+        ``shutdown`` meanwhile finishes the teardown at once; this then stops."""
+        ctx = conn.ctx
+        if ctx is not None and not conn.released:
+            steps = self.core.close_context_steps(ctx, now_ns())
+            try:
+                for _ in steps:
+                    self.after_call(now_ns())
+                    await trio.lowlevel.checkpoint()
+                    if ctx.closed or conn.released:
+                        break
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("close_context failed", conn=conn.id)
+            finally:
+                steps.close()
+        self.release(conn)  # the rest, and whatever a failed step left
+
     def release(self, conn: Connection) -> None:
         """Everything the connection owned goes, as if its client had disconnected:
         bound devices, objects, and its pending groups, answered INVALID."""
@@ -226,7 +290,11 @@ class Daemon:
             return
         conn.released = True
         conn.closed = True
-        self.connections.pop(conn.id, None)
+        for ffd in list(conn.fault_fds.values()):
+            ffd.close("connection_closed")
+        conn.drop_fd_frames()
+        if self.connections.pop(conn.id, None) is not None:
+            self.budgets.closed(conn.cred.uid)
         if conn in self._subscribers:
             self._subscribers.discard(conn)
             self._update_trace_enabled()
@@ -245,6 +313,8 @@ class Daemon:
     def status_counters(self) -> dict[str, int]:
         counters = {f"daemon_{k}": v for k, v in self.counters.items()}
         counters.update(self.core.status_counters())
+        counters.update(self.budgets.counters())
+        counters["daemon_log_dropped"] = log_dropped()
         return counters
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
@@ -269,7 +339,9 @@ class Daemon:
         """Serve a new connection from the peer ``cred`` (a listener's accepted socket,
         or a memory stream in the in-process tests); ``None`` if refused."""
         assert self._nursery is not None, "connect() needs a running daemon (run())"
-        if len(self.connections) >= self.limits.max_connections:
+        admin = is_admin(cred, self.admin_gid)
+        refusal = self.budgets.refusal(cred.uid, admin, len(self.connections))
+        if refusal is not None:
             # Bounded whatever clients do: say why, then close (no context made).
             self.counters["connections_refused"] += 1
             log.warning(
@@ -277,8 +349,9 @@ class Daemon:
                 peer_pid=cred.pid,
                 peer_uid=cred.uid,
                 limit=self.limits.max_connections,
+                reason=refusal,
             )
-            frame = error_frame(None, ENOSPC, "too many connections")
+            frame = error_frame(None, ENOSPC, refusal)
             fd = stream_fd(stream)
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -293,7 +366,7 @@ class Daemon:
             return None
         conn_id = self._next_conn_id
         self._next_conn_id += 1
-        conn = Connection(self, stream, conn_id, cred, is_admin(cred, self.admin_gid))
+        conn = Connection(self, stream, conn_id, cred, admin, self.budgets.opened(cred.uid))
         self.connections[conn_id] = conn
         self.counters["connections"] += 1
         self._nursery.start_soon(conn.run)
@@ -350,7 +423,7 @@ class Daemon:
         # socket may signal at once, and must find the clean path already in place.
         listeners: list[trio.SocketListener] = []
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(*SHUTDOWN_SIGNALS, *OTHER_SIGNALS) as signals:
                 listeners = self._listeners()
                 async with trio.open_nursery() as outer:
                     nursery: trio.Nursery = await outer.start(self.run, listeners)
@@ -366,8 +439,14 @@ class Daemon:
                         kernel=self.core.profile.name,
                     )
                     async for signum in signals:
-                        log.info("shutting down", signal=signal.Signals(signum).name)
-                        break
+                        name = signal.Signals(signum).name
+                        if signum in SHUTDOWN_SIGNALS:
+                            log.info("shutting down", signal=name)
+                            break
+                        if signum == signal.SIGUSR1:  # a snapshot in the log
+                            log.info("status", signal=name, counters=self.status_counters())
+                        else:
+                            log.info("signal ignored", signal=name)
                     self.notifier.notify("STOPPING=1", "STATUS=stopping")
                     self.shutdown("shutdown")
                     outer.cancel_scope.cancel()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +17,7 @@ from iopfd.core import Core, CoreLimits
 from iopfd.core.profile import DEFAULT_KERNEL, PROFILES, kernel_profile
 from iopfd.server.config import Config, ConfigError, load_config
 from iopfd.server.listener import SocketInUse
-from iopfd.server.logconfig import configure_logging
+from iopfd.server.logconfig import close_logging, configure_logging
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -71,6 +73,11 @@ def build_core(config: Config) -> Core:
             max_map_length=limits.max_map_length,
             max_mapped_pages_per_context=limits.max_mapped_pages,
             max_partials_per_device=partials_fitting(limits.max_frame),
+            max_objects_per_uid=limits.max_objects_per_uid,
+            max_objects_total=limits.max_objects_total,
+            max_mapped_pages_per_uid=limits.max_mapped_pages_per_uid,
+            max_mapped_pages_total=limits.max_mapped_pages_total,
+            max_dids_per_uid=limits.max_dids_per_uid,
         ),
         kernel_profile(config.kernel),
     )
@@ -89,7 +96,33 @@ def partials_fitting(max_frame: int) -> int:
     return max(1, min(CoreLimits.max_partials_per_device, fit))
 
 
+#: Fds per connection the daemon budgets for (the socket, fault fds) and the fixed rest.
+FDS_PER_CONNECTION = 2
+FDS_RESERVED = 64
+
+
+def raise_fd_limit(max_connections: int) -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` towards what ``max_connections`` needs (up to the
+    hard limit), so accept() does not run out of fds before the connection cap is
+    reached. Returns (soft limit now, fds wanted)."""
+    want = max_connections * FDS_PER_CONNECTION + FDS_RESERVED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    return soft, want
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        close_logging()
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
@@ -106,6 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.kernel = args.kernel
     configure_logging(config.log_format, config.log_level)
     log = structlog.get_logger("iopfd")
+    nofile, wanted = raise_fd_limit(config.limits.max_connections)
+    if nofile < wanted:
+        log.warning(
+            "fd limit below what max_connections needs: raise LimitNOFILE",
+            nofile=nofile,
+            wanted=wanted,
+        )
 
     from iopfd.server.daemon import Daemon
 

@@ -10,13 +10,17 @@ runs; core errors (``CoreError``) propagate to the caller, which answers them.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 
+from iopfd.core.errors import CoreError
 from iopfd.protocol import models as m
+from iopfd.protocol.errors import EBUSY, ENOENT, EOPNOTSUPP
 from iopfd.protocol.ops import OPS
 
 if TYPE_CHECKING:
@@ -33,7 +37,16 @@ class Deferred:
 
 DEFERRED: Final = Deferred()
 
-Result = Mapping[str, object] | Deferred
+
+@dataclass(frozen=True, slots=True)
+class PassFd:
+    """A result whose reply frame carries ``sock``'s fd (SCM_RIGHTS): ``fault_fd``."""
+
+    result: Mapping[str, object]
+    sock: socket.socket
+
+
+Result = Mapping[str, object] | Deferred | PassFd
 EMPTY: Final[Mapping[str, object]] = {}
 
 
@@ -53,6 +66,7 @@ class Server(Protocol):
 
     def open_context(self, conn: Connection, client: str) -> Context: ...
     def subscribe(self, conn: Connection, topics: frozenset[str]) -> None: ...
+    def open_fault_fd(self, conn: Connection, fault_id: int) -> socket.socket: ...
     def status_counters(self) -> dict[str, int]: ...
 
 
@@ -70,7 +84,7 @@ def _ctx(conn: Connection) -> Context:
 def op_hello(srv: Server, conn: Connection, rid: int, args: m.HelloArgs, now: int) -> Result:
     srv.open_context(conn, args.client)
     structlog.contextvars.bind_contextvars(client=conn.label)
-    log.info("hello", client_name=args.client, admin=conn.admin)
+    log.info("hello", client_name=conn.client, admin=conn.admin)
     return {
         "version": m.PROTOCOL_VERSION,
         "server": srv.server_name,
@@ -153,6 +167,21 @@ def op_page_response(
     return {"done": _ctx(conn).page_response(args.fault_id, responses, now)}
 
 
+def op_fault_fd(srv: Server, conn: Connection, rid: int, args: m.FaultFdArgs, now: int) -> Result:
+    """One end of a SOCK_SEQPACKET socketpair, passed with the reply: the queue's groups
+    as kernel records from now on, answers written back (docs/protocol.md, *Fault fd*)."""
+    obj = _ctx(conn).lookup(args.fault_id)
+    if obj is None or obj.kind != "fault":
+        raise CoreError(ENOENT, f"no fault queue {args.fault_id}")
+    if args.fault_id in conn.fault_fds:
+        raise CoreError(EBUSY, f"fault queue {args.fault_id} already has an open fault fd")
+    if not conn.can_pass_fds:
+        raise CoreError(EOPNOTSUPP, "this connection cannot carry fds (not a Unix socket)")
+    theirs = srv.open_fault_fd(conn, args.fault_id)
+    log.info("fault fd opened", fault_id=args.fault_id)
+    return PassFd(EMPTY, theirs)
+
+
 def op_dma(srv: Server, conn: Connection, rid: int, args: m.DmaArgs, now: int) -> Result:
     # The request id rides in the transfer's tag; DmaDone brings it back for the reply.
     _ctx(conn).dma(args.dev_id, args.pasid, args.iova, args.length, args.perm, now, rid)
@@ -161,6 +190,9 @@ def op_dma(srv: Server, conn: Connection, rid: int, args: m.DmaArgs, now: int) -
 
 def op_destroy(srv: Server, conn: Connection, rid: int, args: m.DestroyArgs, now: int) -> Result:
     _ctx(conn).destroy(args.obj_id, now)
+    ffd = conn.fault_fds.get(args.obj_id)
+    if ffd is not None:
+        ffd.close("fault_destroy")  # its groups were answered: the backlog goes
     return EMPTY
 
 
@@ -196,6 +228,7 @@ def op_hwpt_invalidate(
 def op_status(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
     return {
         "version": m.PROTOCOL_VERSION,
+        "server": srv.server_name,  # the daemon's own version, as hello says it
         "kernel": srv.core.profile.name,
         "uptime_s": round(time.monotonic() - srv.started, 3),
         "clients": srv.clients,
@@ -275,6 +308,7 @@ HANDLERS: Final[Mapping[str, Handler]] = {
     "replace": op_replace,
     "detach": op_detach,
     "page_response": op_page_response,
+    "fault_fd": op_fault_fd,
     "dma": op_dma,
     "destroy": op_destroy,
     "device_reset": op_device_reset,

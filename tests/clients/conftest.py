@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from clients.launch import launch
+from clients.pytest_plugin import IopfdDaemon, report_log_of
 from iopfd.protocol.frames import FrameDecoder, encode_frame
 
 DEFER = object()
@@ -147,37 +147,42 @@ async def fake(nursery: trio.Nursery) -> AsyncIterator[FakeDaemon]:
         yield daemon
 
 
-# -- the real daemon, as a subprocess -----------------------------------------
+# -- the real daemon, as a subprocess: the users' pytest plugin (clients.pytest_plugin) ----
 
 
 class LiveDaemon:
-    """A real iopfd started by ``clients.launch`` (ready on READY=1), in ``tmpdir``."""
+    """A real iopfd started by the plugin's :class:`IopfdDaemon` (``clients.launch``,
+    ready on READY=1); ``config`` is TOML text, written to ``tmpdir``."""
 
     def __init__(self, tmpdir: str, config: str | None = None) -> None:
         self.dir = tmpdir
-        self.path = os.path.join(tmpdir, "iopfd.sock")
-        self.log_path = os.path.join(tmpdir, "iopfd.log")
         cfg = None
         if config is not None:
             cfg = os.path.join(tmpdir, "iopfd.toml")
             with open(cfg, "w") as f:
                 f.write(config)
-        self.launched = launch(
-            socket=self.path, config=cfg, log=self.log_path, args=("--log-format", "json")
-        )
+        self.daemon = IopfdDaemon(config=cfg)
+        self.path = self.daemon.socket
+        self.log_path = str(self.daemon.log_path)
+        self.launched = self.daemon.launched
 
     def stop(self) -> int:
-        return self.launched.stop(10.0)
+        return self.daemon.stop(10.0)
 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveDaemon]:
-    """One real iopfd per test module (default topology); stopped with SIGTERM after."""
+    """One real iopfd per test module (default topology). At the end the exactly-once
+    identity must hold; then SIGTERM, exit 0 and no socket left (IopfdDaemon.finish)."""
     with tempfile.TemporaryDirectory(prefix="iopfd-it-") as d:
         daemon = LiveDaemon(d)
-        try:
-            yield daemon
-        finally:
-            rc = daemon.stop()
-            assert rc == 0, f"iopfd exited {rc}; log in {daemon.log_path}"
-            assert not os.path.exists(daemon.path), "iopfd left its socket behind"
+        yield daemon
+        daemon.daemon.finish()
+
+
+@pytest.fixture(autouse=True)
+def _live_log_on_failure(request: pytest.FixtureRequest) -> None:
+    """A failing test that used the module's daemon shows its log (as the plugin's own
+    fixtures do)."""
+    if "live" in request.fixturenames:
+        report_log_of(request.node, request.getfixturevalue("live").daemon)

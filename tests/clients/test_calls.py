@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import socket
 from typing import Any
 
 import pytest
@@ -57,6 +58,7 @@ SAMPLES: dict[str, tuple[Call[Any], dict[str, Any]]] = {
     "replace": (CALLS.replace(1, 4), {}),
     "detach": (CALLS.detach(1, 1), {}),
     "page_response": (CALLS.page_response(3, [(1, 0)]), {"done": 1}),
+    "fault_fd": (CALLS.fault_fd(3), {}),
     "dma": (
         CALLS.dma(1, 0x1000, 0x1000, Perm.READ, pasid=1),
         {"status": "ok", "faults": 0, "bytes": 4096},
@@ -113,7 +115,24 @@ def test_each_call_fits_the_op_tables_argument_and_result_models(op: str) -> Non
     call, result = SAMPLES[op]
     assert call.op == op
     validate_args(op, call.args, 1)
-    call.parse(result)  # the parser's model is the table's (TypeError otherwise)
+    if not OPS[op].fds:
+        call.parse(result)  # the parser's model is the table's (TypeError otherwise)
+        return
+    a, b = socket.socketpair()
+    with a, b, call.value(result, (b.detach(),)) as passed:  # the fd becomes the value
+        assert isinstance(passed, socket.socket)
+
+
+def test_fault_fd_takes_the_one_fd_its_reply_passed_and_closes_any_other() -> None:
+    with pytest.raises(ProtocolViolation):
+        CALLS.fault_fd(3).parse({})  # no fd: the daemon broke the contract
+    a, b = socket.socketpair()
+    fds = (a.detach(), b.detach())
+    with pytest.raises(ProtocolViolation):
+        CALLS.fault_fd(3).value({}, fds)
+    for fd in fds:  # closed, not leaked
+        with pytest.raises(OSError):
+            socket.socket(fileno=fd)
 
 
 def test_a_result_that_does_not_fit_the_model_is_a_protocol_violation() -> None:

@@ -32,7 +32,8 @@ def test_rid_parse_format_and_sid() -> None:
     "bad",
     [
         "",
-        "3a:00.0",
+        "3a:0.0",  # the short form (segment 0) is 3a:00.0: tests/protocol/test_rid.py
+        ":3a:00.0",
         "0000:3a:00.8",
         "0000:3a:20.0",
         "0000:3a:00",

@@ -24,6 +24,7 @@ VALID: dict[str, dict[str, Any]] = {
     "replace": {"dev_id": 1, "pt_id": 2},
     "detach": {"dev_id": 1},
     "page_response": {"fault_id": 1, "responses": [{"cookie": 1, "code": 0}]},
+    "fault_fd": {"fault_id": 1},
     "dma": {"dev_id": 1, "iova": 0, "length": 4096, "perm": 1},
     "destroy": {"obj_id": 3},
     "device_reset": {"dev_id": 1},

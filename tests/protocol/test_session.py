@@ -279,3 +279,32 @@ def test_only_ops_that_may_answer_enospc_are_bounded_by_max_deferred() -> None:
     server.error(1, "ENODEV", "removed")
     assert isinstance(_one(server, encode_frame({**dma, "id": 4})), Request)
     assert server.deferred == {3: "unplug", 4: "dma"}
+
+
+def test_fds_go_to_the_ok_replies_of_fd_ops_in_arrival_order() -> None:
+    """The daemon passes an fd with the first byte of a ``fault_fd`` reply frame: the
+    session queues what reads bring and each ok reply of an op with ``OpSpec.fds`` takes
+    its own; an error reply or another op takes none; an abandoned reply's fd is stray."""
+    assert {n: s.fds for n, s in OPS.items() if s.fds} == {"fault_fd": 1}
+    client = ClientSession()
+    first, _ = client.request("fault_fd", {"fault_id": 1})
+    refused, _ = client.request("fault_fd", {"fault_id": 1})
+    other, _ = client.request("devices", {})
+    second, _ = client.request("fault_fd", {"fault_id": 2})
+    abandoned, _ = client.request("fault_fd", {"fault_id": 3})
+    client.abandon(abandoned)
+    error = encode_frame({"id": refused, "ok": False, "error": {"code": "EBUSY", "message": ""}})
+    replies = client.receive_data(_reply_frame(first), [10])
+    replies += client.receive_data(error + _reply_frame(other, {"devices": []}))
+    replies += client.receive_data(_reply_frame(second) + _reply_frame(abandoned)[:3], [11])
+    replies += client.receive_data(_reply_frame(abandoned)[3:], [12])
+    assert [(r.id, r.fds) for r in replies if isinstance(r, Reply)] == [
+        (first, (10,)),
+        (refused, ()),
+        (other, ()),
+        (second, (11,)),
+    ]
+    assert client.take_stray_fds() == [12]
+    assert client.take_stray_fds() == []
+    client.receive_data(b"", [13])
+    assert client.release_fds() == [13]

@@ -10,6 +10,8 @@ virtual time: deterministic, and instant.
 
 from __future__ import annotations
 
+import array
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -65,6 +67,8 @@ class Peer:
         self.reads = 0
         self.eof = False
         self.hello: dict[str, Any] | None = None
+        #: fds passed with the daemon's frames (SCM_RIGHTS; a socket pair only).
+        self.fds: list[int] = []
 
     async def send(self, *frames: bytes) -> None:
         await self.stream.send_all(b"".join(frames))
@@ -83,7 +87,18 @@ class Peer:
     async def _read(self) -> None:
         if self.eof:
             raise Closed
-        data = await self.stream.receive_some(1 << 20)
+        if isinstance(self.stream, trio.SocketStream):
+            # recvmsg: a plain read of the byte that carries an fd drops the fd
+            data, anc, _flags, _ = await self.stream.socket.recvmsg(
+                1 << 20, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC
+            )
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                    self.fds += fds
+        else:
+            data = await self.stream.receive_some(1 << 20)
         if not data:
             self.eof = True
             raise Closed

@@ -60,6 +60,25 @@ def test_service_unit_has_the_settings_the_daemon_relies_on() -> None:
     assert "SocketMode=0660" in sock
 
 
+def test_the_service_fd_limit_covers_max_connections_and_their_fault_fds() -> None:
+    """Issue 11: the unit's 1024 fds ran out before max_connections did."""
+    from iopfd.server.config import Limits
+
+    service = (UNITS / "iopfd.service").read_text().splitlines()
+    [limit] = [int(line.split("=", 1)[1]) for line in service if line.startswith("LimitNOFILE=")]
+    assert limit >= 2 * Limits().max_connections + 64
+
+
+def test_the_example_config_is_valid_and_lists_every_limit() -> None:
+    from iopfd.server.config import Limits, load_config
+
+    config = load_config(UNITS / "iopfd.toml")
+    text = (UNITS / "iopfd.toml").read_text()
+    for name in Limits.model_fields:
+        assert f"\n{name} = " in text, name
+    assert config.limits.max_connections_per_uid == Limits().max_connections_per_uid
+
+
 def _recv_all(notify: socket.socket, until: str, timeout: float) -> list[str]:
     msgs: list[str] = []
     deadline = time.monotonic() + timeout

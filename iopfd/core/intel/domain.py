@@ -8,6 +8,7 @@ from hwmodel import PageTable
 from iopfd.core.intel.cache import CacheTagList
 
 if TYPE_CHECKING:
+    from iopfd.core.budgets import UidAccount
     from iopfd.core.intel.iommu import UnitState
 
 
@@ -15,7 +16,7 @@ class DmarDomain:
     """One translation domain: a paging (second-stage) or nested (first-stage over a
     parent's second stage) page table, and where its translations may be cached."""
 
-    __slots__ = ("dids", "nested", "parent", "pending", "s1", "s2", "tags")
+    __slots__ = ("dids", "nested", "owner", "parent", "pending", "s1", "s2", "tags")
 
     def __init__(self, s2: PageTable, *, nested: bool, parent: DmarDomain | None) -> None:
         self.s2 = s2
@@ -28,6 +29,8 @@ class DmarDomain:
         self.tags = CacheTagList()
         # Seed 004 step 6: groups pending on this domain (queued, not yet answered).
         self.pending = 0
+        #: The uid account its domain IDs are charged to (``iopfd.core.budgets``).
+        self.owner: UidAccount | None = None
 
 
 def domain_attach_iommu(domain: DmarDomain, us: UnitState) -> int:
@@ -35,7 +38,7 @@ def domain_attach_iommu(domain: DmarDomain, us: UnitState) -> int:
     (``ENOSPC`` when the unit has none left)."""
     entry = domain.dids.get(us.unit.name)
     if entry is None:
-        did = us.alloc_did()
+        did = us.alloc_did(domain.owner)
         domain.dids[us.unit.name] = [did, 1]
         return did
     entry[1] += 1
@@ -47,7 +50,7 @@ def domain_detach_iommu(domain: DmarDomain, us: UnitState) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del domain.dids[us.unit.name]
-        us.free_did(entry[0])
+        us.free_did(entry[0], domain.owner)
 
 
 __all__ = ["DmarDomain", "domain_attach_iommu", "domain_detach_iommu"]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from collections import Counter
 
     from hwmodel import IommuUnit, Machine, PciFunction
+    from iopfd.core.budgets import UidAccount
     from iopfd.core.events import EventSink
     from iopfd.core.io_pgfault import IopfQueue
     from iopfd.core.iommu import AttachHandle, Device
@@ -69,18 +70,27 @@ class UnitState:
         self._next_did = FIRST_DOMAIN_ID
         self._free_dids: list[int] = []
 
-    def alloc_did(self) -> int:
-        """Lowest free DID from 2 (the kernel's IDA)."""
+    def alloc_did(self, owner: UidAccount | None = None) -> int:
+        """Lowest free DID from 2 (the kernel's IDA), charged to ``owner``'s uid
+        (``ENOSPC`` past ``max_dids_per_uid`` on this unit)."""
         if self._free_dids:
-            return heapq.heappop(self._free_dids)
-        did = self._next_did
-        if did > MAX_DOMAIN_ID:
-            raise CoreError(ENOSPC, f"{self.unit.name}: domain IDs exhausted")
-        self._next_did = did + 1
+            did = self._free_dids[0]
+        else:
+            did = self._next_did
+            if did > MAX_DOMAIN_ID:
+                raise CoreError(ENOSPC, f"{self.unit.name}: domain IDs exhausted")
+        if owner is not None:
+            owner.charge_did(self.unit.name)
+        if self._free_dids:
+            heapq.heappop(self._free_dids)
+        else:
+            self._next_did = did + 1
         return did
 
-    def free_did(self, did: int) -> None:
+    def free_did(self, did: int, owner: UidAccount | None = None) -> None:
         heapq.heappush(self._free_dids, did)
+        if owner is not None:
+            owner.release_did(self.unit.name)
 
     def dids_in_use(self) -> int:
         return self._next_did - FIRST_DOMAIN_ID - len(self._free_dids)

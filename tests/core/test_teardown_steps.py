@@ -1,0 +1,75 @@
+"""Teardown in bounded steps (``Core.close_context_steps``): the daemon serves other
+connections between steps; each step leaves the core consistent, every group is answered
+exactly once, and a teardown left half-done is finished by ``close_context``."""
+
+from __future__ import annotations
+
+from iopfd.core.device import DETACHES_PER_STEP
+from iopfd.core.testing import ACCEL, NIC_PF, Env, check_invariants
+
+PASIDS = 3 * DETACHES_PER_STEP + 5
+
+
+def _many_attachments(env: Env) -> int:
+    """The env's context: ACCEL attached on PASIDS PASIDs through one fault-capable
+    HWPT, with a group pending on some of them. Returns the fault queue id."""
+    _dev, _ioas, fq, hwpt = env.fault_hwpt(ACCEL, pasid=1)
+    assert fq is not None
+    dev = _dev
+    for pasid in range(2, PASIDS + 1):
+        env.ctx.attach(dev, hwpt, pasid, env.now)
+    for pasid in (1, 70, PASIDS):
+        env.inject(ACCEL, pasid, 0x1000_0000, grpid=pasid % 256)
+    env.service()
+    assert len(env.core.pending(env.now)) == 3
+    return fq
+
+
+def test_close_context_steps_detach_a_device_in_bounded_steps_keeping_invariants() -> None:
+    env = Env()
+    _many_attachments(env)
+    other = env.core.open_context("neighbour", uid=1000)
+    steps = 0
+    for _ in env.core.close_context_steps(env.ctx, env.now):
+        steps += 1
+        # Between two steps the core is whole: the neighbour works, invariants hold.
+        env.service()
+        check_invariants(env)
+        other.ioas_alloc()
+        handles = len(env.core.devices[ACCEL].handles)
+        assert handles == 0 or handles >= PASIDS - steps * DETACHES_PER_STEP
+    assert steps > PASIDS // DETACHES_PER_STEP
+    assert env.ctx.closed and env.ctx.id not in env.core.contexts
+    assert env.core.devices[ACCEL].binding is None
+    check_invariants(env)
+    assert env.core.pending_count() == 0
+
+
+def test_a_teardown_left_half_done_is_finished_by_close_context() -> None:
+    env = Env()
+    _many_attachments(env)
+    steps = env.core.close_context_steps(env.ctx, env.now)
+    next(steps)
+    next(steps)
+    steps.close()
+    assert not env.ctx.closed and env.core.devices[ACCEL].handles
+    env.core.close_context(env.ctx, env.now)
+    assert env.ctx.closed and not env.core.devices[ACCEL].handles
+    check_invariants(env)
+    assert env.core.budgets.objects == 0
+    # The device is free for the next owner.
+    env.core.open_context("next").bind(ACCEL, env.now)
+
+
+def test_an_unplug_during_a_sliced_teardown_ends_the_device_steps() -> None:
+    env = Env()
+    _many_attachments(env)
+    steps = env.core.close_context_steps(env.ctx, env.now)
+    next(steps)
+    env.core.emulation.unplug(ACCEL, env.now, force=True, grace_ns=0, ctx=None, tag=None)
+    env.service()
+    for _ in steps:
+        pass
+    assert env.ctx.closed
+    check_invariants(env)
+    assert NIC_PF in env.core.devices

@@ -1,0 +1,102 @@
+"""Budgets per uid, in-process: connection slots (with the admins' reserve), objects and
+mapped pages across one uid's connections, and unsent output per uid."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from iopfd_inprocess import NOBODY, ROOT, Peer, connect, running
+
+from iopfd.server.peer import PeerCred
+
+OTHER = PeerCred(pid=4244, uid=1000, gid=1000, groups=frozenset())
+
+
+async def _refused(peer: Peer) -> tuple[str, str]:
+    [reply] = await peer.until_closed()
+    assert reply.id is None
+    return reply.code, reply.message
+
+
+async def test_one_uid_is_capped_in_connections_and_other_uids_still_connect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(max_connections_per_uid=2) as daemon:
+        held = [await connect(daemon, NOBODY) for _ in range(2)]
+        code, message = await _refused(await connect(daemon, NOBODY, hello=False))
+        assert code == "ENOSPC" and "uid 65534" in message
+        assert (await connect(daemon, OTHER)).hello is not None
+        assert (await connect(daemon, ROOT)).hello is not None
+        status = await (await connect(daemon, ROOT)).call("status")
+        assert status["counters"]["budget_refused_connections_uid"] == 1
+        assert status["counters"]["budget_max_connections_uid"] == 2
+        # A slot given back is a slot the uid may take again.
+        await held[1].aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await connect(daemon, NOBODY)).hello is not None
+
+
+async def test_slots_reserved_for_admins_keep_root_able_to_connect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(max_connections=6, admin_reserved_connections=2) as daemon:
+        tenants = [NOBODY, OTHER, NOBODY, OTHER]
+        for cred in tenants:
+            assert (await connect(daemon, cred)).hello is not None
+        code, message = await _refused(await connect(daemon, NOBODY, hello=False))
+        assert code == "ENOSPC" and "reserved for admins" in message
+        admins = [await connect(daemon, ROOT) for _ in range(2)]
+        assert all(a.hello is not None for a in admins)
+        assert (await _refused(await connect(daemon, ROOT, hello=False)))[0] == "ENOSPC"
+
+
+async def test_objects_are_charged_to_the_uid_across_its_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(max_objects=10, max_objects_per_uid=3) as daemon:
+        a, b = await connect(daemon, NOBODY), await connect(daemon, NOBODY)
+        await a.call("ioas_alloc")
+        await a.call("ioas_alloc")
+        await b.call("ioas_alloc")
+        assert await b.error("ioas_alloc") == "ENOSPC"
+        other = await connect(daemon, OTHER)
+        for _ in range(3):
+            await other.call("ioas_alloc")
+        await a.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        await b.call("ioas_alloc")  # a's objects went back to the uid's budget
+        status = await (await connect(daemon, ROOT)).call("status")
+        assert status["counters"]["budget_refused_objects_uid"] == 1
+
+
+async def test_mapped_pages_are_charged_to_the_uid_across_its_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(max_mapped_pages_per_uid=512) as daemon:
+        a, b = await connect(daemon, NOBODY), await connect(daemon, NOBODY)
+        ia = (await a.call("ioas_alloc"))["ioas_id"]
+        ib = (await b.call("ioas_alloc"))["ioas_id"]
+        await a.call("ioas_map", ioas_id=ia, iova=1 << 30, length=1 << 20, perm=3)
+        assert (
+            await b.error("ioas_map", ioas_id=ib, iova=1 << 30, length=2 << 20, perm=3) == "ENOSPC"
+        )
+        await b.call("ioas_map", ioas_id=ib, iova=1 << 30, length=1 << 20, perm=3)
+
+
+async def test_unsent_output_is_capped_per_uid_across_its_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(max_frame=65536, max_outbuf=1 << 20, max_outbuf_per_uid=65536) as daemon:
+        peers = [
+            await connect(daemon, NOBODY, pair=trio.testing.lockstep_stream_pair) for _ in range(2)
+        ]
+        frame = peers[0].frame("topology")[1]
+        with pytest.raises(trio.BrokenResourceError):
+            for _ in range(1000):
+                for p in peers:
+                    await p.send(frame)  # neither ever reads a reply
+        # Each stayed far below max_outbuf; together they crossed the uid's budget.
+        assert daemon.counters["outbuf_overflows"] == 1
+        other = await connect(daemon, OTHER)
+        assert (await other.call("devices"))["devices"]
