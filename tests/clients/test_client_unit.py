@@ -24,7 +24,7 @@ from clients import (
 )
 
 # late import of the conftest's helpers under importlib import mode
-from tests.clients.conftest import DEFER, FakeConn, FakeDaemon, FakeErr  # type: ignore[import-not-found]
+from tests.clients.conftest import DEFER, FakeConn, FakeDaemon, FakeErr
 
 # (method, args, kwargs, expected wire arguments, canned result, expected return)
 OPS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, Any], Any]] = [

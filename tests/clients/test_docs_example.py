@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients.conftest import LiveDaemon  # type: ignore[import-not-found]
+from tests.clients.conftest import LiveDaemon
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 
 from clients.sync import SyncClient
 from iopfd.cli.iopfctl import main
-from tests.clients.conftest import LiveDaemon  # type: ignore[import-not-found]
+from tests.clients.conftest import LiveDaemon
 
 pytestmark = pytest.mark.integration
 

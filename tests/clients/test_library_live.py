@@ -18,7 +18,7 @@ from clients import (
     ResponseCode,
 )
 from clients.sync import SyncClient
-from tests.clients.conftest import LiveDaemon  # type: ignore[import-not-found]
+from tests.clients.conftest import LiveDaemon
 
 pytestmark = pytest.mark.integration
 
@@ -132,12 +132,12 @@ async def test_errors_carry_errno_names_and_leave_the_connection_usable(
             await a.attach(nopri, hwpt)
         vf = await a.bind(VF)
         vf_hwpt = await a.hwpt_alloc(vf, ioas, fault_id=fid)
-        with pytest.raises(IopfError) as ei:
+        with pytest.raises(IopfError) as ei2:
             await a.attach(vf, vf_hwpt)
-        assert ei.value.errno == "EINVAL"
-        with pytest.raises(IopfError) as ei:
+        assert ei2.value.errno == "EINVAL"
+        with pytest.raises(IopfError) as ei3:
             await a.request("no_such_op")
-        assert ei.value.errno == "EINVAL"
+        assert ei3.value.errno == "EINVAL"
         assert await a.ioas_alloc() > ioas
 
 

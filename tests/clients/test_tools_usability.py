@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from clients.completion import completion_script
-from clients.pytest_plugin import IopfdDaemon
+from clients.pytest_plugin import Factory, IopfdDaemon
 from clients.records import TraceRecord
 from clients.vmm import build_parser as vmm_parser
 from iopfd.cli.iopfctl import _trace as trace_command
@@ -25,10 +26,10 @@ from iopfd.protocol.frames import FrameDecoder, encode_frame
 BIN = Path(sys.executable).parent
 IOPFCTL, VMM = str(BIN / "iopfctl"), str(BIN / "iopf-vmm")
 ENV = {**os.environ, "COLUMNS": "100"}
-QUIET: dict = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
-def _run(*argv: str, timeout: float = 30, **kw: object) -> subprocess.CompletedProcess[str]:
+def _run(*argv: str, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=False, env=ENV, **kw
     )
@@ -72,7 +73,8 @@ def test_one_rid_message_from_iopfctl_iopf_vmm_and_the_daemon(iopfd_daemon: Iopf
         raw.connect(iopfd_daemon.socket)
         raw.sendall(encode_frame({"id": 1, "op": "hello", "version": 2, "client": "raw"}))
         raw.sendall(encode_frame({"id": 2, "op": "plug", "rid": "3a:0.0"}))
-        dec, replies = FrameDecoder(), {}
+        dec = FrameDecoder()
+        replies: dict[object, dict[str, Any]] = {}
         while 2 not in replies:
             replies.update({m["id"]: m for m in dec.feed(raw.recv(65536)) if "id" in m})
     assert replies[2]["error"]["code"] == "EINVAL"
@@ -200,7 +202,7 @@ def test_iopf_vmm_without_a_daemon_exits_3_with_one_line(tmp_path: Path) -> None
 
 
 def test_iopf_vmm_and_trace_exit_3_with_one_line_when_the_daemon_is_stopped_mid_run(
-    iopfd_factory,
+    iopfd_factory: Factory,
 ) -> None:
     daemon = iopfd_factory()
     vmm = subprocess.Popen(

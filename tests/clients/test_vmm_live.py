@@ -8,18 +8,22 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from clients.sync import SyncClient
 from clients.vmm import main as vmm_main
 from iopfd.cli.iopfctl import main as iopfctl_main
-from tests.clients.conftest import LiveDaemon  # type: ignore[import-not-found]
+from tests.clients.conftest import LiveDaemon
 
 pytestmark = pytest.mark.integration
 
 
-def _vmm(live: LiveDaemon, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+def _vmm(
+    live: LiveDaemon, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, dict[str, Any]]:
     rc = vmm_main(["--socket", live.path, "--json", *args])
     out = capsys.readouterr().out
     return rc, json.loads(out)
@@ -184,7 +188,7 @@ def test_vmm_releases_a_device_on_device_request_answers_everything_and_exits_4(
     _assert_quiet_daemon(live, capsys)
 
 
-def test_vmm_surfaces_throttling_by_a_full_fault_queue(tmp_path) -> None:
+def test_vmm_surfaces_throttling_by_a_full_fault_queue(tmp_path: Path) -> None:
     daemon = LiveDaemon(str(tmp_path), config="[limits]\nmax_pending = 2\n")
     try:
         proc = subprocess.run(
@@ -261,7 +265,7 @@ def test_interrupted_vmm_exits_130_and_the_daemon_releases_everything(
     assert k["groups"] == k["responses"] + k["auto_responses"] + k["throttled"]
 
 
-def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_path) -> None:
+def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_path: Path) -> None:
     """6.12 has no fault-capable paging HWPT and no PASID attach: the VMM says so, uses a
     nested HWPT whose stage-1 maps guest RAM one to one, attaches RIDs only, and every
     check still holds."""
@@ -306,7 +310,7 @@ def test_vmm_on_kernel_6_12_pages_through_an_identity_stage1_on_rids_only(tmp_pa
 
 
 def test_vmm_spawn_daemon_runs_against_a_private_daemon_and_stops_it(
-    tmp_path,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """--spawn-daemon: a daemon of the VMM's own (here on a given socket, playing 6.12),

@@ -10,6 +10,8 @@ from clients.vmm.workload import (
     BAD_BASE,
     GUEST_IOVA_BASE,
     GUEST_RAM_BASE,
+    DmaOp,
+    Target,
     layout_targets,
     page_runs,
     plan_epoch,
@@ -21,7 +23,9 @@ DEVICES: list[tuple[str, int, list[int | None]]] = [
 ]
 
 
-def _plan(pattern: str, seed: int = 7, bad: float = 0.0, pages: int = 64):
+def _plan(
+    pattern: str, seed: int = 7, bad: float = 0.0, pages: int = 64
+) -> tuple[list[Target], list[DmaOp]]:
     targets = layout_targets(DEVICES, pages, nested=False)
     return targets, plan_epoch(
         targets, pattern=pattern, dma_pages=4, stride=4, bad_fraction=bad, rng=random.Random(seed)

@@ -98,7 +98,7 @@ class Peer:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
                     self.fds += fds
         else:
-            data = await self.stream.receive_some(1 << 20)
+            data = bytes(await self.stream.receive_some(1 << 20))
         if not data:
             self.eof = True
             raise Closed

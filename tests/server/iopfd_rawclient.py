@@ -29,7 +29,7 @@ class Closed(Exception):
 
 
 def frame(obj: Any) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
     return struct.pack(">I", len(body)) + body
 
 

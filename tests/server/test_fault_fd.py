@@ -71,7 +71,7 @@ async def _packets(fd: trio.socket.SocketType, n: int) -> list[list[dict[str, in
 
 
 def _pending(daemon: Daemon) -> set[int]:
-    return {row["cookie"] for row in daemon.core.pending(now_ns())}
+    return {int(str(row["cookie"])) for row in daemon.core.pending(now_ns())}
 
 
 _PEERS: list[Peer] = []

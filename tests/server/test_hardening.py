@@ -38,9 +38,10 @@ async def test_control_characters_of_a_client_name_are_escaped_in_every_admin_vi
 
 
 def _deep_hwpt_alloc(rid: int, depth: int) -> bytes:
-    head = msgpack.packb({"op": "hwpt_alloc", "id": rid, "dev_id": 1, "pt_id": 2})
+    head: bytes = msgpack.packb({"op": "hwpt_alloc", "id": rid, "dev_id": 1, "pt_id": 2})
     assert head[0] == 0x84  # a fixmap of 4: one more key, "data", nested ``depth`` deep
-    body = bytes([0x85]) + head[1:] + msgpack.packb("data") + b"\x81\xa1n" * depth + b"\x80"
+    key: bytes = msgpack.packb("data")
+    body = bytes([0x85]) + head[1:] + key + b"\x81\xa1n" * depth + b"\x80"
     return struct.pack(">I", len(body)) + body
 
 

@@ -67,7 +67,7 @@ class _Stalled(io.StringIO):
 
 def test_a_stalled_log_sink_never_blocks_the_writer_and_drops_are_counted() -> None:
     stalled = _Stalled()
-    w = QueuedWriter(stalled, maxsize=8, rate=1e9, burst=1e9)  # type: ignore[arg-type]
+    w = QueuedWriter(stalled, maxsize=8, rate=1e9, burst=1e9)
     for i in range(100):
         w.write(f"line {i}\n")  # returns at once though nothing can be written
     assert w.dropped >= 100 - 8 - 1

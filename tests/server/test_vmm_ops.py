@@ -209,7 +209,9 @@ def test_hwpt_alloc_errors_follow_the_kernel(iopfd: DaemonProc) -> None:
 
 
 def _attached(c: RawClient, rid: str) -> dict[str, int]:
-    return next(d for d in c.call("topology")["devices"] if d["rid"] == rid)["attached"]
+    row = next(d for d in c.call("topology")["devices"] if d["rid"] == rid)
+    attached: dict[str, int] = row["attached"]
+    return attached
 
 
 def test_attach_replace_detach_rules(iopfd: DaemonProc) -> None:
