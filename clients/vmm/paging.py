@@ -60,6 +60,10 @@ IDENTITY_MAP_CHUNK = 4 << 20
 RELEASE_DRAIN_S = 5.0
 
 
+#: PASID attaches sent together during set-up (one write, then their replies).
+SETUP_BATCH = 256
+
+
 @dataclass
 class VmmOptions:
     devices: list[str] = field(default_factory=list)  # empty: every PRI-capable free PF
@@ -179,8 +183,14 @@ class DemandPagingVmm:
                 else:
                     self._identity_hwpts.append(hwpt)
             await self.c.attach(dev_id, hwpt)
-            for p in pasids:
-                await self.c.attach(dev_id, hwpt, pasid=p)
+            # PASIDs attach in pipelined batches (one write, one round trip each), with
+            # progress, so that even a large --pasids is neither slow nor silent.
+            for i in range(0, len(pasids), SETUP_BATCH):
+                chunk = pasids[i : i + SETUP_BATCH]
+                calls = [self.c.submit("attach", dev_id=dev_id, pt_id=hwpt, pasid=p) for p in chunk]
+                for call in calls:
+                    await call.result()
+                self.progress.setup(f"{rid}: PASIDs attached", i + len(chunk), len(pasids))
             self.devices.append(_Device(rid, dev_id, pasids, hwpt, parent))
             self._hwpt_by_dev[dev_id] = hwpt
             layout.append((rid, dev_id, [None, *pasids]))

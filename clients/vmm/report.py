@@ -182,10 +182,11 @@ def print_summary(info: RunInfo, st: VmmStats, out: TextIO, as_json: bool) -> No
 class Progress:
     """A one-line status on stderr: rewritten in place on a TTY, else one line per tick."""
 
-    def __init__(self, enabled: bool, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, enabled: bool, stream: TextIO | None = None) -> None:
         self.enabled = enabled
-        self.stream = stream
-        self.tty = stream.isatty()
+        # Looked up when built, not when imported: sys.stderr may have been replaced since.
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
         self._last_len = 0
 
     def show(self, elapsed: float, st: VmmStats, total: float | None) -> None:
@@ -198,6 +199,21 @@ class Progress:
             f"({rate:,.0f}/s)  faults {st.faults}  mapped {st.pages_mapped}  "
             f"invalid {st.answers['INVALID']}"
         )
+        if self.tty:
+            pad = max(0, self._last_len - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self._last_len = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def setup(self, what: str, done: int, total: int) -> None:
+        """Set-up progress (binding, attaching PASIDs): never silent for long."""
+        if not self.enabled:
+            return
+        self._write(f"[setup] {what} {done}/{total}")
+
+    def _write(self, line: str) -> None:
         if self.tty:
             pad = max(0, self._last_len - len(line))
             self.stream.write("\r" + line + " " * pad)

@@ -329,3 +329,34 @@ def test_vmm_daemon_kernel_without_spawn_daemon_is_a_usage_error(
 ) -> None:
     assert vmm_main(["--daemon-kernel", "6.12"]) == 2
     assert "--daemon-kernel needs --spawn-daemon" in capsys.readouterr().err
+
+
+def test_vmm_setup_of_many_pasids_is_pipelined_and_shows_progress(
+    live: LiveDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A large --pasids used to sit silent in set-up, one round trip per PASID.
+    rc = vmm_main(
+        [
+            "--socket",
+            live.path,
+            "--json",
+            "--progress",
+            "--device",
+            "0000:3a:00.0",
+            "--pasids",
+            "600",
+            "--pages",
+            "1",
+            "--duration",
+            "0.2",
+            "--bad-fraction",
+            "0",
+        ]
+    )
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert rc == 0, summary["violations"]
+    assert summary["targets"] == 601
+    setup_lines = [ln for ln in captured.err.splitlines() if ln.startswith("[setup]")]
+    assert setup_lines[-1].endswith("PASIDs attached 600/600")
+    assert len(setup_lines) == 3  # batches of 256: 256, 512, 600
