@@ -232,8 +232,9 @@ class Calls:
             args["data"] = dict(data)
         return _call("hwpt_alloc", args, o.HwptIdResult, lambda r: r.hwpt_id)
 
-    def attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> Call[None]:
-        """Attach the device's RID (``pasid=None``) or one PASID to a HWPT.
+    def attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> Call[int]:
+        """Attach the device's RID (``pasid=None``) or one PASID to a HWPT, or to an
+        IOAS (its automatic domain, found or made); returns the HWPT attached.
 
         Where something is attached already this is a :meth:`replace` (VFIO's rule). On
         kernel 6.15+ profiles a PASID needs a HWPT allocated with flag ``"pasid"``, and
@@ -241,13 +242,20 @@ class Calls:
         a function without PRI is NoDevice.
         """
         return _call(
-            "attach", _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid), o.Empty, _none
+            "attach",
+            _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid),
+            o.HwptIdResult,
+            lambda r: r.hwpt_id,
         )
 
-    def replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> Call[None]:
-        """Atomically switch an attached RID/PASID to another HWPT (old one's groups: INVALID)."""
+    def replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> Call[int]:
+        """Atomically switch an attached RID/PASID to another HWPT, or an IOAS's automatic
+        domain (old one's groups: INVALID); returns the HWPT attached."""
         return _call(
-            "replace", _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid), o.Empty, _none
+            "replace",
+            _with_pasid({"dev_id": dev_id, "pt_id": pt_id}, pasid),
+            o.HwptIdResult,
+            lambda r: r.hwpt_id,
         )
 
     def detach(self, dev_id: int, pasid: int | None = None) -> Call[None]:
@@ -349,6 +357,77 @@ class Calls:
         if iova is not None and length is not None:
             args["iova"], args["length"] = iova, length
         return _call("hwpt_invalidate", args, o.Empty, _none)
+
+    def ioas_iova_ranges(self, ioas_id: int) -> Call[tuple[list[tuple[int, int]], int]]:
+        """``IOMMU_IOAS_IOVA_RANGES``: the ``[start, last]`` ranges an IOAS can map, and
+        the IOVA alignment."""
+        return _call(
+            "ioas_iova_ranges",
+            {"ioas_id": ioas_id},
+            o.IovaRangesResult,
+            lambda r: ([(x.start, x.last) for x in r.ranges], r.iova_alignment),
+        )
+
+    def ioas_allow_iovas(self, ioas_id: int, ranges: Iterable[tuple[int, int]]) -> Call[None]:
+        """``IOMMU_IOAS_ALLOW_IOVAS``: daemon-chosen IOVAs come from these ``[start,
+        last]`` ranges (replacing the previous list; empty: anywhere). Busy when one
+        overlaps a reserved range."""
+        items = [{"start": a, "last": b} for a, b in ranges]
+        return _call("ioas_allow_iovas", {"ioas_id": ioas_id, "ranges": items}, o.Empty, _none)
+
+    def ioas_copy(  # noqa: PLR0917 - the fields of struct iommu_ioas_copy
+        self,
+        src_ioas_id: int,
+        src_iova: int,
+        dst_ioas_id: int,
+        dst_iova: int | None,
+        length: int,
+        perm: int = Perm.READ | Perm.WRITE,
+    ) -> Call[int]:
+        """``IOMMU_IOAS_COPY``: map what ``[src_iova, +length)`` maps (without a gap) in
+        another IOAS, at ``dst_iova`` or one the daemon picks; returns the IOVA."""
+        args: dict[str, object] = {
+            "src_ioas_id": src_ioas_id,
+            "src_iova": src_iova,
+            "dst_ioas_id": dst_ioas_id,
+            "length": length,
+            "perm": int(perm),
+        }
+        if dst_iova is not None:
+            args["dst_iova"] = dst_iova
+        return _call("ioas_copy", args, o.IovaResult, lambda r: r.iova)
+
+    def ioas_map_file(
+        self,
+        ioas_id: int,
+        iova: int | None,
+        start: int,
+        length: int,
+        perm: int = Perm.READ | Perm.WRITE,
+    ) -> Call[int]:
+        """``IOMMU_IOAS_MAP_FILE``: map ``length`` bytes of a file from offset ``start``
+        (nothing is read: the emulation has no memory); returns the IOVA."""
+        args: dict[str, object] = {
+            "ioas_id": ioas_id,
+            "start": start,
+            "length": length,
+            "perm": int(perm),
+        }
+        if iova is not None:
+            args["iova"] = iova
+        return _call("ioas_map_file", args, o.IovaResult, lambda r: r.iova)
+
+    def option(
+        self, option: str, object_id: int | None = None, val64: int | None = None
+    ) -> Call[int | None]:
+        """``IOMMU_OPTION``: ``"rlimit_mode"`` or ``"huge_pages"`` (``object_id`` the
+        IOAS); with ``val64`` None a get (returns the value), else a set (returns None)."""
+        args: dict[str, object] = {"option": option, "action": "get" if val64 is None else "set"}
+        if object_id is not None:
+            args["object_id"] = object_id
+        if val64 is not None:
+            args["val64"] = val64
+        return _call("option", args, o.OptionResult, lambda r: r.val64)
 
     # -- admin operations -------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, CoreError
 from iopfd.core.eventq import auto_response_faults
-from iopfd.core.hw_pagetable import HwPagetable
+from iopfd.core.hw_pagetable import HwPagetable, new_paging_hwpt, put_hwpt
 from iopfd.core.ioas import ALL_PERMS, Ioas, check_perm
 from iopfd.core.main import (
     UINT32_MAX,
@@ -128,8 +128,7 @@ def detach_handle(iommu: IommuCore, dev: Device, pasid: int | None, now: int, re
     with iommu.response_batch():
         old = iommu.detach_device_pasid(dev, pasid, now)
         auto_response_faults(old, reason, now)
-    old.hwpt.users -= 1
-    old.hwpt.attached -= 1
+    put_hwpt(old.hwpt, now)
 
 
 def _destroy_steps(ctx: ContextBase, obj: IommufdObject, now: int) -> Iterator[None]:
@@ -205,21 +204,26 @@ class DeviceOps(ContextBase):
 
     def _attach_target(
         self, dev_id: int, pt_id: int, pasid: int | None
-    ) -> tuple[Device, HwPagetable]:
-        """``iommufd_device_change_pt`` up to the driver: the HWPT of any kind
-        (``ENOENT``; an IOAS or another kind ``EINVAL``), then, as
-        ``iommufd_hwpt_attach_device`` checks them, the VF rule and PASID compatibility
-        (``EINVAL``). PRI itself is checked when the driver enables IOPF (``ENODEV``,
-        ``intel_iommu_enable_iopf``)."""
+    ) -> tuple[Device, HwPagetable | Ioas]:
+        """``iommufd_device_change_pt`` up to the driver: the HWPT of any kind or an
+        IOAS (``ENOENT``; another kind ``EINVAL``); a HWPT is checked at once
+        (``_check_hwpt``), an IOAS finds its automatic domain later."""
         dev = self.device(dev_id).dev
         self._check_attach_pasid(dev, pasid)
         pt = self.lookup(pt_id)
         if pt is None:
             raise CoreError(ENOENT, f"no object {pt_id!r}")
         if isinstance(pt, Ioas):
-            raise CoreError(EINVAL, "attach takes a HWPT; allocate a paging HWPT on the IOAS")
+            return dev, pt
         if not isinstance(pt, HwPagetable):
-            raise CoreError(EINVAL, f"object {pt_id} is not a HWPT")
+            raise CoreError(EINVAL, f"object {pt_id} is not a HWPT or an IOAS")
+        self._check_hwpt(dev, pt, pasid)
+        return dev, pt
+
+    def _check_hwpt(self, dev: Device, pt: HwPagetable, pasid: int | None) -> None:
+        """As ``iommufd_hwpt_attach_device`` checks them: the VF rule and PASID
+        compatibility (``EINVAL``). PRI itself is checked when the driver enables IOPF
+        (``ENODEV``, ``intel_iommu_enable_iopf``)."""
         profile = self.profile
         info = dev.info
         if (
@@ -238,13 +242,47 @@ class DeviceOps(ContextBase):
             raise CoreError(EOPNOTSUPP, f"{info.unit.name} cannot drain page requests")
         if pt.is_nested and not info.unit.spec.nest:
             raise CoreError(EOPNOTSUPP, f"{info.unit.name} has no nested translation")
-        return dev, pt
+
+    def _auto_domain(
+        self, dev: Device, ioas: Ioas, pasid: int | None, now: int, *, replace: bool
+    ) -> int:
+        """``iommufd_device_auto_get_domain``: every automatic domain of the IOAS in
+        turn (``EINVAL`` means incompatible: try the next; any paging domain suits the
+        emulated VT-d otherwise), else a new paging HWPT with flags 0 (neither
+        fault-capable nor PASID-compatible), attached, or destroyed if that fails."""
+        change = self._replace if replace else self._attach_hwpt
+        for hwpt in list(ioas.hwpts.values()):
+            if not hwpt.auto_domain:
+                continue
+            try:
+                self._check_hwpt(dev, hwpt, pasid)
+                change(dev, pasid, hwpt, now)
+            except CoreError as e:
+                if e.errno != EINVAL:
+                    raise
+                continue
+            return hwpt.id
+        hwpt = new_paging_hwpt(self, ioas, auto_domain=True)
+        try:
+            self._check_hwpt(dev, hwpt, pasid)
+            change(dev, pasid, hwpt, now)
+        except CoreError:
+            self.destroy(hwpt.id, now)  # iommufd_object_abort_and_destroy
+            raise
+        return hwpt.id
 
     # ------------------------------------------------------------------ attach
-    def attach(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> None:
+    def attach(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> int:
         """``VFIO_DEVICE_ATTACH_IOMMUFD_PT``: where something is attached it is a replace
-        (``vfio_iommufd_physical_attach_ioas``)."""
-        dev, hwpt = self._attach_target(dev_id, pt_id, pasid)
+        (``vfio_iommufd_physical_attach_ioas``). An IOAS attaches its automatic domain.
+        Returns the HWPT attached."""
+        dev, pt = self._attach_target(dev_id, pt_id, pasid)
+        if isinstance(pt, Ioas):
+            return self._auto_domain(dev, pt, pasid, now, replace=False)
+        self._attach_hwpt(dev, pasid, pt, now)
+        return pt.id
+
+    def _attach_hwpt(self, dev: Device, pasid: int | None, hwpt: HwPagetable, now: int) -> None:
         if pasid in dev.handles:
             self._replace(dev, pasid, hwpt, now)
             return
@@ -252,12 +290,16 @@ class DeviceOps(ContextBase):
         hwpt.users += 1
         hwpt.attached += 1
 
-    def replace(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> None:
-        """``iommufd_device_replace``: ``EINVAL`` where nothing is attached."""
-        dev, hwpt = self._attach_target(dev_id, pt_id, pasid)
+    def replace(self, dev_id: int, pt_id: int, pasid: int | None, now: int) -> int:
+        """``iommufd_device_replace``: ``EINVAL`` where nothing is attached. An IOAS
+        replaces to its automatic domain. Returns the HWPT attached."""
+        dev, pt = self._attach_target(dev_id, pt_id, pasid)
         if pasid not in dev.handles:
             raise CoreError(EINVAL, "nothing attached there to replace")
-        self._replace(dev, pasid, hwpt, now)
+        if isinstance(pt, Ioas):
+            return self._auto_domain(dev, pt, pasid, now, replace=True)
+        self._replace(dev, pasid, pt, now)
+        return pt.id
 
     def _replace(self, dev: Device, pasid: int | None, hwpt: HwPagetable, now: int) -> None:
         if dev.handles[pasid].hwpt is hwpt:
@@ -269,8 +311,7 @@ class DeviceOps(ContextBase):
             # The OLD attachment's pending groups, on the OLD fault queue
             # (kernel-iopf.md 7.5: 6.15-6.18 pass the new HWPT and strand them).
             auto_response_faults(old, "replace", now)
-        old.hwpt.users -= 1
-        old.hwpt.attached -= 1
+        put_hwpt(old.hwpt, now)
 
     def detach(self, dev_id: int, pasid: int | None, now: int) -> None:
         """``VFIO_DEVICE_DETACH_IOMMUFD_PT``: nothing attached there is not an error

@@ -33,6 +33,7 @@ HWPT_FLAGS = frozenset({"nest_parent", "pasid"})
 class HwPagetable(IommufdObject):
     __slots__ = (
         "attached",
+        "auto_domain",
         "children",
         "domain",
         "fault",
@@ -54,6 +55,7 @@ class HwPagetable(IommufdObject):
         fault: FaultQueue | None,
         pasid_compat: bool,
         domain: DmarDomain,
+        auto_domain: bool = False,
     ) -> None:
         super().__init__(obj_id, ctx)
         self.ioas = ioas  # for a nested HWPT: the parent's IOAS
@@ -65,6 +67,9 @@ class HwPagetable(IommufdObject):
         self.children: dict[int, HwPagetable] = {}  # nested HWPTs on a nest_parent
         self.attached = 0  # (device, pasid) attachments through this HWPT
         self.domain = domain
+        #: Made by an attach to the IOAS (``iommufd_device_auto_get_domain``): it goes
+        #: when its last attachment does.
+        self.auto_domain = auto_domain
 
     def type_name(self) -> str:
         return "hwpt_nested" if self.parent is not None else "hwpt_paging"
@@ -80,6 +85,7 @@ class HwPagetable(IommufdObject):
             parent_id=self.parent.id if self.parent is not None else None,
             nest_parent=self.nest_parent,
             pasid=self.pasid_compat,
+            auto_domain=self.auto_domain,
             fault_id=self.fault.id if self.fault is not None else None,
             attached=self.attached,
             pending=self.domain.pending,
@@ -109,6 +115,50 @@ def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
         del obj.ioas.hwpts[obj.id]
     if obj.fault is not None:
         obj.fault.users -= 1
+
+
+def new_paging_hwpt(
+    ctx: ContextBase,
+    ioas: Ioas,
+    *,
+    nest_parent: bool = False,
+    fault: FaultQueue | None = None,
+    pasid_compat: bool = False,
+    auto_domain: bool = False,
+) -> HwPagetable:
+    """``iommufd_hwpt_paging_alloc`` once its checks passed: a new paging HWPT on
+    ``ioas``, charged and in the table (``ENOSPC`` at the object budgets)."""
+    obj_id = ctx.new_id()
+    hwpt = HwPagetable(
+        obj_id,
+        ctx,
+        ioas=ioas,
+        parent=None,
+        nest_parent=nest_parent,
+        fault=fault,
+        pasid_compat=pasid_compat,
+        domain=ctx.iommu.driver.domain_alloc(ioas.table, None),
+        auto_domain=auto_domain,
+    )
+    ioas.hwpts[obj_id] = hwpt
+    ioas.users += 1
+    if fault is not None:
+        fault.users += 1
+    hwpt.domain.owner = ctx.account
+    ctx.insert(hwpt)
+    return hwpt
+
+
+def put_hwpt(hwpt: HwPagetable, now: int) -> None:
+    """``iommufd_hw_pagetable_put`` after a detach: an automatic domain whose last
+    user went is destroyed (``iommufd_object_put_and_try_destroy``)."""
+    hwpt.users -= 1
+    hwpt.attached -= 1
+    if hwpt.auto_domain and hwpt.users == 0:
+        ctx = hwpt.ctx
+        if ctx.objects.get(hwpt.id) is hwpt:
+            _destroy(ctx, hwpt, now)
+            ctx.remove(hwpt)
 
 
 register_object_ops(
@@ -164,19 +214,10 @@ class HwptOps(IoasOps):
             if nest_parent and not unit.spec.nest:
                 raise CoreError(EOPNOTSUPP, f"{unit.name} has no nested translation")
             fault = self._fault_queue(fault_id)
-            obj_id = self.new_id()
-            hwpt = HwPagetable(
-                obj_id,
-                self,
-                ioas=pt,
-                parent=None,
-                nest_parent=nest_parent,
-                fault=fault,
-                pasid_compat=pasid_compat,
-                domain=driver.domain_alloc(pt.table, None),
-            )
-            pt.hwpts[obj_id] = hwpt
-        elif isinstance(pt, HwPagetable):
+            return new_paging_hwpt(
+                self, pt, nest_parent=nest_parent, fault=fault, pasid_compat=pasid_compat
+            ).id
+        if isinstance(pt, HwPagetable):
             # iommufd_hwpt_nested_alloc: FAULT_ID_VALID and (6.15+) PASID only, user
             # data required (both EOPNOTSUPP), then the parent (EINVAL).
             if set(flags) - {"pasid"}:
@@ -273,4 +314,4 @@ class HwptOps(IoasOps):
         )
 
 
-__all__ = ["HWPT_FLAGS", "HwPagetable", "HwptOps"]
+__all__ = ["HWPT_FLAGS", "HwPagetable", "HwptOps", "new_paging_hwpt", "put_hwpt"]

@@ -137,6 +137,8 @@ class ContextBase:
         self.closed = False
         #: 4 KiB pages this context maps, in its IOASes and stage-1 tables.
         self.mapped_pages = 0
+        #: ``IOMMU_OPTION_RLIMIT_MODE``: pages accounted to the mm (1) or the user (0).
+        self.rlimit_mode = False
         #: The owner's uid and what that uid holds across its contexts (``budgets.py``).
         self.uid = uid
         self.account: UidAccount = services.budgets.open(uid)

@@ -139,6 +139,81 @@ class IoasUnmapArgs(IovaRangeArgs):
     ioas_id: U32
 
 
+class IoasIdArgs(Args):
+    ioas_id: U32
+
+
+class IovaRangeItem(Args):
+    """``struct iommu_iova_range``: ``[start, last]``, inclusive."""
+
+    start: U64
+    last: U64
+
+
+#: ``ioas_allow_iovas`` ranges in one request (the C library's bound, one frame).
+ALLOW_IOVAS_MAX: Final = 16384
+
+
+class IoasAllowIovasArgs(Args):
+    """The allowed list replaces the previous one; empty clears it. Each range is
+    checked by the core in order (``start >= last`` is ``EINVAL``), as the kernel."""
+
+    ioas_id: U32
+    ranges: Annotated[list[IovaRangeItem], Field(max_length=ALLOW_IOVAS_MAX)]
+
+
+class IoasCopyArgs(Args):
+    """``dst_iova`` absent: the daemon picks (``IOMMU_IOAS_COPY`` without
+    ``IOMMU_IOAS_MAP_FIXED_IOVA``)."""
+
+    src_ioas_id: U32
+    src_iova: U64
+    dst_ioas_id: U32
+    dst_iova: U64 | None = None
+    length: U64
+    perm: MapPerm
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        _check_range("src_iova", self.src_iova, self.length)
+        _check_range("dst_iova", self.dst_iova if self.dst_iova is not None else 0, self.length)
+        return self
+
+
+class IoasMapFileArgs(Args):
+    """``IOMMU_IOAS_MAP_FILE``: ``start`` is the file offset (4 KiB aligned); the fd
+    stays with the client (the emulation reads no memory)."""
+
+    ioas_id: U32
+    iova: U64 | None = None
+    start: U64
+    length: U64
+    perm: MapPerm
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        _check_range("iova", self.iova if self.iova is not None else 0, self.length)
+        _check_range("start", self.start, self.length)
+        return self
+
+
+class OptionArgs(Args):
+    """``IOMMU_OPTION``: ``option`` ``rlimit_mode`` or ``huge_pages``, ``action``
+    ``get`` or ``set`` (others are the core's ``EOPNOTSUPP``, as the kernel's unknown
+    ``option_id``/``op``); ``object_id`` the IOAS of ``huge_pages``; ``val64`` to set."""
+
+    option: Annotated[str, Field(max_length=32)]
+    action: Annotated[str, Field(max_length=16)]
+    object_id: U32 | None = None
+    val64: U64 | None = None
+
+    @model_validator(mode="after")
+    def _val64(self) -> Self:
+        if self.action == "set" and self.val64 is None:
+            raise ValueError("set needs val64")
+        return self
+
+
 #: Bounds of ``hwpt_alloc``'s ``data`` (a driver's user data is a small flat struct):
 #: nesting depth and values in all (its bytes are bounded by ``max_frame``).
 DATA_MAX_DEPTH: Final = 4
@@ -305,6 +380,11 @@ OP_MODELS: Final[Mapping[str, type[Args]]] = {
     "hwpt_s1_map": HwptS1MapArgs,
     "hwpt_s1_unmap": HwptS1UnmapArgs,
     "hwpt_invalidate": HwptInvalidateArgs,
+    "ioas_iova_ranges": IoasIdArgs,
+    "ioas_allow_iovas": IoasAllowIovasArgs,
+    "ioas_copy": IoasCopyArgs,
+    "ioas_map_file": IoasMapFileArgs,
+    "option": OptionArgs,
     "status": NoArgs,
     "topology": NoArgs,
     "objects": NoArgs,

@@ -86,6 +86,22 @@ class HwptIdResult(Result):
     hwpt_id: U32
 
 
+class IovaRangeResult(Result):
+    start: U64
+    last: U64
+
+
+class IovaRangesResult(Result):
+    ranges: list[IovaRangeResult]
+    iova_alignment: U64
+
+
+class OptionResult(Result):
+    """``val64`` for ``get``; a ``set`` answers ``{}``."""
+
+    val64: U64 | None = None
+
+
 class DoneResult(Result):
     done: int
 
@@ -221,15 +237,15 @@ OPS: Final[Mapping[str, OpSpec]] = {
         _op(
             "attach",
             m.AttachArgs,
-            Empty,
-            "attach a RID or PASID to a HWPT; where attached, a replace",
+            HwptIdResult,
+            "attach a RID/PASID to a HWPT or an IOAS's automatic domain; where attached, a replace",
             {ENOENT, ENODEV, EOPNOTSUPP, EBUSY, ENOSPC},
         ),
         _op(
             "replace",
             m.AttachArgs,
-            Empty,
-            "switch an attached RID or PASID to another HWPT",
+            HwptIdResult,
+            "switch an attached RID or PASID to another HWPT (or an IOAS's automatic domain)",
             {ENOENT, ENODEV, EOPNOTSUPP, EBUSY, ENOSPC},
         ),
         _op(
@@ -290,6 +306,41 @@ OPS: Final[Mapping[str, OpSpec]] = {
             Empty,
             "the guest's stage-1 invalidation (IOMMU_HWPT_INVALIDATE)",
             {ENOENT},
+        ),
+        _op(
+            "ioas_iova_ranges",
+            m.IoasIdArgs,
+            IovaRangesResult,
+            "the IOVA ranges an IOAS can map (IOMMU_IOAS_IOVA_RANGES)",
+            {ENOENT},
+        ),
+        _op(
+            "ioas_allow_iovas",
+            m.IoasAllowIovasArgs,
+            Empty,
+            "the ranges daemon-chosen IOVAs come from (IOMMU_IOAS_ALLOW_IOVAS)",
+            {ENOENT, EBUSY},
+        ),
+        _op(
+            "ioas_copy",
+            m.IoasCopyArgs,
+            IovaResult,
+            "map a mapped range of one IOAS into another (IOMMU_IOAS_COPY)",
+            {ENOENT, EBUSY, ENOSPC},
+        ),
+        _op(
+            "ioas_map_file",
+            m.IoasMapFileArgs,
+            IovaResult,
+            "map a file range, e.g. memfd guest RAM (IOMMU_IOAS_MAP_FILE)",
+            {ENOENT, EBUSY, ENOSPC},
+        ),
+        _op(
+            "option",
+            m.OptionArgs,
+            OptionResult,
+            "get or set rlimit_mode or an IOAS's huge_pages (IOMMU_OPTION)",
+            {ENOENT, EBUSY, EPERM, EOPNOTSUPP},
         ),
         _op(
             "status",

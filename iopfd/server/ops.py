@@ -145,13 +145,12 @@ def op_hwpt_alloc(
 
 
 def op_attach(srv: Server, conn: Connection, rid: int, args: m.AttachArgs, now: int) -> Result:
-    _ctx(conn).attach(args.dev_id, args.pt_id, args.pasid, now)
-    return EMPTY
+    # An IOAS as pt_id attaches its automatic domain: hwpt_id says which (v2 item 13).
+    return {"hwpt_id": _ctx(conn).attach(args.dev_id, args.pt_id, args.pasid, now)}
 
 
 def op_replace(srv: Server, conn: Connection, rid: int, args: m.AttachArgs, now: int) -> Result:
-    _ctx(conn).replace(args.dev_id, args.pt_id, args.pasid, now)
-    return EMPTY
+    return {"hwpt_id": _ctx(conn).replace(args.dev_id, args.pt_id, args.pasid, now)}
 
 
 def op_detach(srv: Server, conn: Connection, rid: int, args: m.DetachArgs, now: int) -> Result:
@@ -220,6 +219,49 @@ def op_hwpt_invalidate(
 ) -> Result:
     _ctx(conn).hwpt_invalidate(args.hwpt_id, args.iova, args.length, now)
     return EMPTY
+
+
+def op_ioas_iova_ranges(
+    srv: Server, conn: Connection, rid: int, args: m.IoasIdArgs, now: int
+) -> Result:
+    return _ctx(conn).ioas_iova_ranges(args.ioas_id)
+
+
+def op_ioas_allow_iovas(
+    srv: Server, conn: Connection, rid: int, args: m.IoasAllowIovasArgs, now: int
+) -> Result:
+    _ctx(conn).ioas_allow_iovas(args.ioas_id, [(r.start, r.last) for r in args.ranges])
+    return EMPTY
+
+
+def op_ioas_copy(srv: Server, conn: Connection, rid: int, args: m.IoasCopyArgs, now: int) -> Result:
+    iova = _ctx(conn).ioas_copy(
+        args.src_ioas_id,
+        args.src_iova,
+        args.dst_ioas_id,
+        args.dst_iova,
+        args.length,
+        args.perm,
+        now,
+    )
+    return {"iova": iova}
+
+
+def op_ioas_map_file(
+    srv: Server, conn: Connection, rid: int, args: m.IoasMapFileArgs, now: int
+) -> Result:
+    iova = _ctx(conn).ioas_map_file(
+        args.ioas_id, args.iova, args.start, args.length, args.perm, now
+    )
+    return {"iova": iova}
+
+
+def op_option(srv: Server, conn: Connection, rid: int, args: m.OptionArgs, now: int) -> Result:
+    # CAP_SYS_RESOURCE, as the daemon can tell it: an admin peer (docs/protocol.md).
+    val = _ctx(conn).option(
+        args.option, args.action, args.object_id, args.val64, capable=conn.admin
+    )
+    return EMPTY if val is None else {"val64": val}
 
 
 # --- admin operations ----------------------------------------------------------------
@@ -315,6 +357,11 @@ HANDLERS: Final[Mapping[str, Handler]] = {
     "hwpt_s1_map": op_hwpt_s1_map,
     "hwpt_s1_unmap": op_hwpt_s1_unmap,
     "hwpt_invalidate": op_hwpt_invalidate,
+    "ioas_iova_ranges": op_ioas_iova_ranges,
+    "ioas_allow_iovas": op_ioas_allow_iovas,
+    "ioas_copy": op_ioas_copy,
+    "ioas_map_file": op_ioas_map_file,
+    "option": op_option,
     "status": op_status,
     "topology": op_topology,
     "objects": op_objects,

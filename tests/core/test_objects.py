@@ -188,10 +188,14 @@ def test_hwpt_alloc_data_rules(env: Env) -> None:
 # ---------------------------------------------------------------- attach checks
 
 
-def test_attach_takes_a_hwpt_not_an_ioas(env: Env) -> None:
+def test_attach_takes_a_hwpt_or_an_ioas_and_no_other_kind(env: Env) -> None:
+    # iommufd_device_change_pt: HWPT_PAGING/NESTED or IOAS, default -EINVAL.
     dev = env.ctx.bind(ACCEL, env.now)
+    fq = env.ctx.fault_alloc()
+    assert errno_of(env.ctx.attach, dev, fq, None, env.now) == "EINVAL"
+    assert errno_of(env.ctx.attach, dev, 9999, None, env.now) == "ENOENT"
     ioas = env.ctx.ioas_alloc()
-    assert errno_of(env.ctx.attach, dev, ioas, None, env.now) == "EINVAL"
+    assert env.ctx.attach(dev, ioas, None, env.now) != ioas  # its automatic domain
 
 
 def test_attach_where_attached_is_a_replace_and_detach_of_nothing_succeeds(env: Env) -> None:
@@ -474,3 +478,13 @@ def test_a_kernel_chosen_iova_avoids_the_interrupt_window(env: Env) -> None:
     got = env.ctx.ioas_map(ioas, None, 0x20_0000, 3, env.now)
     assert not (got < 0xFEF0_0000 and got + 0x20_0000 > 0xFEE0_0000)
     assert got % 0x20_0000 == 0
+
+
+def test_an_ioas_maps_each_iova_to_the_same_host_address(env: Env) -> None:
+    # The emulation has no memory: an IOAS translates iova to itself, fixed or picked.
+    ioas = env.ctx.ioas_alloc()
+    fixed = env.ctx.ioas_map(ioas, 0x4000_0000, 0x2000, 3, env.now)
+    picked = env.ctx.ioas_map(ioas, None, 0x1000, 1, env.now)
+    table = env.ctx.objects[ioas].table  # type: ignore[attr-defined]
+    assert table.lookup(fixed + 0x1008) == (fixed + 0x1008, 3)
+    assert table.lookup(picked) == (picked, 1)

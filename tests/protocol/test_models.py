@@ -32,6 +32,11 @@ VALID: dict[str, dict[str, Any]] = {
     "hwpt_s1_map": {"hwpt_id": 1, "iova": 0, "length": 4096, "gpa": 0x10000, "perm": 3},
     "hwpt_s1_unmap": {"hwpt_id": 1, "iova": 0, "length": 4096},
     "hwpt_invalidate": {"hwpt_id": 1},
+    "ioas_iova_ranges": {"ioas_id": 1},
+    "ioas_allow_iovas": {"ioas_id": 1, "ranges": [{"start": 0x1000, "last": 0x1FFF}]},
+    "ioas_copy": {"src_ioas_id": 1, "src_iova": 0, "dst_ioas_id": 2, "length": 4096, "perm": 3},
+    "ioas_map_file": {"ioas_id": 1, "iova": 0, "start": 0, "length": 4096, "perm": 1},
+    "option": {"option": "huge_pages", "action": "set", "object_id": 1, "val64": 0},
     "status": {},
     "topology": {},
     "objects": {},
@@ -226,3 +231,33 @@ def test_thousands_of_unknown_keys_get_a_short_message() -> None:
         validate_request({"op": "devices", "id": 1, **{f"k{i}": i for i in range(5000)}})
     assert info.value.errno == "EINVAL"
     assert len(info.value.message) < 1000 and "more" in info.value.message
+
+
+def test_the_issue_15_ops_take_the_wire_shapes_the_preload_sends() -> None:
+    # docs/uapi.md, "Daemon ops the preload uses": each shape of clients/c/lib/ioas_ext.c
+    validate_request(req("ioas_allow_iovas", ioas_id=1, ranges=[]))
+    validate_request(req("option", option="rlimit_mode", action="get"))
+    validate_request(
+        req(
+            "ioas_copy",
+            src_ioas_id=1,
+            src_iova=0,
+            dst_ioas_id=1,
+            dst_iova=0x2000,
+            length=0x1000,
+            perm=1,
+        )
+    )
+    assert errno_of(req("option", option="huge_pages", action="set", object_id=1)) == "EINVAL"
+    assert (
+        errno_of(
+            req("ioas_copy", src_ioas_id=1, src_iova=0x800, dst_ioas_id=1, length=0x1000, perm=1)
+        )
+        == "EINVAL"
+    )
+    assert errno_of(req("ioas_map_file", ioas_id=1, start=0x800, length=0x1000, perm=1)) == "EINVAL"
+    assert (
+        errno_of(req("ioas_copy", src_ioas_id=1, src_iova=0, dst_ioas_id=1, length=0x1000, perm=4))
+        == "EINVAL"
+    )
+    assert errno_of(req("ioas_allow_iovas", ioas_id=1, ranges=[{"start": 1}])) == "EINVAL"

@@ -486,7 +486,7 @@ def test_v2_10_attach_where_attached_replaces_and_detach_of_nothing_succeeds(
         _inject(c, ACCEL0, 0x3000, 21)
         fault_event(c)
         before = _counters(c)
-        assert c.call("attach", dev_id=p.dev_id, pt_id=hwpt2) == {}  # a replace
+        assert c.call("attach", dev_id=p.dev_id, pt_id=hwpt2) == {"hwpt_id": hwpt2}  # a replace
         # The old attachment's pending group was answered INVALID by the daemon.
         assert _pending_cookies(c, p.fault_id) == []
         assert _delta(before, _counters(c), "auto_responses") == {"auto_responses": 1}

@@ -221,7 +221,7 @@ def test_attach_replace_detach_rules(iopfd: DaemonProc) -> None:
         hwpt2 = c.call(
             "hwpt_alloc", dev_id=p.dev_id, pt_id=p.ioas_id, flags=["pasid"], fault_id=p.fault_id
         )["hwpt_id"]
-        assert c.call("attach", dev_id=p.dev_id, pt_id=hwpt2) == {}
+        assert c.call("attach", dev_id=p.dev_id, pt_id=hwpt2) == {"hwpt_id": hwpt2}
         assert _attached(c, ACCEL0) == {"rid": hwpt2}
         assert c.error("attach", dev_id=p.dev_id, pt_id=p.ioas_id, pasid=3) == "EINVAL"
         assert c.error("replace", dev_id=p.dev_id, pt_id=hwpt2, pasid=3) == "EINVAL"

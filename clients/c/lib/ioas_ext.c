@@ -105,7 +105,8 @@ int iommufd_ioas_iova_ranges(struct ucmd *u)
 /* --- IOMMU_IOAS_ALLOW_IOVAS -------------------------------------------------------------- */
 
 /* iommufd_ioas_allow_iovas(): each range read and checked in turn (EFAULT, EINVAL for
- * start >= last); the daemon refuses a set that overlaps a reserved range (EADDRINUSE)
+ * start >= last); the daemon refuses a set that overlaps a reserved range (EBUSY on the
+ * wire, EADDRINUSE here)
  * and keeps it for the IOVAs it chooses. num_iovas 0 clears the set. */
 int iommufd_ioas_allow_iovas(struct ucmd *u)
 {
@@ -143,7 +144,9 @@ int iommufd_ioas_allow_iovas(struct ucmd *u)
 		mp_put_str(&req, "last");
 		mp_put_uint(&req, r.last);
 	}
-	return conn_call_pending(u->conn, &req, NULL);
+	rc = conn_call_pending(u->conn, &req, NULL);
+	/* iopt_set_allow_iova()'s EADDRINUSE travels as EBUSY (no wire errno of its own). */
+	return rc == -EBUSY ? -EADDRINUSE : rc;
 }
 
 /* --- IOMMU_IOAS_COPY --------------------------------------------------------------------- */
