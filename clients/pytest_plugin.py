@@ -66,14 +66,6 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
-def _is_table_array(value: object) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and bool(value)
-        and all(isinstance(v, Mapping) for v in value)
-    )
-
-
 def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
     """``data`` as TOML: scalars and lists of scalars, tables, arrays of tables."""
     lines: list[str] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from hwmodel.descriptors import (
@@ -430,9 +430,3 @@ class IommuUnit:
 
     def _log_fault(self, sid: int, pasid: int | None, addr: int, fault: tuple[str, int]) -> None:
         self.fault_log.append(FaultRecord(sid, pasid, addr, fault[0], fault[1]))
-
-    # ------------------------------------------------------------------ helpers
-    def snapshot_entry(self, sid: int, pasid: int | None) -> PasidEntry | None:
-        """A copy of a PASID entry (so callers cannot mutate the live one by accident)."""
-        e = self._pasid_entries.get((sid, pasid))
-        return None if e is None else replace(e)

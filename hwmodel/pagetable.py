@@ -61,6 +61,3 @@ class PageTable:
     def __len__(self) -> int:
         """Number of mapped 4 KiB pages."""
         return len(self._pages)
-
-    def mapped_bytes(self) -> int:
-        return len(self._pages) << PAGE_SHIFT

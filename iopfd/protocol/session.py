@@ -400,9 +400,6 @@ class ClientSession:
             self.max_frame = max_frame
             self.decoder.max_frame = max(max_frame, DEFAULT_MAX_FRAME)
 
-    def op_of(self, rid: int) -> str | None:
-        return self.waiting.get(rid)
-
     def _take_fds(self, op: str | None) -> tuple[int, ...]:
         """The fds an ok reply of ``op`` owns: its ``OpSpec.fds`` from the queue's head
         (fewer if fewer came: the caller finds out)."""

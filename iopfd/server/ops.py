@@ -275,6 +275,8 @@ def op_status(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int)
         "uptime_s": round(time.monotonic() - srv.started, 3),
         "clients": srv.clients,
         "counters": srv.status_counters(),
+        # Per-uid use of the core's budgets ([extension], docs/protocol.md).
+        "budgets": srv.core.budgets.usage(),
     }
 
 

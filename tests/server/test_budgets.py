@@ -68,6 +68,8 @@ async def test_objects_are_charged_to_the_uid_across_its_connections(
         await b.call("ioas_alloc")  # a's objects went back to the uid's budget
         status = await (await connect(daemon, ROOT)).call("status")
         assert status["counters"]["budget_refused_objects_uid"] == 1
+        rows = {row["uid"]: row for row in status["budgets"]}
+        assert rows[NOBODY.uid]["objects"] == 2 and rows[OTHER.uid]["objects"] == 3  # b holds 2
 
 
 async def test_mapped_pages_are_charged_to_the_uid_across_its_connections(
