@@ -20,7 +20,7 @@ from iopfd.core.context import Context
 from iopfd.core.device import DmaTag
 from iopfd.core.emulation import Emulation
 from iopfd.core.errors import CoreLimits
-from iopfd.core.eventq import FaultQueue
+from iopfd.core.eventq import FaultQueue, ResponseDeadlines
 from iopfd.core.events import CoreEvent, DmaDone, EventSink
 from iopfd.core.intel.iommu import FlushStats, IntelIommu, UnitState
 from iopfd.core.io_pgfault import PASID_VALID, IopfQueue
@@ -36,6 +36,7 @@ STATUS_COUNTERS = (
     "responses",
     "auto_responses",
     "throttled",
+    "response_timeouts",
     "prq_overflows",
     "invalidations",
     "bad_requests",
@@ -76,6 +77,7 @@ class Core:
         self.iommu = IommuCore(self.driver, self.iopf, self.counters)
         self.emulation = Emulation(self.iommu, self.driver, machine, self.counters, self.sink)
         self.budgets = Budgets(self.limits)
+        self.deadlines = ResponseDeadlines(self.limits.response_timeout_ns)
         self.services = CoreServices(
             self.iommu,
             machine,
@@ -85,6 +87,7 @@ class Core:
             self.counters,
             self.sink,
             self.budgets,
+            self.deadlines,
         )
         self.contexts: dict[int, Context] = {}
         self._next_ctx = 1
@@ -165,6 +168,10 @@ class Core:
             self.counters["service_round_limit"] += 1
         if self.emulation.removals:
             self.emulation.service(now)
+        deadlines = self.deadlines
+        if deadlines.heap and deadlines.heap[0][0] <= now:
+            with driver.response_batch():
+                deadlines.expire(now)
         completed = machine.take_completed()
         if completed:
             self.counters["dma_completed"] += len(completed)
@@ -183,11 +190,18 @@ class Core:
                     )
 
     def next_deadline(self) -> int | None:
-        deadline = self.machine.next_deadline()
-        removal = self.emulation.next_deadline()
-        if removal is not None and (deadline is None or removal < deadline):
-            return removal
-        return deadline
+        """The earliest time ``service`` has work: a retry, an unplug's grace, an
+        overdue answer."""
+        due = [
+            d
+            for d in (
+                self.machine.next_deadline(),
+                self.emulation.next_deadline(),
+                self.deadlines.next_deadline(),
+            )
+            if d is not None
+        ]
+        return min(due) if due else None
 
     def take_events(self) -> list[CoreEvent]:
         return self.sink.take()

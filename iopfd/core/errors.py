@@ -41,3 +41,7 @@ class CoreLimits:
     max_mapped_pages_per_uid: int = 1 << 20
     max_mapped_pages_total: int = 1 << 23
     max_dids_per_uid: int = 4096  # domain IDs one uid may hold on one IOMMU unit
+    # A group its client leaves unanswered this long is answered INVALID by the daemon
+    # (0: never, as the kernel). PRI credits are shared by a PF and its VFs, so one
+    # owner that never answers would otherwise stall another owner's DMA for good.
+    response_timeout_ns: int = 60_000_000_000

@@ -10,13 +10,14 @@ SUCCESS at once and counts the group throttled (the kernel's queue is unbounded)
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from hwmodel import RESP_INVALID, RESP_SUCCESS
 from iopfd.core.errors import EINVAL, ENOENT, CoreError
 from iopfd.core.events import FaultDelivered
-from iopfd.core.io_pgfault import fault_pasid
+from iopfd.core.io_pgfault import PENDING, fault_pasid
 from iopfd.core.main import (
     UINT32_MAX,
     ContextBase,
@@ -33,9 +34,43 @@ if TYPE_CHECKING:
     from iopfd.core.iommu import AttachHandle
 
 
+class ResponseDeadlines:
+    """When each delivered group's answer is due (``CoreLimits.response_timeout_ns``):
+    a heap in delivery order, so a service pass looks at the head only."""
+
+    __slots__ = ("heap", "timeout_ns")
+
+    def __init__(self, timeout_ns: int) -> None:
+        self.timeout_ns = timeout_ns
+        self.heap: list[tuple[int, int, FaultQueue, IopfGroup]] = []
+
+    def push(self, fq: FaultQueue, group: IopfGroup, now: int) -> None:
+        if self.timeout_ns > 0:
+            heapq.heappush(self.heap, (now + self.timeout_ns, id(group), fq, group))
+
+    def next_deadline(self) -> int | None:
+        heap = self.heap
+        while heap and heap[0][3].state != PENDING:
+            heapq.heappop(heap)  # answered meanwhile: nothing is due for it
+        return heap[0][0] if heap else None
+
+    def expire(self, now: int) -> int:
+        """Answer INVALID every group whose answer is overdue; how many were."""
+        heap = self.heap
+        n = 0
+        while heap and heap[0][0] <= now:
+            _due, _key, fq, group = heapq.heappop(heap)
+            if group.state == PENDING and fq.groups.get(group.cookie) is group:
+                fq.auto_response([group], "response_timeout", now)
+                fq.counters["response_timeouts"] += 1
+                n += 1
+        return n
+
+
 class FaultQueue(IommufdObject):
     __slots__ = (
         "counters",
+        "deadlines",
         "delivered",
         "groups",
         "iopf",
@@ -50,6 +85,7 @@ class FaultQueue(IommufdObject):
     def __init__(self, obj_id: int, ctx: ContextBase, iopf: IopfQueue) -> None:
         super().__init__(obj_id, ctx)
         self.iopf = iopf
+        self.deadlines: ResponseDeadlines = ctx.services.deadlines
         self.counters: Counter[str] = ctx.counters
         self.sink: EventSink = ctx.sink
         self.max_pending = ctx.limits.max_pending
@@ -104,6 +140,7 @@ class FaultQueue(IommufdObject):
         attach = group.attach
         attach.groups[cookie] = group
         attach.domain.pending += 1  # seed 004 step 6: the per-domain count
+        self.deadlines.push(self, group, now)
         self.delivered += 1
         counters["delivered"] += 1
         dev_id = dev.dev_id

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from iopfd.core.budgets import Budgets, UidAccount
     from iopfd.core.device import IommufdDevice
     from iopfd.core.errors import CoreLimits
+    from iopfd.core.eventq import ResponseDeadlines
     from iopfd.core.events import EventSink
     from iopfd.core.iommu import IommuCore
     from iopfd.core.profile import KernelProfile
@@ -117,6 +118,7 @@ class CoreServices:
     counters: Counter[str]
     sink: EventSink
     budgets: Budgets
+    deadlines: ResponseDeadlines
 
 
 class ContextBase:

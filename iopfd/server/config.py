@@ -63,6 +63,11 @@ class Limits(BaseModel):
     max_connections: Annotated[int, Field(ge=1, le=1 << 16)] = 1024
     #: Seconds a new connection has to send ``hello`` (EPROTO and closed after).
     hello_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    #: Seconds a delivered group may wait for its client's answer before the daemon
+    #: answers INVALID (counted ``response_timeouts``); 0 waits forever, as the kernel.
+    #: PRI credits are shared by a PF and its VFs: one owner that never answers would
+    #: otherwise stall another owner's DMA for good.
+    response_timeout_s: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 60.0
     # --- budgets per uid and global (docs/operations.md, *Security model*) ---------
     #: Connections one non-admin uid may hold at once (ENOSPC beyond).
     max_connections_per_uid: Annotated[int, Field(ge=1, le=1 << 16)] = 64

@@ -78,6 +78,7 @@ def build_core(config: Config) -> Core:
             max_mapped_pages_per_uid=limits.max_mapped_pages_per_uid,
             max_mapped_pages_total=limits.max_mapped_pages_total,
             max_dids_per_uid=limits.max_dids_per_uid,
+            response_timeout_ns=int(limits.response_timeout_s * 1e9),
         ),
         kernel_profile(config.kernel),
     )

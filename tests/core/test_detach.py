@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iopfd.core import CoreError, DeviceRequest, UnplugDone
+from iopfd.core import CoreError, CoreLimits, DeviceRequest, UnplugDone
 from iopfd.core.testing import (
     ACCEL,
     NIC_PF,
@@ -297,3 +297,41 @@ def test_unbind_ends_the_devices_dma_in_flight_as_removed(env: Env) -> None:
     assert [d.status for d in dma_done(env.settle())] == ["removed"]
     assert env.core.pending(env.now) == []
     check_invariants(env)
+
+
+def test_an_answer_overdue_past_the_response_timeout_is_given_by_the_daemon() -> None:
+    # Shared PRI: a PF owner that never answers must not hold a VF owner's DMA for good.
+    env = Env(limits=CoreLimits(response_timeout_ns=5_000_000_000))
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    (ev,) = faults_of(env.service())
+    assert env.core.next_deadline() == env.now + 5_000_000_000
+    env.tick(4_000_000_000)
+    assert len(env.core.pending(env.now)) == 1
+    env.responses.clear()
+    env.tick(1_000_000_000)
+    assert env.core.pending(env.now) == []
+    assert [(r.prg_index, r.response_code) for _u, r in env.responses] == [(1, 1)]
+    c = env.core.status_counters()
+    assert (c["response_timeouts"], c["auto_responses"]) == (1, 1)
+    with pytest.raises(CoreError) as ei:
+        env.ctx.page_response(fq, [(ev.cookie, 0)], env.now)  # too late now
+    assert ei.value.errno == "EINVAL"
+    check_invariants(env)
+
+
+def test_a_group_answered_in_time_is_never_timed_out_and_0_means_never() -> None:
+    env = Env(limits=CoreLimits(response_timeout_ns=5_000_000_000))
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=1)
+    (ev,) = faults_of(env.service())
+    assert env.ctx.page_response(fq, [(ev.cookie, 0)], env.now) == 1
+    assert env.core.next_deadline() is None
+    env.tick(10_000_000_000)
+    assert env.core.status_counters()["response_timeouts"] == 0
+    never = Env(limits=CoreLimits(response_timeout_ns=0))
+    never.fault_hwpt(pasid=5)
+    never.inject(ACCEL, 5, A, grpid=1)
+    never.service()
+    never.tick(10**12)
+    assert len(never.core.pending(never.now)) == 1

@@ -102,3 +102,29 @@ async def test_unsent_output_is_capped_per_uid_across_its_connections(
         assert daemon.counters["outbuf_overflows"] == 1
         other = await connect(daemon, OTHER)
         assert (await other.call("devices"))["devices"]
+
+
+async def test_a_group_left_unanswered_past_response_timeout_s_is_answered_by_the_daemon(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The shared-PRI policy over the wire: the hardware task wakes at the deadline.
+    async with running(response_timeout_s=5.0) as daemon:
+        c = await connect(daemon, ROOT)
+        dev = (await c.call("bind", rid="0000:3a:00.0"))["dev_id"]
+        ioas = (await c.call("ioas_alloc"))["ioas_id"]
+        fq = (await c.call("fault_alloc"))["fault_id"]
+        hwpt = (await c.call("hwpt_alloc", dev_id=dev, pt_id=ioas, fault_id=fq))["hwpt_id"]
+        await c.call("attach", dev_id=dev, pt_id=hwpt)
+        await c.call("inject", rid="0000:3a:00.0", addr=0x1000, perm=1, grpid=3, last=True)
+        event = await c.event("fault")
+        await trio.sleep(4.0)
+        assert len((await c.call("pending"))["pending"]) == 1
+        await trio.sleep(1.5)
+        assert (await c.call("pending"))["pending"] == []
+        counters = (await c.call("status"))["counters"]
+        assert counters["response_timeouts"] == 1
+        cookie = event.body["cookie"]
+        assert (
+            await c.error("page_response", fault_id=fq, responses=[{"cookie": cookie, "code": 0}])
+            == "EINVAL"
+        )

@@ -280,8 +280,9 @@ async def test_retries_after_success_wake_the_hardware_task_at_their_back_off_de
 ) -> None:
     """A SUCCESS answer without a mapping: the function retries at once, then after
     ``retry_backoff_ns`` (20 us), 40 us, 80 us (PCIe PRI retry with back-off); no request
-    wakes the daemon meanwhile, the hardware task does, at ``core.next_deadline()``."""
-    async with running() as daemon:
+    wakes the daemon meanwhile, the hardware task does, at ``core.next_deadline()``.
+    (No response timeout here: its deadline would be the first one the task sees.)"""
+    async with running(response_timeout_s=0) as daemon:
         c = await connect(daemon)
         dev, _ioas, fault = await _fault_path(c)
         rid = await c.send_request("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ)
