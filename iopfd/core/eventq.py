@@ -36,17 +36,32 @@ if TYPE_CHECKING:
 
 class ResponseDeadlines:
     """When each delivered group's answer is due (``CoreLimits.response_timeout_ns``):
-    a heap in delivery order, so a service pass looks at the head only."""
+    a heap in delivery order, so a service pass looks at the head only. Answered
+    groups leave it lazily; ``live`` counts the pending ones, and the heap is rebuilt
+    whenever it holds more than twice that, so it never outgrows the pending groups
+    (bounded by ``max_pending`` per queue and the budgets), whatever the answer order."""
 
-    __slots__ = ("heap", "timeout_ns")
+    __slots__ = ("heap", "live", "seq", "timeout_ns")
 
     def __init__(self, timeout_ns: int) -> None:
         self.timeout_ns = timeout_ns
         self.heap: list[tuple[int, int, FaultQueue, IopfGroup]] = []
+        self.live = 0
+        self.seq = 0
 
     def push(self, fq: FaultQueue, group: IopfGroup, now: int) -> None:
         if self.timeout_ns > 0:
-            heapq.heappush(self.heap, (now + self.timeout_ns, id(group), fq, group))
+            self.seq += 1
+            heapq.heappush(self.heap, (now + self.timeout_ns, self.seq, fq, group))
+            self.live += 1
+
+    def answered(self) -> None:
+        """A group with an entry here was answered (its entry goes lazily)."""
+        self.live -= 1
+        heap = self.heap
+        if len(heap) > 2 * self.live + 64:
+            self.heap = [e for e in heap if e[3].state == PENDING]
+            heapq.heapify(self.heap)
 
     def next_deadline(self) -> int | None:
         heap = self.heap
@@ -56,10 +71,9 @@ class ResponseDeadlines:
 
     def expire(self, now: int) -> int:
         """Answer INVALID every group whose answer is overdue; how many were."""
-        heap = self.heap
         n = 0
-        while heap and heap[0][0] <= now:
-            _due, _key, fq, group = heapq.heappop(heap)
+        while self.heap and self.heap[0][0] <= now:  # (answers may rebuild the heap)
+            _due, _key, fq, group = heapq.heappop(self.heap)
             if group.state == PENDING and fq.groups.get(group.cookie) is group:
                 fq.auto_response([group], "response_timeout", now)
                 fq.counters["response_timeouts"] += 1
@@ -179,6 +193,8 @@ class FaultQueue(IommufdObject):
     def _take(self, group: IopfGroup) -> None:
         """Ownership leaves the queue (and its handle and domain) before the answer."""
         del self.groups[group.cookie]
+        if self.deadlines.timeout_ns > 0:
+            self.deadlines.answered()
         attach = group.attach
         attach.groups.pop(group.cookie, None)
         attach.domain.pending -= 1

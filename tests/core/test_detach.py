@@ -335,3 +335,20 @@ def test_a_group_answered_in_time_is_never_timed_out_and_0_means_never() -> None
     never.service()
     never.tick(10**12)
     assert len(never.core.pending(never.now)) == 1
+
+
+def test_the_response_deadlines_never_outgrow_the_pending_groups() -> None:
+    # Invariant 4: answered groups leave the deadline heap, whatever the answer order.
+    env = Env(limits=CoreLimits(response_timeout_ns=60_000_000_000, max_pending=1 << 16))
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    env.inject(ACCEL, 5, A, grpid=500)  # one old group stays pending throughout
+    env.service()
+    for round_ in range(40):
+        for g in range(100):
+            env.inject(ACCEL, 5, A, grpid=g)
+        cookies = [e.cookie for e in faults_of(env.service())]
+        assert env.ctx.page_response(fq, [(c, 0) for c in cookies], env.now) == 100
+        env.now += 1_000_000
+        assert len(env.core.deadlines.heap) <= 2 * 1 + 64 + 100, round_
+    assert env.core.deadlines.live == 1
+    check_invariants(env)
