@@ -135,6 +135,15 @@ def response_items(
     ]
 
 
+def _page_args(offset: int, limit: int | None) -> dict[str, object]:
+    args: dict[str, object] = {}
+    if offset:
+        args["offset"] = offset
+    if limit is not None:
+        args["limit"] = limit
+    return args
+
+
 class Calls:
     """One method per op of :data:`iopfd.protocol.ops.OPS`, named as the op."""
 
@@ -451,14 +460,21 @@ class Calls:
         """IOMMU units and devices with owner and state (admin)."""
         return _call("topology", {}, o.TopologyResult, lambda r: r.model_dump())
 
-    def objects(self) -> Call[dict[str, Any]]:
-        """Every connection's objects (admin)."""
-        return _call("objects", {}, o.ObjectsResult, lambda r: r.model_dump())
-
-    def pending(self) -> Call[list[PendingGroup]]:
-        """Every unanswered group of every connection (admin)."""
+    def objects(self, offset: int = 0, limit: int | None = None) -> Call[dict[str, Any]]:
+        """Every connection's objects (admin); a page of them with ``limit`` (the result's
+        ``next`` is the following page's offset, or None)."""
         return _call(
-            "pending", {}, o.PendingResult, lambda r: [PendingGroup.from_wire(d) for d in r.pending]
+            "objects", _page_args(offset, limit), o.ObjectsResult, lambda r: r.model_dump()
+        )
+
+    def pending(self, offset: int = 0, limit: int | None = None) -> Call[list[PendingGroup]]:
+        """Every unanswered group of every connection (admin); rows ``[offset, offset +
+        limit)`` with ``limit``."""
+        return _call(
+            "pending",
+            _page_args(offset, limit),
+            o.PendingResult,
+            lambda r: [PendingGroup.from_wire(d) for d in r.pending],
         )
 
     def inject(

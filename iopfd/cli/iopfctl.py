@@ -127,6 +127,25 @@ def _plain(op: str) -> Handler:
     return run
 
 
+#: Rows asked for per page by ``objects`` and ``pending`` (any number of rows fits).
+PAGE_ROWS = 1024
+
+
+def _paged(op: str) -> Handler:
+    """Every row of a paged admin listing, one page per request, however many."""
+
+    def run(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
+        rows: list[Any] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = c.request(op, offset=offset, limit=PAGE_ROWS)
+            rows += page.get(op, [])
+            offset = page.get("next")
+        return {op: rows, "total": len(rows)}
+
+    return run
+
+
 def _rid_op(op: str) -> Handler:
     def run(c: SyncClient, a: argparse.Namespace) -> dict[str, Any]:
         return c.request(op, rid=a.rid)
@@ -396,8 +415,8 @@ COMMANDS: dict[str, tuple[Handler, Callable[[Mapping[str, Any]], str], str]] = {
     "status": (_plain("status"), _show_status, "daemon version, uptime, clients and counters"),
     "devices": (_plain("devices"), _show_devices, "PCI functions and their state"),
     "topology": (_plain("topology"), _show_topology, "IOMMU units and devices with owners"),
-    "objects": (_plain("objects"), _show_objects, "every connection's iommufd objects"),
-    "pending": (_plain("pending"), _show_pending, "unanswered fault groups"),
+    "objects": (_paged("objects"), _show_objects, "every connection's iommufd objects"),
+    "pending": (_paged("pending"), _show_pending, "unanswered fault groups"),
     "inject": (_inject, _done("injected"), "write a raw page request into a device's PRQ"),
     "unplug": (
         _unplug,

@@ -11,6 +11,7 @@ thread of every unit whose page-request event fired, until nothing more is due a
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Generator
 
@@ -289,26 +290,36 @@ class Core:
             devices.append(row)
         return {"iommus": iommus, "devices": devices}
 
-    def objects(self) -> list[dict[str, object]]:
-        return [obj.describe() for ctx in self.contexts.values() for obj in ctx.objects.values()]
+    def objects(self, offset: int = 0, limit: int | None = None) -> list[dict[str, object]]:
+        """The admin ``objects`` rows ``[offset, offset + limit)``; only those are built."""
+        objs = (obj for ctx in self.contexts.values() for obj in ctx.objects.values())
+        end = None if limit is None else offset + limit
+        return [obj.describe() for obj in itertools.islice(objs, offset, end)]
 
-    def pending(self, now: int) -> list[dict[str, object]]:
+    def object_count(self) -> int:
+        return sum(len(ctx.objects) for ctx in self.contexts.values())
+
+    def pending(
+        self, now: int, offset: int = 0, limit: int | None = None
+    ) -> list[dict[str, object]]:
+        """The admin ``pending`` rows ``[offset, offset + limit)``; only those are built."""
+        groups = ((fq, c, g) for fq in self._fault_queues() for c, g in fq.groups.items())
+        end = None if limit is None else offset + limit
         rows: list[dict[str, object]] = []
-        for fq in self._fault_queues():
-            for cookie, group in fq.groups.items():
-                flags, pasid, grpid = group.last[0], group.last[1], group.last[2]
-                rows.append(
-                    {
-                        "fault_id": fq.id,
-                        "cookie": cookie,
-                        "rid": group.dev.name,
-                        "pasid": pasid if flags & PASID_VALID else None,
-                        "age_s": max(0, now - group.t_ns) / 1e9,
-                        "client": fq.ctx.label,
-                        "dev_id": group.dev.dev_id,
-                        "grpid": grpid,
-                    }
-                )
+        for fq, cookie, group in itertools.islice(groups, offset, end):
+            flags, pasid, grpid = group.last[0], group.last[1], group.last[2]
+            rows.append(
+                {
+                    "fault_id": fq.id,
+                    "cookie": cookie,
+                    "rid": group.dev.name,
+                    "pasid": pasid if flags & PASID_VALID else None,
+                    "age_s": max(0, now - group.t_ns) / 1e9,
+                    "client": fq.ctx.label,
+                    "dev_id": group.dev.dev_id,
+                    "grpid": grpid,
+                }
+            )
         return rows
 
 

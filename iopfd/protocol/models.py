@@ -324,6 +324,14 @@ class HwptInvalidateArgs(Args):
 # --- admin operations ----------------------------------------------------------------
 
 
+class PageArgs(Args):
+    """A page of a long admin listing: rows ``[offset, offset + limit)``; without
+    ``limit`` every row from ``offset`` (``ENOSPC`` if that would exceed ``max_frame``)."""
+
+    offset: U32 = 0
+    limit: Annotated[int, Field(ge=1, le=65536)] | None = None
+
+
 class RidArgs(Args):
     rid: RidStr
 
@@ -387,8 +395,8 @@ OP_MODELS: Final[Mapping[str, type[Args]]] = {
     "option": OptionArgs,
     "status": NoArgs,
     "topology": NoArgs,
-    "objects": NoArgs,
-    "pending": NoArgs,
+    "objects": PageArgs,
+    "pending": PageArgs,
     "inject": InjectArgs,
     "unplug": UnplugArgs,
     "plug": RidArgs,

@@ -127,10 +127,14 @@ class TopologyResult(Result):
 
 class ObjectsResult(Result):
     objects: list[dict[str, Any]]
+    total: int = 0
+    next: int | None = None
 
 
 class PendingResult(Result):
     pending: list[dict[str, Any]]
+    total: int = 0
+    next: int | None = None
 
 
 class UnplugResult(Result):

@@ -284,12 +284,20 @@ def op_topology(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: in
     return dict(srv.core.topology())
 
 
-def op_objects(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
-    return {"objects": srv.core.objects()}
+def _page(rows: list[dict[str, object]], total: int, args: m.PageArgs) -> dict[str, object]:
+    """``total`` rows in all; ``next``: the offset of the following page, or None."""
+    end = args.offset + len(rows)
+    return {"total": total, "next": end if end < total else None}
 
 
-def op_pending(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
-    return {"pending": srv.core.pending(now)}
+def op_objects(srv: Server, conn: Connection, rid: int, args: m.PageArgs, now: int) -> Result:
+    rows = srv.core.objects(args.offset, args.limit)
+    return {"objects": rows, **_page(rows, srv.core.object_count(), args)}
+
+
+def op_pending(srv: Server, conn: Connection, rid: int, args: m.PageArgs, now: int) -> Result:
+    rows = srv.core.pending(now, args.offset, args.limit)
+    return {"pending": rows, **_page(rows, srv.core.pending_count(), args)}
 
 
 def op_inject(srv: Server, conn: Connection, rid: int, args: m.InjectArgs, now: int) -> Result:

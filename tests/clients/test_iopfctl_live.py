@@ -211,3 +211,18 @@ def test_trace_shows_a_fault_its_response_and_an_auto_response(
         topics = [line.split()[1] for line in lines]
         assert topics == ["fault", "response", "fault", "auto_response"]
         assert "rid=0000:3a:00.0" in lines[0]
+
+
+def test_objects_lists_every_row_page_by_page(
+    live: LiveDaemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import iopfd.cli.iopfctl as iopfctl
+
+    monkeypatch.setattr(iopfctl, "PAGE_ROWS", 2)  # many pages from a few objects
+    with SyncClient(live.path) as other:
+        ids = [other.ioas_alloc() for _ in range(5)]
+        assert main(["--socket", live.path, "objects", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+    listed = [o["id"] for o in data["objects"] if o["type"] == "ioas"]
+    assert set(ids) <= set(listed) and len(listed) == len(set(listed))
+    assert data["total"] == len(data["objects"])

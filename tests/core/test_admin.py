@@ -213,3 +213,18 @@ def test_devices_carry_a_stable_vfio_index_in_topology_order(env: Env) -> None:
     rows = env.core.device_list()
     assert [r["vfio"] for r in rows] == list(range(len(rows)))
     assert rows[0]["rid"] == ACCEL
+
+
+def test_objects_and_pending_are_paged_and_build_only_their_page(env: Env) -> None:
+    _dev, _ioas, fq, _hwpt = env.fault_hwpt(pasid=5)
+    for g in range(7):
+        env.inject(ACCEL, 5, A, grpid=g)
+    env.service()
+    every = env.core.pending(env.now)
+    assert len(every) == env.core.pending_count() == 7
+    pages = [env.core.pending(env.now, off, 3) for off in (0, 3, 6)]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [r["cookie"] for p in pages for r in p] == [r["cookie"] for r in every]
+    objs = env.core.objects()
+    assert len(objs) == env.core.object_count() == 4  # device, IOAS, fault queue, HWPT
+    assert env.core.objects(1, 2) == objs[1:3] and env.core.objects(10, 5) == []

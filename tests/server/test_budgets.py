@@ -128,3 +128,20 @@ async def test_a_group_left_unanswered_past_response_timeout_s_is_answered_by_th
             await c.error("page_response", fault_id=fq, responses=[{"cookie": cookie, "code": 0}])
             == "EINVAL"
         )
+
+
+async def test_objects_and_pending_page_their_rows_and_say_where_the_next_page_starts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as daemon:
+        c = await connect(daemon, ROOT)
+        for _ in range(5):
+            await c.call("ioas_alloc")
+        first = await c.call("objects", limit=2)
+        assert (len(first["objects"]), first["total"], first["next"]) == (2, 5, 2)
+        last = await c.call("objects", offset=4, limit=2)
+        assert (len(last["objects"]), last["next"]) == (1, None)
+        assert (await c.call("objects"))["next"] is None  # no limit: every row
+        assert await c.error("objects", limit=0) == "EINVAL"
+        page = await c.call("pending", limit=10)
+        assert (page["pending"], page["total"], page["next"]) == ([], 0, None)
