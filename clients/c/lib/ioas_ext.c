@@ -169,6 +169,31 @@ static bool areas_cover(const struct iopf_obj *ioas, uint64_t iova, uint64_t las
 	return false;
 }
 
+/* The tail COPY and MAP_FILE share: send the request, take the IOVA the daemon mapped
+ * (its pick, without FIXED_IOVA), and record the area; a mapping the library cannot
+ * record is undone on the daemon, so the two never disagree. */
+static int map_reply(struct ucmd *u, struct mp_buf *req, struct iopf_obj *ioas,
+		     uint32_t ioas_id, bool fixed, uint64_t *iova, uint64_t length)
+{
+	struct iopf_reply rep;
+	bool present;
+	int rc = conn_call_pending(u->conn, req, &rep);
+
+	if (rc)
+		return rc;
+	uint64_t got = reply_u64(&rep, "iova", &present);
+	reply_free(&rep);
+	if (!fixed) {
+		if (!present)
+			return -EIO;
+		*iova = got;
+	}
+	rc = ioas_area_insert(ioas, *iova, length);
+	if (rc)
+		ioas_wire_unmap(u->conn, ioas_id, *iova, length);
+	return rc;
+}
+
 /* iommufd_ioas_copy(): the pages under [src_iova, +length) of one IOAS mapped again in
  * another (or the same), at a fixed IOVA or one the daemon picks. */
 int iommufd_ioas_copy(struct ucmd *u)
@@ -177,10 +202,8 @@ int iommufd_ioas_copy(struct ucmd *u)
 	struct iopf_ctx *ctx = conn_ctx(u->conn);
 	bool fixed = cmd->flags & IOMMU_IOAS_MAP_FIXED_IOVA;
 	struct iopf_obj *src, *dst;
-	struct iopf_reply rep;
 	struct mp_buf req;
 	uint64_t src_last, dst_last, iova = cmd->dst_iova;
-	bool present;
 	int rc;
 
 	if (cmd->flags & ~map_flags)
@@ -242,23 +265,9 @@ int iommufd_ioas_copy(struct ucmd *u)
 	mp_put_uint(&req, cmd->length);
 	mp_put_str(&req, "perm");
 	mp_put_uint(&req, perm_of(cmd->flags));
-	rc = conn_call_pending(u->conn, &req, &rep);
+	rc = map_reply(u, &req, dst, cmd->dst_ioas_id, fixed, &iova, cmd->length);
 	if (rc)
 		goto out;
-	uint64_t got = reply_u64(&rep, "iova", &present);
-	reply_free(&rep);
-	if (!fixed) {
-		if (!present) {
-			rc = -EIO;
-			goto out;
-		}
-		iova = got;
-	}
-	rc = ioas_area_insert(dst, iova, cmd->length);
-	if (rc) {
-		ioas_wire_unmap(u->conn, cmd->dst_ioas_id, iova, cmd->length);
-		goto out;
-	}
 	cmd->dst_iova = iova;
 	rc = ucmd_respond(u, sizeof(*cmd));
 out:
@@ -276,10 +285,8 @@ int iommufd_ioas_map_file(struct ucmd *u)
 	struct iopf_ctx *ctx = conn_ctx(u->conn);
 	bool fixed = cmd->flags & IOMMU_IOAS_MAP_FIXED_IOVA;
 	struct iopf_obj *ioas;
-	struct iopf_reply rep;
 	struct mp_buf req;
 	uint64_t iova = cmd->iova, end, last;
-	bool present;
 	int rc;
 
 	if (cmd->flags & ~map_flags)
@@ -341,23 +348,9 @@ int iommufd_ioas_map_file(struct ucmd *u)
 	mp_put_uint(&req, cmd->length);
 	mp_put_str(&req, "perm");
 	mp_put_uint(&req, perm_of(cmd->flags));
-	rc = conn_call_pending(u->conn, &req, &rep);
+	rc = map_reply(u, &req, ioas, cmd->ioas_id, fixed, &iova, cmd->length);
 	if (rc)
 		goto out;
-	uint64_t got = reply_u64(&rep, "iova", &present);
-	reply_free(&rep);
-	if (!fixed) {
-		if (!present) {
-			rc = -EIO;
-			goto out;
-		}
-		iova = got;
-	}
-	rc = ioas_area_insert(ioas, iova, cmd->length);
-	if (rc) {
-		ioas_wire_unmap(u->conn, cmd->ioas_id, iova, cmd->length);
-		goto out;
-	}
 	cmd->iova = iova;
 	rc = ucmd_respond(u, sizeof(*cmd));
 out:
