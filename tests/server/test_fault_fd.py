@@ -49,6 +49,16 @@ async def _open_fd(c: Peer, fault_id: int) -> trio.socket.SocketType:
     return trio.socket.from_stdlib_socket(sock)
 
 
+async def _fault_fd_path(
+    daemon: Daemon,
+) -> tuple[Peer, tuple[int, int, int, int], trio.socket.SocketType]:
+    """A connection with a fault-capable attachment whose queue delivers on a fault fd:
+    (peer, (dev, ioas, fault, hwpt), fd)."""
+    c = await _connect(daemon)
+    path = await _fault_path(c)
+    return c, path, await _open_fd(c, path[2])
+
+
 async def _inject(c: Peer, n: int, first_grpid: int = 1) -> None:
     """``n`` one-request groups on ACCEL0's RID, in one write."""
     frames = [
@@ -104,9 +114,7 @@ async def test_groups_go_out_on_the_fd_in_order_and_answers_written_to_it_apply(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        _dev, _ioas, fault, _hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (_dev, _ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         await _inject(c, 5)
         groups = await _packets(fd, 5)
         assert [len(g) for g in groups] == [1] * 5
@@ -142,9 +150,7 @@ async def test_a_dma_fault_is_answered_through_the_fd(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        dev, ioas, fault, _hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (dev, ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         dma = await c.send_request("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ)
         ((rec,),) = await _packets(fd, 1)
         assert rec["addr"] == IOVA and rec["dev_id"] == dev
@@ -159,10 +165,8 @@ async def test_closing_the_fd_returns_the_queue_to_events_and_leaves_its_groups_
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        _dev, _ioas, fault, _hwpt = await _fault_path(c)
+        c, (_dev, _ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         conn = daemon.connections[1]
-        fd = await _open_fd(c, fault)
         await _inject(c, 2)
         written = [g[0]["cookie"] for g in await _packets(fd, 2)]
         fd.close()
@@ -188,9 +192,7 @@ async def test_a_second_fault_fd_is_ebusy_a_foreign_queue_enoent(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        _dev, ioas, fault, _hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (_dev, ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         assert await c.error("fault_fd", fault_id=fault) == "EBUSY"
         assert await c.error("fault_fd", fault_id=ioas) == "ENOENT"  # not a fault queue
         assert await c.error("fault_fd", fault_id=4242) == "ENOENT"
@@ -231,9 +233,7 @@ async def test_destroying_the_queue_closes_the_daemons_end(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        dev, _ioas, fault, hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (dev, _ioas, fault, hwpt), fd = await _fault_fd_path(daemon)
         await _inject(c, 1)
         await _packets(fd, 1)
         await c.call("detach", dev_id=dev)  # answers the pending group INVALID
@@ -249,9 +249,7 @@ async def test_closing_the_connection_closes_the_daemons_end(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        _dev, _ioas, fault, _hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (_dev, _ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         await _inject(c, 2)
         await _packets(fd, 1)
         await c.aclose()
@@ -267,9 +265,7 @@ async def test_a_full_fd_backlogs_groups_in_order_without_blocking_the_daemon(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        _dev, _ioas, fault, _hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (_dev, _ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         ffd = daemon.connections[1].fault_fds[fault]
         ffd.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the minimum
         await _inject(c, 40)
@@ -288,9 +284,7 @@ async def test_the_backlog_is_bounded_by_max_pending(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon(max_pending=4) as daemon:
-        c = await _connect(daemon)
-        _dev, _ioas, fault, _hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (_dev, _ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         ffd = daemon.connections[1].fault_fds[fault]
         assert ffd.max_backlog == 4
         ffd.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
@@ -307,10 +301,8 @@ async def test_the_backlog_goes_out_as_events_when_the_peer_closes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        _dev, _ioas, fault, _hwpt = await _fault_path(c)
+        c, (_dev, _ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         conn = daemon.connections[1]
-        fd = await _open_fd(c, fault)
         ffd = conn.fault_fds[fault]
         ffd.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
         await _inject(c, 20)
@@ -330,9 +322,7 @@ async def test_an_empty_or_unknown_answer_packet_is_not_eof(
     autojump_clock: trio.testing.MockClock, packet: bytes
 ) -> None:
     async with _daemon() as daemon:
-        c = await _connect(daemon)
-        _dev, _ioas, fault, _hwpt = await _fault_path(c)
-        fd = await _open_fd(c, fault)
+        c, (_dev, _ioas, fault, _hwpt), fd = await _fault_fd_path(daemon)
         await fd.send(packet)
         await fd.send(b"\x00" * 3)
         await _until(lambda: daemon.counters["fault_fd_malformed"] == 1)

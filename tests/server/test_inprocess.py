@@ -40,6 +40,13 @@ def test_the_daemon_has_one_handler_per_op_of_the_contract() -> None:
 # --- the session rules, through the daemon -------------------------------------------
 
 
+def _dma_frame(rid: int, dev: int, iova: int) -> bytes:
+    """A raw one-page READ ``dma`` frame with an id of the test's choosing."""
+    return encode_frame(
+        {"op": "dma", "id": rid, "dev_id": dev, "iova": iova, "length": 4096, "perm": READ}
+    )
+
+
 async def test_a_silent_connection_is_closed_with_eproto_at_the_hello_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -122,18 +129,7 @@ async def test_a_dma_id_in_flight_cannot_be_reused_and_dmas_in_flight_are_capped
         c = await connect(daemon)
         dev, _ioas, fault = await _fault_path(c)
         first = await c.send_request("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ)
-        await c.send(
-            encode_frame(
-                {
-                    "op": "dma",
-                    "id": first,
-                    "dev_id": dev,
-                    "iova": IOVA,
-                    "length": 4096,
-                    "perm": READ,
-                }
-            )
-        )
+        await c.send(_dma_frame(first, dev, IOVA))
         assert (await c.reply(first)).code == "EINVAL"  # the duplicate's answer
         await c.send_request("dma", dev_id=dev, iova=IOVA + 0x1000, length=4096, perm=READ)
         assert await c.error("dma", dev_id=dev, iova=IOVA, length=4096, perm=READ) == "ENOSPC"
@@ -145,18 +141,7 @@ async def test_a_dma_id_in_flight_cannot_be_reused_and_dmas_in_flight_are_capped
         )
         assert (await c.reply(first)).result["status"] == "invalid"
         # Answered: the id is free again.
-        await c.send(
-            encode_frame(
-                {
-                    "op": "dma",
-                    "id": first,
-                    "dev_id": dev,
-                    "iova": IOVA,
-                    "length": 4096,
-                    "perm": READ,
-                }
-            )
-        )
+        await c.send(_dma_frame(first, dev, IOVA))
         await c.event("fault")
         assert first in daemon.connections[1].session.deferred
 
@@ -167,9 +152,7 @@ async def test_a_dma_refused_by_the_core_frees_its_id_for_the_next_request_of_th
     async with running() as daemon:
         c = await connect(daemon)
         dev, _ioas, _fault = await _fault_path(c)
-        bad = {"op": "dma", "id": 77, "dev_id": 999, "iova": IOVA, "length": 4096, "perm": READ}
-        good = dict(bad, dev_id=dev)
-        await c.send(encode_frame(bad), encode_frame(good))  # one read
+        await c.send(_dma_frame(77, 999, IOVA), _dma_frame(77, dev, IOVA))  # one read
         assert (await c.reply(77)).code == "ENOENT"
         await c.event("fault")  # the second dma 77 runs: the first freed its id
         assert daemon.connections[1].session.deferred == {77: "dma"}
