@@ -252,6 +252,7 @@ int ioas_unmap(struct iopf_conn *c, void *arg);
 /* The area bookkeeping (ctx->lock held), shared with ioas_ext.c. */
 int ioas_area_insert(struct iopf_obj *ioas, uint64_t iova, uint64_t length);
 bool ioas_area_overlaps(const struct iopf_obj *ioas, uint64_t iova, uint64_t last);
+int ioas_check_iova(const struct iopf_obj *ioas, uint64_t iova, uint64_t length);
 int ioas_wire_unmap(struct iopf_conn *c, uint32_t ioas_id, uint64_t iova, uint64_t length);
 
 /* ioas_ext.c: IOMMU_IOAS_IOVA_RANGES, _ALLOW_IOVAS, _COPY, _MAP_FILE and IOMMU_OPTION,

@@ -48,6 +48,19 @@ bool ioas_area_overlaps(const struct iopf_obj *ioas, uint64_t iova, uint64_t las
 	return false;
 }
 
+/* iopt_check_iova() (drivers/iommu/iommufd/io_pagetable.c): a fixed IOVA range
+ * must not wrap and must not overlap an area already mapped.  length != 0. */
+int ioas_check_iova(const struct iopf_obj *ioas, uint64_t iova, uint64_t length)
+{
+	uint64_t last;
+
+	if (__builtin_add_overflow(iova, length - 1, &last))
+		return -EOVERFLOW;
+	if (ioas_area_overlaps(ioas, iova, last))
+		return -EEXIST;
+	return 0;
+}
+
 static int wire_map(struct iopf_conn *c, uint32_t ioas_id, bool fixed, uint64_t *iova,
 		    uint64_t length, unsigned perm)
 {
@@ -137,17 +150,8 @@ int ioas_map(struct iopf_conn *c, void *arg)
 		rc = -EINVAL;
 		goto out;
 	}
-	if (fixed) { /* iopt_check_iova() */
-		uint64_t last;
-		if (__builtin_add_overflow(iova, cmd->length - 1, &last)) {
-			rc = -EOVERFLOW;
-			goto out;
-		}
-		if (ioas_area_overlaps(ioas, iova, last)) {
-			rc = -EEXIST;
-			goto out;
-		}
-	}
+	if (fixed && (rc = ioas_check_iova(ioas, iova, cmd->length)))
+		goto out;
 	rc = wire_map(c, cmd->ioas_id, fixed, &iova, cmd->length, perm);
 	if (rc)
 		goto out;

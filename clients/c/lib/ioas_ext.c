@@ -203,7 +203,7 @@ int iommufd_ioas_copy(struct ucmd *u)
 	bool fixed = cmd->flags & IOMMU_IOAS_MAP_FIXED_IOVA;
 	struct iopf_obj *src, *dst;
 	struct mp_buf req;
-	uint64_t src_last, dst_last, iova = cmd->dst_iova;
+	uint64_t src_last, iova = cmd->dst_iova;
 	int rc;
 
 	if (cmd->flags & ~map_flags)
@@ -240,16 +240,8 @@ int iommufd_ioas_copy(struct ucmd *u)
 		rc = -EINVAL;
 		goto out;
 	}
-	if (fixed) {
-		if (__builtin_add_overflow(iova, cmd->length - 1, &dst_last)) {
-			rc = -EOVERFLOW;
-			goto out;
-		}
-		if (ioas_area_overlaps(dst, iova, dst_last)) {
-			rc = -EEXIST;
-			goto out;
-		}
-	}
+	if (fixed && (rc = ioas_check_iova(dst, iova, cmd->length)))
+		goto out;
 	req_start(&req, "ioas_copy", fixed ? 6 : 5);
 	mp_put_str(&req, "src_ioas_id");
 	mp_put_uint(&req, cmd->src_ioas_id);
@@ -286,7 +278,7 @@ int iommufd_ioas_map_file(struct ucmd *u)
 	bool fixed = cmd->flags & IOMMU_IOAS_MAP_FIXED_IOVA;
 	struct iopf_obj *ioas;
 	struct mp_buf req;
-	uint64_t iova = cmd->iova, end, last;
+	uint64_t iova = cmd->iova, end;
 	int rc;
 
 	if (cmd->flags & ~map_flags)
@@ -325,16 +317,8 @@ int iommufd_ioas_map_file(struct ucmd *u)
 		rc = -EINVAL;
 		goto out;
 	}
-	if (fixed) {
-		if (__builtin_add_overflow(iova, cmd->length - 1, &last)) {
-			rc = -EOVERFLOW;
-			goto out;
-		}
-		if (ioas_area_overlaps(ioas, iova, last)) {
-			rc = -EEXIST;
-			goto out;
-		}
-	}
+	if (fixed && (rc = ioas_check_iova(ioas, iova, cmd->length)))
+		goto out;
 	req_start(&req, "ioas_map_file", fixed ? 5 : 4);
 	mp_put_str(&req, "ioas_id");
 	mp_put_uint(&req, cmd->ioas_id);
