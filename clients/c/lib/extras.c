@@ -114,6 +114,19 @@ static struct iopf_conn *iommufd_conn(int iommufd)
 	return c;
 }
 
+/* The head both stage-1 requests share: which HWPT, which IOVA range. */
+static void s1_req(struct mp_buf *req, const char *op, unsigned nkeys, uint32_t hwpt_id,
+		   uint64_t iova, uint64_t length)
+{
+	req_start(req, op, nkeys);
+	mp_put_str(req, "hwpt_id");
+	mp_put_uint(req, hwpt_id);
+	mp_put_str(req, "iova");
+	mp_put_uint(req, iova);
+	mp_put_str(req, "length");
+	mp_put_uint(req, length);
+}
+
 int iopf_s1_map(int iommufd, uint32_t hwpt_id, uint64_t iova, uint64_t length, uint64_t gpa,
 		unsigned perm)
 {
@@ -123,13 +136,7 @@ int iopf_s1_map(int iommufd, uint32_t hwpt_id, uint64_t iova, uint64_t length, u
 
 	if (!c)
 		return fail(EBADF);
-	req_start(&req, "hwpt_s1_map", 5);
-	mp_put_str(&req, "hwpt_id");
-	mp_put_uint(&req, hwpt_id);
-	mp_put_str(&req, "iova");
-	mp_put_uint(&req, iova);
-	mp_put_str(&req, "length");
-	mp_put_uint(&req, length);
+	s1_req(&req, "hwpt_s1_map", 5, hwpt_id, iova, length);
 	mp_put_str(&req, "gpa");
 	mp_put_uint(&req, gpa);
 	mp_put_str(&req, "perm");
@@ -149,13 +156,7 @@ int iopf_s1_unmap(int iommufd, uint32_t hwpt_id, uint64_t iova, uint64_t length,
 
 	if (!c)
 		return fail(EBADF);
-	req_start(&req, "hwpt_s1_unmap", 3);
-	mp_put_str(&req, "hwpt_id");
-	mp_put_uint(&req, hwpt_id);
-	mp_put_str(&req, "iova");
-	mp_put_uint(&req, iova);
-	mp_put_str(&req, "length");
-	mp_put_uint(&req, length);
+	s1_req(&req, "hwpt_s1_unmap", 3, hwpt_id, iova, length);
 	rc = conn_call(c, &req, &rep);
 	conn_put(c);
 	if (rc)
