@@ -20,7 +20,7 @@ through the old HWPT is cached anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, CoreError
@@ -173,9 +173,19 @@ class DeviceOps(ContextBase):
         return obj_id
 
     def unbind(self, dev_id: int, now: int) -> None:
-        idev = self.bound_device(dev_id)
-        release_device(self, idev, now, "unbind")
-        self.remove(idev)
+        for _ in self.unbind_steps(dev_id, now):
+            pass
+
+    def unbind_steps(self, dev_id: int, now: int) -> Generator[None, None, None]:
+        """``unbind`` in steps of ``DETACHES_PER_STEP`` detaches (``release_device_steps``),
+        so the daemon serves others while a device with thousands of PASIDs goes. The
+        device is checked at the call, before any step."""
+        return self._unbind_steps(self.bound_device(dev_id), now)
+
+    def _unbind_steps(self, idev: IommufdDevice, now: int) -> Generator[None, None, None]:
+        yield from release_device_steps(self, idev, now, "unbind")
+        if self.objects.get(idev.id) is idev:
+            self.remove(idev)
 
     # ------------------------------------------------------------------ checks
     def check_pasid(self, dev: Device, pasid: int | None) -> None:

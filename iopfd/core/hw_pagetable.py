@@ -289,8 +289,11 @@ class HwptOps(IoasOps):
         s1.map(iova, gpa, length, p)
 
     def hwpt_s1_unmap(self, hwpt_id: int, iova: int, length: int) -> int:
+        """The guest clears stage-1 entries; at most ``max_map_length`` bytes a call, as
+        a map, so one call costs a bounded time (the entries are not kept sorted)."""
         hwpt = self._nested(hwpt_id)
         check_range(iova, length)
+        self.check_map_length(length)
         assert hwpt.domain.s1 is not None
         unmapped = hwpt.domain.s1.unmap(iova, length)
         self.uncharge_pages(unmapped // PAGE_SIZE)

@@ -13,7 +13,7 @@ lowest free hole (``iopt_alloc_iova``).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from hwmodel import PageTable, Perm, perm_of
@@ -49,6 +49,10 @@ RESERVED_IOVAS = ((MSI_RESERVED[0], MSI_RESERVED[1] - 1), (IOVA_LIMIT, (1 << 64)
 IOVA_ALIGNMENT = PAGE_SIZE
 #: ``IOMMU_OPTION`` values: ``option`` -> ``action`` -> ...
 OPTIONS = ("rlimit_mode", "huge_pages")
+#: Pages one step of a sliced ``ioas_unmap`` removes (as many as one ``ioas_map`` of
+#: ``max_map_length``'s default maps): a few milliseconds, then the daemon serves others
+#: (the kernel's ``iopt_unmap_iova_range`` unmaps area by area with ``cond_resched``).
+UNMAP_PAGES_PER_STEP = 16384
 
 
 class IovaAreas:
@@ -71,27 +75,44 @@ class IovaAreas:
         self.ends[first] = end
 
     def cut(self, first: int, end: int) -> list[tuple[int, int]]:
-        """Remove ``[first, end)`` from every area it touches; the pieces removed."""
+        """Remove ``[first, end)`` from every area it touches; the pieces removed. One
+        splice of ``starts`` however many areas go (not one ``del`` per area)."""
         starts, ends = self.starts, self.ends
         i = bisect.bisect_right(starts, first) - 1
         if i < 0 or ends[starts[i]] <= first:
             i += 1
+        j = bisect.bisect_left(starts, end, i)
+        if i == j:
+            return []
         removed = []
-        while i < len(starts) and starts[i] < end:
-            a_start = starts[i]
+        kept = []
+        for a_start in starts[i:j]:
             a_end = ends.pop(a_start)
-            del starts[i]
             lo, hi = max(a_start, first), min(a_end, end)
             removed.append((lo, hi))
             if a_start < lo:
-                starts.insert(i, a_start)
+                kept.append(a_start)
                 ends[a_start] = lo
-                i += 1
             if hi < a_end:
-                starts.insert(i, hi)
+                kept.append(hi)
                 ends[hi] = a_end
-                i += 1
+        starts[i:j] = kept
         return removed
+
+    def step_end(self, first: int, end: int, pages: int) -> int:
+        """The end of the shortest ``[first, x)`` holding ``pages`` mapped pages, or
+        ``end`` when ``[first, end)`` holds fewer: one step of a sliced unmap."""
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(starts, first) - 1
+        if i < 0 or ends[starts[i]] <= first:
+            i += 1
+        while i < len(starts) and starts[i] < end:
+            lo, hi = max(starts[i], first), min(ends[starts[i]], end)
+            if hi - lo >= pages:
+                return lo + pages
+            pages -= hi - lo
+            i += 1
+        return end
 
     def find_hole(self, npages: int, first: int, limit: int) -> int | None:
         """The lowest start >= ``first`` of ``npages`` free pages below ``limit``."""
@@ -108,7 +129,7 @@ class IovaAreas:
 
 
 class Ioas(IommufdObject):
-    __slots__ = ("allowed", "areas", "file_maps", "huge_pages", "hwpts", "table")
+    __slots__ = ("allowed", "areas", "file_firsts", "file_maps", "huge_pages", "hwpts", "table")
     kind: ClassVar[str] = "ioas"
 
     def __init__(self, obj_id: int, ctx: ContextBase) -> None:
@@ -123,6 +144,8 @@ class Ioas(IommufdObject):
         self.huge_pages = True
         #: ``IOMMU_IOAS_MAP_FILE`` areas: first page -> (pages, file offset).
         self.file_maps: dict[int, tuple[int, int]] = {}
+        #: ``file_maps``' first pages, sorted: an unmap finds its file maps by bisection.
+        self.file_firsts: list[int] = []
 
     def describe(self) -> dict[str, object]:
         row = super().describe()
@@ -229,29 +252,61 @@ class IoasOps(ContextBase):
     def ioas_unmap(self, ioas_id: int, iova: int, length: int, now: int) -> int:
         """Complete when it returns: every IOTLB and device TLB that could hold the
         range was invalidated (``iopt_unmap_iova`` -> ``iommu_unmap`` -> the driver's
-        ``cache_tag_flush_range`` for every domain on the IOAS)."""
+        ``cache_tag_flush_range`` for every domain on the IOAS). Returns the bytes
+        unmapped."""
+        steps = self.ioas_unmap_steps(ioas_id, iova, length, now)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return int(done.value)
+
+    def ioas_unmap_steps(
+        self, ioas_id: int, iova: int, length: int, now: int
+    ) -> Generator[None, None, int]:
+        """``ioas_unmap`` in steps of at most ``UNMAP_PAGES_PER_STEP`` pages; returns
+        the bytes unmapped. The arguments are checked at the call, before any step.
+        Each step is whole: what it cuts from the areas leaves the page table, the
+        budgets and, by its flush, every IOTLB and device TLB, so between two steps the
+        devices see a consistent IOAS and when the generator finishes no cache holds
+        the range."""
         ioas = self.get(ioas_id, Ioas, "an IOAS")
         check_range(iova, length)
+        return self._unmap_steps(ioas, iova, length, now)
+
+    def _unmap_steps(
+        self, ioas: Ioas, iova: int, length: int, now: int
+    ) -> Generator[None, None, int]:
         first = iova // PAGE_SIZE
-        unmapped = 0
         end = first + length // PAGE_SIZE
-        for lo, hi in ioas.areas.cut(first, end):
-            unmapped += ioas.table.unmap(lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE)
-        if ioas.file_maps:
-            for f_first, (n, _) in list(ioas.file_maps.items()):
-                if f_first < end and first < f_first + n:
-                    del ioas.file_maps[f_first]
-        self.uncharge_pages(unmapped // PAGE_SIZE)
+        areas, table = ioas.areas, ioas.table
+        unmapped = 0
+        lo = first
+        while True:
+            hi = areas.step_end(lo, end, UNMAP_PAGES_PER_STEP)
+            step = 0
+            for p_lo, p_hi in areas.cut(lo, hi):
+                step += table.unmap(p_lo * PAGE_SIZE, (p_hi - p_lo) * PAGE_SIZE)
+            if step:
+                # Each step flushes what it unmapped, as each ``iommu_unmap`` of the
+                # kernel's area walk syncs its own gather: between two steps no cache
+                # holds a page that has left the table.
+                self.uncharge_pages(step // PAGE_SIZE)
+                unmapped += step
+                self.iommu.driver.flush_iotlb_range(
+                    [hwpt.domain for hwpt in ioas.hwpts.values()],
+                    first_stage=False,
+                    start=lo * PAGE_SIZE if lo > first else iova,
+                    end=hi * PAGE_SIZE if hi < end else iova + length,
+                    reason="ioas_unmap",
+                    now=now,
+                )
+            if hi >= end or not areas.overlaps(hi, end):
+                break
+            lo = hi
+            yield
+        _drop_file_maps(ioas, first, end)
         self.counters["ioas_unmaps"] += 1
-        if unmapped:
-            self.iommu.driver.flush_iotlb_range(
-                [hwpt.domain for hwpt in ioas.hwpts.values()],
-                first_stage=False,
-                start=iova,
-                end=iova + length,
-                reason="ioas_unmap",
-                now=now,
-            )
         return unmapped
 
     def ioas_iova_ranges(self, ioas_id: int) -> dict[str, object]:
@@ -338,6 +393,7 @@ class IoasOps(ContextBase):
             raise CoreError(EINVAL, f"start {start!r} is not 4 KiB aligned")
         iova = self._map_pages(ioas, iova, length, p)
         ioas.file_maps[iova // PAGE_SIZE] = (length // PAGE_SIZE, start)
+        bisect.insort(ioas.file_firsts, iova // PAGE_SIZE)
         return iova
 
     def option(
@@ -394,6 +450,17 @@ def _check_not_reserved(iova: int, length: int) -> None:
     check_range(iova, length)
     if _overlaps_reserved(iova, iova + length - 1):
         raise CoreError(EINVAL, f"[{iova:#x}, {iova + length:#x}) crosses a reserved range")
+
+
+def _drop_file_maps(ioas: Ioas, first: int, end: int) -> None:
+    """Forget the file maps ``[first, end)`` touches: they do not overlap each other,
+    so they are the ones just below ``end``'s place in ``file_firsts``."""
+    firsts, maps = ioas.file_firsts, ioas.file_maps
+    i = j = bisect.bisect_left(firsts, end)
+    while i > 0 and firsts[i - 1] + maps[firsts[i - 1]][0] > first:
+        i -= 1
+        del maps[firsts[i]]
+    del firsts[i:j]
 
 
 def _covered(areas: IovaAreas, first: int, end: int) -> bool:

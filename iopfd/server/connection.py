@@ -33,6 +33,7 @@ from iopfd.server.peer import PeerCred
 if TYPE_CHECKING:
     from iopfd.core import Context
     from iopfd.server.faultfd import FaultFd
+    from iopfd.server.ops import Sliced
 
 log = structlog.get_logger("iopfd.connection")
 
@@ -53,8 +54,12 @@ class Host(Protocol):
     @property
     def counters(self) -> Counter[str]: ...
 
-    def run_request(self, conn: Connection, request: Request, now: int) -> None:
-        """Run one request to its end and queue its reply (unless deferred)."""
+    def run_request(self, conn: Connection, request: Request, now: int) -> Sliced | None:
+        """Run one request to its end and queue its reply (unless deferred), or, for a
+        sliced op, its first step; then the rest is returned."""
+
+    def continue_request(self, conn: Connection, rid: int, sliced: Sliced) -> bool:
+        """The next step of a sliced request; True once it is answered."""
 
     def after_call(self, now: int) -> None:
         """Service the core and forward what came out."""
@@ -381,7 +386,9 @@ class Connection:
                 for item in session.iter_requests(data):
                     if type(item) is Request:
                         ran = True
-                        host.run_request(self, item, now_ns())
+                        sliced = host.run_request(self, item, now_ns())
+                        if sliced is not None:
+                            await self._finish_sliced(item.id, sliced)
                     else:
                         assert isinstance(item, Rejected)
                         self._rejected(item)
@@ -398,6 +405,23 @@ class Connection:
                 if ran:
                     host.after_call(now_ns())
                 self._send_now()
+
+    async def _finish_sliced(self, rid: int, sliced: Sliced) -> None:
+        """The remaining steps of a sliced request, each after a checkpoint, with the
+        hardware serviced and this connection's output sent between two. Left
+        unfinished (the connection closes, the daemon stops), the steps are closed and
+        the release finishes what they had to do."""
+        host = self.host
+        try:
+            while True:
+                host.after_call(now_ns())
+                self._send_now()
+                self._in_batch = True
+                await trio.lowlevel.checkpoint()
+                if self.closed or host.continue_request(self, rid, sliced):
+                    return
+        finally:
+            sliced.steps.close()
 
     def _rejected(self, item: Rejected) -> None:
         """A request the session answered itself; EPROTO also closes the connection."""

@@ -39,7 +39,7 @@ from iopfd.server.connection import Connection, now_ns, stream_fd
 from iopfd.server.faultfd import FaultFd
 from iopfd.server.listener import BoundSocket, bind_unix_socket
 from iopfd.server.logconfig import log_dropped, printable
-from iopfd.server.ops import HANDLERS, OBSERVING_OPS, Deferred, PassFd
+from iopfd.server.ops import HANDLERS, OBSERVING_OPS, Deferred, PassFd, Sliced
 from iopfd.server.peer import PeerCred, is_admin, peer_credentials, resolve_group
 from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
 
@@ -112,27 +112,50 @@ class Daemon:
 
     # --- requests ----------------------------------------------------------------
 
-    def run_request(self, conn: Connection, request: Request, now: int) -> None:
+    def run_request(self, conn: Connection, request: Request, now: int) -> Sliced | None:
         """Run one request the session admitted, inline, and queue its reply (unless the
-        op defers it). The caller services the hardware after the read's last request."""
+        op defers it). The caller services the hardware after the read's last request.
+        A sliced op whose first step did not finish it is returned: the caller runs the
+        rest with ``continue_request``."""
         rid = request.id
         try:
             if request.op in OBSERVING_OPS:
                 # It must see the effect of every request before it, serviced.
                 self.after_call(now)
             result = HANDLERS[request.op](self, conn, rid, request.args, now)
+            if type(result) is Sliced:
+                if not result.step():
+                    return result
+                result = result.result
         except CoreError as exc:
             conn.reply_error(rid, exc.errno, exc.message)
         except Exception as exc:
-            # A bug of ours must cost this request only, never the daemon.
-            self.counters["internal_errors"] += 1
-            log.exception("request failed inside the daemon", op=request.op, request_id=rid)
-            conn.reply_error(rid, EINVAL, f"internal error: {type(exc).__name__}")
+            self._internal_error(conn, rid, exc, request.op)
         else:
             if isinstance(result, PassFd):
                 conn.reply_ok_with_fd(rid, result.result, result.sock)
-            elif not isinstance(result, Deferred):
+            elif not isinstance(result, Deferred | Sliced):
                 conn.reply_ok(rid, result)
+        return None
+
+    def continue_request(self, conn: Connection, rid: int, sliced: Sliced) -> bool:
+        """The next step of a sliced request; True once it is answered."""
+        try:
+            if not sliced.step():
+                return False
+        except CoreError as exc:
+            conn.reply_error(rid, exc.errno, exc.message)
+        except Exception as exc:
+            self._internal_error(conn, rid, exc, "sliced")
+        else:
+            conn.reply_ok(rid, sliced.result)
+        return True
+
+    def _internal_error(self, conn: Connection, rid: int, exc: Exception, op: str) -> None:
+        # A bug of ours must cost this request only, never the daemon.
+        self.counters["internal_errors"] += 1
+        log.exception("request failed inside the daemon", op=op, request_id=rid)
+        conn.reply_error(rid, EINVAL, f"internal error: {type(exc).__name__}")
 
     # --- the core, serviced ------------------------------------------------------
 

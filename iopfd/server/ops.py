@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("iopfd.ops")
 
 
+EMPTY: Final[Mapping[str, object]] = {}
+
+
 class Deferred:
     """Returned by an op whose reply comes later, from a core event."""
 
@@ -46,8 +49,33 @@ class PassFd:
     sock: socket.socket
 
 
-Result = Mapping[str, object] | Deferred | PassFd
-EMPTY: Final[Mapping[str, object]] = {}
+class Sliced:
+    """Returned by an op that runs in bounded steps (``unbind`` of a device with many
+    PASIDs, ``ioas_unmap`` of a big range): the first step runs inline, as any request;
+    if more remain, the connection's reader runs them with a checkpoint between two, so
+    the other connections are served meanwhile, and replies ``reply(value)`` after the
+    last. The connection's own next request waits, as the ioctl's caller would."""
+
+    __slots__ = ("reply", "result", "steps")
+
+    def __init__(
+        self, steps: Generator[None, None, Any], reply: Callable[[Any], Mapping[str, object]]
+    ) -> None:
+        self.steps = steps
+        self.reply = reply
+        self.result: Mapping[str, object] = EMPTY
+
+    def step(self) -> bool:
+        """Run one step; True once the last has run and ``result`` holds the reply."""
+        try:
+            next(self.steps)
+        except StopIteration as done:
+            self.result = self.reply(done.value)
+            return True
+        return False
+
+
+Result = Mapping[str, object] | Deferred | PassFd | Sliced
 
 
 class Server(Protocol):
@@ -108,9 +136,11 @@ def op_bind(srv: Server, conn: Connection, rid: int, args: m.BindArgs, now: int)
 
 
 def op_unbind(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:
-    _ctx(conn).unbind(args.dev_id, now)
-    log.info("unbind", dev_id=args.dev_id)
-    return EMPTY
+    def unbound(_: None) -> Mapping[str, object]:
+        log.info("unbind", dev_id=args.dev_id)
+        return EMPTY
+
+    return Sliced(_ctx(conn).unbind_steps(args.dev_id, now), unbound)
 
 
 def op_ioas_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: int) -> Result:
@@ -124,7 +154,8 @@ def op_ioas_map(srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs, no
 def op_ioas_unmap(
     srv: Server, conn: Connection, rid: int, args: m.IoasUnmapArgs, now: int
 ) -> Result:
-    return {"unmapped": _ctx(conn).ioas_unmap(args.ioas_id, args.iova, args.length, now)}
+    steps = _ctx(conn).ioas_unmap_steps(args.ioas_id, args.iova, args.length, now)
+    return Sliced(steps, lambda unmapped: {"unmapped": unmapped})
 
 
 def op_hw_info(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hwmodel import IommuSpec, TopologySpec, default_topology, generated_topology
+from iopfd.core import CoreError
 from iopfd.core.intel.cache import CacheTagList, TagType, psi_aligned
 from iopfd.core.testing import (
     ACCEL,
@@ -102,6 +105,10 @@ def test_hwpt_invalidate_flushes_the_nested_domain_only(env: Env) -> None:
     ctx.attach(d0, parent, None, env.now)
     env.ctx.dma(d0, 5, 0x1000_0000, 0x2000, RW, env.now, "fill")
     dma_done(env.settle())
+    # One call covers at most max_map_length bytes, as a map does: a bounded cost.
+    with pytest.raises(CoreError) as ei:
+        ctx.hwpt_s1_unmap(nested, 0, env.core.limits.max_map_length + 0x1000)
+    assert ei.value.errno == "EINVAL"
     assert ctx.hwpt_s1_unmap(nested, 0x1000_0000, 0x1000) == 0x1000
     ctx.hwpt_invalidate(nested, 0x1000_0000, 0x1000, env.now)
     st = env.core.last_flush

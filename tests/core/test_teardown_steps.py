@@ -4,6 +4,9 @@ exactly once, and a teardown left half-done is finished by ``close_context``."""
 
 from __future__ import annotations
 
+import pytest
+
+from iopfd.core import CoreError
 from iopfd.core.device import DETACHES_PER_STEP
 from iopfd.core.testing import ACCEL, NIC_PF, Env, check_invariants
 
@@ -73,3 +76,60 @@ def test_an_unplug_during_a_sliced_teardown_ends_the_device_steps() -> None:
     assert env.ctx.closed
     check_invariants(env)
     assert NIC_PF in env.core.devices
+
+
+def test_unbind_steps_detach_in_bounded_steps_and_answer_every_group() -> None:
+    env = Env()
+    _many_attachments(env)
+    dev_id = next(o.id for o in env.ctx.objects.values() if o.kind == "device")
+    other = env.core.open_context("neighbour", uid=1000)
+    steps = 0
+    for _ in env.ctx.unbind_steps(dev_id, env.now):
+        steps += 1
+        env.service()
+        check_invariants(env)
+        other.ioas_alloc()
+        assert dev_id in env.ctx.objects  # the binding goes with the last step
+    assert steps == PASIDS // DETACHES_PER_STEP
+    assert dev_id not in env.ctx.objects
+    assert env.core.devices[ACCEL].binding is None
+    assert not env.core.devices[ACCEL].handles
+    check_invariants(env)
+    assert env.core.pending_count() == 0
+    # The device is free for the next owner.
+    other.bind(ACCEL, env.now)
+
+
+def test_unbind_steps_check_the_device_at_the_call() -> None:
+    env = Env()
+    with pytest.raises(CoreError) as ei:
+        env.ctx.unbind_steps(9999, env.now)
+    assert ei.value.errno == "ENOENT"
+
+
+def test_an_unbind_left_half_done_is_finished_by_the_teardown() -> None:
+    env = Env()
+    _many_attachments(env)
+    dev_id = next(o.id for o in env.ctx.objects.values() if o.kind == "device")
+    steps = env.ctx.unbind_steps(dev_id, env.now)
+    next(steps)
+    steps.close()
+    assert env.core.devices[ACCEL].handles and dev_id in env.ctx.objects
+    env.core.close_context(env.ctx, env.now)
+    assert not env.core.devices[ACCEL].handles and env.core.devices[ACCEL].binding is None
+    check_invariants(env)
+    assert env.core.budgets.objects == 0
+
+
+def test_an_unplug_during_a_sliced_unbind_ends_it_and_the_id_goes() -> None:
+    env = Env()
+    _many_attachments(env)
+    dev_id = next(o.id for o in env.ctx.objects.values() if o.kind == "device")
+    steps = env.ctx.unbind_steps(dev_id, env.now)
+    next(steps)
+    env.core.emulation.unplug(ACCEL, env.now, force=True, grace_ns=0, ctx=None, tag=None)
+    env.service()
+    for _ in steps:
+        pass
+    assert dev_id not in env.ctx.objects
+    check_invariants(env)

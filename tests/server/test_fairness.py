@@ -1,5 +1,6 @@
-"""Fair, bounded work in-process: one connection's burst of requests, or its teardown
-with hundreds of attachments, lets the other connections be served in between."""
+"""Fair, bounded work in-process: one connection's burst of requests, its teardown with
+hundreds of attachments, an unbind of hundreds of PASIDs or an unmap of a big range lets
+the other connections be served in between."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import trio.testing
 from iopfd_flows import ACCEL0
 from iopfd_inprocess import NOBODY, ROOT, connect, identity_holds, running
 
+from iopfd.core.ioas import UNMAP_PAGES_PER_STEP
 from iopfd.server import ops as server_ops
 from iopfd.server.connection import REQUESTS_PER_SLICE
 
@@ -88,3 +90,138 @@ async def test_a_teardown_of_hundreds_of_attachments_lets_others_be_served(
         assert progress["done"]
         assert identity_holds(daemon)
         assert core.devices[ACCEL0].binding is None
+
+
+def _counting(progress: dict[str, int], sliced: server_ops.Result) -> server_ops.Sliced:
+    """``sliced`` with its steps counted in ``progress`` (``steps``, ``done``); after
+    its first step it idles (empty steps) until ``progress["go"]`` is set, so a test
+    sees what is served meanwhile whatever the scheduling order."""
+    assert isinstance(sliced, server_ops.Sliced)
+    inner = sliced.steps
+
+    def steps() -> Generator[None, None, Any]:
+        for _ in range(1_000_000):
+            if progress["steps"] and not progress["go"]:
+                yield
+                continue
+            try:
+                next(inner)
+            except StopIteration as stop:
+                progress["done"] = 1
+                return stop.value
+            progress["steps"] += 1
+            yield
+        raise AssertionError("endless steps")
+
+    sliced.steps = steps()
+    return sliced
+
+
+async def _served_while_sliced(
+    daemon: Any, tenant: Any, admin: Any, progress: dict[str, int], *frames: bytes
+) -> None:
+    """Sends ``frames``; the admin is answered while the first one's steps go on."""
+    await tenant.send(*frames)
+    with trio.fail_after(60):
+        while not progress["steps"]:
+            await trio.sleep(0)
+    await admin.call("status")
+    assert not progress["done"]
+    progress["go"] = 1
+
+
+async def test_an_unbind_of_hundreds_of_pasids_lets_others_be_served_then_replies(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    progress = {"steps": 0, "done": 0, "go": 0}
+    real_unbind = server_ops.HANDLERS["unbind"]
+
+    def unbind(*args: Any) -> Any:
+        return _counting(progress, real_unbind(*args))
+
+    monkeypatch.setitem(server_ops.HANDLERS, "unbind", unbind)
+    async with running() as daemon:
+        tenant = await connect(daemon, NOBODY)
+        dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
+        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
+        hwpt = (await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"]))["hwpt_id"]
+        frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p)[1] for p in range(1, 400)]
+        await tenant.send(*frames)
+        for rid in range(5, 5 + len(frames)):
+            assert (await tenant.reply(rid)).ok
+        admin = await connect(daemon, ROOT)
+        unbind_id, unbind_frame = tenant.frame("unbind", dev_id=dev)
+        # The tenant's next request waits for the unbind, as the ioctl's caller would:
+        # the device is free by the time its bind runs.
+        bind_id, bind_frame = tenant.frame("bind", rid=ACCEL0)
+        await _served_while_sliced(daemon, tenant, admin, progress, unbind_frame, bind_frame)
+        assert (await tenant.reply(unbind_id)).ok
+        assert progress["done"] and progress["steps"] >= 399 // 64
+        assert (await tenant.reply(bind_id)).ok
+        assert identity_holds(daemon)
+        assert not daemon.core.devices[ACCEL0].handles
+
+
+async def test_an_unmap_of_a_big_range_lets_others_be_served_then_replies(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    progress = {"steps": 0, "done": 0, "go": 0}
+    real_unmap = server_ops.HANDLERS["ioas_unmap"]
+
+    def ioas_unmap(*args: Any) -> Any:
+        return _counting(progress, real_unmap(*args))
+
+    monkeypatch.setitem(server_ops.HANDLERS, "ioas_unmap", ioas_unmap)
+    chunk = UNMAP_PAGES_PER_STEP * 4096
+    base = 1 << 32
+    async with running() as daemon:
+        tenant = await connect(daemon, NOBODY)
+        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
+        for i in range(3):
+            await tenant.call("ioas_map", ioas_id=ioas, iova=base + i * chunk, length=chunk, perm=3)
+        admin = await connect(daemon, ROOT)
+        rid, frame = tenant.frame("ioas_unmap", ioas_id=ioas, iova=base, length=3 * chunk)
+        await _served_while_sliced(daemon, tenant, admin, progress, frame)
+        reply = await tenant.reply(rid)
+        assert reply.ok and reply.result == {"unmapped": 3 * chunk}
+        assert progress["steps"] == 2
+        assert tenant_pages(daemon) == 0
+
+
+def tenant_pages(daemon: Any) -> int:
+    return sum(ctx.mapped_pages for ctx in daemon.core.contexts.values())
+
+
+async def test_a_connection_closed_during_a_sliced_unbind_is_released_whole(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    progress = {"steps": 0, "done": 0, "go": 0}
+    real_unbind = server_ops.HANDLERS["unbind"]
+
+    def unbind(*args: Any) -> Any:
+        return _counting(progress, real_unbind(*args))
+
+    monkeypatch.setitem(server_ops.HANDLERS, "unbind", unbind)
+    async with running() as daemon:
+        tenant = await connect(daemon, NOBODY)
+        dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
+        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
+        hwpt = (await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"]))["hwpt_id"]
+        frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p)[1] for p in range(1, 400)]
+        await tenant.send(*frames)
+        for rid in range(5, 5 + len(frames)):
+            assert (await tenant.reply(rid)).ok
+        admin = await connect(daemon, ROOT)
+        _, unbind_frame = tenant.frame("unbind", dev_id=dev)
+        await _served_while_sliced(daemon, tenant, admin, progress, unbind_frame)
+        # The daemon drops the connection in the middle of the unbind.
+        conn = next(c for c in daemon.connections.values() if not c.admin)
+        conn.abort("test")
+        with trio.fail_after(60):
+            while len(daemon.connections) > 1:
+                await trio.sleep(0.01)
+        assert not progress["done"]
+        assert identity_holds(daemon)
+        assert daemon.core.devices[ACCEL0].binding is None
+        assert not daemon.core.devices[ACCEL0].handles
+        assert not any(c.objects for c in daemon.core.contexts.values())

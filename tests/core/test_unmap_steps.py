@@ -1,0 +1,136 @@
+"""``ioas_unmap`` in bounded steps (``IoasOps.ioas_unmap_steps``): a range holding many
+pages is unmapped ``UNMAP_PAGES_PER_STEP`` pages at a time, each step leaving the IOAS,
+its page table, the budgets and the caches in agreement (each step flushes what it
+unmapped); the IOVA areas splice once per step however many areas go."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iopfd.core import CoreError, FaultDelivered
+from iopfd.core.ioas import UNMAP_PAGES_PER_STEP, Ioas, IovaAreas
+from iopfd.core.testing import ACCEL, Env, check_invariants, dma_done
+
+RW = 3
+PAGE = 4096
+CHUNK = UNMAP_PAGES_PER_STEP * PAGE
+BASE = 0x1_0000_0000
+
+
+def _ioas(env: Env, ioas_id: int) -> Ioas:
+    obj = env.ctx.objects[ioas_id]
+    assert isinstance(obj, Ioas)
+    return obj
+
+
+def _areas_pages(areas: IovaAreas) -> int:
+    return sum(areas.ends[s] - s for s in areas.starts)
+
+
+def test_a_big_unmap_runs_in_steps_each_flushing_what_it_unmapped() -> None:
+    env = Env()
+    dev, ioas_id, _fq, _hwpt = env.fault_hwpt(ACCEL, pasid=None)
+    ctx = env.ctx
+    ioas = _ioas(env, ioas_id)
+    # Three full chunks in one piece each, then 100 single pages with holes between.
+    for i in range(3):
+        ctx.ioas_map(ioas_id, BASE + i * CHUNK, CHUNK, RW, env.now)
+    tail = BASE + 3 * CHUNK
+    for i in range(100):
+        ctx.ioas_map(ioas_id, tail + 2 * i * PAGE, PAGE, RW, env.now)
+    total = 3 * UNMAP_PAGES_PER_STEP + 100
+    assert ctx.mapped_pages == total
+    # The device caches a translation of the first page (its IOTLB entry).
+    env.ctx.dma(dev, None, BASE, PAGE, RW, env.now, "warm")
+    assert [d.status for d in dma_done(env.service())] == ["ok"]
+    flushes = env.core.counters["flushes"]
+    steps = ctx.ioas_unmap_steps(ioas_id, BASE, 4 * CHUNK, env.now)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            unmapped = done.value
+            break
+        yields += 1
+        # Between steps: table, areas and budgets agree, and each step flushed.
+        assert ctx.mapped_pages == len(ioas.table) == _areas_pages(ioas.areas)
+        assert ctx.mapped_pages == total - yields * UNMAP_PAGES_PER_STEP
+        assert env.core.counters["flushes"] == flushes + yields
+        env.service()
+        check_invariants(env)
+    assert yields == 3
+    assert unmapped == total * PAGE
+    assert ctx.mapped_pages == len(ioas.table) == 0 and not ioas.areas.starts
+    assert env.core.counters["flushes"] == flushes + 4
+    # No device reaches the old translation: the same DMA now faults.
+    env.ctx.dma(dev, None, BASE, PAGE, RW, env.now, "after")
+    events = env.service()
+    assert not dma_done(events)
+    assert any(isinstance(ev, FaultDelivered) for ev in events)
+    check_invariants(env)
+
+
+def test_an_unmap_of_a_huge_empty_range_takes_no_step() -> None:
+    env = Env()
+    ioas_id = env.ctx.ioas_alloc()
+    env.ctx.ioas_map(ioas_id, BASE, PAGE, RW, env.now)
+    steps = env.ctx.ioas_unmap_steps(ioas_id, BASE + PAGE, 1 << 47, env.now)
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    assert done.value.value == 0
+    assert env.ctx.mapped_pages == 1
+
+
+def test_unmap_steps_check_their_arguments_at_the_call() -> None:
+    env = Env()
+    ioas_id = env.ctx.ioas_alloc()
+    for args in ((9999, BASE, PAGE), (ioas_id, BASE + 1, PAGE), (ioas_id, BASE, 0)):
+        with pytest.raises(CoreError):
+            env.ctx.ioas_unmap_steps(*args, env.now)
+
+
+def test_an_unmap_drops_exactly_the_file_maps_it_touches() -> None:
+    env = Env()
+    ctx = env.ctx
+    ioas_id = ctx.ioas_alloc()
+    for i in range(6):  # adjacent file maps of 2 pages each
+        ctx.ioas_map_file(ioas_id, BASE + 2 * i * PAGE, i * 0x10000, 2 * PAGE, RW, env.now)
+    # Touches the last page of map 1 and the first of map 2.
+    assert ctx.ioas_unmap(ioas_id, BASE + 3 * PAGE, 2 * PAGE, env.now) == 2 * PAGE
+    row = next(r for r in env.core.objects() if r["id"] == ioas_id)
+    assert [m["iova"] for m in row["map_files"]] == [  # type: ignore[attr-defined]
+        BASE + 2 * i * PAGE for i in (0, 3, 4, 5)
+    ]
+    assert _ioas(env, ioas_id).file_firsts == [BASE // PAGE + 2 * i for i in (0, 3, 4, 5)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(1, 12)), max_size=25),
+    st.lists(st.tuples(st.integers(0, 220), st.integers(1, 60)), max_size=10),
+    st.integers(1, 20),
+)
+def test_iova_areas_cut_and_step_end_agree_with_a_set_of_pages(
+    maps: list[tuple[int, int]], cuts: list[tuple[int, int]], step: int
+) -> None:
+    areas = IovaAreas()
+    model: set[int] = set()
+    for first, n in maps:
+        if not areas.overlaps(first, first + n):
+            areas.add(first, first + n)
+            model.update(range(first, first + n))
+    for first, n in cuts:
+        end = first + n
+        inside = sorted(p for p in model if first <= p < end)
+        x = areas.step_end(first, end, step)
+        # the shortest [first, x) holding ``step`` pages, or end
+        assert x == (inside[step - 1] + 1 if len(inside) >= step else end)
+        removed = areas.cut(first, end)
+        assert sorted(p for lo, hi in removed for p in range(lo, hi)) == inside
+        model.difference_update(inside)
+        pages = {p for s in areas.starts for p in range(s, areas.ends[s])}
+        assert pages == model
+        assert areas.starts == sorted(areas.ends) and all(areas.ends[s] > s for s in areas.starts)
