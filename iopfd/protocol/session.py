@@ -126,6 +126,10 @@ class ServerSession:
         """No ``hello`` came within the daemon's limit."""
         return self._violation(None, f"no hello within {seconds:g} s")
 
+    def idle_timeout(self, seconds: float) -> Rejected:
+        """Silent for the daemon's limit while holding nothing."""
+        return self._violation(None, f"idle for {seconds:g} s holding nothing")
+
     def _classify(self, msg: Mapping[str, object]) -> Request | Rejected:
         self.requests += 1
         try:

@@ -63,6 +63,10 @@ class Limits(BaseModel):
     max_connections: Annotated[int, Field(ge=1, le=1 << 16)] = 1024
     #: Seconds a new connection has to send ``hello`` (EPROTO and closed after).
     hello_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    #: Seconds a connection that holds nothing (no object, no subscription, no fault
+    #: fd, no reply still due) may stay silent after ``hello``; then EPROTO and closed,
+    #: so idle connections cannot keep slots forever. 0 keeps them.
+    idle_timeout_s: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 300.0
     #: Seconds a delivered group may wait for its client's answer before the daemon
     #: answers INVALID (counted ``response_timeouts``); 0 waits forever, as the kernel.
     #: PRI credits are shared by a PF and its VFs: one owner that never answers would

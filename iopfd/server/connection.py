@@ -354,10 +354,21 @@ class Connection:
         host = self.host
         hello_timeout = host.limits.hello_timeout_s
         hello_deadline = trio.current_time() + hello_timeout
+        idle_timeout = host.limits.idle_timeout_s
         while True:
             try:
                 if session.hello_done:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if idle_timeout and self.holds_nothing:
+                        with trio.move_on_after(idle_timeout) as waited:
+                            data = await self.stream.receive_some(RECEIVE_SIZE)
+                        if waited.cancelled_caught:
+                            if not self.holds_nothing:
+                                continue
+                            self._rejected(session.idle_timeout(idle_timeout))
+                            self.close_reason = "idle_timeout"
+                            return
+                    else:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
                 else:
                     # A connection that never says hello must not hold a slot forever.
                     with trio.move_on_at(hello_deadline) as waited:
@@ -405,6 +416,18 @@ class Connection:
                 if ran:
                     host.after_call(now_ns())
                 self._send_now()
+
+    @property
+    def holds_nothing(self) -> bool:
+        """No object, subscription, fault fd or reply still due: nothing would be lost
+        if the connection went (``idle_timeout_s``)."""
+        ctx = self.ctx
+        return (
+            (ctx is None or not ctx.objects)
+            and not self.topics
+            and not self.fault_fds
+            and not self.session.deferred
+        )
 
     async def _finish_sliced(self, rid: int, sliced: Sliced) -> None:
         """The remaining steps of a sliced request, each after a checkpoint, with the

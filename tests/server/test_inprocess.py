@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 from iopfd_flows import ACCEL0, IOVA, READ
-from iopfd_inprocess import NOBODY, Peer, connect, identity_holds, running, socket_pair
+from iopfd_inprocess import NOBODY, ROOT, Peer, connect, identity_holds, running, socket_pair
 
 from iopfd.protocol.frames import encode_frame
 from iopfd.protocol.ops import OPS
@@ -70,6 +70,53 @@ async def test_a_hello_in_time_lifts_the_hello_timeout(
         await trio.sleep(60)
         assert (await c.call("devices"))["devices"]
         assert daemon.counters["protocol_errors"] == 0
+
+
+async def test_a_connection_holding_nothing_is_closed_at_the_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(idle_timeout_s=120.0) as daemon:
+        c = await connect(daemon)
+        await trio.sleep(100)
+        assert (await c.call("devices"))["devices"]  # a request restarts the clock
+        start = trio.current_time()
+        (err,) = await c.until_closed()
+        assert (err.id, err.code, err.message) == (
+            None,
+            "EPROTO",
+            "idle for 120 s holding nothing",
+        )
+        assert trio.current_time() - start == pytest.approx(120)
+        assert daemon.connections == {}
+
+
+async def test_a_connection_holding_an_object_or_a_subscription_is_never_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(idle_timeout_s=10.0) as daemon:
+        holder = await connect(daemon, NOBODY)
+        ioas = (await holder.call("ioas_alloc"))["ioas_id"]
+        watcher = await connect(daemon, ROOT)
+        await watcher.call("subscribe", topics=["fault"])
+        idle = await connect(daemon, NOBODY)
+        await trio.sleep(3600)
+        assert await holder.call("ioas_map", ioas_id=ioas, iova=1 << 32, length=4096, perm=3)
+        assert (await watcher.call("status"))["clients"] == 2
+        (err,) = await idle.until_closed()
+        assert err.code == "EPROTO"
+        # Once it holds nothing again, the holder is timed out too.
+        await holder.call("destroy", obj_id=ioas)
+        (err,) = await holder.until_closed()
+        assert err.message == "idle for 10 s holding nothing"
+
+
+async def test_idle_timeout_zero_keeps_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(idle_timeout_s=0) as daemon:
+        c = await connect(daemon)
+        await trio.sleep(86400)
+        assert (await c.call("devices"))["devices"]
 
 
 async def test_a_request_before_hello_is_eproto_and_closes(
