@@ -364,6 +364,8 @@ class IoasOps(ContextBase):
         p = check_perm(perm, RW)
         src = self.get(src_ioas_id, Ioas, "an IOAS")
         check_range(src_iova, length, "src_iova")
+        # Before the source's pages are looked at: a copy costs what one map may.
+        self.check_map_length(length)
         first = src_iova // PAGE_SIZE
         npages = length // PAGE_SIZE
         if not _covered(src.areas, first, first + npages):

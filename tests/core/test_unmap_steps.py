@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iopfd.core import CoreError, FaultDelivered
+from iopfd.core import CoreError, CoreLimits, FaultDelivered
 from iopfd.core.ioas import UNMAP_PAGES_PER_STEP, Ioas, IovaAreas
 from iopfd.core.testing import ACCEL, Env, check_invariants, dma_done
 
@@ -134,3 +134,18 @@ def test_iova_areas_cut_and_step_end_agree_with_a_set_of_pages(
         pages = {p for s in areas.starts for p in range(s, areas.ends[s])}
         assert pages == model
         assert areas.starts == sorted(areas.ends) and all(areas.ends[s] > s for s in areas.starts)
+
+
+def test_a_copy_longer_than_max_map_length_is_refused_before_the_source_is_walked() -> None:
+    env = Env(limits=CoreLimits(max_map_length=16 * PAGE))
+    ctx = env.ctx
+    src, dst = ctx.ioas_alloc(), ctx.ioas_alloc()
+    for i in range(4):
+        ctx.ioas_map(src, BASE + i * 16 * PAGE, 16 * PAGE, RW, env.now)
+    # EINVAL (the length) before ENOENT (the source's gap): the source is not looked
+    # at, page by page, for a copy that could never be mapped.
+    for length in (64 * PAGE, 65 * PAGE):
+        with pytest.raises(CoreError) as ei:
+            ctx.ioas_copy(src, BASE, dst, None, length, RW, env.now)
+        assert ei.value.errno == "EINVAL"
+    assert ctx.ioas_copy(src, BASE, dst, None, 16 * PAGE, RW, env.now)
