@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 from hwmodel import PageTable, Perm, perm_of
 from iopfd.core.errors import EBUSY, EINVAL, ENOENT, ENOSPC, EOPNOTSUPP, EPERM, CoreError
@@ -29,6 +29,8 @@ from iopfd.core.main import (
 
 if TYPE_CHECKING:
     from iopfd.core.hw_pagetable import HwPagetable
+
+T = TypeVar("T")
 
 RW = int(Perm.READ | Perm.WRITE)
 ALL_PERMS = int(Perm.READ | Perm.WRITE | Perm.EXEC | Perm.PRIV)
@@ -49,6 +51,8 @@ RESERVED_IOVAS = ((MSI_RESERVED[0], MSI_RESERVED[1] - 1), (IOVA_LIMIT, (1 << 64)
 IOVA_ALIGNMENT = PAGE_SIZE
 #: ``IOMMU_OPTION`` values: ``option`` -> ``action`` -> ...
 OPTIONS = ("rlimit_mode", "huge_pages")
+#: Areas one step of a daemon-picked IOVA's search walks (a few milliseconds).
+HOLE_AREAS_PER_STEP = 16384
 #: Pages one step of a sliced ``ioas_unmap`` removes (as many as one ``ioas_map`` of
 #: ``max_map_length``'s default maps): a few milliseconds, then the daemon serves others
 #: (the kernel's ``iopt_unmap_iova_range`` unmaps area by area with ``cond_resched``).
@@ -116,15 +120,29 @@ class IovaAreas:
 
     def find_hole(self, npages: int, first: int, limit: int) -> int | None:
         """The lowest start >= ``first`` of ``npages`` free pages below ``limit``."""
+        return drive(self.find_hole_steps(npages, first, limit))
+
+    def find_hole_steps(
+        self, npages: int, first: int, limit: int
+    ) -> Generator[None, None, int | None]:
+        """``find_hole``, yielding after every ``HOLE_AREAS_PER_STEP`` areas walked: an
+        IOAS of a million scattered pages takes a daemon-picked IOVA in slices."""
+        starts, ends = self.starts, self.ends
         cur = first
-        i = max(0, bisect.bisect_right(self.starts, first) - 1)
-        for start in self.starts[i:]:
-            end = self.ends[start]
-            if end <= cur:
-                continue
-            if start - cur >= npages:
-                break
-            cur = max(cur, end)
+        i = max(0, bisect.bisect_right(starts, first) - 1)
+        budget = HOLE_AREAS_PER_STEP
+        while i < len(starts):
+            start = starts[i]
+            end = ends[start]
+            if end > cur:
+                if start - cur >= npages:
+                    break
+                cur = max(cur, end)
+            i += 1
+            budget -= 1
+            if not budget:
+                yield
+                budget = HOLE_AREAS_PER_STEP
         return cur if cur + npages <= limit else None
 
 
@@ -213,6 +231,17 @@ class IoasOps(ContextBase):
         p = check_perm(perm, RW)
         return self._map_pages(ioas, iova, length, p)
 
+    def ioas_map_steps(
+        self, ioas_id: int, iova: int | None, length: int, perm: int, now: int
+    ) -> Generator[None, None, int]:
+        """``ioas_map`` in steps: the search for a daemon-picked IOVA yields between
+        slices of the IOAS's areas (a map at a given IOVA is one step)."""
+        ioas = self.get(ioas_id, Ioas, "an IOAS")
+        p = check_perm(perm, RW)
+        if iova is None:
+            iova = yield from self._pick_iova(ioas, length)
+        return self._map_pages(ioas, iova, length, p)
+
     def _map_pages(
         self,
         ioas: Ioas,
@@ -226,11 +255,7 @@ class IoasOps(ContextBase):
         source pages) or, without ``target``, to the IOVA itself."""
         npages = length // PAGE_SIZE if isinstance(length, int) else 0
         if iova is None:
-            check_range(0, length)
-            first = _alloc_iova(ioas.areas, npages, ioas.allowed)
-            if first is None:
-                raise CoreError(ENOSPC, f"no free IOVA range of {length:#x} bytes")
-            iova = first * PAGE_SIZE
+            iova = drive(self._pick_iova(ioas, length))
         else:
             _check_not_reserved(iova, length)
         self.check_map_length(length)
@@ -249,17 +274,22 @@ class IoasOps(ContextBase):
         self.counters["ioas_maps"] += 1
         return iova
 
+    def _pick_iova(self, ioas: Ioas, length: int) -> Generator[None, None, int]:
+        """The IOVA the daemon picks for a map without one (``iopt_alloc_iova``), in
+        steps; ``ENOSPC`` when no hole fits."""
+        check_range(0, length)
+        self.check_map_length(length)  # before the search: a refused map costs nothing
+        first = yield from _alloc_iova(ioas.areas, length // PAGE_SIZE, ioas.allowed)
+        if first is None:
+            raise CoreError(ENOSPC, f"no free IOVA range of {length:#x} bytes")
+        return first * PAGE_SIZE
+
     def ioas_unmap(self, ioas_id: int, iova: int, length: int, now: int) -> int:
         """Complete when it returns: every IOTLB and device TLB that could hold the
         range was invalidated (``iopt_unmap_iova`` -> ``iommu_unmap`` -> the driver's
         ``cache_tag_flush_range`` for every domain on the IOAS). Returns the bytes
         unmapped."""
-        steps = self.ioas_unmap_steps(ioas_id, iova, length, now)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return int(done.value)
+        return drive(self.ioas_unmap_steps(ioas_id, iova, length, now))
 
     def ioas_unmap_steps(
         self, ioas_id: int, iova: int, length: int, now: int
@@ -361,6 +391,21 @@ class IoasOps(ContextBase):
         ``EBUSY``, no hole ``ENOSPC``); ``WRITE`` of a page mapped without it is
         the kernel's ``EPERM`` (``iopt_insert_area``), ``EINVAL`` here. The copy
         translates to the source's pages."""
+        return drive(
+            self.ioas_copy_steps(src_ioas_id, src_iova, dst_ioas_id, dst_iova, length, perm, now)
+        )
+
+    def ioas_copy_steps(  # noqa: PLR0917 - as ioas_copy
+        self,
+        src_ioas_id: int,
+        src_iova: int,
+        dst_ioas_id: int,
+        dst_iova: int | None,
+        length: int,
+        perm: int,
+        now: int,
+    ) -> Generator[None, None, int]:
+        """``ioas_copy`` in steps, as ``ioas_map_steps``."""
         p = check_perm(perm, RW)
         src = self.get(src_ioas_id, Ioas, "an IOAS")
         check_range(src_iova, length, "src_iova")
@@ -381,6 +426,8 @@ class IoasOps(ContextBase):
                 # iopt_insert_area's EPERM; the wire's EPERM is for peers, not pages.
                 raise CoreError(EINVAL, f"page {page * PAGE_SIZE:#x} is mapped read-only")
         dst = self.get(dst_ioas_id, Ioas, "an IOAS")
+        if dst_iova is None:
+            dst_iova = yield from self._pick_iova(dst, length)
         return self._map_pages(dst, dst_iova, length, p, lambda off: targets[off // PAGE_SIZE])
 
     def ioas_map_file(  # noqa: PLR0917 - one argument per field of struct iommu_ioas_map_file
@@ -389,10 +436,18 @@ class IoasOps(ContextBase):
         """``iommufd_ioas_map_file``: as ``ioas_map`` (the emulation has no memory, so
         nothing of the file is read); ``start`` (the file offset, 4 KiB aligned) is
         recorded for ``objects``."""
+        return drive(self.ioas_map_file_steps(ioas_id, iova, start, length, perm, now))
+
+    def ioas_map_file_steps(  # noqa: PLR0917 - as ioas_map_file
+        self, ioas_id: int, iova: int | None, start: int, length: int, perm: int, now: int
+    ) -> Generator[None, None, int]:
+        """``ioas_map_file`` in steps, as ``ioas_map_steps``."""
         ioas = self.get(ioas_id, Ioas, "an IOAS")
         p = check_perm(perm, RW)
         if not isinstance(start, int) or start < 0 or start % PAGE_SIZE:
             raise CoreError(EINVAL, f"start {start!r} is not 4 KiB aligned")
+        if iova is None:
+            iova = yield from self._pick_iova(ioas, length)
         iova = self._map_pages(ioas, iova, length, p)
         ioas.file_maps[iova // PAGE_SIZE] = (length // PAGE_SIZE, start)
         bisect.insort(ioas.file_firsts, iova // PAGE_SIZE)
@@ -480,30 +535,50 @@ def _covered(areas: IovaAreas, first: int, end: int) -> bool:
     return True
 
 
+def drive(steps: Generator[None, None, T]) -> T:
+    """Run ``steps`` to the end at once; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast("T", done.value)
+
+
 def _alloc_iova(
     areas: IovaAreas, npages: int, allowed: Sequence[tuple[int, int]] = ()
-) -> int | None:
+) -> Generator[None, None, int | None]:
     """``iopt_alloc_iova``: the lowest hole above page 0 that avoids the interrupt
     window, naturally aligned to the power of two covering the length (up to 2 MiB),
-    inside an allowed range when ``IOMMU_IOAS_ALLOW_IOVAS`` set some."""
+    inside an allowed range when ``IOMMU_IOAS_ALLOW_IOVAS`` set some. In steps: the
+    search may walk every area of the IOAS."""
     if not allowed:
-        return _alloc_in(areas, npages, IOVA_ALLOC_START // PAGE_SIZE, IOVA_LIMIT // PAGE_SIZE)
+        return (
+            yield from _alloc_in(
+                areas, npages, IOVA_ALLOC_START // PAGE_SIZE, IOVA_LIMIT // PAGE_SIZE
+            )
+        )
     for start, last in allowed:
         lo = max(-(-start // PAGE_SIZE), 1)
         hi = min((last + 1) // PAGE_SIZE, IOVA_LIMIT // PAGE_SIZE)
         if hi - lo >= npages:
-            found = _alloc_in(areas, npages, lo, hi)
+            found = yield from _alloc_in(areas, npages, lo, hi)
             if found is not None:
                 return found
     return None
 
 
-def _alloc_in(areas: IovaAreas, npages: int, first: int, limit: int) -> int | None:
+def _alloc_in(
+    areas: IovaAreas, npages: int, first: int, limit: int
+) -> Generator[None, None, int | None]:
     align = min(1 << max(0, (npages - 1).bit_length()), 512)
     lo, hi = MSI_RESERVED[0] // PAGE_SIZE, MSI_RESERVED[1] // PAGE_SIZE
+    tries = 0
     while True:
+        tries += 1
+        if tries % 1024 == 0:
+            yield  # many misaligned holes: each try is a bisection and a short walk
         first = -(-first // align) * align
-        start = areas.find_hole(npages, first, limit)
+        start = yield from areas.find_hole_steps(npages, first, limit)
         if start is None:
             return None
         aligned = -(-start // align) * align

@@ -147,8 +147,16 @@ def op_ioas_alloc(srv: Server, conn: Connection, rid: int, args: m.NoArgs, now: 
     return {"ioas_id": _ctx(conn).ioas_alloc()}
 
 
+def _iova_reply(iova: int) -> Mapping[str, object]:
+    return {"iova": iova}
+
+
 def op_ioas_map(srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs, now: int) -> Result:
-    return {"iova": _ctx(conn).ioas_map(args.ioas_id, args.iova, args.length, args.perm, now)}
+    ctx = _ctx(conn)
+    if args.iova is None:  # the daemon picks: a search of the IOAS's areas, in steps
+        steps = ctx.ioas_map_steps(args.ioas_id, None, args.length, args.perm, now)
+        return Sliced(steps, _iova_reply)
+    return {"iova": ctx.ioas_map(args.ioas_id, args.iova, args.length, args.perm, now)}
 
 
 def op_ioas_unmap(
@@ -266,7 +274,7 @@ def op_ioas_allow_iovas(
 
 
 def op_ioas_copy(srv: Server, conn: Connection, rid: int, args: m.IoasCopyArgs, now: int) -> Result:
-    iova = _ctx(conn).ioas_copy(
+    steps = _ctx(conn).ioas_copy_steps(
         args.src_ioas_id,
         args.src_iova,
         args.dst_ioas_id,
@@ -275,16 +283,16 @@ def op_ioas_copy(srv: Server, conn: Connection, rid: int, args: m.IoasCopyArgs, 
         args.perm,
         now,
     )
-    return {"iova": iova}
+    return Sliced(steps, _iova_reply)
 
 
 def op_ioas_map_file(
     srv: Server, conn: Connection, rid: int, args: m.IoasMapFileArgs, now: int
 ) -> Result:
-    iova = _ctx(conn).ioas_map_file(
+    steps = _ctx(conn).ioas_map_file_steps(
         args.ioas_id, args.iova, args.start, args.length, args.perm, now
     )
-    return {"iova": iova}
+    return Sliced(steps, _iova_reply)
 
 
 def op_option(srv: Server, conn: Connection, rid: int, args: m.OptionArgs, now: int) -> Result:

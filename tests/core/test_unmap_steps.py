@@ -1,7 +1,9 @@
-"""``ioas_unmap`` in bounded steps (``IoasOps.ioas_unmap_steps``): a range holding many
-pages is unmapped ``UNMAP_PAGES_PER_STEP`` pages at a time, each step leaving the IOAS,
-its page table, the budgets and the caches in agreement (each step flushes what it
-unmapped); the IOVA areas splice once per step however many areas go."""
+"""Long IOAS operations in bounded steps. ``ioas_unmap`` (``IoasOps.ioas_unmap_steps``):
+a range holding many pages is unmapped ``UNMAP_PAGES_PER_STEP`` pages at a time, each
+step leaving the IOAS, its page table, the budgets and the caches in agreement (each
+step flushes what it unmapped); the IOVA areas splice once per step however many areas
+go. A map, copy or file map without an IOVA searches the IOAS's areas for a hole in
+steps too."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iopfd.core import CoreError, CoreLimits, FaultDelivered
-from iopfd.core.ioas import UNMAP_PAGES_PER_STEP, Ioas, IovaAreas
+from iopfd.core import ioas as ioas_module
+from iopfd.core.ioas import IOVA_ALLOC_START, UNMAP_PAGES_PER_STEP, Ioas, IovaAreas
 from iopfd.core.testing import ACCEL, Env, check_invariants, dma_done
 
 RW = 3
@@ -149,3 +152,34 @@ def test_a_copy_longer_than_max_map_length_is_refused_before_the_source_is_walke
             ctx.ioas_copy(src, BASE, dst, None, length, RW, env.now)
         assert ei.value.errno == "EINVAL"
     assert ctx.ioas_copy(src, BASE, dst, None, 16 * PAGE, RW, env.now)
+
+
+def test_a_daemon_picked_iova_is_searched_in_steps_of_areas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ioas_module, "HOLE_AREAS_PER_STEP", 8)
+    env = Env()
+    ctx = env.ctx
+    ioas_id = ctx.ioas_alloc()
+    low = IOVA_ALLOC_START
+    for i in range(100):  # one-page maps with one-page holes: no two-page hole below
+        ctx.ioas_map(ioas_id, low + 2 * i * PAGE, PAGE, RW, env.now)
+    steps = ctx.ioas_map_steps(ioas_id, None, 2 * PAGE, RW, env.now)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            iova = done.value
+            break
+        yields += 1
+        assert ctx.mapped_pages == 100  # nothing mapped until the search ends
+    assert yields >= 100 // 8
+    assert iova == low + 200 * PAGE  # the first two-page hole, above the last map
+    assert ctx.mapped_pages == 102
+    # The one-call form picks the same way.
+    assert ctx.ioas_map(ioas_id, None, 2 * PAGE, RW, env.now) == low + 202 * PAGE
+    assert ctx.ioas_map_file(ioas_id, None, 0, PAGE, RW, env.now) == low + PAGE
+    src = ctx.ioas_alloc()
+    ctx.ioas_map(src, BASE, PAGE, RW, env.now)
+    assert ctx.ioas_copy(src, BASE, ioas_id, None, PAGE, RW, env.now) == low + 3 * PAGE

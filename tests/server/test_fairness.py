@@ -1,10 +1,11 @@
 """Fair, bounded work in-process: one connection's burst of requests, its teardown with
-hundreds of attachments, an unbind of hundreds of PASIDs or an unmap of a big range lets
-the other connections be served in between."""
+hundreds of attachments, an unbind of hundreds of PASIDs, an unmap of a big range or a
+map whose IOVA the daemon searches for lets the other connections be served in
+between."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import trio.testing
 from iopfd_flows import ACCEL0
 from iopfd_inprocess import NOBODY, ROOT, connect, identity_holds, running
 
+from iopfd.core import ioas as ioas_module
 from iopfd.core.ioas import UNMAP_PAGES_PER_STEP
 from iopfd.server import ops as server_ops
 from iopfd.server.connection import REQUESTS_PER_SLICE
@@ -225,3 +227,34 @@ async def test_a_connection_closed_during_a_sliced_unbind_is_released_whole(
         assert daemon.core.devices[ACCEL0].binding is None
         assert not daemon.core.devices[ACCEL0].handles
         assert not any(c.objects for c in daemon.core.contexts.values())
+
+
+async def test_a_map_whose_iova_the_daemon_picks_lets_others_be_served_then_replies(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ioas_module, "HOLE_AREAS_PER_STEP", 4)
+    progress = {"steps": 0, "done": 0, "go": 0}
+    real_map = server_ops.HANDLERS["ioas_map"]
+
+    def ioas_map(*args: Any) -> Any:
+        result = real_map(*args)
+        return result if isinstance(result, Mapping) else _counting(progress, result)
+
+    monkeypatch.setitem(server_ops.HANDLERS, "ioas_map", ioas_map)
+    low = ioas_module.IOVA_ALLOC_START
+    async with running() as daemon:
+        tenant = await connect(daemon, NOBODY)
+        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
+        frames = [
+            tenant.frame("ioas_map", ioas_id=ioas, iova=low + 2 * i * 4096, length=4096, perm=3)[1]
+            for i in range(64)
+        ]
+        await tenant.send(*frames)
+        for rid in range(3, 3 + len(frames)):
+            assert (await tenant.reply(rid)).ok
+        admin = await connect(daemon, ROOT)
+        rid, frame = tenant.frame("ioas_map", ioas_id=ioas, length=2 * 4096, perm=3)
+        await _served_while_sliced(daemon, tenant, admin, progress, frame)
+        reply = await tenant.reply(rid)
+        assert reply.ok and reply.result == {"iova": low + 128 * 4096}
+        assert progress["done"] and progress["steps"] >= 64 // 4
