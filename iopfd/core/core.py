@@ -139,6 +139,28 @@ class Core:
             ctx.teardown(now)
         self._closed(ctx)
 
+    def shutdown(self, now: int) -> int:
+        """The daemon exits: what the hardware has posted is delivered, then every
+        group still pending in any context is answered INVALID (``shutdown``) and the
+        contexts go, without the per-attachment detach, drain and flush of a close.
+        The emulated machine goes with the process, so those would protect no one,
+        while a context with 65,533 PASID attachments would take seconds of them; this
+        costs what is pending and the contexts' objects. Objects and mapped pages leave
+        the budgets; domain IDs stay charged (the units go with the process). Returns
+        the groups answered."""
+        self.service(now)
+        answered = 0
+        with self.driver.response_batch():
+            for ctx in list(self.contexts.values()):
+                for obj in list(ctx.objects.values()):
+                    if isinstance(obj, FaultQueue) and obj.groups:
+                        answered += obj.auto_response(list(obj.groups.values()), "shutdown", now)
+                    ctx.account.release_object()
+                ctx.uncharge_pages(ctx.mapped_pages)
+                ctx.closed = True
+                self._closed(ctx)
+        return answered
+
     def close_context_steps(self, ctx: Context, now: int) -> Generator[None, None, None]:
         """``close_context`` in bounded steps (``Context.teardown_steps``), each in its
         own response batch; the daemon serves others between them. A generator closed

@@ -410,10 +410,18 @@ class Daemon:
         return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in socks]
 
     def shutdown(self, reason: str) -> None:
-        """Close every connection now: each releases what it owned, answering its
-        pending groups, before the tasks are cancelled."""
-        for conn in list(self.connections.values()):
+        """Close every connection now, before the tasks are cancelled: every pending
+        group is answered INVALID at once (``Core.shutdown``, which skips the
+        per-attachment teardown a disconnect does), then each connection releases the
+        rest (fault fds, budgets)."""
+        for conn in self.connections.values():
             conn.abort(reason)
+        try:
+            self.core.shutdown(now_ns())
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("core shutdown failed")
+        for conn in list(self.connections.values()):
             self.release(conn)
 
     async def _watchdog(self, interval: float) -> None:

@@ -133,3 +133,24 @@ def test_an_unplug_during_a_sliced_unbind_ends_it_and_the_id_goes() -> None:
         pass
     assert dev_id not in env.ctx.objects
     check_invariants(env)
+
+
+def test_shutdown_answers_every_pending_group_once_without_the_per_attachment_teardown() -> None:
+    env = Env()
+    _many_attachments(env)
+    other = env.core.open_context("neighbour", uid=1000)
+    dev, _ioas, _fq, _hwpt = env.fault_hwpt(NIC_PF, pasid=None, ctx=other)
+    env.inject(NIC_PF, None, 0x2000_0000, grpid=7)  # posted, not yet serviced
+    detaches = env.core.counters["detaches"]
+    before = env.core.status_counters()
+    answered = env.core.shutdown(env.now)
+    assert answered == 4  # three pending plus the one the shutdown's service delivered
+    c = env.core.status_counters()
+    assert c["auto_responses"] == before["auto_responses"] + 4
+    assert c["groups"] == c["responses"] + c["auto_responses"] + c["throttled"]
+    assert env.core.pending_count() == 0 and not env.core.contexts
+    assert env.core.counters["detaches"] == detaches  # no drain, no flush per PASID
+    assert env.core.budgets.objects == 0
+    # Each function got exactly one response per group (INVALID), nothing unexpected.
+    fns = env.machine.functions.values()
+    assert sum(fn.counters["unexpected_prgi"] for fn in fns) == 0

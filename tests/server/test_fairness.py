@@ -258,3 +258,29 @@ async def test_a_map_whose_iova_the_daemon_picks_lets_others_be_served_then_repl
         reply = await tenant.reply(rid)
         assert reply.ok and reply.result == {"iova": low + 128 * 4096}
         assert progress["done"] and progress["steps"] >= 64 // 4
+
+
+async def test_a_shutdown_answers_every_pending_group_without_detaching_each_pasid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as daemon:
+        tenant = await connect(daemon, NOBODY)
+        dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
+        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
+        fault = (await tenant.call("fault_alloc"))["fault_id"]
+        hwpt = (
+            await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"], fault_id=fault)
+        )["hwpt_id"]
+        frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p)[1] for p in range(1, 400)]
+        await tenant.send(*frames)
+        for rid in range(6, 6 + len(frames)):
+            assert (await tenant.reply(rid)).ok
+        admin = await connect(daemon, ROOT)
+        await admin.call("inject", rid=ACCEL0, pasid=7, addr=0x1000, perm=1, grpid=1, last=True)
+        await tenant.event("fault")
+        detaches = daemon.core.counters["detaches"]
+        daemon.shutdown("shutdown")
+        assert daemon.connections == {}
+        k = daemon.core.status_counters()
+        assert k["auto_responses"] == 1 and identity_holds(daemon)
+        assert daemon.core.counters["detaches"] == detaches
