@@ -5,7 +5,10 @@
  * 4-byte big-endian length and one msgpack map (PROTOCOL.md, "Transport and
  * framing"). A reader thread matches replies to waiting callers by request id, so one
  * thread may wait in `dma` while others run ioctls on the same connection, and hands
- * events to the fault fd code. fds passed with a reply (SCM_RIGHTS, `fault_fd`) are
+ * events to the fault fd code. Each caller waits on a condition variable of its own
+ * and the reader wakes only the caller a reply is for: with hundreds of threads in
+ * iopf_dma(), a shared one woke all of them for every reply, the fault loop's
+ * IOMMU_IOAS_MAP and page responses included. fds passed with a reply (SCM_RIGHTS, `fault_fd`) are
  * queued in arrival order and given to the reply that wants one.
  */
 #define _GNU_SOURCE
@@ -30,6 +33,7 @@ struct waiter {
 	bool unknown_op; /* the daemon's EINVAL "unknown op": it has no such op */
 	int err;
 	struct iopf_reply rep;
+	pthread_cond_t cond; /* signalled when done, or when the connection dies */
 	struct waiter *next;
 };
 
@@ -38,7 +42,6 @@ struct iopf_conn {
 	atomic_int refs;
 	pthread_t reader;
 	pthread_mutex_t lock; /* waiters, dead, fds */
-	pthread_cond_t cond;
 	pthread_mutex_t send_lock;
 	uint32_t next_id;
 	struct waiter *waiters;
@@ -158,6 +161,7 @@ static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep,
 		mp_buf_free(req);
 		return -EIO;
 	}
+	pthread_cond_init(&w.cond, NULL);
 	w.id = c->next_id++;
 	if (c->next_id == 0)
 		c->next_id = 1;
@@ -184,7 +188,7 @@ static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep,
 
 	pthread_mutex_lock(&c->lock);
 	while (!rc && !w.done && !c->dead)
-		pthread_cond_wait(&c->cond, &c->lock);
+		pthread_cond_wait(&w.cond, &c->lock);
 	if (!w.done) { /* never answered: unlink ourselves */
 		for (struct waiter **pp = &c->waiters; *pp; pp = &(*pp)->next) {
 			if (*pp == &w) {
@@ -200,6 +204,7 @@ static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep,
 			*unknown_op = w.unknown_op;
 	}
 	pthread_mutex_unlock(&c->lock);
+	pthread_cond_destroy(&w.cond);
 
 	if (rc || !rep) {
 		if (w.done)
@@ -246,21 +251,17 @@ static bool handle_frame(struct iopf_conn *c, uint8_t *frame, size_t len)
 	}
 
 	pthread_mutex_lock(&c->lock);
-	struct waiter *w;
-	for (w = c->waiters; w && w->id != id; w = w->next)
+	struct waiter *w, **pp;
+	for (pp = &c->waiters; *pp && (*pp)->id != id; pp = &(*pp)->next)
 		;
+	w = *pp;
 	if (!w) { /* a reply nobody waits for: nothing to do with it */
 		pthread_mutex_unlock(&c->lock);
 		mp_doc_free(&doc);
 		free(frame);
 		return true;
 	}
-	for (struct waiter **pp = &c->waiters; *pp; pp = &(*pp)->next) {
-		if (*pp == w) {
-			*pp = w->next;
-			break;
-		}
-	}
+	*pp = w->next;
 	bool ok = false;
 	mp_get_bool(mp_map_get(root, "ok"), &ok);
 	w->rep.frame = frame;
@@ -287,7 +288,8 @@ static bool handle_frame(struct iopf_conn *c, uint8_t *frame, size_t len)
 		}
 	}
 	w->done = true;
-	pthread_cond_broadcast(&c->cond);
+	/* Under the lock: the caller cannot see done and free its stack frame first. */
+	pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&c->lock);
 	return true;
 }
@@ -372,7 +374,8 @@ static void *reader_main(void *arg)
 
 	pthread_mutex_lock(&c->lock);
 	c->dead = true;
-	pthread_cond_broadcast(&c->cond);
+	for (struct waiter *w = c->waiters; w; w = w->next)
+		pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&c->lock);
 	return NULL;
 }
@@ -422,7 +425,6 @@ int conn_open(struct iopf_conn **out)
 	atomic_init(&c->refs, 1);
 	c->next_id = 1;
 	pthread_mutex_init(&c->lock, NULL);
-	pthread_cond_init(&c->cond, NULL);
 	pthread_mutex_init(&c->send_lock, NULL);
 	ctx_init(&c->ctx);
 
@@ -476,7 +478,6 @@ void conn_put(struct iopf_conn *c)
 	close_fds(c->fds, c->nfds);
 	fault_sinks_drop(&c->ctx);
 	ctx_destroy(&c->ctx);
-	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c);
