@@ -5,14 +5,16 @@
  * 4-byte big-endian length and one msgpack map (PROTOCOL.md, "Transport and
  * framing"). A reader thread matches replies to waiting callers by request id, so one
  * thread may wait in `dma` while others run ioctls on the same connection, and hands
- * events to the fault fd code. Each caller waits on a condition variable of its own
- * and the reader wakes only the caller a reply is for: with hundreds of threads in
- * iopf_dma(), a shared one woke all of them for every reply, the fault loop's
- * IOMMU_IOAS_MAP and page responses included. fds passed with a reply (SCM_RIGHTS, `fault_fd`) are
+ * events to the fault fd code. Each caller waits on a semaphore of its own and the
+ * reader posts only the caller a reply is for, after dropping the lock: with
+ * hundreds of threads in iopf_dma(), a shared condition variable woke all of them for
+ * every reply (the fault loop's IOMMU_IOAS_MAP and page responses included), and a
+ * wake-up under the lock made the woken caller block on it once more. fds passed with a reply (SCM_RIGHTS, `fault_fd`) are
  * queued in arrival order and given to the reply that wants one.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -33,7 +35,7 @@ struct waiter {
 	bool unknown_op; /* the daemon's EINVAL "unknown op": it has no such op */
 	int err;
 	struct iopf_reply rep;
-	pthread_cond_t cond; /* signalled when done, or when the connection dies */
+	sem_t posted; /* by the reader: once the reply is in, or when the connection dies */
 	struct waiter *next;
 };
 
@@ -161,7 +163,7 @@ static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep,
 		mp_buf_free(req);
 		return -EIO;
 	}
-	pthread_cond_init(&w.cond, NULL);
+	sem_init(&w.posted, 0, 0);
 	w.id = c->next_id++;
 	if (c->next_id == 0)
 		c->next_id = 1;
@@ -186,25 +188,37 @@ static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep,
 	}
 	mp_buf_free(req);
 
-	pthread_mutex_lock(&c->lock);
-	while (!rc && !w.done && !c->dead)
-		pthread_cond_wait(&w.cond, &c->lock);
-	if (!w.done) { /* never answered: unlink ourselves */
-		for (struct waiter **pp = &c->waiters; *pp; pp = &(*pp)->next) {
-			if (*pp == &w) {
-				*pp = w.next;
-				break;
+	if (!rc)
+		while (sem_wait(&w.posted) && errno == EINTR)
+			;
+	/* A reply: the reader wrote w before it posted and touches it no more (glibc's
+	 * sem_post lets the waiter destroy the semaphore once sem_wait returned). Otherwise
+	 * (the connection died, or our send failed) we are still listed, unless a reply
+	 * came all the same, whose post we then wait for. */
+	if (rc || !w.done) {
+		pthread_mutex_lock(&c->lock);
+		bool answered = w.done;
+		if (!answered) {
+			for (struct waiter **pp = &c->waiters; *pp; pp = &(*pp)->next) {
+				if (*pp == &w) {
+					*pp = w.next;
+					break;
+				}
 			}
+			if (!rc)
+				rc = -EIO;
 		}
-		if (!rc)
-			rc = -EIO;
-	} else {
+		pthread_mutex_unlock(&c->lock);
+		if (answered && rc)
+			while (sem_wait(&w.posted) && errno == EINTR)
+				;
+	}
+	if (w.done) {
 		rc = w.err;
 		if (unknown_op)
 			*unknown_op = w.unknown_op;
 	}
-	pthread_mutex_unlock(&c->lock);
-	pthread_cond_destroy(&w.cond);
+	sem_destroy(&w.posted);
 
 	if (rc || !rep) {
 		if (w.done)
@@ -288,9 +302,9 @@ static bool handle_frame(struct iopf_conn *c, uint8_t *frame, size_t len)
 		}
 	}
 	w->done = true;
-	/* Under the lock: the caller cannot see done and free its stack frame first. */
-	pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&c->lock);
+	/* Unlisted, so nobody else posts it; the caller waits for this before it returns. */
+	sem_post(&w->posted);
 	return true;
 }
 
@@ -375,7 +389,7 @@ static void *reader_main(void *arg)
 	pthread_mutex_lock(&c->lock);
 	c->dead = true;
 	for (struct waiter *w = c->waiters; w; w = w->next)
-		pthread_cond_signal(&w->cond);
+		sem_post(&w->posted); /* under the lock: each unlinks itself under it first */
 	pthread_mutex_unlock(&c->lock);
 	return NULL;
 }
