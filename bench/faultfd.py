@@ -28,6 +28,7 @@ Without a C compiler the section says so and measures nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,9 +96,12 @@ class CClient:
 
     def run(self, seconds: float) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{seconds}\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        try:
+            self.proc.stdin.write(f"{seconds}\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:  # it failed before this run (its set-up, say)
+            line = ""
         if not line:
             self.proc.wait(5)
             raise RuntimeError(
@@ -114,7 +118,8 @@ class CClient:
     def close(self) -> None:
         """EOF: the client closes its fds (the daemon releases the context) and exits."""
         if self.proc.stdin:
-            self.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:

@@ -75,6 +75,17 @@ def test_throughput_client_batches_answers_over_devices_and_pasids(built: None) 
     assert counters["auto_responses"] == 0 and pending_now(counters) == 0
 
 
+@pytest.mark.timeout(60)
+def test_a_client_that_cannot_set_up_fails_its_run_saying_why(built: None) -> None:
+    with daemon(generated_functions(4)) as d:
+        client = CClient(d, "throughput", ["--devices", "6", "--pasids", "1", "--window", "4"])
+        try:
+            with pytest.raises(RuntimeError, match=r"exited 1: .*vfio4"):
+                client.run(0.1)
+        finally:
+            client.close()
+
+
 def test_compare_notes_put_the_c_client_beside_the_python_one_of_the_same_run() -> None:
     def entry(name: str, figure: float, ratio: float, cpu: float) -> Entry:
         detail = {"daemon_cpu_us_per_fault": cpu, "client_cpu_us_per_fault": 10.0}
