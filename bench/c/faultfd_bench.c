@@ -292,9 +292,8 @@ static void *fault_main(void *arg)
 		struct pollfd p = { .fd = b->fault_fd, .events = POLLIN };
 		int n = poll(&p, 1, 20);
 
-		if (n < 0 && errno != EINTR) {
+		if (n < 0 && errno != EINTR)
 			fail("poll of the fault fd: errno %llu", (unsigned long long)errno);
-		}
 		if (n <= 0)
 			continue;
 		ssize_t got = read(b->fault_fd, recs, sizeof(recs));
