@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test lint typecheck bench clean systemd-analyze cc c c-build demo-c
+.PHONY: all venv demo test lint typecheck bench clean systemd-analyze cc c c-build c-bench demo-c
 
 all: test
 
@@ -62,6 +62,7 @@ VMM_C := $(C_DIR)/iopf-vmm-c
 VMM_C_SRC := $(wildcard $(C_DIR)/vmm*.c)
 CTEST := $(C_BUILD)/asan/iopf-ctest
 CTEST_SRC := $(wildcard tests/c/*.c)
+FAULTFD_BENCH := $(C_BUILD)/faultfd-bench
 
 cc:
 	@command -v $(CC) >/dev/null 2>&1 || \
@@ -74,7 +75,10 @@ cc:
 c: cc
 	@if command -v $(CC) >/dev/null 2>&1; then $(MAKE) --no-print-directory c-build; fi
 
-c-build: $(PRELOAD) $(VMM_C) $(CTEST)
+c-build: $(PRELOAD) $(VMM_C) $(CTEST) $(FAULTFD_BENCH)
+
+# The fault-fd bench client alone (bench/faultfd.py builds it through this).
+c-bench: $(FAULTFD_BENCH)
 
 $(PRELOAD): $(C_LIB_DEPS)
 	@mkdir -p $(@D)
@@ -87,6 +91,11 @@ $(PRELOAD_ASAN): $(C_LIB_DEPS)
 $(VMM_C): $(VMM_C_SRC) $(C_DIR)/vmm.h $(C_DIR)/include/iopf.h $(C_DIR)/include/iopf_uapi.h $(PRELOAD)
 	$(CC) $(C_CFLAGS) -o $@ $(VMM_C_SRC) -L$(C_BUILD) -liopf-preload \
 	  -Wl,-rpath,'$$ORIGIN/../../$(C_BUILD)' -lpthread -lm
+
+# The C client of the fault-fd bench (bench/faultfd.py): the plain library, no
+# sanitizers, so that it costs what a real VMM's fault loop costs.
+$(FAULTFD_BENCH): bench/c/faultfd_bench.c $(C_DIR)/include/iopf.h $(C_DIR)/include/iopf_uapi.h $(PRELOAD)
+	$(CC) $(C_CFLAGS) -o $@ $< -L$(C_BUILD) -liopf-preload -Wl,-rpath,'$$ORIGIN' -lpthread
 
 # The tests link the sanitized library directly (libasan must load first, so it is
 # not LD_PRELOADed); the VMM test in tests/c runs the plain one under LD_PRELOAD.

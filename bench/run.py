@@ -3,7 +3,8 @@
     python -m bench.run [--quick] [--only NAME[,NAME...]] [--out DIR]
 
 Runs, one after another in this one process tree: the transport ceilings
-(bench/ceilings.py), the daemon benches (bench/faults.py), and the model-only and
+(bench/ceilings.py), the daemon benches (bench/faults.py), the C client on the kernel
+fault fd (bench/faultfd.py; skipped, with a note, without a C compiler), and the model-only and
 sans-IO core benches of bench/bench_hwmodel.py and bench/bench_core.py when present,
 then writes `bench/results/latest.json` and `bench/results/latest.md` (with `--quick`:
 `bench/results/quick/latest.*`, so a smoke run never overwrites the committed figures).
@@ -29,7 +30,7 @@ from typing import Any
 from bench import ceilings
 from bench.common import REPO, RESULTS, Entry, machine_facts, python_cmd, write_results
 
-SECTIONS = ("ceilings", "faults", "hwmodel", "core")
+SECTIONS = ("ceilings", "faults", "faultfd", "hwmodel", "core")
 COMPONENTS = {"hwmodel": "bench.bench_hwmodel", "core": "bench.bench_core"}
 
 
@@ -158,6 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             entries += getattr(exc, "entries", [])
             errors["faults"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
+    if "faultfd" in only:
+        log("fault-fd benches (C client)")
+        try:
+            faultfd = importlib.import_module("bench.faultfd")
+            ff_entries, ff_notes = faultfd.measure(args.quick, log=log)
+            entries += ff_entries
+            notes += ff_notes + faultfd.compare_notes(entries)
+        except Exception as exc:
+            errors["faultfd"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
 
     for name in ("hwmodel", "core"):

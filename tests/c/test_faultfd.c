@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -181,6 +182,75 @@ TEST(fault_write_applies_entries_up_to_the_first_bad_one)
 	ASSERT_EQ(write(e.fault_fd, &three[2], 8), 8);
 	ASSERT_EQ(t_dma_join(&d[1]), IOPF_DMA_OK);
 	t_env_down(&e);
+}
+
+/* Two pages, the second inaccessible: a buffer that faults at the page boundary. */
+static uint8_t *half_bad_buffer(void)
+{
+	uint8_t *p = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			  -1, 0);
+
+	ASSERT_TRUE(p != MAP_FAILED);
+	ASSERT_OK(mprotect(p + PAGE, PAGE, PROT_NONE));
+	return p;
+}
+
+TEST(fault_read_into_a_buffer_that_faults_keeps_the_group_that_did_not_fit)
+{
+	struct t_env e;
+	struct iommu_hwpt_pgfault rec[4];
+	struct t_dma d[2];
+	uint8_t *p = half_bad_buffer();
+	/* Room for one record before the boundary, the second would land past it. */
+	struct iommu_hwpt_pgfault *edge = (void *)(p + PAGE - sizeof(rec[0]));
+
+	t_env_up(&e, DEV_PRI_PASID, 0);
+	for (int i = 0; i < 2; i++) {
+		t_dma_start(&d[i], e.dev, -1, 0x700000 + i * PAGE, PAGE, RW);
+		ASSERT_TRUE(t_readable(e.fault_fd, 5000));
+		usleep(100 * 1000); /* the first group is queued before the second comes */
+	}
+	/* the first group is copied, the second faults and stays queued (the kernel's
+	 * fetch/restore): the bytes read so far */
+	ASSERT_EQ(read(e.fault_fd, edge, 2 * sizeof(rec[0])), sizeof(rec[0]));
+	uint32_t first = edge->cookie;
+	ASSERT_ERR(EFAULT, read(e.fault_fd, p + PAGE, sizeof(rec[0])));
+	ASSERT_EQ(t_read(e.fault_fd, rec, 4, 5000), 1);
+	ASSERT_NE(rec[0].cookie, first);
+	t_map(e.iommufd, e.ioas, 0x700000, 2 * PAGE);
+	struct iommu_hwpt_page_response r[2] = { { first, 0 }, { rec[0].cookie, 0 } };
+	ASSERT_EQ(write(e.fault_fd, r, sizeof(r)), sizeof(r));
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(t_dma_join(&d[i]), IOPF_DMA_OK);
+	t_env_down(&e);
+	ASSERT_OK(munmap(p, 2 * PAGE));
+}
+
+TEST(fault_write_from_a_buffer_that_faults_applies_the_readable_prefix)
+{
+	struct t_env e;
+	struct iommu_hwpt_pgfault rec[4];
+	struct t_dma d[2];
+	uint32_t cookies[2];
+	uint8_t *p = half_bad_buffer();
+	struct iommu_hwpt_page_response *edge = (void *)(p + PAGE - 8);
+
+	t_env_up(&e, DEV_PRI_PASID, 0);
+	for (int i = 0; i < 2; i++) {
+		t_dma_start(&d[i], e.dev, -1, 0x800000 + i * PAGE, PAGE, RW);
+		ASSERT_EQ(t_read(e.fault_fd, rec, 4, 5000), 1);
+		cookies[i] = rec[0].cookie;
+	}
+	t_map(e.iommufd, e.ioas, 0x800000, 2 * PAGE);
+	*edge = (struct iommu_hwpt_page_response){ cookies[0], IOMMUFD_PAGE_RESP_SUCCESS };
+	/* three entries, the last two past the boundary: the first is applied */
+	ASSERT_EQ(write(e.fault_fd, edge, 24), 8);
+	ASSERT_EQ(t_dma_join(&d[0]), IOPF_DMA_OK);
+	ASSERT_ERR(EFAULT, write(e.fault_fd, p + PAGE, 8));
+	ASSERT_EQ(t_respond(e.fault_fd, cookies[1], IOMMUFD_PAGE_RESP_SUCCESS), 8);
+	ASSERT_EQ(t_dma_join(&d[1]), IOPF_DMA_OK);
+	t_env_down(&e);
+	ASSERT_OK(munmap(p, 2 * PAGE));
 }
 
 TEST(fault_poll_and_epoll_wake_on_a_group)

@@ -5,11 +5,16 @@
  * 4-byte big-endian length and one msgpack map (PROTOCOL.md, "Transport and
  * framing"). A reader thread matches replies to waiting callers by request id, so one
  * thread may wait in `dma` while others run ioctls on the same connection, and hands
- * events to the fault fd code. fds passed with a reply (SCM_RIGHTS, `fault_fd`) are
+ * events to the fault fd code. Each caller waits on a semaphore of its own and the
+ * reader posts only the caller a reply is for, after dropping the lock: with
+ * hundreds of threads in iopf_dma(), a shared condition variable woke all of them for
+ * every reply (the fault loop's IOMMU_IOAS_MAP and page responses included), and a
+ * wake-up under the lock made the woken caller block on it once more. fds passed with a reply (SCM_RIGHTS, `fault_fd`) are
  * queued in arrival order and given to the reply that wants one.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -30,6 +35,7 @@ struct waiter {
 	bool unknown_op; /* the daemon's EINVAL "unknown op": it has no such op */
 	int err;
 	struct iopf_reply rep;
+	sem_t posted; /* by the reader: once the reply is in, or when the connection dies */
 	struct waiter *next;
 };
 
@@ -38,7 +44,6 @@ struct iopf_conn {
 	atomic_int refs;
 	pthread_t reader;
 	pthread_mutex_t lock; /* waiters, dead, fds */
-	pthread_cond_t cond;
 	pthread_mutex_t send_lock;
 	uint32_t next_id;
 	struct waiter *waiters;
@@ -158,6 +163,7 @@ static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep,
 		mp_buf_free(req);
 		return -EIO;
 	}
+	sem_init(&w.posted, 0, 0);
 	w.id = c->next_id++;
 	if (c->next_id == 0)
 		c->next_id = 1;
@@ -182,24 +188,37 @@ static int call(struct iopf_conn *c, struct mp_buf *req, struct iopf_reply *rep,
 	}
 	mp_buf_free(req);
 
-	pthread_mutex_lock(&c->lock);
-	while (!rc && !w.done && !c->dead)
-		pthread_cond_wait(&c->cond, &c->lock);
-	if (!w.done) { /* never answered: unlink ourselves */
-		for (struct waiter **pp = &c->waiters; *pp; pp = &(*pp)->next) {
-			if (*pp == &w) {
-				*pp = w.next;
-				break;
+	if (!rc)
+		while (sem_wait(&w.posted) && errno == EINTR)
+			;
+	/* A reply: the reader wrote w before it posted and touches it no more (glibc's
+	 * sem_post lets the waiter destroy the semaphore once sem_wait returned). Otherwise
+	 * (the connection died, or our send failed) we are still listed, unless a reply
+	 * came all the same, whose post we then wait for. */
+	if (rc || !w.done) {
+		pthread_mutex_lock(&c->lock);
+		bool answered = w.done;
+		if (!answered) {
+			for (struct waiter **pp = &c->waiters; *pp; pp = &(*pp)->next) {
+				if (*pp == &w) {
+					*pp = w.next;
+					break;
+				}
 			}
+			if (!rc)
+				rc = -EIO;
 		}
-		if (!rc)
-			rc = -EIO;
-	} else {
+		pthread_mutex_unlock(&c->lock);
+		if (answered && rc)
+			while (sem_wait(&w.posted) && errno == EINTR)
+				;
+	}
+	if (w.done) {
 		rc = w.err;
 		if (unknown_op)
 			*unknown_op = w.unknown_op;
 	}
-	pthread_mutex_unlock(&c->lock);
+	sem_destroy(&w.posted);
 
 	if (rc || !rep) {
 		if (w.done)
@@ -246,21 +265,17 @@ static bool handle_frame(struct iopf_conn *c, uint8_t *frame, size_t len)
 	}
 
 	pthread_mutex_lock(&c->lock);
-	struct waiter *w;
-	for (w = c->waiters; w && w->id != id; w = w->next)
+	struct waiter *w, **pp;
+	for (pp = &c->waiters; *pp && (*pp)->id != id; pp = &(*pp)->next)
 		;
+	w = *pp;
 	if (!w) { /* a reply nobody waits for: nothing to do with it */
 		pthread_mutex_unlock(&c->lock);
 		mp_doc_free(&doc);
 		free(frame);
 		return true;
 	}
-	for (struct waiter **pp = &c->waiters; *pp; pp = &(*pp)->next) {
-		if (*pp == w) {
-			*pp = w->next;
-			break;
-		}
-	}
+	*pp = w->next;
 	bool ok = false;
 	mp_get_bool(mp_map_get(root, "ok"), &ok);
 	w->rep.frame = frame;
@@ -287,8 +302,9 @@ static bool handle_frame(struct iopf_conn *c, uint8_t *frame, size_t len)
 		}
 	}
 	w->done = true;
-	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
+	/* Unlisted, so nobody else posts it; the caller waits for this before it returns. */
+	sem_post(&w->posted);
 	return true;
 }
 
@@ -372,7 +388,8 @@ static void *reader_main(void *arg)
 
 	pthread_mutex_lock(&c->lock);
 	c->dead = true;
-	pthread_cond_broadcast(&c->cond);
+	for (struct waiter *w = c->waiters; w; w = w->next)
+		sem_post(&w->posted); /* under the lock: each unlinks itself under it first */
 	pthread_mutex_unlock(&c->lock);
 	return NULL;
 }
@@ -422,7 +439,6 @@ int conn_open(struct iopf_conn **out)
 	atomic_init(&c->refs, 1);
 	c->next_id = 1;
 	pthread_mutex_init(&c->lock, NULL);
-	pthread_cond_init(&c->cond, NULL);
 	pthread_mutex_init(&c->send_lock, NULL);
 	ctx_init(&c->ctx);
 
@@ -476,7 +492,6 @@ void conn_put(struct iopf_conn *c)
 	close_fds(c->fds, c->nfds);
 	fault_sinks_drop(&c->ctx);
 	ctx_destroy(&c->ctx);
-	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->send_lock);
 	free(c);

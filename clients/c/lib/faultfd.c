@@ -301,31 +301,38 @@ ssize_t fault_read(struct iopf_file *f, void *buf, size_t count)
 	pthread_mutex_lock(&f->lock);
 	if (!f->conn) /* closed while we waited for the lock */
 		rc = -EBADF, count = 0;
-	while (done < count) {
+	/* Per group: one peek (its size and, when it fits in small, its records), the copy
+	 * out, and a zero-length recv that drops the packet (a SOCK_SEQPACKET read takes
+	 * the whole packet whatever its length). A group smaller than one record does
+	 * not exist, so a buffer with no room for one more ends the read unpeeked. */
+	while (count - done >= RECORD_SIZE) {
 		struct fault_sink *s = f->u.fault.sink;
-		uint8_t *bounce;
+		uint8_t *bounce = small;
 		if (s) {
 			pthread_mutex_lock(&s->lock);
 			sink_flush(s);
 			pthread_mutex_unlock(&s->lock);
 		}
-		/* The next group's size, without taking it. */
-		ssize_t n = recv(f->fd, NULL, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+		/* The next group, without taking it. */
+		ssize_t n = recv(f->fd, small, sizeof(small), MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0 || (size_t)n > count - done || (size_t)n > MAX_GROUP_BYTES)
 			break; /* nothing pending, or the group does not fit: it stays queued */
-		bounce = (size_t)n <= sizeof(small) ? small : malloc((size_t)n);
-		if (!bounce) {
-			rc = -ENOMEM;
-			break;
+		ssize_t got = n;
+		if ((size_t)n > sizeof(small)) {
+			bounce = malloc((size_t)n);
+			if (!bounce) {
+				rc = -ENOMEM;
+				break;
+			}
+			got = recv(f->fd, bounce, (size_t)n, MSG_PEEK | MSG_DONTWAIT);
 		}
 		/* Copy before consuming, so that a bad buffer leaves the group queued, as the
 		 * kernel's fetch/restore does. */
-		ssize_t got = recv(f->fd, bounce, (size_t)n, MSG_PEEK | MSG_DONTWAIT);
 		if (got == n && copy_to_user((uint8_t *)buf + done, bounce, (size_t)n))
 			rc = -EFAULT;
-		else if (got == n && recv(f->fd, bounce, (size_t)n, MSG_DONTWAIT) != n)
+		else if (got == n && recv(f->fd, NULL, 0, MSG_TRUNC | MSG_DONTWAIT) != n)
 			rc = -EIO;
 		if (bounce != small)
 			free(bounce);
@@ -385,11 +392,16 @@ ssize_t fault_write(struct iopf_file *f, const void *buf, size_t count)
 		rc = -EBADF, total = 0;
 	while (done < total) {
 		size_t n = total - done < RESPONSES_PER_REQUEST ? total - done : RESPONSES_PER_REQUEST;
+		const uint8_t *from = (const uint8_t *)buf + done * RESPONSE_SIZE;
 		size_t got = 0;
-		/* Entry by entry, as the kernel copies them: a fault ends the batch there. */
-		while (got < n && !copy_from_user(&r[got], (const uint8_t *)buf +
-						  (done + got) * RESPONSE_SIZE, RESPONSE_SIZE))
-			got++;
+		/* The kernel copies entry by entry and a fault ends the batch there: the whole
+		 * chunk in one copy, entry by entry only to find where it faults. */
+		if (!copy_from_user(r, from, n * RESPONSE_SIZE))
+			got = n;
+		else
+			while (got < n &&
+			       !copy_from_user(&r[got], from + got * RESPONSE_SIZE, RESPONSE_SIZE))
+				got++;
 		if (!got) {
 			rc = -EFAULT;
 			break;
