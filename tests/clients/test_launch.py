@@ -16,6 +16,15 @@ from clients.launch import LaunchError, launch, launched
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True)
+def _private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch's temporary directories go to a directory of this test's own, so what is
+    left behind is this test's, not another process's running beside it."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+
+
 def _leftovers() -> set[str]:
     return {
         p
