@@ -148,6 +148,20 @@ class Core:
         yield from ctx.teardown_steps(now, self.driver.response_batch)
         self._closed(ctx)
 
+    def answer_pending(self, now: int, reason: str) -> int:
+        """Answer INVALID every group still pending on any context's fault queue; how
+        many were. For the daemon's exit only: the contexts stay as they are, since the
+        machine ends with the process, and a group's one answer is all that is still
+        owed (tearing each attachment down costs a drain and invalidations through the
+        emulated queue, about half a millisecond each, for nothing)."""
+        n = 0
+        with self.driver.response_batch():
+            for ctx in self.contexts.values():
+                for obj in list(ctx.objects.values()):
+                    if isinstance(obj, FaultQueue) and obj.groups:
+                        n += obj.auto_response(list(obj.groups.values()), reason, now)
+        return n
+
     def _closed(self, ctx: Context) -> None:
         if self.contexts.pop(ctx.id, None) is not None:
             self.budgets.close(ctx.account)

@@ -283,9 +283,10 @@ class Daemon:
                 steps.close()
         self.release(conn)  # the rest, and whatever a failed step left
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: Connection, *, teardown: bool = True) -> None:
         """Everything the connection owned goes, as if its client had disconnected:
-        bound devices, objects, and its pending groups, answered INVALID."""
+        bound devices, objects, and its pending groups, answered INVALID. Without
+        ``teardown`` (the daemon's exit) the context is left to go with the process."""
         if conn.released:
             return
         conn.released = True
@@ -299,7 +300,7 @@ class Daemon:
             self._subscribers.discard(conn)
             self._update_trace_enabled()
         ctx = conn.ctx
-        if ctx is None:
+        if ctx is None or not teardown:
             return
         now = now_ns()
         try:
@@ -387,11 +388,21 @@ class Daemon:
         return [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in socks]
 
     def shutdown(self, reason: str) -> None:
-        """Close every connection now: each releases what it owned, answering its
-        pending groups, before the tasks are cancelled."""
+        """Answer every pending group INVALID and close every connection now, before the
+        tasks are cancelled. The contexts are not torn down attachment by attachment:
+        the emulated machine ends with the process, and each detach is a drain and
+        invalidations through the emulated queue (a tenant's 65,533 PASID attachments
+        held SIGTERM 37 s); one answer per group is what is still owed."""
+        now = now_ns()
+        try:
+            self.core.answer_pending(now, reason)
+            self.core.take_events()  # no connection is left to forward them to
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("answering the pending groups at shutdown failed")
         for conn in list(self.connections.values()):
             conn.abort(reason)
-            self.release(conn)
+            self.release(conn, teardown=False)
 
     async def _watchdog(self, interval: float) -> None:
         while True:
