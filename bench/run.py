@@ -3,7 +3,8 @@
     python -m bench.run [--quick] [--only NAME[,NAME...]] [--out DIR]
 
 Runs, one after another in this one process tree: the transport ceilings
-(bench/ceilings.py), the daemon benches (bench/faults.py), and the model-only and
+(bench/ceilings.py), the daemon benches (bench/faults.py), the attack measures of
+issue 11 (bench/attacks.py: other uids attack, so it needs root), and the model-only and
 sans-IO core benches of bench/bench_hwmodel.py and bench/bench_core.py when present,
 then writes `bench/results/latest.json` and `bench/results/latest.md` (with `--quick`:
 `bench/results/quick/latest.*`, so a smoke run never overwrites the committed figures).
@@ -29,7 +30,7 @@ from typing import Any
 from bench import ceilings
 from bench.common import REPO, RESULTS, Entry, machine_facts, python_cmd, write_results
 
-SECTIONS = ("ceilings", "faults", "hwmodel", "core")
+SECTIONS = ("ceilings", "faults", "attacks", "hwmodel", "core")
 COMPONENTS = {"hwmodel": "bench.bench_hwmodel", "core": "bench.bench_core"}
 
 
@@ -158,6 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             entries += getattr(exc, "entries", [])
             errors["faults"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
+    if "attacks" in only:
+        log("attack measures")
+        try:
+            attacks = importlib.import_module("bench.attacks")
+            attack_entries, attack_notes = attacks.measure(args.quick, log=log)
+            entries += attack_entries
+            notes += attack_notes
+        except Exception as exc:
+            entries += getattr(exc, "entries", [])
+            notes += getattr(exc, "notes", [])
+            errors["attacks"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
 
     for name in ("hwmodel", "core"):
