@@ -7,10 +7,10 @@ from pathlib import Path
 
 import trio
 
+from bench.attack_workers import FrameCounter
 from bench.attacks import (
     STALL_TARGET_MS,
     WATCHDOG_USEC,
-    FrameCounter,
     neighbour_entry,
     unit_seconds,
     watchdog_entry,
