@@ -4,7 +4,9 @@
 
 Runs, one after another in this one process tree: the transport ceilings
 (bench/ceilings.py), the daemon benches (bench/faults.py), the C client on the kernel
-fault fd (bench/faultfd.py; skipped, with a note, without a C compiler), and the model-only and
+fault fd (bench/faultfd.py; skipped, with a note, without a C compiler), the attack
+measures of issue 11 (bench/attacks.py: other uids attack, so it needs root), and the
+model-only and
 sans-IO core benches of bench/bench_hwmodel.py and bench/bench_core.py when present,
 then writes `bench/results/latest.json` and `bench/results/latest.md` (with `--quick`:
 `bench/results/quick/latest.*`, so a smoke run never overwrites the committed figures).
@@ -30,7 +32,7 @@ from typing import Any
 from bench import ceilings
 from bench.common import REPO, RESULTS, Entry, machine_facts, python_cmd, write_results
 
-SECTIONS = ("ceilings", "faults", "faultfd", "hwmodel", "core")
+SECTIONS = ("ceilings", "faults", "faultfd", "attacks", "hwmodel", "core")
 COMPONENTS = {"hwmodel": "bench.bench_hwmodel", "core": "bench.bench_core"}
 
 
@@ -170,6 +172,19 @@ def main(argv: list[str] | None = None) -> int:
             notes += ff_notes + faultfd.compare_notes(entries)
         except Exception as exc:
             errors["faultfd"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
+    if "attacks" in only:
+        log("attack measures")
+        try:
+            attacks = importlib.import_module("bench.attacks")
+            attack_entries, attack_notes = attacks.measure(args.quick, log=log)
+            entries += attack_entries
+            notes += attack_notes
+        except Exception as exc:
+            entries += getattr(exc, "entries", [])
+            notes += getattr(exc, "notes", [])
+            errors["attacks"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
 
     for name in ("hwmodel", "core"):
