@@ -8,17 +8,29 @@ from __future__ import annotations
 
 from collections import Counter
 
+import trio
+
 from iopfd.server.config import Limits
 
 
 class UidOutput:
-    """Bytes queued unsent across one uid's connections (``max_outbuf_per_uid``)."""
+    """What one uid's connections share: the bytes they have queued unsent
+    (``max_outbuf_per_uid``), and one slice of requests (``Connection.take_slice``):
+    the uid's connections draw on the same ``REQUESTS_PER_SLICE`` requests and
+    ``SLICE_S``, and when it is used up every one of them waits while the others run.
+    So the daemon is fair per uid, not per connection: a uid with 64 connections
+    would otherwise take 64 slices for another uid's one."""
 
-    __slots__ = ("bytes", "limit")
+    __slots__ = ("bytes", "limit", "resume", "slice_end", "slice_left")
 
     def __init__(self, limit: int) -> None:
         self.bytes = 0
         self.limit = limit
+        #: Requests left in the uid's slice, and when it ends (``time.perf_counter``).
+        self.slice_left = 0
+        self.slice_end = 0.0
+        #: Set while the uid's slice is used up: its connections wait for it.
+        self.resume: trio.Event | None = None
 
     @property
     def over(self) -> bool:

@@ -141,6 +141,8 @@ class Connection:
         self.released = False
         self._scope: trio.CancelScope | None = None
         self._fd = stream_fd(stream)
+        #: The slice this connection's requests draw on: its uid's.
+        self._share = uid_out if uid_out is not None else UidOutput(1 << 62)
 
     # --- output ------------------------------------------------------------------
 
@@ -391,10 +393,18 @@ class Connection:
             # yields once a slice is used up, so one burst cannot stall the others.
             self._in_batch = True
             ran = False
-            slice_left = REQUESTS_PER_SLICE
-            slice_end = time.perf_counter() + SLICE_S
+            share = self._share
             try:
                 for item in session.iter_requests(data):
+                    if (
+                        share.resume is not None
+                        or share.slice_left <= 0
+                        or time.perf_counter() > share.slice_end
+                    ):
+                        await self.take_slice()
+                        if self.closed:
+                            return
+                    share.slice_left -= 1
                     if type(item) is Request:
                         ran = True
                         sliced = host.run_request(self, item, now_ns())
@@ -405,17 +415,52 @@ class Connection:
                         self._rejected(item)
                     if self.closed or session.closed:
                         return
-                    slice_left -= 1
-                    if slice_left <= 0 or time.perf_counter() > slice_end:
-                        await trio.lowlevel.checkpoint()
-                        if self.closed:
-                            return
-                        slice_left = REQUESTS_PER_SLICE
-                        slice_end = time.perf_counter() + SLICE_S
             finally:
                 if ran:
                     host.after_call(now_ns())
                 self._send_now()
+
+    # --- the uid's slice ---------------------------------------------------------
+
+    async def take_slice(self) -> None:
+        """Wait for the uid's slice (``UidOutput``) to have room for one more request.
+        Used up, the connection that finds it so yields once while the uid's other
+        connections wait, then starts the uid's next slice, and yields once more if
+        any of them waited, so they run next to it; a uid idle for a slice's time
+        starts a fresh one at once."""
+        share = self._share
+        while True:
+            if share.resume is not None:
+                await share.resume.wait()
+                continue
+            now = time.perf_counter()
+            if now > share.slice_end + SLICE_S:
+                share.slice_left = REQUESTS_PER_SLICE
+                share.slice_end = now + SLICE_S
+                return
+            if share.slice_left > 0 and now <= share.slice_end:
+                return
+            resume = share.resume = trio.Event()
+            waited = 0
+            try:
+                await trio.lowlevel.checkpoint()
+            finally:
+                share.resume = None
+                share.slice_left = REQUESTS_PER_SLICE
+                share.slice_end = time.perf_counter() + SLICE_S
+                waited = resume.statistics().tasks_waiting
+                resume.set()
+            if waited:
+                await trio.lowlevel.checkpoint()
+            return
+
+    async def pause(self) -> None:
+        """Between two steps of a sliced request or teardown (each costs what a slice
+        may): the uid's slice is used up, so everyone else runs first."""
+        share = self._share
+        share.slice_left = 0
+        share.slice_end = time.perf_counter()  # used up now, not idle
+        await self.take_slice()
 
     @property
     def holds_nothing(self) -> bool:
@@ -440,7 +485,7 @@ class Connection:
                 host.after_call(now_ns())
                 self._send_now()
                 self._in_batch = True
-                await trio.lowlevel.checkpoint()
+                await self.pause()
                 if self.closed or host.continue_request(self, rid, sliced):
                     return
         finally:

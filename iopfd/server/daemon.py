@@ -296,7 +296,7 @@ class Daemon:
             try:
                 for _ in steps:
                     self.after_call(now_ns())
-                    await trio.lowlevel.checkpoint()
+                    await conn.pause()  # a teardown's steps are the uid's work too
                     if ctx.closed or conn.released:
                         break
             except Exception:

@@ -18,6 +18,7 @@ from iopfd.core import ioas as ioas_module
 from iopfd.core.ioas import UNMAP_PAGES_PER_STEP
 from iopfd.server import ops as server_ops
 from iopfd.server.connection import REQUESTS_PER_SLICE
+from iopfd.server.peer import PeerCred
 
 BURST = 30 * REQUESTS_PER_SLICE
 
@@ -284,3 +285,45 @@ async def test_a_shutdown_answers_every_pending_group_without_detaching_each_pas
         k = daemon.core.status_counters()
         assert k["auto_responses"] == 1 and identity_holds(daemon)
         assert daemon.core.counters["detaches"] == detaches
+
+
+async def test_one_uids_many_connections_take_one_slice_at_a_time_between_them(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[int] = []  # the uid of each request run, in order
+    real_devices = server_ops.HANDLERS["devices"]
+
+    def devices(srv: Any, conn: Any, *args: Any) -> Any:
+        ran.append(conn.cred.uid)
+        return real_devices(srv, conn, *args)
+
+    monkeypatch.setitem(server_ops.HANDLERS, "devices", devices)
+    other = PeerCred(pid=4244, uid=1000, gid=1000, groups=frozenset())
+    burst = 16 * REQUESTS_PER_SLICE
+    # Every reply waits unread until the end: room for them all.
+    async with running(max_outbuf=1 << 30, max_outbuf_per_uid=1 << 32) as daemon:
+        many = [await connect(daemon, NOBODY) for _ in range(8)]
+        one = await connect(daemon, other)
+        # uid 1000 is still busy when uid 65534's bursts come in
+        await one.send(*(one.frame("devices")[1] for _ in range(8 * burst)))
+        for t in many:
+            await t.send(*(t.frame("devices")[1] for _ in range(burst)))
+        for t in many:
+            for rid in range(2, 2 + burst):
+                assert (await t.reply(rid)).ok
+        for rid in range(2, 2 + 8 * burst):
+            assert (await one.reply(rid)).ok
+    # While uid 1000's one connection has work, uid 65534's eight connections take
+    # one slice at a time between them, not one slice each, between two of its slices
+    # (a few, as the event loop orders its tasks at random within a turn).
+    first = ran.index(1000)
+    last = max(i for i, uid in enumerate(ran) if uid == 1000)
+    assert ran[first:last].count(65534) >= REQUESTS_PER_SLICE  # they did compete
+    runs, run = [], 0
+    for uid in ran[first:last]:
+        if uid == 1000:
+            runs.append(run)
+            run = 0
+        else:
+            run += 1
+    assert max(runs) <= 4 * REQUESTS_PER_SLICE, max(runs)
