@@ -121,6 +121,8 @@ class IommuUnit:
         self.iq = InvalidationQueue(self, spec.iq_entries)
         self.endpoints: dict[int, Endpoint] = {}
         self.irq_pending = False
+        # Where the unit reports that its event fired (the machine's list), if anywhere.
+        self.irq_queue: list[IommuUnit] | None = None
         self.fault_log: deque[FaultRecord] = deque(maxlen=fault_log_entries)
         self.auto_responses: deque[PageGroupResponseDescriptor] = deque(maxlen=256)
         # called by a wait descriptor with PD=1: deliver every posted page request
@@ -131,6 +133,10 @@ class IommuUnit:
         self.iotlb_entries = iotlb_entries
         self._contexts: dict[int, ContextEntry] = {}
         self._pasid_entries: dict[tuple[int, int | None], PasidEntry] = {}
+        # (sid, pasid) -> the entry ``_entry_for`` found usable for a translation, until
+        # the next write to a context or PASID entry: the tables are read as they are,
+        # and the checks run once per (sid, pasid) and table change, not per access.
+        self._valid_entries: dict[tuple[int, int | None], PasidEntry] = {}
         # Buckets keep insertion order and evict their oldest entry in O(1).
         self._iotlb: dict[int, OrderedDict[_IotlbKey, _IotlbVal]] = {}
         self._iotlb_size = 0
@@ -146,6 +152,7 @@ class IommuUnit:
     def set_context(self, sid: int, *, present: bool, pre: bool) -> None:
         """Program the scalable-mode context entry of ``sid`` (PRE: page requests enabled)."""
         self._contexts[sid] = ContextEntry(present, pre)
+        self._valid_entries.clear()
 
     def context(self, sid: int) -> ContextEntry | None:
         return self._contexts.get(sid)
@@ -158,6 +165,7 @@ class IommuUnit:
             self._pasid_entries.pop((sid, pasid), None)
         else:
             self._pasid_entries[(sid, pasid)] = entry
+        self._valid_entries.clear()
 
     def pasid_entry(self, sid: int, pasid: int | None) -> PasidEntry | None:
         return self._pasid_entries.get((sid, pasid))
@@ -167,6 +175,7 @@ class IommuUnit:
         e = self._pasid_entries.get((sid, pasid))
         if e is not None:
             e.present = False
+            self._valid_entries.clear()
 
     def _entry_for(
         self, sid: int, pasid: int | None, page_request: bool
@@ -184,49 +193,64 @@ class IommuUnit:
         e = self._pasid_entries.get((sid, pasid))
         if e is None or not e.present:
             return None, _FR_PASID_ENTRY
-        if e.pgtt == Pgtt.NESTED and (not self.spec.nest or e.s1 is None or e.s2 is None):
-            return None, _FR_BAD_ENTRY
-        if (e.pgtt == Pgtt.FIRST_STAGE and e.s1 is None) or (
-            e.pgtt == Pgtt.SECOND_STAGE and e.s2 is None
-        ):
-            return None, _FR_BAD_ENTRY
-        return e, None
+        pgtt = e.pgtt
+        if pgtt == Pgtt.SECOND_STAGE:
+            bad = e.s2 is None
+        elif pgtt == Pgtt.NESTED:
+            bad = not self.spec.nest or e.s1 is None or e.s2 is None
+        else:
+            bad = pgtt == Pgtt.FIRST_STAGE and e.s1 is None
+        return (None, _FR_BAD_ENTRY) if bad else (e, None)
 
     # ------------------------------------------------------------------ translation
     def translate(self, sid: int, pasid: int | None, iova: int, perm: Perm) -> Translation:
         """Translate one access (an ATS translation request or an untranslated DMA)."""
+        return Translation(*self.translate_access(sid, pasid, iova, int(perm)))
+
+    def translate_access(
+        self, sid: int, pasid: int | None, iova: int, access: int
+    ) -> tuple[bool, int, Perm, bool, str]:
+        """``translate`` as a plain tuple ``(ok, addr, perm, table_fault, reason)``, the
+        access as an int: what the DMA engine calls twice a faulting page, where a
+        ``Translation`` object and enum arithmetic would cost more than the lookup."""
         c = self.counters
-        e, fault = self._entry_for(sid, pasid, page_request=False)
+        e = self._valid_entries.get((sid, pasid))
         if e is None:
-            assert fault is not None
-            c["translation_table_faults"] += 1
-            self._log_fault(sid, pasid, iova, fault)
-            return Translation(False, 0, _NO_PERM, True, fault[0])
+            e, fault = self._entry_for(sid, pasid, False)
+            if e is None:
+                assert fault is not None
+                c["translation_table_faults"] += 1
+                self._log_fault(sid, pasid, iova, fault)
+                return False, 0, _NO_PERM, True, fault[0]
+            self._valid_entries[(sid, pasid)] = e
         page = iova >> PAGE_SHIFT
         pgtt = e.pgtt
         tag = (
             None
-            if pgtt in (Pgtt.SECOND_STAGE, Pgtt.PASS_THROUGH)
+            if pgtt == Pgtt.SECOND_STAGE or pgtt == Pgtt.PASS_THROUGH
             else (RID_PASID if pasid is None else pasid)
         )
         bucket = self._iotlb.get(e.did)
         hit = bucket.get((tag, page)) if bucket is not None else None
-        access = int(perm)
         if hit is not None and access & ~int(hit[1]) == 0:
             c["iotlb_hits"] += 1
-            return Translation(True, hit[0] << PAGE_SHIFT | (iova & PAGE_MASK), hit[1], False)
+            return True, hit[0] << PAGE_SHIFT | (iova & PAGE_MASK), hit[1], False, ""
         c["iotlb_misses"] += 1
-        walked = self._walk(e, page)
+        if pgtt == Pgtt.SECOND_STAGE:
+            assert e.s2 is not None
+            walked = e.s2.lookup_page(page)
+        else:
+            walked = self._walk(e, page)
         if walked is None:
             c["translation_faults"] += 1
-            return Translation(False, 0, _NO_PERM, False, "not_mapped")
+            return False, 0, _NO_PERM, False, "not_mapped"
         tpage, tperm = walked
         self._iotlb_insert(e.did, (tag, page), (tpage, tperm, pgtt))
         addr = tpage << PAGE_SHIFT | (iova & PAGE_MASK)
         if access & ~int(tperm):
             c["translation_faults"] += 1
-            return Translation(False, addr, tperm, False, "permission")
-        return Translation(True, addr, tperm, False)
+            return False, addr, tperm, False, "permission"
+        return True, addr, tperm, False, ""
 
     @staticmethod
     def _walk(e: PasidEntry, page: int) -> tuple[int, Perm] | None:
@@ -353,6 +377,8 @@ class IommuUnit:
     def _fire_prq_event(self) -> None:
         self._pectl_ip = False
         self.irq_pending = True
+        if self.irq_queue is not None:
+            self.irq_queue.append(self)
         self.counters["prq_interrupts"] += 1
 
     # ------------------------------------------------------------------ page requests
@@ -362,7 +388,7 @@ class IommuUnit:
         c["page_requests_received"] += 1
         pasid = desc.pasid if desc.pasid_present else None
         needs_response = desc.lpig and (desc.rd_req or desc.wr_req)  # not a stop marker
-        e, fault = self._entry_for(desc.sid, pasid, page_request=True)
+        e, fault = self._entry_for(desc.sid, pasid, True)
         if e is None:
             assert fault is not None
             c["table_faults"] += 1
@@ -382,17 +408,25 @@ class IommuUnit:
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
-        if e.did in self._iotlb:
+        if self._iotlb.get(e.did):
             self._implicit_invalidation(e, pasid, desc.addr >> PAGE_SHIFT)
         prq.hw_write(desc.encode())
         c["prq_writes"] += 1
         if desc.lpig and not needs_response:
             c["prq_stop_markers"] += 1
-        self._set_prs(PRS_PPR)
+        if self._prs:
+            self._prs |= PRS_PPR  # PPR or PRO already set: no new event (SPEC 7.5)
+        else:
+            self._set_prs(PRS_PPR)
 
     def _implicit_invalidation(self, e: PasidEntry, pasid: int | None, page: int) -> None:
         # SPEC Table 27: the IOTLB entry for the faulting address is dropped before queuing.
-        if e.pgtt == Pgtt.FIRST_STAGE:
+        if e.pgtt == Pgtt.SECOND_STAGE and e.did not in self._nested_dids:
+            # ``inv_iotlb_did(did, page, 1)`` of a DID without nested entries: one key.
+            bucket = self._iotlb.get(e.did)
+            if bucket and bucket.pop((None, page), None) is not None:
+                self._iotlb_size -= 1
+        elif e.pgtt == Pgtt.FIRST_STAGE:
             self.inv_iotlb_pasid(e.did, RID_PASID if pasid is None else pasid, page, 1)
         elif e.pgtt == Pgtt.NESTED:
             self.inv_iotlb_did(e.did)

@@ -14,9 +14,12 @@ from collections import Counter, deque
 
 from hwmodel.descriptors import PageRequestDescriptor
 from hwmodel.iommu import IommuUnit
-from hwmodel.pci import DmaStatus, DmaTransfer, PciFunction, _State, page_count
-from hwmodel.rid import Perm, Rid, perm_of
+from hwmodel.pci import DmaStatus, DmaTransfer, PciFunction, _State
+from hwmodel.rid import PAGE_SHIFT, Perm, Rid, perm_of
 from hwmodel.topology import TopologySpec
+
+#: READ | WRITE | EXEC as an int: a DMA needs one of them (no enum arithmetic per DMA).
+_ACCESS = int(Perm.READ | Perm.WRITE | Perm.EXEC)
 
 
 class Machine:
@@ -41,9 +44,13 @@ class Machine:
         self.now = 0
         self._counters: Counter[str] = Counter()
         self.iommus: dict[str, IommuUnit] = {}
+        # Units whose page-request event fired since ``take_interrupts`` (each unit
+        # appends itself), so a service pass with no event looks at no unit.
+        self._fired: list[IommuUnit] = []
         for u in spec.iommus:
             unit = IommuUnit(u)
             unit.drain_hook = self._drain_unit
+            unit.irq_queue = self._fired
             self.iommus[u.name] = unit
         self.functions: dict[str, PciFunction] = {}
         by_rid: dict[Rid, PciFunction] = {}
@@ -114,24 +121,42 @@ class Machine:
         ``ValueError`` for a malformed request (length <= 0, no permission, a PASID on a
         function whose PASID capability is not enabled or too wide for it).
         """
-        self._tick(now)
-        fn = self.function(rid)
+        if now > self.now:  # noqa: PLR1730 - max() is a call, on the hot path
+            self.now = now
+        fn = self._by_rid[rid] if isinstance(rid, Rid) else self.function(rid)
         if length <= 0 or iova < 0 or iova + length > 1 << 64:
             raise ValueError(f"bad DMA range iova={iova:#x} length={length:#x}")
-        perm = perm_of(int(perm))
-        if not perm & (Perm.READ | Perm.WRITE | Perm.EXEC):
+        access = int(perm)
+        perm = perm_of(access)
+        if not access & _ACCESS:
             raise ValueError("a DMA needs READ, WRITE or EXEC")
         if pasid is not None:
             if not fn.pasid_enabled:
                 raise ValueError(f"{fn.rid}: PASID capability not enabled")
             if not 0 <= pasid < 1 << fn.spec.pasid_bits:
                 raise ValueError(f"{fn.rid}: PASID {pasid:#x} exceeds {fn.spec.pasid_bits} bits")
+        # positional: id, rid, pasid, iova, length, perm, tag, status, faults, bytes,
+        # retries, started_ns, finished_ns, _next
         t = DmaTransfer(
-            self._next_id, fn.rid, pasid, iova, length, perm, tag=tag, started_ns=self.now
+            self._next_id,
+            fn.rid,
+            pasid,
+            iova,
+            length,
+            perm,
+            tag,
+            None,
+            0,
+            0,
+            0,
+            self.now,
+            None,
+            iova,
         )
-        t._next = iova
         self._next_id += 1
-        self._counters["dma_pages"] += page_count(iova, length)
+        self._counters["dma_pages"] += (
+            ((iova + length - 1) >> PAGE_SHIFT) - (iova >> PAGE_SHIFT) + 1
+        )
         if not fn.present:
             t._function = fn
             t.status = DmaStatus.REMOVED
@@ -160,10 +185,14 @@ class Machine:
 
     def advance(self, now: int) -> None:
         """Deliver posted page requests and run retries due by ``now``, until quiet."""
-        self._tick(now)
+        if now > self.now:  # noqa: PLR1730 - max() is a call, on the hot path
+            self.now = now
+        heap = self._heap
+        if not self._posted and not (heap and heap[0][0] <= self.now):
+            return  # nothing posted, nothing due: the common case of a service pass
         for _ in range(10_000):
-            delivered = self._deliver_all()
-            ran = self._run_due()
+            delivered = self._deliver_all() if self._posted else 0
+            ran = self._run_due() if heap and heap[0][0] <= self.now else 0
             if not delivered and not ran:
                 return
         raise RuntimeError("machine did not settle")  # pragma: no cover
@@ -183,7 +212,14 @@ class Machine:
 
     def take_interrupts(self) -> list[IommuUnit]:
         """Units whose page-request event fired since the last call."""
-        out = [u for u in self.iommus.values() if u.irq_pending]
+        fired = self._fired
+        if not fired:
+            return []  # no event since the last call: no scan of the units
+        if len(fired) == 1:
+            out = [u for u in fired if u.irq_pending]
+        else:  # several: in the units' order, each once
+            out = [u for u in self.iommus.values() if u.irq_pending]
+        fired.clear()
         for u in out:
             u.irq_pending = False
         return out
@@ -218,7 +254,12 @@ class Machine:
     def _deliver_all(self) -> int:
         if not self._posted:
             return 0
-        return sum(self._deliver_unit(u) for u in self.iommus.values())
+        links = self._links
+        n = 0
+        for u in self.iommus.values():
+            if links[u.name]:
+                n += self._deliver_unit(u)
+        return n
 
     def _run_due(self) -> int:
         heap = self._heap

@@ -19,7 +19,7 @@ from hwmodel.descriptors import (
     PageGroupResponseDescriptor,
     PageRequestDescriptor,
 )
-from hwmodel.iommu import IommuUnit, Translation
+from hwmodel.iommu import IommuUnit
 from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Perm, Rid
 from hwmodel.topology import FunctionSpec
 
@@ -56,6 +56,10 @@ class DmaStatus(enum.Enum):
     REMOVED = "removed"
 
 
+#: The per-status completion counter of every ``DmaStatus`` (no string built per DMA).
+_COMPLETED_KEYS = {s: f"dma_completed_{s.value}" for s in DmaStatus}
+
+
 class _State(enum.Enum):
     RUNNING = 0
     WAIT_RESPONSE = 1
@@ -64,7 +68,7 @@ class _State(enum.Enum):
     DONE = 4
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PageRequestGroup:
     """An outstanding page request group (PRG) of one function."""
 
@@ -76,7 +80,7 @@ class PageRequestGroup:
     issued_ns: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class DmaTransfer:
     id: int
     rid: Rid
@@ -244,14 +248,19 @@ class PciFunction:
         self.counters: Counter[str] = Counter()
         self._fabric = fabric
         self._own_pri: PriCapability | None = None
+        # The PRI capability this function uses (its own, or its PF's), resolved once:
+        # it never changes, and the DMA engine reads it on every miss and answer.
+        self._pri: PriCapability
         if pf is None:
-            self._own_pri = PriCapability(
+            own = PriCapability(
                 spec.pri_capacity if spec.pri else 0, supported=spec.pri, pasid_required=spec.pasid
             )
-            self._own_pri.functions.append(self)
+            own.functions.append(self)
+            self._own_pri = self._pri = own
         else:
             pf.vfs.append(self)
             pf.pri.functions.append(self)
+            self._pri = pf.pri
         self._groups: dict[int, PageRequestGroup] = {}
         self._next_prgi = 0
         self._cancelled_prgis: set[int] = set()
@@ -265,10 +274,7 @@ class PciFunction:
     @property
     def pri(self) -> PriCapability:
         """The PRI capability; a VF returns its PF's (PRI is a PF resource)."""
-        if self.pf is not None:
-            return self.pf.pri
-        assert self._own_pri is not None
-        return self._own_pri
+        return self._pri
 
     @property
     def is_vf(self) -> bool:
@@ -328,22 +334,26 @@ class PciFunction:
             self.counters["atc_evictions"] += 1
         atc[key] = val
 
-    def _translate(self, pasid: int | None, addr: int, perm: Perm) -> Translation:
+    def _translate(
+        self, pasid: int | None, addr: int, access: int
+    ) -> tuple[bool, int, Perm, bool, str]:
+        """One access through the ATC (ATS enabled) or the IOMMU, as the IOMMU's
+        ``translate_access`` tuple: ``(ok, addr, perm, table_fault, reason)``."""
         c = self.counters
         if self.ats_enabled:
             page = addr >> PAGE_SHIFT
             hit = self.atc.get((pasid, page))
-            if hit is not None and int(perm) & ~int(hit[1]) == 0:
+            if hit is not None and access & ~int(hit[1]) == 0:
                 c["atc_hits"] += 1
-                return Translation(True, hit[0] << PAGE_SHIFT | (addr & PAGE_MASK), hit[1], False)
+                return True, hit[0] << PAGE_SHIFT | (addr & PAGE_MASK), hit[1], False, ""
             c["atc_misses"] += 1
             c["ats_translation_requests"] += 1
-            tr = self.iommu.translate(self.sid, pasid, addr, perm)
-            if tr.ok or tr.reason == "permission":
-                self._atc_insert((pasid, page), (tr.addr >> PAGE_SHIFT, tr.perm))
+            tr = self.iommu.translate_access(self.sid, pasid, addr, access)
+            if tr[0] or tr[4] == "permission":
+                self._atc_insert((pasid, page), (tr[1] >> PAGE_SHIFT, tr[2]))
             return tr
         c["untranslated_requests"] += 1
-        return self.iommu.translate(self.sid, pasid, addr, perm)
+        return self.iommu.translate_access(self.sid, pasid, addr, access)
 
     # ------------------------------------------------------------------ DMA engine
     def _begin(self, t: DmaTransfer) -> None:
@@ -358,20 +368,21 @@ class PciFunction:
             return
         t._state = _State.RUNNING
         end = t.iova + t.length
-        fabric = self._fabric
+        pasid = t.pasid
+        access = int(t.perm)
+        translate = self._translate
         while t._next < end:
             addr = t._next
-            tr = self._translate(t.pasid, addr, t.perm)
-            if tr.ok:
+            if translate(pasid, addr, access)[0]:
                 nxt = min((addr | PAGE_MASK) + 1, end)
                 t.bytes += nxt - addr
                 t._next = nxt
                 t._successes = 0
                 continue
-            if t._successes > fabric.max_retries:
+            if t._successes > self._fabric.max_retries:
                 self._finish(t, DmaStatus.RETRY_LIMIT)
                 return
-            pri = self.pri
+            pri = self._pri
             if not (pri.supported and pri.enabled and self.ats_enabled):
                 self._finish(t, DmaStatus.NO_PRI)
                 return
@@ -384,7 +395,7 @@ class PciFunction:
 
     def _issue_group(self, t: DmaTransfer, pri: PriCapability, addr: int, end: int) -> None:
         fabric = self._fabric
-        credits = pri.credits
+        credits = pri.allocation - pri.outstanding
         prgi = self._free_prgi() if credits > 0 else None
         if prgi is None:
             t._state = _State.WAIT_CREDITS
@@ -395,35 +406,30 @@ class PciFunction:
         last_page = (end - 1) >> PAGE_SHIFT
         limit = min(fabric.prg_max_pages, credits, last_page - first + 1)
         n = 1
-        # Group further consecutive pages of the transfer that miss too.
-        while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT, t.perm).ok:
-            n += 1
         p = int(t.perm)
+        # Group further consecutive pages of the transfer that miss too.
+        while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT, p)[0]:
+            n += 1
         pp = t.pasid is not None
         rd = p & 5 != 0 or p & 2 == 0  # READ, or EXEC (needs read), or PRIV alone
         wr = p & 2 != 0
         ex = p & 4 != 0
         pm = p & 8 != 0
         pasid = t.pasid if t.pasid is not None else 0
+        sid = self.sid
+        post = fabric.post
         for i in range(n):
-            fabric.post(
+            post(
                 self,
+                # positional (sid, pasid_present, pasid, exe, pm, rd, wr, lpig, prgi, addr)
                 PageRequestDescriptor(
-                    sid=self.sid,
-                    pasid_present=pp,
-                    pasid=pasid,
-                    exe_req=ex,
-                    pm_req=pm,
-                    rd_req=rd,
-                    wr_req=wr,
-                    lpig=i == n - 1,
-                    prg_index=prgi,
-                    addr=(first + i) << PAGE_SHIFT,
+                    sid, pp, pasid, ex, pm, rd, wr, i == n - 1, prgi, (first + i) << PAGE_SHIFT
                 ),
             )
         g = PageRequestGroup(prgi, t.pasid, first, n, t, fabric.now)
         self._groups[prgi] = g
-        self._cancelled_prgis.discard(prgi)
+        if self._cancelled_prgis:
+            self._cancelled_prgis.discard(prgi)
         pri.outstanding += n
         t._group = g
         t._state = _State.WAIT_RESPONSE
@@ -452,7 +458,7 @@ class PciFunction:
         t._state = _State.DONE
         t.finished_ns = self._fabric.now
         self._transfers.pop(t.id, None)
-        self.counters[f"dma_completed_{status.value}"] += 1
+        self.counters[_COMPLETED_KEYS[status]] += 1
         self._fabric.complete(t)
 
     def _drop_group(self, g: PageRequestGroup) -> None:
@@ -461,8 +467,9 @@ class PciFunction:
         if self._groups.get(g.prg_index) is g:
             del self._groups[g.prg_index]
             self._cancelled_prgis.add(g.prg_index)
-            self.pri._return_credits(g.npages)
-            self._wake_credit_waiters()
+            self._pri._return_credits(g.npages)
+            if self._pri.credit_waiters:
+                self._wake_credit_waiters()
         g.transfer._group = None
 
     def _abandon_pri_work(self, status: DmaStatus) -> None:
@@ -489,7 +496,7 @@ class PciFunction:
         function acts on."""
         c = self.counters
         c["page_responses_received"] += 1
-        pri = self.pri
+        pri = self._pri
         if pri.response_failure:
             c["page_responses_ignored_rf"] += 1
             return
@@ -512,7 +519,8 @@ class PciFunction:
             # The driver stopped the transfer meanwhile (``_stop_dma``): the answer only
             # settles the requests it had sent, and returns their credits.
             c["page_responses_after_stop"] += 1
-            self._wake_credit_waiters()
+            if pri.credit_waiters:
+                self._wake_credit_waiters()
             return
         fabric = self._fabric
         if rc == RESP_SUCCESS:
@@ -541,7 +549,8 @@ class PciFunction:
                 fn._abandon_pri_work(DmaStatus.FAILURE)
             pri.credit_waiters.clear()
             return
-        self._wake_credit_waiters()
+        if pri.credit_waiters:
+            self._wake_credit_waiters()
 
     # ------------------------------------------------------------------ lifecycle
     def _stop_dma(self, status: DmaStatus) -> None:

@@ -15,7 +15,7 @@ import itertools
 from collections import Counter
 from collections.abc import Generator
 
-from hwmodel import Machine
+from hwmodel import DmaStatus, Machine
 from iopfd.core.budgets import Budgets
 from iopfd.core.context import Context
 from iopfd.core.device import DmaTag
@@ -53,6 +53,8 @@ STATUS_COUNTERS = (
     "unplugs",
     "forced_unplugs",
 )
+#: ``DmaStatus`` -> the string a ``DmaDone`` carries (an enum's ``.value`` is slow).
+_STATUS_VALUES: dict[DmaStatus | None, str] = {s: s.value for s in DmaStatus}
 #: ``service`` stops after this many PRQ passes at one ``now`` (a guard, never reached
 #: in practice: the device's retries come after a back-off, so time must move on).
 MAX_SERVICE_ROUNDS = 1024
@@ -184,7 +186,7 @@ class Core:
                         DmaDone(
                             tag.ctx,
                             tag.tag,
-                            t.status.value if t.status else "failure",
+                            _STATUS_VALUES.get(t.status, "failure"),
                             t.faults,
                             t.bytes,
                         )

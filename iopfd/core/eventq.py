@@ -157,19 +157,34 @@ class FaultQueue(IommufdObject):
         self.deadlines.push(self, group, now)
         self.delivered += 1
         counters["delivered"] += 1
-        dev_id = dev.dev_id
-        records = [
-            {
-                "flags": f[0],
-                "dev_id": dev_id,
-                "pasid": f[1],
-                "grpid": f[2],
-                "perm": f[3],
-                "addr": f[4],
-                "length": 0,
-            }
-            for f in group.faults
-        ]
+        binding = dev.binding
+        dev_id = binding.id if binding is not None else 0
+        faults = group.faults
+        if len(faults) == 1:  # the common group of one request: no comprehension frame
+            records = [
+                {
+                    "flags": last[0],
+                    "dev_id": dev_id,
+                    "pasid": last[1],
+                    "grpid": last[2],
+                    "perm": last[3],
+                    "addr": last[4],
+                    "length": 0,
+                }
+            ]
+        else:
+            records = [
+                {
+                    "flags": f[0],
+                    "dev_id": dev_id,
+                    "pasid": f[1],
+                    "grpid": f[2],
+                    "perm": f[3],
+                    "addr": f[4],
+                    "length": 0,
+                }
+                for f in faults
+            ]
         throttled = self.throttled_unreported
         self.throttled_unreported = 0
         self.sink.emit(FaultDelivered(self.ctx, self.id, cookie, records, throttled))

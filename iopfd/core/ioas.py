@@ -137,7 +137,10 @@ class Ioas(IommufdObject):
 
 
 def _overlaps_reserved(start: int, last: int) -> bool:
-    return any(start <= r_last and r_start <= last for r_start, r_last in RESERVED_IOVAS)
+    for r_start, r_last in RESERVED_IOVAS:  # noqa: SIM110 - no generator frame per map
+        if start <= r_last and r_start <= last:
+            return True
+    return False
 
 
 def check_perm(perm: int, allowed: int) -> Perm:

@@ -186,7 +186,7 @@ class ContextBase:
 
     def bound_device(self, dev_id: int) -> IommufdDevice:
         """A device bound here, removed or not: ``ENOENT`` otherwise."""
-        obj = self.lookup(dev_id)
+        obj = self.objects.get(dev_id) if isinstance(dev_id, int) else None
         if obj is None or obj.kind != "device":
             raise CoreError(ENOENT, f"no device {dev_id!r}")
         return obj  # type: ignore[return-value]  # the only kind named "device"

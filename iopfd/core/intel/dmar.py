@@ -84,10 +84,9 @@ def qi_submit_responses(unit: IommuUnit, images: Sequence[bytes], counters: Coun
     them; no descriptor objects on the answer path. Returns the submissions made."""
     n = 0
     for i in range(0, len(images), QI_MAX_BATCHED_DESC_COUNT):
-        chunk = list(images[i : i + QI_MAX_BATCHED_DESC_COUNT])
-        counters["iq_descriptors_page_group_response"] += len(chunk)
+        chunk = [*images[i : i + QI_MAX_BATCHED_DESC_COUNT], _WAIT_SYNC_IMAGE]
+        counters["iq_descriptors_page_group_response"] += len(chunk) - 1
         counters["iq_descriptors_wait"] += 1
-        chunk.append(_WAIT_SYNC_IMAGE)
         try:
             unit.iq.submit_images(chunk)
         except InvalidDescriptorError:
@@ -143,7 +142,13 @@ class ResponseBatch:
             out[1].append(image)
 
     def flush(self) -> None:
-        batches = list(self.out.values())
-        self.out.clear()
+        out = self.out
+        if len(out) == 1:  # the common case: one unit's answers
+            ((unit, images),) = out.values()
+            out.clear()
+            qi_submit_responses(unit, images, self.counters)
+            return
+        batches = list(out.values())
+        out.clear()
         for unit, images in batches:
             qi_submit_responses(unit, images, self.counters)
