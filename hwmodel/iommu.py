@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from hwmodel.counting import HotCounts
 from hwmodel.descriptors import (
     RESP_INVALID,
     RESP_SUCCESS,
@@ -106,6 +107,19 @@ _FR_RID_PASID = ("pasid_is_rid_pasid", 0x48)
 _FR_PASID_ENTRY = ("pasid_entry_not_present", 0x59)
 _FR_BAD_ENTRY = ("pasid_entry_invalid", 0x5A)
 
+#: What a unit and its IQ count on every fault (``hwmodel.counting``).
+_HOT_COUNTERS = (
+    "iotlb_hits",
+    "iotlb_misses",
+    "translation_faults",
+    "page_requests_received",
+    "prq_writes",
+    "prq_interrupts",
+    "iq_descriptors_page_group_response",
+    "iq_descriptors_wait",
+    "iq_wait_status_writes",
+)
+
 _IotlbKey = tuple[int | None, int]  # (PASID tag or None for DID-only, page)
 _IotlbVal = tuple[int, Perm, Pgtt]  # (target page, perm, pgtt)
 
@@ -116,7 +130,9 @@ class IommuUnit:
     ) -> None:
         self.name = spec.name
         self.spec = spec
-        self.counters: Counter[str] = Counter()
+        self._counts = HotCounts(_HOT_COUNTERS)
+        #: The per-fault counts (``hwmodel.counting``); the IQ counts into it too.
+        self.hot_counters = self._counts.hot
         self.prq = PageRequestQueue(spec.prq_order)
         self.iq = InvalidationQueue(self, spec.iq_entries)
         self.endpoints: dict[int, Endpoint] = {}
@@ -137,6 +153,7 @@ class IommuUnit:
         # the next write to a context or PASID entry: the tables are read as they are,
         # and the checks run once per (sid, pasid) and table change, not per access.
         self._valid_entries: dict[tuple[int, int | None], PasidEntry] = {}
+        self._valid_pr_entries: dict[tuple[int, int | None], PasidEntry] = {}  # + PRE set
         # Buckets keep insertion order and evict their oldest entry in O(1).
         self._iotlb: dict[int, OrderedDict[_IotlbKey, _IotlbVal]] = {}
         self._iotlb_size = 0
@@ -148,11 +165,21 @@ class IommuUnit:
     def __repr__(self) -> str:
         return f"<IommuUnit {self.name}>"
 
+    @property
+    def counters(self) -> Counter[str]:
+        """Everything this unit (and its IQ) counted, the hot counts folded in."""
+        return self._counts.folded()
+
     # ------------------------------------------------------------------ tables
     def set_context(self, sid: int, *, present: bool, pre: bool) -> None:
         """Program the scalable-mode context entry of ``sid`` (PRE: page requests enabled)."""
         self._contexts[sid] = ContextEntry(present, pre)
+        self._invalidate_valid_entries()
+
+    def _invalidate_valid_entries(self) -> None:
+        """A context or PASID entry was written: every entry is checked afresh."""
         self._valid_entries.clear()
+        self._valid_pr_entries.clear()
 
     def context(self, sid: int) -> ContextEntry | None:
         return self._contexts.get(sid)
@@ -165,7 +192,7 @@ class IommuUnit:
             self._pasid_entries.pop((sid, pasid), None)
         else:
             self._pasid_entries[(sid, pasid)] = entry
-        self._valid_entries.clear()
+        self._invalidate_valid_entries()
 
     def pasid_entry(self, sid: int, pasid: int | None) -> PasidEntry | None:
         return self._pasid_entries.get((sid, pasid))
@@ -175,7 +202,7 @@ class IommuUnit:
         e = self._pasid_entries.get((sid, pasid))
         if e is not None:
             e.present = False
-            self._valid_entries.clear()
+            self._invalidate_valid_entries()
 
     def _entry_for(
         self, sid: int, pasid: int | None, page_request: bool
@@ -213,13 +240,13 @@ class IommuUnit:
         """``translate`` as a plain tuple ``(ok, addr, perm, table_fault, reason)``, the
         access as an int: what the DMA engine calls twice a faulting page, where a
         ``Translation`` object and enum arithmetic would cost more than the lookup."""
-        c = self.counters
+        c = self.hot_counters
         e = self._valid_entries.get((sid, pasid))
         if e is None:
             e, fault = self._entry_for(sid, pasid, False)
             if e is None:
                 assert fault is not None
-                c["translation_table_faults"] += 1
+                self.counters["translation_table_faults"] += 1
                 self._log_fault(sid, pasid, iova, fault)
                 return False, 0, _NO_PERM, True, fault[0]
             self._valid_entries[(sid, pasid)] = e
@@ -379,31 +406,34 @@ class IommuUnit:
         self.irq_pending = True
         if self.irq_queue is not None:
             self.irq_queue.append(self)
-        self.counters["prq_interrupts"] += 1
+        self.hot_counters["prq_interrupts"] += 1
 
     # ------------------------------------------------------------------ page requests
     def receive_page_request(self, desc: PageRequestDescriptor) -> None:
         """A page request arrives from the link: Table 31, implicit invalidation, write."""
-        c = self.counters
-        c["page_requests_received"] += 1
+        hot = self.hot_counters
+        hot["page_requests_received"] += 1
         pasid = desc.pasid if desc.pasid_present else None
         needs_response = desc.lpig and (desc.rd_req or desc.wr_req)  # not a stop marker
-        e, fault = self._entry_for(desc.sid, pasid, True)
+        e = self._valid_pr_entries.get((desc.sid, pasid))
         if e is None:
-            assert fault is not None
-            c["table_faults"] += 1
-            self._log_fault(desc.sid, pasid, desc.addr, fault)
-            if needs_response:
-                self._auto_respond(desc, RESP_INVALID)
-            return
+            e, fault = self._entry_for(desc.sid, pasid, True)
+            if e is None:
+                assert fault is not None
+                self.counters["table_faults"] += 1
+                self._log_fault(desc.sid, pasid, desc.addr, fault)
+                if needs_response:
+                    self._auto_respond(desc, RESP_INVALID)
+                return
+            self._valid_pr_entries[(desc.sid, pasid)] = e
         if self._prs & PRS_PRO:
-            c["prq_dropped"] += 1  # overflow already flagged: no action, no event
+            self.counters["prq_dropped"] += 1  # overflow already flagged: no action, no event
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
         prq = self.prq
         if (prq._tail + 32) % prq.size_bytes == prq._head:  # full: N-1 slots used
-            c["prq_overflows"] += 1
+            self.counters["prq_overflows"] += 1
             self._set_prs(PRS_PRO)
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
@@ -411,9 +441,9 @@ class IommuUnit:
         if self._iotlb.get(e.did):
             self._implicit_invalidation(e, pasid, desc.addr >> PAGE_SHIFT)
         prq.hw_write(desc.encode())
-        c["prq_writes"] += 1
+        hot["prq_writes"] += 1
         if desc.lpig and not needs_response:
-            c["prq_stop_markers"] += 1
+            self.counters["prq_stop_markers"] += 1
         if self._prs:
             self._prs |= PRS_PPR  # PPR or PRO already set: no new event (SPEC 7.5)
         else:

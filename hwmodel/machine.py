@@ -216,9 +216,14 @@ class Machine:
         if not fired:
             return []  # no event since the last call: no scan of the units
         if len(fired) == 1:
-            out = [u for u in fired if u.irq_pending]
-        else:  # several: in the units' order, each once
-            out = [u for u in self.iommus.values() if u.irq_pending]
+            u = fired[0]
+            fired.clear()
+            if not u.irq_pending:
+                return []
+            u.irq_pending = False
+            return [u]
+        # several: in the units' order, each once
+        out = [u for u in self.iommus.values() if u.irq_pending]
         fired.clear()
         for u in out:
             u.irq_pending = False

@@ -13,6 +13,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hwmodel.counting import HotCounts
 from hwmodel.descriptors import (
     RESP_INVALID,
     RESP_SUCCESS,
@@ -56,8 +57,23 @@ class DmaStatus(enum.Enum):
     REMOVED = "removed"
 
 
-#: The per-status completion counter of every ``DmaStatus`` (no string built per DMA).
-_COMPLETED_KEYS = {s: f"dma_completed_{s.value}" for s in DmaStatus}
+#: What a function counts on every fault (``hwmodel.counting``): hot, in a plain dict.
+_HOT_COUNTERS = (
+    "dma_started",
+    "atc_hits",
+    "atc_misses",
+    "ats_translation_requests",
+    "untranslated_requests",
+    "page_requests",
+    "page_request_groups",
+    "page_responses_received",
+    "page_responses_success",
+    "retries",
+    "dma_completed_ok",
+)
+#: The completion counter of every ``DmaStatus`` value: no string built per DMA, and
+#: keyed by the value string (an enum member's hash is a Python-level call).
+_COMPLETED_KEYS: dict[str, str] = {s.value: f"dma_completed_{s.value}" for s in DmaStatus}
 
 
 class _State(enum.Enum):
@@ -245,7 +261,8 @@ class PciFunction:
         # Insertion-ordered so that eviction of the oldest entry is O(1).
         self.atc: OrderedDict[tuple[int | None, int], tuple[int, Perm]] = OrderedDict()
         self.atc_entries = atc_entries
-        self.counters: Counter[str] = Counter()
+        self._counts = HotCounts(_HOT_COUNTERS)
+        self._hot = self._counts.hot  # the per-fault counts (``hwmodel.counting``)
         self._fabric = fabric
         self._own_pri: PriCapability | None = None
         # The PRI capability this function uses (its own, or its PF's), resolved once:
@@ -269,6 +286,11 @@ class PciFunction:
 
     def __repr__(self) -> str:
         return f"<PciFunction {self.rid} {self.spec.name}>"
+
+    @property
+    def counters(self) -> Counter[str]:
+        """Everything this function counted (the hot counts folded in)."""
+        return self._counts.folded()
 
     # ------------------------------------------------------------------ capabilities
     @property
@@ -339,7 +361,7 @@ class PciFunction:
     ) -> tuple[bool, int, Perm, bool, str]:
         """One access through the ATC (ATS enabled) or the IOMMU, as the IOMMU's
         ``translate_access`` tuple: ``(ok, addr, perm, table_fault, reason)``."""
-        c = self.counters
+        c = self._hot
         if self.ats_enabled:
             page = addr >> PAGE_SHIFT
             hit = self.atc.get((pasid, page))
@@ -359,7 +381,7 @@ class PciFunction:
     def _begin(self, t: DmaTransfer) -> None:
         t._function = self
         self._transfers[t.id] = t
-        self.counters["dma_started"] += 1
+        self._hot["dma_started"] += 1
         self._run(t)
 
     def _run(self, t: DmaTransfer) -> None:
@@ -434,7 +456,7 @@ class PciFunction:
         t._group = g
         t._state = _State.WAIT_RESPONSE
         t.faults += n
-        c = self.counters
+        c = self._hot
         c["page_requests"] += n
         c["page_request_groups"] += 1
 
@@ -458,7 +480,11 @@ class PciFunction:
         t._state = _State.DONE
         t.finished_ns = self._fabric.now
         self._transfers.pop(t.id, None)
-        self.counters[_COMPLETED_KEYS[status]] += 1
+        key = _COMPLETED_KEYS[status._value_]
+        if key == "dma_completed_ok":
+            self._hot[key] += 1
+        else:
+            self.counters[key] += 1
         self._fabric.complete(t)
 
     def _drop_group(self, g: PageRequestGroup) -> None:
@@ -494,40 +520,41 @@ class PciFunction:
     def receive_prg_response(self, prgi: int, rc: int) -> None:
         """A PRG Response message: its PRG index and response code are all the
         function acts on."""
-        c = self.counters
-        c["page_responses_received"] += 1
+        hot = self._hot
+        hot["page_responses_received"] += 1
         pri = self._pri
         if pri.response_failure:
-            c["page_responses_ignored_rf"] += 1
+            self.counters["page_responses_ignored_rf"] += 1
             return
         g = self._groups.pop(prgi, None)
         if g is None:
             if self._injected.get(prgi, 0) > 0:
                 self._injected[prgi] -= 1
-                c["page_responses_to_injected"] += 1
+                self.counters["page_responses_to_injected"] += 1
             elif prgi in self._cancelled_prgis:
                 self._cancelled_prgis.discard(prgi)
-                c["page_responses_discarded"] += 1
+                self.counters["page_responses_discarded"] += 1
             else:
                 pri.unexpected_prgi = True
-                c["unexpected_prgi"] += 1
+                self.counters["unexpected_prgi"] += 1
             return
-        pri._return_credits(g.npages)
+        pri.outstanding -= g.npages  # ``_return_credits``, inline
+        assert pri.outstanding >= 0
         t = g.transfer
         t._group = None
         if t.status is not None:
             # The driver stopped the transfer meanwhile (``_stop_dma``): the answer only
             # settles the requests it had sent, and returns their credits.
-            c["page_responses_after_stop"] += 1
+            self.counters["page_responses_after_stop"] += 1
             if pri.credit_waiters:
                 self._wake_credit_waiters()
             return
         fabric = self._fabric
         if rc == RESP_SUCCESS:
-            c["page_responses_success"] += 1
+            hot["page_responses_success"] += 1
             t._successes += 1
             t.retries += 1
-            c["retries"] += 1
+            hot["retries"] += 1
             k = t._successes
             delay = (
                 0
@@ -536,13 +563,13 @@ class PciFunction:
             )
             fabric.schedule(t, fabric.now + delay)
         elif rc == RESP_INVALID:
-            c["page_responses_invalid"] += 1
+            self.counters["page_responses_invalid"] += 1
             self._finish(t, DmaStatus.INVALID)
         else:
             # 0xF, or a reserved code (treated as Response Failure): PRI stops.
-            c["page_responses_failure"] += 1
+            self.counters["page_responses_failure"] += 1
             if rc != 0xF:
-                c["page_responses_reserved_code"] += 1
+                self.counters["page_responses_reserved_code"] += 1
             pri.response_failure = True
             self._finish(t, DmaStatus.FAILURE)
             for fn in pri.functions:

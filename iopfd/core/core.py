@@ -15,7 +15,7 @@ import itertools
 from collections import Counter
 from collections.abc import Generator
 
-from hwmodel import DmaStatus, Machine
+from hwmodel import Machine
 from iopfd.core.budgets import Budgets
 from iopfd.core.context import Context
 from iopfd.core.device import DmaTag
@@ -53,8 +53,6 @@ STATUS_COUNTERS = (
     "unplugs",
     "forced_unplugs",
 )
-#: ``DmaStatus`` -> the string a ``DmaDone`` carries (an enum's ``.value`` is slow).
-_STATUS_VALUES: dict[DmaStatus | None, str] = {s: s.value for s in DmaStatus}
 #: ``service`` stops after this many PRQ passes at one ``now`` (a guard, never reached
 #: in practice: the device's retries come after a back-off, so time must move on).
 MAX_SERVICE_ROUNDS = 1024
@@ -178,15 +176,16 @@ class Core:
         completed = machine.take_completed()
         if completed:
             self.counters["dma_completed"] += len(completed)
-            emit = self.sink.emit
+            emit = self.sink.events.append
             for t in completed:
                 tag = t.tag
                 if isinstance(tag, DmaTag) and not tag.ctx.closed:
+                    status = t.status
                     emit(
                         DmaDone(
                             tag.ctx,
                             tag.tag,
-                            _STATUS_VALUES.get(t.status, "failure"),
+                            status._value_ if status is not None else "failure",
                             t.faults,
                             t.bytes,
                         )

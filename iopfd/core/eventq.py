@@ -187,7 +187,7 @@ class FaultQueue(IommufdObject):
             ]
         throttled = self.throttled_unreported
         self.throttled_unreported = 0
-        self.sink.emit(FaultDelivered(self.ctx, self.id, cookie, records, throttled))
+        self.sink.events.append(FaultDelivered(self.ctx, self.id, cookie, records, throttled))
         if self.sink.trace_enabled:
             self.sink.trace(
                 "fault",

@@ -193,7 +193,10 @@ class ContextBase:
 
     def device(self, dev_id: int) -> IommufdDevice:
         """A device bound here and present: ``ENOENT``, or ``ENODEV`` once removed."""
-        idev = self.bound_device(dev_id)
+        obj = self.objects.get(dev_id) if isinstance(dev_id, int) else None
+        if obj is None or obj.kind != "device":
+            raise CoreError(ENOENT, f"no device {dev_id!r}")
+        idev: IommufdDevice = obj  # type: ignore[assignment]  # the only kind named "device"
         if idev.removed:
             raise CoreError(ENODEV, f"device {idev.dev.name} was removed")
         return idev
