@@ -44,6 +44,13 @@ class Pgtt(enum.IntEnum):
     PASS_THROUGH = 4
 
 
+# Members as module constants: a class attribute of an enum is a slower load.
+_FIRST_STAGE = Pgtt.FIRST_STAGE
+_SECOND_STAGE = Pgtt.SECOND_STAGE
+_NESTED = Pgtt.NESTED
+_PASS_THROUGH = Pgtt.PASS_THROUGH
+
+
 @dataclass
 class PasidEntry:
     """Scalable-mode PASID-table entry. ``s1``: first-stage table (iova -> gpa/hpa);
@@ -221,12 +228,12 @@ class IommuUnit:
         if e is None or not e.present:
             return None, _FR_PASID_ENTRY
         pgtt = e.pgtt
-        if pgtt == Pgtt.SECOND_STAGE:
+        if pgtt == _SECOND_STAGE:
             bad = e.s2 is None
-        elif pgtt == Pgtt.NESTED:
+        elif pgtt == _NESTED:
             bad = not self.spec.nest or e.s1 is None or e.s2 is None
         else:
-            bad = pgtt == Pgtt.FIRST_STAGE and e.s1 is None
+            bad = pgtt == _FIRST_STAGE and e.s1 is None
         return (None, _FR_BAD_ENTRY) if bad else (e, None)
 
     # ------------------------------------------------------------------ translation
@@ -254,7 +261,7 @@ class IommuUnit:
         pgtt = e.pgtt
         tag = (
             None
-            if pgtt == Pgtt.SECOND_STAGE or pgtt == Pgtt.PASS_THROUGH
+            if pgtt in (_SECOND_STAGE, _PASS_THROUGH)
             else (RID_PASID if pasid is None else pasid)
         )
         bucket = self._iotlb.get(e.did)
@@ -263,7 +270,7 @@ class IommuUnit:
             c["iotlb_hits"] += 1
             return True, hit[0] << PAGE_SHIFT | (iova & PAGE_MASK), hit[1], False, ""
         c["iotlb_misses"] += 1
-        if pgtt == Pgtt.SECOND_STAGE:
+        if pgtt == _SECOND_STAGE:
             assert e.s2 is not None
             walked = e.s2.lookup_page(page)
         else:
@@ -282,14 +289,14 @@ class IommuUnit:
     @staticmethod
     def _walk(e: PasidEntry, page: int) -> tuple[int, Perm] | None:
         pgtt = e.pgtt
-        if pgtt == Pgtt.PASS_THROUGH:
+        if pgtt == _PASS_THROUGH:
             return page, _RW
-        if pgtt == Pgtt.SECOND_STAGE:
+        if pgtt == _SECOND_STAGE:
             assert e.s2 is not None
             return e.s2.lookup_page(page)
         assert e.s1 is not None
         s1 = e.s1.lookup_page(page)
-        if s1 is None or pgtt == Pgtt.FIRST_STAGE:
+        if s1 is None or pgtt == _FIRST_STAGE:
             return s1
         assert e.s2 is not None
         s2 = e.s2.lookup_page(s1[0])
@@ -307,7 +314,7 @@ class IommuUnit:
                 self._iotlb_evict_one(bucket)
             self._iotlb_size += 1
         bucket[key] = val
-        if val[2] == Pgtt.NESTED:
+        if val[2] == _NESTED:
             self._nested_dids.add(did)
 
     def _iotlb_evict_one(self, prefer: OrderedDict[_IotlbKey, _IotlbVal]) -> None:
@@ -345,17 +352,17 @@ class IommuUnit:
             return 0
         nested = did in self._nested_dids
         if first is None:
-            keys = [k for k, v in bucket.items() if v[2] != Pgtt.FIRST_STAGE]
+            keys = [k for k, v in bucket.items() if v[2] != _FIRST_STAGE]
         elif npages <= len(bucket):
             keys = [(None, p) for p in range(first, first + npages) if (None, p) in bucket]
             if nested:
-                keys += [k for k, v in bucket.items() if v[2] == Pgtt.NESTED]
+                keys += [k for k, v in bucket.items() if v[2] == _NESTED]
         else:
             end = first + npages
             keys = [
                 k
                 for k, v in bucket.items()
-                if (k[0] is None and first <= k[1] < end) or v[2] == Pgtt.NESTED
+                if (k[0] is None and first <= k[1] < end) or v[2] == _NESTED
             ]
         return self._drop(bucket, keys)
 
@@ -451,14 +458,14 @@ class IommuUnit:
 
     def _implicit_invalidation(self, e: PasidEntry, pasid: int | None, page: int) -> None:
         # SPEC Table 27: the IOTLB entry for the faulting address is dropped before queuing.
-        if e.pgtt == Pgtt.SECOND_STAGE and e.did not in self._nested_dids:
+        if e.pgtt == _SECOND_STAGE and e.did not in self._nested_dids:
             # ``inv_iotlb_did(did, page, 1)`` of a DID without nested entries: one key.
             bucket = self._iotlb.get(e.did)
             if bucket and bucket.pop((None, page), None) is not None:
                 self._iotlb_size -= 1
-        elif e.pgtt == Pgtt.FIRST_STAGE:
+        elif e.pgtt == _FIRST_STAGE:
             self.inv_iotlb_pasid(e.did, RID_PASID if pasid is None else pasid, page, 1)
-        elif e.pgtt == Pgtt.NESTED:
+        elif e.pgtt == _NESTED:
             self.inv_iotlb_did(e.did)
         else:
             self.inv_iotlb_did(e.did, page, 1)

@@ -14,7 +14,7 @@ from collections import Counter, deque
 
 from hwmodel.descriptors import PageRequestDescriptor
 from hwmodel.iommu import IommuUnit
-from hwmodel.pci import DmaStatus, DmaTransfer, PciFunction, _State
+from hwmodel.pci import _DUE, DmaStatus, DmaTransfer, PciFunction
 from hwmodel.rid import PAGE_SHIFT, Perm, Rid, perm_of
 from hwmodel.topology import TopologySpec
 
@@ -43,6 +43,7 @@ class Machine:
         self.prg_max_pages = prg_max_pages
         self.now = 0
         self._counters: Counter[str] = Counter()
+        self._dma_pages = 0  # counted on every DMA: an int, in ``counters`` as dma_pages
         self.iommus: dict[str, IommuUnit] = {}
         # Units whose page-request event fired since ``take_interrupts`` (each unit
         # appends itself), so a service pass with no event looks at no unit.
@@ -83,6 +84,8 @@ class Machine:
     def counters(self) -> Counter[str]:
         """Machine-wide sums: the machine's own counters plus every unit's and function's."""
         total: Counter[str] = Counter(self._counters)
+        if self._dma_pages:
+            total["dma_pages"] += self._dma_pages
         for u in self.iommus.values():
             total.update(u.counters)
         for f in self.functions.values():
@@ -96,7 +99,7 @@ class Machine:
         self._posted += 1
 
     def schedule(self, t: DmaTransfer, due: int) -> None:
-        t._state = _State.DUE
+        t._state = _DUE
         t._due = due
         t._gen += 1
         self._seq += 1
@@ -154,9 +157,7 @@ class Machine:
             iova,
         )
         self._next_id += 1
-        self._counters["dma_pages"] += (
-            ((iova + length - 1) >> PAGE_SHIFT) - (iova >> PAGE_SHIFT) + 1
-        )
+        self._dma_pages += ((iova + length - 1) >> PAGE_SHIFT) - (iova >> PAGE_SHIFT) + 1
         if not fn.present:
             t._function = fn
             t.status = DmaStatus.REMOVED
@@ -205,7 +206,7 @@ class Machine:
         heap = self._heap
         while heap:
             due, _, gen, t = heap[0]
-            if t._state == _State.DUE and t._gen == gen and t.status is None:
+            if t._state == _DUE and t._gen == gen and t.status is None:
                 return due
             heapq.heappop(heap)
         return None
@@ -272,7 +273,7 @@ class Machine:
         ran = 0
         while heap and heap[0][0] <= now:
             _, _, gen, t = heapq.heappop(heap)
-            if t._state != _State.DUE or t._gen != gen or t.status is not None:
+            if t._state != _DUE or t._gen != gen or t.status is not None:
                 continue
             fn = t._function
             assert fn is not None

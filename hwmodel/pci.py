@@ -68,6 +68,7 @@ _HOT_COUNTERS = (
     "page_request_groups",
     "page_responses_received",
     "page_responses_success",
+    "page_responses_to_injected",  # the admin inject, the fault path bench
     "retries",
     "dma_completed_ok",
 )
@@ -82,6 +83,21 @@ class _State(enum.Enum):
     WAIT_CREDITS = 2
     DUE = 3
     DONE = 4
+
+
+# Enum members as module constants: loading one as a class attribute goes through the
+# enum's metaclass, a slower lookup, and the DMA engine tests states on every page.
+_RUNNING = _State.RUNNING
+_WAIT_RESPONSE = _State.WAIT_RESPONSE
+_WAIT_CREDITS = _State.WAIT_CREDITS
+_DUE = _State.DUE
+_DONE = _State.DONE
+_ST_OK = DmaStatus.OK
+_ST_INVALID = DmaStatus.INVALID
+_ST_FAILURE = DmaStatus.FAILURE
+_ST_NO_PRI = DmaStatus.NO_PRI
+_ST_RETRY_LIMIT = DmaStatus.RETRY_LIMIT
+_ST_REMOVED = DmaStatus.REMOVED
 
 
 @dataclass(eq=False, slots=True)
@@ -113,7 +129,7 @@ class DmaTransfer:
     finished_ns: int | None = None
     # engine state
     _next: int = field(default=0, repr=False)
-    _state: _State = field(default=_State.RUNNING, repr=False)
+    _state: _State = field(default=_RUNNING, repr=False)
     _successes: int = field(default=0, repr=False)  # Success answers for the current page
     _group: PageRequestGroup | None = field(default=None, repr=False)
     _due: int = field(default=0, repr=False)
@@ -128,9 +144,9 @@ class DmaTransfer:
     def waiting(self) -> str:
         """What the transfer waits for: "response", "credits", "retry", "" (running/done)."""
         return {
-            _State.WAIT_RESPONSE: "response",
-            _State.WAIT_CREDITS: "credits",
-            _State.DUE: "retry",
+            _WAIT_RESPONSE: "response",
+            _WAIT_CREDITS: "credits",
+            _DUE: "retry",
         }.get(self._state, "")
 
 
@@ -228,7 +244,7 @@ class PriCapability:
 
     def _clear_state(self) -> None:
         for fn in self.functions:
-            fn._abandon_pri_work(DmaStatus.FAILURE)
+            fn._abandon_pri_work(_ST_FAILURE)
         self.response_failure = False
         self.unexpected_prgi = False
         self.outstanding = 0
@@ -388,7 +404,7 @@ class PciFunction:
         """Walk pages from the cursor until done or waiting for the IOMMU."""
         if t.status is not None:
             return
-        t._state = _State.RUNNING
+        t._state = _RUNNING
         end = t.iova + t.length
         pasid = t.pasid
         access = int(t.perm)
@@ -402,25 +418,25 @@ class PciFunction:
                 t._successes = 0
                 continue
             if t._successes > self._fabric.max_retries:
-                self._finish(t, DmaStatus.RETRY_LIMIT)
+                self._finish(t, _ST_RETRY_LIMIT)
                 return
             pri = self._pri
             if not (pri.supported and pri.enabled and self.ats_enabled):
-                self._finish(t, DmaStatus.NO_PRI)
+                self._finish(t, _ST_NO_PRI)
                 return
             if pri.response_failure:
-                self._finish(t, DmaStatus.FAILURE)
+                self._finish(t, _ST_FAILURE)
                 return
             self._issue_group(t, pri, addr, end)
             return
-        self._finish(t, DmaStatus.OK)
+        self._finish(t, _ST_OK)
 
     def _issue_group(self, t: DmaTransfer, pri: PriCapability, addr: int, end: int) -> None:
         fabric = self._fabric
         credits = pri.allocation - pri.outstanding
         prgi = self._free_prgi() if credits > 0 else None
         if prgi is None:
-            t._state = _State.WAIT_CREDITS
+            t._state = _WAIT_CREDITS
             pri.credit_waiters.append(t)
             self.counters["pri_credit_stalls"] += 1
             return
@@ -454,7 +470,7 @@ class PciFunction:
             self._cancelled_prgis.discard(prgi)
         pri.outstanding += n
         t._group = g
-        t._state = _State.WAIT_RESPONSE
+        t._state = _WAIT_RESPONSE
         t.faults += n
         c = self._hot
         c["page_requests"] += n
@@ -477,7 +493,7 @@ class PciFunction:
         if g is not None:
             self._drop_group(g)
         t.status = status
-        t._state = _State.DONE
+        t._state = _DONE
         t.finished_ns = self._fabric.now
         self._transfers.pop(t.id, None)
         key = _COMPLETED_KEYS[status._value_]
@@ -501,7 +517,7 @@ class PciFunction:
     def _abandon_pri_work(self, status: DmaStatus) -> None:
         """End every transfer of this function that waits on PRI (response or credits)."""
         for t in list(self._transfers.values()):
-            if t._state in (_State.WAIT_RESPONSE, _State.WAIT_CREDITS):
+            if t._state in (_WAIT_RESPONSE, _WAIT_CREDITS):
                 self._finish(t, status)
 
     def _wake_credit_waiters(self) -> None:
@@ -509,7 +525,7 @@ class PciFunction:
         now = self._fabric.now
         while pri.credit_waiters and pri.credits > 0:
             t = pri.credit_waiters.popleft()
-            if t._state == _State.WAIT_CREDITS and t.status is None:
+            if t._state == _WAIT_CREDITS and t.status is None:
                 self._fabric.schedule(t, now)
 
     # ------------------------------------------------------------------ responses
@@ -530,7 +546,7 @@ class PciFunction:
         if g is None:
             if self._injected.get(prgi, 0) > 0:
                 self._injected[prgi] -= 1
-                self.counters["page_responses_to_injected"] += 1
+                hot["page_responses_to_injected"] += 1
             elif prgi in self._cancelled_prgis:
                 self._cancelled_prgis.discard(prgi)
                 self.counters["page_responses_discarded"] += 1
@@ -564,16 +580,16 @@ class PciFunction:
             fabric.schedule(t, fabric.now + delay)
         elif rc == RESP_INVALID:
             self.counters["page_responses_invalid"] += 1
-            self._finish(t, DmaStatus.INVALID)
+            self._finish(t, _ST_INVALID)
         else:
             # 0xF, or a reserved code (treated as Response Failure): PRI stops.
             self.counters["page_responses_failure"] += 1
             if rc != 0xF:
                 self.counters["page_responses_reserved_code"] += 1
             pri.response_failure = True
-            self._finish(t, DmaStatus.FAILURE)
+            self._finish(t, _ST_FAILURE)
             for fn in pri.functions:
-                fn._abandon_pri_work(DmaStatus.FAILURE)
+                fn._abandon_pri_work(_ST_FAILURE)
             pri.credit_waiters.clear()
             return
         if pri.credit_waiters:
@@ -590,7 +606,7 @@ class PciFunction:
 
     def _remove(self) -> None:
         for t in list(self._transfers.values()):
-            self._finish(t, DmaStatus.REMOVED)
+            self._finish(t, _ST_REMOVED)
         self.present = False
         self.atc.clear()
         self._injected.clear()
@@ -616,7 +632,7 @@ class PciFunction:
 
     def _flr(self) -> None:
         for t in list(self._transfers.values()):
-            self._finish(t, DmaStatus.FAILURE)
+            self._finish(t, _ST_FAILURE)
         self.atc.clear()
         if self._own_pri is not None:
             p = self._own_pri

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Generator
 
 from hwmodel import Machine
+from hwmodel.counting import HotCounts
 from iopfd.core.budgets import Budgets
 from iopfd.core.context import Context
 from iopfd.core.device import DmaTag
@@ -53,6 +54,18 @@ STATUS_COUNTERS = (
     "unplugs",
     "forced_unplugs",
 )
+#: What the core counts on every fault: in a plain dict (``hwmodel.counting``).
+CORE_HOT_COUNTERS = (
+    "page_requests",
+    "groups",
+    "delivered",
+    "responses",
+    "iq_descriptors_page_group_response",
+    "iq_descriptors_wait",
+    "dma_started",
+    "dma_completed",
+    "ioas_maps",
+)
 #: ``service`` stops after this many PRQ passes at one ``now`` (a guard, never reached
 #: in practice: the device's retries come after a back-off, so time must move on).
 MAX_SERVICE_ROUNDS = 1024
@@ -70,13 +83,17 @@ class Core:
         self.machine = machine
         self.limits = limits if limits is not None else CoreLimits()
         self.profile = profile if profile is not None else kernel_profile(DEFAULT_KERNEL)
-        self.counters: Counter[str] = Counter()
+        # Every layer counts into one Counter; what a fault counts goes to a plain dict
+        # folded into it on read (``hwmodel.counting``): see ``counters``.
+        self._counts = HotCounts(CORE_HOT_COUNTERS)
+        counters = self._counts.cold
+        hot = self._hot = self._counts.hot
         self.sink = EventSink()
-        self.iopf = IopfQueue(self.counters, self.limits, self.sink)
-        self.driver = IntelIommu(machine, self.profile, self.iopf, self.counters, self.sink)
+        self.iopf = IopfQueue(counters, self.limits, self.sink, hot)
+        self.driver = IntelIommu(machine, self.profile, self.iopf, counters, self.sink, hot=hot)
         self.iopf.driver = self.driver
-        self.iommu = IommuCore(self.driver, self.iopf, self.counters)
-        self.emulation = Emulation(self.iommu, self.driver, machine, self.counters, self.sink)
+        self.iommu = IommuCore(self.driver, self.iopf, counters)
+        self.emulation = Emulation(self.iommu, self.driver, machine, counters, self.sink)
         self.budgets = Budgets(self.limits)
         self.deadlines = ResponseDeadlines(self.limits.response_timeout_ns)
         self.services = CoreServices(
@@ -85,7 +102,8 @@ class Core:
             IdAllocator(),
             self.limits,
             self.profile,
-            self.counters,
+            counters,
+            hot,
             self.sink,
             self.budgets,
             self.deadlines,
@@ -101,6 +119,11 @@ class Core:
                 self.driver.probe_device(dev)
 
     # ------------------------------------------------------------------ layers' state
+    @property
+    def counters(self) -> Counter[str]:
+        """What every layer of the core counted (the per-fault counts folded in)."""
+        return self._counts.folded()
+
     @property
     def devices(self) -> dict[str, Device]:
         return self.iommu.devices
@@ -175,7 +198,7 @@ class Core:
                 deadlines.expire(now)
         completed = machine.take_completed()
         if completed:
-            self.counters["dma_completed"] += len(completed)
+            self._hot["dma_completed"] += len(completed)
             emit = self.sink.events.append
             for t in completed:
                 tag = t.tag

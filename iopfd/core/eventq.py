@@ -87,6 +87,7 @@ class FaultQueue(IommufdObject):
         "deadlines",
         "delivered",
         "groups",
+        "hot",
         "iopf",
         "max_pending",
         "next_cookie",
@@ -101,6 +102,7 @@ class FaultQueue(IommufdObject):
         self.iopf = iopf
         self.deadlines: ResponseDeadlines = ctx.services.deadlines
         self.counters: Counter[str] = ctx.counters
+        self.hot = ctx.hot
         self.sink: EventSink = ctx.sink
         self.max_pending = ctx.limits.max_pending
         self.groups: dict[int, IopfGroup] = {}  # the kernel's ``response`` xarray
@@ -156,7 +158,7 @@ class FaultQueue(IommufdObject):
         attach.domain.pending += 1  # seed 004 step 6: the per-domain count
         self.deadlines.push(self, group, now)
         self.delivered += 1
-        counters["delivered"] += 1
+        self.hot["delivered"] += 1
         binding = dev.binding
         dev_id = binding.id if binding is not None else 0
         faults = group.faults
@@ -221,7 +223,7 @@ class FaultQueue(IommufdObject):
             return False
         self._take(group)
         self.iopf.group_response(group, code)
-        self.counters["responses"] += 1
+        self.hot["responses"] += 1
         if self.sink.trace_enabled:
             last = group.faults[-1]
             self.sink.trace(

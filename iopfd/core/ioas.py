@@ -226,7 +226,7 @@ class IoasOps(ContextBase):
             for off in range(0, length, PAGE_SIZE):
                 ioas.table.map(iova + off, target(off), PAGE_SIZE, p)
         ioas.areas.add(first, first + npages)
-        self.counters["ioas_maps"] += 1
+        self.hot["ioas_maps"] += 1
         return iova
 
     def ioas_unmap(self, ioas_id: int, iova: int, length: int, now: int) -> int:

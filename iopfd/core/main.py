@@ -116,6 +116,8 @@ class CoreServices:
     limits: CoreLimits
     profile: KernelProfile
     counters: Counter[str]
+    #: The per-fault counts, folded into ``counters`` on read (``Core.counters``).
+    hot: dict[str, int]
     sink: EventSink
     budgets: Budgets
     deadlines: ResponseDeadlines
@@ -132,6 +134,7 @@ class ContextBase:
         self.limits = services.limits
         self.profile = services.profile
         self.counters = services.counters
+        self.hot = services.hot
         self.sink = services.sink
         self.id = ctx_id
         self.label = label

@@ -165,16 +165,19 @@ class IntelIommu:
         iopf: IopfQueue,
         counters: Counter[str],
         sink: EventSink,
+        *,
+        hot: dict[str, int],
     ) -> None:
         self.machine = machine
         self.profile = profile
         self.iopf = iopf
         self.counters = counters
+        self.hot = hot  # the per-fault counts, folded into ``counters`` (``Core.counters``)
         self.sink = sink
         self.units: dict[str, UnitState] = {
             name: UnitState(unit, i) for i, (name, unit) in enumerate(machine.iommus.items())
         }
-        self.batch = ResponseBatch(counters)
+        self.batch = ResponseBatch(counters, hot)
         self.last_flush = FlushStats()
 
     def response_batch(self) -> ResponseBatch:

@@ -92,7 +92,7 @@ def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
         report(dev, (flags, pasid, prgi, rd | wr << 1 | exe << 2 | pm << 3, addr), now)
     # 3. PQH once for the whole batch.
     prq.write_head(tail)
-    counters["page_requests"] += taken
+    drv.hot["page_requests"] += taken
     # 4. Overflow: once the ring is empty, partial groups may have lost their last
     # request (auto-answered Success by the hardware): discard them, then clear PRO.
     if unit.read_prs() & PRS_PRO and prq.head == prq.tail:
