@@ -18,10 +18,10 @@ class HotCounts:
 
     __slots__ = ("cold", "hot")
 
-    def __init__(self, hot_keys: tuple[str, ...]) -> None:
+    def __init__(self, hot_keys: dict[str, int]) -> None:
         self.cold: Counter[str] = Counter()
-        #: Pre-seeded with every hot key (0): ``hot[k] += 1`` never misses.
-        self.hot: dict[str, int] = dict.fromkeys(hot_keys, 0)
+        #: A copy of ``hot_keys`` (every hot key, at 0): ``hot[k] += 1`` never misses.
+        self.hot: dict[str, int] = hot_keys.copy()
 
     def folded(self) -> Counter[str]:
         """The ``Counter`` with every hot count moved into it."""

@@ -115,16 +115,19 @@ _FR_PASID_ENTRY = ("pasid_entry_not_present", 0x59)
 _FR_BAD_ENTRY = ("pasid_entry_invalid", 0x5A)
 
 #: What a unit and its IQ count on every fault (``hwmodel.counting``).
-_HOT_COUNTERS = (
-    "iotlb_hits",
-    "iotlb_misses",
-    "translation_faults",
-    "page_requests_received",
-    "prq_writes",
-    "prq_interrupts",
-    "iq_descriptors_page_group_response",
-    "iq_descriptors_wait",
-    "iq_wait_status_writes",
+_HOT_COUNTERS = dict.fromkeys(
+    (
+        "iotlb_hits",
+        "iotlb_misses",
+        "translation_faults",
+        "page_requests_received",
+        "prq_writes",
+        "prq_interrupts",
+        "iq_descriptors_page_group_response",
+        "iq_descriptors_wait",
+        "iq_wait_status_writes",
+    ),
+    0,
 )
 
 _IotlbKey = tuple[int | None, int]  # (PASID tag or None for DID-only, page)
@@ -138,8 +141,10 @@ class IommuUnit:
         self.name = spec.name
         self.spec = spec
         self._counts = HotCounts(_HOT_COUNTERS)
-        #: The per-fault counts (``hwmodel.counting``); the IQ counts into it too.
+        #: Where the unit and its IQ count (``hwmodel.counting``): the per-fault counts
+        #: and the rest; ``counters`` folds them for readers.
         self.hot_counters = self._counts.hot
+        self.cold_counters = self._counts.cold
         self.prq = PageRequestQueue(spec.prq_order)
         self.iq = InvalidationQueue(self, spec.iq_entries)
         self.endpoints: dict[int, Endpoint] = {}
@@ -253,7 +258,7 @@ class IommuUnit:
             e, fault = self._entry_for(sid, pasid, False)
             if e is None:
                 assert fault is not None
-                self.counters["translation_table_faults"] += 1
+                self.cold_counters["translation_table_faults"] += 1
                 self._log_fault(sid, pasid, iova, fault)
                 return False, 0, _NO_PERM, True, fault[0]
             self._valid_entries[(sid, pasid)] = e
@@ -321,7 +326,7 @@ class IommuUnit:
         victim = prefer if prefer else next(b for b in self._iotlb.values() if b)
         victim.popitem(last=False)
         self._iotlb_size -= 1
-        self.counters["iotlb_evictions"] += 1
+        self.cold_counters["iotlb_evictions"] += 1
 
     @property
     def iotlb_size(self) -> int:
@@ -427,20 +432,20 @@ class IommuUnit:
             e, fault = self._entry_for(desc.sid, pasid, True)
             if e is None:
                 assert fault is not None
-                self.counters["table_faults"] += 1
+                self.cold_counters["table_faults"] += 1
                 self._log_fault(desc.sid, pasid, desc.addr, fault)
                 if needs_response:
                     self._auto_respond(desc, RESP_INVALID)
                 return
             self._valid_pr_entries[(desc.sid, pasid)] = e
         if self._prs & PRS_PRO:
-            self.counters["prq_dropped"] += 1  # overflow already flagged: no action, no event
+            self.cold_counters["prq_dropped"] += 1  # overflow already flagged: no action, no event
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
         prq = self.prq
         if (prq._tail + 32) % prq.size_bytes == prq._head:  # full: N-1 slots used
-            self.counters["prq_overflows"] += 1
+            self.cold_counters["prq_overflows"] += 1
             self._set_prs(PRS_PRO)
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
@@ -450,7 +455,7 @@ class IommuUnit:
         prq.hw_write(desc.encode())
         hot["prq_writes"] += 1
         if desc.lpig and not needs_response:
-            self.counters["prq_stop_markers"] += 1
+            self.cold_counters["prq_stop_markers"] += 1
         if self._prs:
             self._prs |= PRS_PPR  # PPR or PRO already set: no new event (SPEC 7.5)
         else:
@@ -479,7 +484,7 @@ class IommuUnit:
             prg_index=desc.prg_index,
             lpig=True,
         )
-        c = self.counters
+        c = self.cold_counters
         c["hw_auto_responses"] += 1
         c["hw_auto_responses_success" if code == RESP_SUCCESS else "hw_auto_responses_invalid"] += 1
         self.auto_responses.append(resp)
@@ -495,7 +500,7 @@ class IommuUnit:
         """The PRG Response message itself (PCIe 10.4.2: RID, PRG index, code)."""
         ep = self.endpoints.get(sid)
         if ep is None or not ep.present:
-            self.counters["page_responses_to_absent"] += 1
+            self.cold_counters["page_responses_to_absent"] += 1
             return
         ep.receive_prg_response(prg_index, response_code)
 

@@ -89,6 +89,7 @@ class InvalidationQueue:
         self.iwc = False  # ICS.IWC (a wait with IF=1 completed)
         self.status_memory: dict[int, int] = {}  # status writes of wait descriptors (addr -> data)
         self.hot_counters = unit.hot_counters
+        self.cold_counters = unit.cold_counters
 
     @property
     def counters(self) -> Counter[str]:
@@ -176,7 +177,7 @@ class InvalidationQueue:
                     c["iq_wait_status_writes"] += 1
                 if qw0 & 0x10:
                     self.iwc = True
-                    self.counters["iq_wait_interrupts"] += 1
+                    self.cold_counters["iq_wait_interrupts"] += 1
                 self.head = (h + DESC_SIZE) % size
                 continue
             raw = bytes(ring[h : h + DESC_SIZE])
@@ -186,15 +187,15 @@ class InvalidationQueue:
             except (ValueError, _Invalid) as e:
                 self.iqe = True
                 self.iqei = e.iqei if isinstance(e, _Invalid) else IQEI_INVALID
-                self.counters["iq_errors"] += 1
+                self.cold_counters["iq_errors"] += 1
                 t = descriptor_type(raw)
-                self.counters[f"iq_errors_type_{t:#x}"] += 1
+                self.cold_counters[f"iq_errors_type_{t:#x}"] += 1
                 raise InvalidDescriptorError(self.unit.name, h, str(e)) from None
             self.head = (h + DESC_SIZE) % self.size_bytes
 
     def _execute(self, d: InvDescriptor) -> None:
         unit = self.unit
-        c = self.counters
+        c = self.cold_counters
         if isinstance(d, PageGroupResponseDescriptor):
             if not unit.spec.prs:
                 raise _Invalid("page group response on a unit without ECAP.PRS", IQEI_UNSUPPORTED)
@@ -250,9 +251,9 @@ class InvalidationQueue:
         ep = self.unit.endpoints.get(sid)
         if ep is None or not ep.present:
             # A real unit would time out (ITE); the model ignores it and counts it.
-            self.counters["dev_tlb_inv_to_absent"] += 1
+            self.cold_counters["dev_tlb_inv_to_absent"] += 1
             return
-        self.counters["atc_entries_invalidated"] += ep.invalidate_atc(
+        self.cold_counters["atc_entries_invalidated"] += ep.invalidate_atc(
             pasid, start, size, all_pasids
         )
 
@@ -265,7 +266,7 @@ class InvalidationQueue:
         self, pd: bool, sw: bool, status_data: int, status_addr: int, if_flag: bool
     ) -> None:
         unit = self.unit
-        c = self.counters
+        c = self.cold_counters
         c["iq_descriptors_wait"] += 1
         if pd:
             # SPEC 7.10 / vtd-hw.md 4.1: the status write becomes visible only after the PRQ

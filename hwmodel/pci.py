@@ -58,19 +58,22 @@ class DmaStatus(enum.Enum):
 
 
 #: What a function counts on every fault (``hwmodel.counting``): hot, in a plain dict.
-_HOT_COUNTERS = (
-    "dma_started",
-    "atc_hits",
-    "atc_misses",
-    "ats_translation_requests",
-    "untranslated_requests",
-    "page_requests",
-    "page_request_groups",
-    "page_responses_received",
-    "page_responses_success",
-    "page_responses_to_injected",  # the admin inject, the fault path bench
-    "retries",
-    "dma_completed_ok",
+_HOT_COUNTERS = dict.fromkeys(
+    (
+        "dma_started",
+        "atc_hits",
+        "atc_misses",
+        "ats_translation_requests",
+        "untranslated_requests",
+        "page_requests",
+        "page_request_groups",
+        "page_responses_received",
+        "page_responses_success",
+        "page_responses_to_injected",  # the admin inject, the fault path bench
+        "retries",
+        "dma_completed_ok",
+    ),
+    0,
 )
 #: The completion counter of every ``DmaStatus`` value: no string built per DMA, and
 #: keyed by the value string (an enum member's hash is a Python-level call).
@@ -278,7 +281,11 @@ class PciFunction:
         self.atc: OrderedDict[tuple[int | None, int], tuple[int, Perm]] = OrderedDict()
         self.atc_entries = atc_entries
         self._counts = HotCounts(_HOT_COUNTERS)
-        self._hot = self._counts.hot  # the per-fault counts (``hwmodel.counting``)
+        #: Where the function counts (``hwmodel.counting``): the per-fault counts and
+        #: the rest; ``counters`` folds them for readers. A reader of one key that is
+        #: never hot (``unexpected_prgi``) may read ``cold_counters`` without the fold.
+        self.hot_counters = self._counts.hot
+        self.cold_counters = self._counts.cold
         self._fabric = fabric
         self._own_pri: PriCapability | None = None
         # The PRI capability this function uses (its own, or its PF's), resolved once:
@@ -353,7 +360,7 @@ class PciFunction:
     # ------------------------------------------------------------------ ATC
     def invalidate_atc(self, pasid: int | None, start: int, size: int, all_pasids: bool) -> int:
         """Execute an ATS invalidation request; returns entries removed."""
-        self.counters["atc_invalidations"] += 1
+        self.cold_counters["atc_invalidations"] += 1
         atc = self.atc
         first, npages = start >> PAGE_SHIFT, size >> PAGE_SHIFT
         if not all_pasids and npages <= len(atc):
@@ -369,7 +376,7 @@ class PciFunction:
         atc = self.atc
         if key not in atc and len(atc) >= self.atc_entries:
             atc.popitem(last=False)
-            self.counters["atc_evictions"] += 1
+            self.cold_counters["atc_evictions"] += 1
         atc[key] = val
 
     def _translate(
@@ -377,7 +384,7 @@ class PciFunction:
     ) -> tuple[bool, int, Perm, bool, str]:
         """One access through the ATC (ATS enabled) or the IOMMU, as the IOMMU's
         ``translate_access`` tuple: ``(ok, addr, perm, table_fault, reason)``."""
-        c = self._hot
+        c = self.hot_counters
         if self.ats_enabled:
             page = addr >> PAGE_SHIFT
             hit = self.atc.get((pasid, page))
@@ -397,7 +404,7 @@ class PciFunction:
     def _begin(self, t: DmaTransfer) -> None:
         t._function = self
         self._transfers[t.id] = t
-        self._hot["dma_started"] += 1
+        self.hot_counters["dma_started"] += 1
         self._run(t)
 
     def _run(self, t: DmaTransfer) -> None:
@@ -438,7 +445,7 @@ class PciFunction:
         if prgi is None:
             t._state = _WAIT_CREDITS
             pri.credit_waiters.append(t)
-            self.counters["pri_credit_stalls"] += 1
+            self.cold_counters["pri_credit_stalls"] += 1
             return
         first = addr >> PAGE_SHIFT
         last_page = (end - 1) >> PAGE_SHIFT
@@ -472,7 +479,7 @@ class PciFunction:
         t._group = g
         t._state = _WAIT_RESPONSE
         t.faults += n
-        c = self._hot
+        c = self.hot_counters
         c["page_requests"] += n
         c["page_request_groups"] += 1
 
@@ -498,9 +505,9 @@ class PciFunction:
         self._transfers.pop(t.id, None)
         key = _COMPLETED_KEYS[status._value_]
         if key == "dma_completed_ok":
-            self._hot[key] += 1
+            self.hot_counters[key] += 1
         else:
-            self.counters[key] += 1
+            self.cold_counters[key] += 1
         self._fabric.complete(t)
 
     def _drop_group(self, g: PageRequestGroup) -> None:
@@ -536,11 +543,11 @@ class PciFunction:
     def receive_prg_response(self, prgi: int, rc: int) -> None:
         """A PRG Response message: its PRG index and response code are all the
         function acts on."""
-        hot = self._hot
+        hot = self.hot_counters
         hot["page_responses_received"] += 1
         pri = self._pri
         if pri.response_failure:
-            self.counters["page_responses_ignored_rf"] += 1
+            self.cold_counters["page_responses_ignored_rf"] += 1
             return
         g = self._groups.pop(prgi, None)
         if g is None:
@@ -549,10 +556,10 @@ class PciFunction:
                 hot["page_responses_to_injected"] += 1
             elif prgi in self._cancelled_prgis:
                 self._cancelled_prgis.discard(prgi)
-                self.counters["page_responses_discarded"] += 1
+                self.cold_counters["page_responses_discarded"] += 1
             else:
                 pri.unexpected_prgi = True
-                self.counters["unexpected_prgi"] += 1
+                self.cold_counters["unexpected_prgi"] += 1
             return
         pri.outstanding -= g.npages  # ``_return_credits``, inline
         assert pri.outstanding >= 0
@@ -561,7 +568,7 @@ class PciFunction:
         if t.status is not None:
             # The driver stopped the transfer meanwhile (``_stop_dma``): the answer only
             # settles the requests it had sent, and returns their credits.
-            self.counters["page_responses_after_stop"] += 1
+            self.cold_counters["page_responses_after_stop"] += 1
             if pri.credit_waiters:
                 self._wake_credit_waiters()
             return
@@ -579,13 +586,13 @@ class PciFunction:
             )
             fabric.schedule(t, fabric.now + delay)
         elif rc == RESP_INVALID:
-            self.counters["page_responses_invalid"] += 1
+            self.cold_counters["page_responses_invalid"] += 1
             self._finish(t, _ST_INVALID)
         else:
             # 0xF, or a reserved code (treated as Response Failure): PRI stops.
-            self.counters["page_responses_failure"] += 1
+            self.cold_counters["page_responses_failure"] += 1
             if rc != 0xF:
-                self.counters["page_responses_reserved_code"] += 1
+                self.cold_counters["page_responses_reserved_code"] += 1
             pri.response_failure = True
             self._finish(t, _ST_FAILURE)
             for fn in pri.functions:

@@ -55,16 +55,19 @@ STATUS_COUNTERS = (
     "forced_unplugs",
 )
 #: What the core counts on every fault: in a plain dict (``hwmodel.counting``).
-CORE_HOT_COUNTERS = (
-    "page_requests",
-    "groups",
-    "delivered",
-    "responses",
-    "iq_descriptors_page_group_response",
-    "iq_descriptors_wait",
-    "dma_started",
-    "dma_completed",
-    "ioas_maps",
+CORE_HOT_COUNTERS = dict.fromkeys(
+    (
+        "page_requests",
+        "groups",
+        "delivered",
+        "responses",
+        "iq_descriptors_page_group_response",
+        "iq_descriptors_wait",
+        "dma_started",
+        "dma_completed",
+        "ioas_maps",
+    ),
+    0,
 )
 #: ``service`` stops after this many PRQ passes at one ``now`` (a guard, never reached
 #: in practice: the device's retries come after a back-off, so time must move on).
@@ -275,11 +278,12 @@ class Core:
     def status_counters(self) -> dict[str, int]:
         out = dict.fromkeys(STATUS_COUNTERS, 0)
         out.update(self.counters)
+        # Counts that are never per-fault: read without folding (hwmodel.counting).
         out["hw_auto_responses"] = sum(
-            u.unit.counters["hw_auto_responses"] for u in self.units.values()
+            u.unit.cold_counters["hw_auto_responses"] for u in self.units.values()
         )
         out["unexpected_prgi"] = sum(
-            f.counters["unexpected_prgi"] for f in self.machine.functions.values()
+            f.cold_counters["unexpected_prgi"] for f in self.machine.functions.values()
         )
         out["pending"] = self.pending_count()
         out.update(self.budgets.counters())
