@@ -191,7 +191,7 @@ class InvalidationQueue:
                 t = descriptor_type(raw)
                 self.cold_counters[f"iq_errors_type_{t:#x}"] += 1
                 raise InvalidDescriptorError(self.unit.name, h, str(e)) from None
-            self.head = (h + DESC_SIZE) % self.size_bytes
+            self.head = (h + DESC_SIZE) % size
 
     def _execute(self, d: InvDescriptor) -> None:
         unit = self.unit

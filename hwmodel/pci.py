@@ -419,7 +419,9 @@ class PciFunction:
         while t._next < end:
             addr = t._next
             if translate(pasid, addr, access)[0]:
-                nxt = min((addr | PAGE_MASK) + 1, end)
+                nxt = (addr | PAGE_MASK) + 1
+                if nxt > end:  # noqa: PLR1730 - min() is a call, once per page
+                    nxt = end
                 t.bytes += nxt - addr
                 t._next = nxt
                 t._successes = 0
@@ -448,13 +450,14 @@ class PciFunction:
             self.cold_counters["pri_credit_stalls"] += 1
             return
         first = addr >> PAGE_SHIFT
-        last_page = (end - 1) >> PAGE_SHIFT
-        limit = min(fabric.prg_max_pages, credits, last_page - first + 1)
+        span = ((end - 1) >> PAGE_SHIFT) - first + 1  # pages left in the transfer
         n = 1
         p = int(t.perm)
-        # Group further consecutive pages of the transfer that miss too.
-        while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT, p)[0]:
-            n += 1
+        if span > 1:
+            limit = min(fabric.prg_max_pages, credits, span)
+            # Group further consecutive pages of the transfer that miss too.
+            while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT, p)[0]:
+                n += 1
         pp = t.pasid is not None
         rd = p & 5 != 0 or p & 2 == 0  # READ, or EXEC (needs read), or PRIV alone
         wr = p & 2 != 0
