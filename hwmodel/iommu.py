@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from hwmodel.counting import HotCounts
 from hwmodel.descriptors import (
     RESP_INVALID,
     RESP_SUCCESS,
@@ -41,6 +42,13 @@ class Pgtt(enum.IntEnum):
     SECOND_STAGE = 2
     NESTED = 3
     PASS_THROUGH = 4
+
+
+# Members as module constants: a class attribute of an enum is a slower load.
+_FIRST_STAGE = Pgtt.FIRST_STAGE
+_SECOND_STAGE = Pgtt.SECOND_STAGE
+_NESTED = Pgtt.NESTED
+_PASS_THROUGH = Pgtt.PASS_THROUGH
 
 
 @dataclass
@@ -106,6 +114,22 @@ _FR_RID_PASID = ("pasid_is_rid_pasid", 0x48)
 _FR_PASID_ENTRY = ("pasid_entry_not_present", 0x59)
 _FR_BAD_ENTRY = ("pasid_entry_invalid", 0x5A)
 
+#: What a unit and its IQ count on every fault (``hwmodel.counting``).
+_HOT_COUNTERS = dict.fromkeys(
+    (
+        "iotlb_hits",
+        "iotlb_misses",
+        "translation_faults",
+        "page_requests_received",
+        "prq_writes",
+        "prq_interrupts",
+        "iq_descriptors_page_group_response",
+        "iq_descriptors_wait",
+        "iq_wait_status_writes",
+    ),
+    0,
+)
+
 _IotlbKey = tuple[int | None, int]  # (PASID tag or None for DID-only, page)
 _IotlbVal = tuple[int, Perm, Pgtt]  # (target page, perm, pgtt)
 
@@ -116,11 +140,17 @@ class IommuUnit:
     ) -> None:
         self.name = spec.name
         self.spec = spec
-        self.counters: Counter[str] = Counter()
+        self._counts = HotCounts(_HOT_COUNTERS)
+        #: Where the unit and its IQ count (``hwmodel.counting``): the per-fault counts
+        #: and the rest; ``counters`` folds them for readers.
+        self.hot_counters = self._counts.hot
+        self.cold_counters = self._counts.cold
         self.prq = PageRequestQueue(spec.prq_order)
         self.iq = InvalidationQueue(self, spec.iq_entries)
         self.endpoints: dict[int, Endpoint] = {}
         self.irq_pending = False
+        # Where the unit reports that its event fired (the machine's list), if anywhere.
+        self.irq_queue: list[IommuUnit] | None = None
         self.fault_log: deque[FaultRecord] = deque(maxlen=fault_log_entries)
         self.auto_responses: deque[PageGroupResponseDescriptor] = deque(maxlen=256)
         # called by a wait descriptor with PD=1: deliver every posted page request
@@ -131,6 +161,11 @@ class IommuUnit:
         self.iotlb_entries = iotlb_entries
         self._contexts: dict[int, ContextEntry] = {}
         self._pasid_entries: dict[tuple[int, int | None], PasidEntry] = {}
+        # (sid, pasid) -> the entry ``_entry_for`` found usable for a translation, until
+        # the next write to a context or PASID entry: the tables are read as they are,
+        # and the checks run once per (sid, pasid) and table change, not per access.
+        self._valid_entries: dict[tuple[int, int | None], PasidEntry] = {}
+        self._valid_pr_entries: dict[tuple[int, int | None], PasidEntry] = {}  # + PRE set
         # Buckets keep insertion order and evict their oldest entry in O(1).
         self._iotlb: dict[int, OrderedDict[_IotlbKey, _IotlbVal]] = {}
         self._iotlb_size = 0
@@ -142,10 +177,21 @@ class IommuUnit:
     def __repr__(self) -> str:
         return f"<IommuUnit {self.name}>"
 
+    @property
+    def counters(self) -> Counter[str]:
+        """Everything this unit (and its IQ) counted, the hot counts folded in."""
+        return self._counts.folded()
+
     # ------------------------------------------------------------------ tables
     def set_context(self, sid: int, *, present: bool, pre: bool) -> None:
         """Program the scalable-mode context entry of ``sid`` (PRE: page requests enabled)."""
         self._contexts[sid] = ContextEntry(present, pre)
+        self._invalidate_valid_entries()
+
+    def _invalidate_valid_entries(self) -> None:
+        """A context or PASID entry was written: every entry is checked afresh."""
+        self._valid_entries.clear()
+        self._valid_pr_entries.clear()
 
     def context(self, sid: int) -> ContextEntry | None:
         return self._contexts.get(sid)
@@ -158,6 +204,7 @@ class IommuUnit:
             self._pasid_entries.pop((sid, pasid), None)
         else:
             self._pasid_entries[(sid, pasid)] = entry
+        self._invalidate_valid_entries()
 
     def pasid_entry(self, sid: int, pasid: int | None) -> PasidEntry | None:
         return self._pasid_entries.get((sid, pasid))
@@ -167,6 +214,7 @@ class IommuUnit:
         e = self._pasid_entries.get((sid, pasid))
         if e is not None:
             e.present = False
+            self._invalidate_valid_entries()
 
     def _entry_for(
         self, sid: int, pasid: int | None, page_request: bool
@@ -184,61 +232,76 @@ class IommuUnit:
         e = self._pasid_entries.get((sid, pasid))
         if e is None or not e.present:
             return None, _FR_PASID_ENTRY
-        if e.pgtt == Pgtt.NESTED and (not self.spec.nest or e.s1 is None or e.s2 is None):
-            return None, _FR_BAD_ENTRY
-        if (e.pgtt == Pgtt.FIRST_STAGE and e.s1 is None) or (
-            e.pgtt == Pgtt.SECOND_STAGE and e.s2 is None
-        ):
-            return None, _FR_BAD_ENTRY
-        return e, None
+        pgtt = e.pgtt
+        if pgtt == _SECOND_STAGE:
+            bad = e.s2 is None
+        elif pgtt == _NESTED:
+            bad = not self.spec.nest or e.s1 is None or e.s2 is None
+        else:
+            bad = pgtt == _FIRST_STAGE and e.s1 is None
+        return (None, _FR_BAD_ENTRY) if bad else (e, None)
 
     # ------------------------------------------------------------------ translation
     def translate(self, sid: int, pasid: int | None, iova: int, perm: Perm) -> Translation:
         """Translate one access (an ATS translation request or an untranslated DMA)."""
-        c = self.counters
-        e, fault = self._entry_for(sid, pasid, page_request=False)
+        return Translation(*self.translate_access(sid, pasid, iova, int(perm)))
+
+    def translate_access(
+        self, sid: int, pasid: int | None, iova: int, access: int
+    ) -> tuple[bool, int, Perm, bool, str]:
+        """``translate`` as a plain tuple ``(ok, addr, perm, table_fault, reason)``, the
+        access as an int: what the DMA engine calls twice a faulting page, where a
+        ``Translation`` object and enum arithmetic would cost more than the lookup."""
+        c = self.hot_counters
+        e = self._valid_entries.get((sid, pasid))
         if e is None:
-            assert fault is not None
-            c["translation_table_faults"] += 1
-            self._log_fault(sid, pasid, iova, fault)
-            return Translation(False, 0, _NO_PERM, True, fault[0])
+            e, fault = self._entry_for(sid, pasid, False)
+            if e is None:
+                assert fault is not None
+                self.cold_counters["translation_table_faults"] += 1
+                self._log_fault(sid, pasid, iova, fault)
+                return False, 0, _NO_PERM, True, fault[0]
+            self._valid_entries[(sid, pasid)] = e
         page = iova >> PAGE_SHIFT
         pgtt = e.pgtt
         tag = (
             None
-            if pgtt in (Pgtt.SECOND_STAGE, Pgtt.PASS_THROUGH)
+            if pgtt in (_SECOND_STAGE, _PASS_THROUGH)
             else (RID_PASID if pasid is None else pasid)
         )
         bucket = self._iotlb.get(e.did)
         hit = bucket.get((tag, page)) if bucket is not None else None
-        access = int(perm)
         if hit is not None and access & ~int(hit[1]) == 0:
             c["iotlb_hits"] += 1
-            return Translation(True, hit[0] << PAGE_SHIFT | (iova & PAGE_MASK), hit[1], False)
+            return True, hit[0] << PAGE_SHIFT | (iova & PAGE_MASK), hit[1], False, ""
         c["iotlb_misses"] += 1
-        walked = self._walk(e, page)
+        if pgtt == _SECOND_STAGE:
+            assert e.s2 is not None
+            walked = e.s2.lookup_page(page)
+        else:
+            walked = self._walk(e, page)
         if walked is None:
             c["translation_faults"] += 1
-            return Translation(False, 0, _NO_PERM, False, "not_mapped")
+            return False, 0, _NO_PERM, False, "not_mapped"
         tpage, tperm = walked
         self._iotlb_insert(e.did, (tag, page), (tpage, tperm, pgtt))
         addr = tpage << PAGE_SHIFT | (iova & PAGE_MASK)
         if access & ~int(tperm):
             c["translation_faults"] += 1
-            return Translation(False, addr, tperm, False, "permission")
-        return Translation(True, addr, tperm, False)
+            return False, addr, tperm, False, "permission"
+        return True, addr, tperm, False, ""
 
     @staticmethod
     def _walk(e: PasidEntry, page: int) -> tuple[int, Perm] | None:
         pgtt = e.pgtt
-        if pgtt == Pgtt.PASS_THROUGH:
+        if pgtt == _PASS_THROUGH:
             return page, _RW
-        if pgtt == Pgtt.SECOND_STAGE:
+        if pgtt == _SECOND_STAGE:
             assert e.s2 is not None
             return e.s2.lookup_page(page)
         assert e.s1 is not None
         s1 = e.s1.lookup_page(page)
-        if s1 is None or pgtt == Pgtt.FIRST_STAGE:
+        if s1 is None or pgtt == _FIRST_STAGE:
             return s1
         assert e.s2 is not None
         s2 = e.s2.lookup_page(s1[0])
@@ -256,14 +319,14 @@ class IommuUnit:
                 self._iotlb_evict_one(bucket)
             self._iotlb_size += 1
         bucket[key] = val
-        if val[2] == Pgtt.NESTED:
+        if val[2] == _NESTED:
             self._nested_dids.add(did)
 
     def _iotlb_evict_one(self, prefer: OrderedDict[_IotlbKey, _IotlbVal]) -> None:
         victim = prefer if prefer else next(b for b in self._iotlb.values() if b)
         victim.popitem(last=False)
         self._iotlb_size -= 1
-        self.counters["iotlb_evictions"] += 1
+        self.cold_counters["iotlb_evictions"] += 1
 
     @property
     def iotlb_size(self) -> int:
@@ -294,17 +357,17 @@ class IommuUnit:
             return 0
         nested = did in self._nested_dids
         if first is None:
-            keys = [k for k, v in bucket.items() if v[2] != Pgtt.FIRST_STAGE]
+            keys = [k for k, v in bucket.items() if v[2] != _FIRST_STAGE]
         elif npages <= len(bucket):
             keys = [(None, p) for p in range(first, first + npages) if (None, p) in bucket]
             if nested:
-                keys += [k for k, v in bucket.items() if v[2] == Pgtt.NESTED]
+                keys += [k for k, v in bucket.items() if v[2] == _NESTED]
         else:
             end = first + npages
             keys = [
                 k
                 for k, v in bucket.items()
-                if (k[0] is None and first <= k[1] < end) or v[2] == Pgtt.NESTED
+                if (k[0] is None and first <= k[1] < end) or v[2] == _NESTED
             ]
         return self._drop(bucket, keys)
 
@@ -353,48 +416,61 @@ class IommuUnit:
     def _fire_prq_event(self) -> None:
         self._pectl_ip = False
         self.irq_pending = True
-        self.counters["prq_interrupts"] += 1
+        if self.irq_queue is not None:
+            self.irq_queue.append(self)
+        self.hot_counters["prq_interrupts"] += 1
 
     # ------------------------------------------------------------------ page requests
     def receive_page_request(self, desc: PageRequestDescriptor) -> None:
         """A page request arrives from the link: Table 31, implicit invalidation, write."""
-        c = self.counters
-        c["page_requests_received"] += 1
+        hot = self.hot_counters
+        hot["page_requests_received"] += 1
         pasid = desc.pasid if desc.pasid_present else None
         needs_response = desc.lpig and (desc.rd_req or desc.wr_req)  # not a stop marker
-        e, fault = self._entry_for(desc.sid, pasid, page_request=True)
+        e = self._valid_pr_entries.get((desc.sid, pasid))
         if e is None:
-            assert fault is not None
-            c["table_faults"] += 1
-            self._log_fault(desc.sid, pasid, desc.addr, fault)
-            if needs_response:
-                self._auto_respond(desc, RESP_INVALID)
-            return
+            e, fault = self._entry_for(desc.sid, pasid, True)
+            if e is None:
+                assert fault is not None
+                self.cold_counters["table_faults"] += 1
+                self._log_fault(desc.sid, pasid, desc.addr, fault)
+                if needs_response:
+                    self._auto_respond(desc, RESP_INVALID)
+                return
+            self._valid_pr_entries[(desc.sid, pasid)] = e
         if self._prs & PRS_PRO:
-            c["prq_dropped"] += 1  # overflow already flagged: no action, no event
+            self.cold_counters["prq_dropped"] += 1  # overflow already flagged: no action, no event
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
         prq = self.prq
         if (prq._tail + 32) % prq.size_bytes == prq._head:  # full: N-1 slots used
-            c["prq_overflows"] += 1
+            self.cold_counters["prq_overflows"] += 1
             self._set_prs(PRS_PRO)
             if needs_response:
                 self._auto_respond(desc, RESP_SUCCESS)
             return
-        if e.did in self._iotlb:
+        if self._iotlb.get(e.did):
             self._implicit_invalidation(e, pasid, desc.addr >> PAGE_SHIFT)
         prq.hw_write(desc.encode())
-        c["prq_writes"] += 1
+        hot["prq_writes"] += 1
         if desc.lpig and not needs_response:
-            c["prq_stop_markers"] += 1
-        self._set_prs(PRS_PPR)
+            self.cold_counters["prq_stop_markers"] += 1
+        if self._prs:
+            self._prs |= PRS_PPR  # PPR or PRO already set: no new event (SPEC 7.5)
+        else:
+            self._set_prs(PRS_PPR)
 
     def _implicit_invalidation(self, e: PasidEntry, pasid: int | None, page: int) -> None:
         # SPEC Table 27: the IOTLB entry for the faulting address is dropped before queuing.
-        if e.pgtt == Pgtt.FIRST_STAGE:
+        if e.pgtt == _SECOND_STAGE and e.did not in self._nested_dids:
+            # ``inv_iotlb_did(did, page, 1)`` of a DID without nested entries: one key.
+            bucket = self._iotlb.get(e.did)
+            if bucket and bucket.pop((None, page), None) is not None:
+                self._iotlb_size -= 1
+        elif e.pgtt == _FIRST_STAGE:
             self.inv_iotlb_pasid(e.did, RID_PASID if pasid is None else pasid, page, 1)
-        elif e.pgtt == Pgtt.NESTED:
+        elif e.pgtt == _NESTED:
             self.inv_iotlb_did(e.did)
         else:
             self.inv_iotlb_did(e.did, page, 1)
@@ -408,7 +484,7 @@ class IommuUnit:
             prg_index=desc.prg_index,
             lpig=True,
         )
-        c = self.counters
+        c = self.cold_counters
         c["hw_auto_responses"] += 1
         c["hw_auto_responses_success" if code == RESP_SUCCESS else "hw_auto_responses_invalid"] += 1
         self.auto_responses.append(resp)
@@ -424,7 +500,7 @@ class IommuUnit:
         """The PRG Response message itself (PCIe 10.4.2: RID, PRG index, code)."""
         ep = self.endpoints.get(sid)
         if ep is None or not ep.present:
-            self.counters["page_responses_to_absent"] += 1
+            self.cold_counters["page_responses_to_absent"] += 1
             return
         ep.receive_prg_response(prg_index, response_code)
 

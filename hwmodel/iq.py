@@ -54,8 +54,8 @@ IQEI_UNSUPPORTED = 2
 _QWORDS = struct.Struct("<4Q")
 # Reserved-bit masks of the two descriptors every submission carries (page group
 # response, wait), from their layouts: the fast path checks exactly what decode checks.
-_PGR_RESERVED = PageGroupResponseDescriptor._LAYOUT.reserved
-_WAIT_RESERVED = InvWaitDescriptor._LAYOUT.reserved
+_PGR_RESERVED0, _PGR_RESERVED1 = PageGroupResponseDescriptor._LAYOUT.reserved[:2]
+_WAIT_RESERVED0, _WAIT_RESERVED1 = InvWaitDescriptor._LAYOUT.reserved[:2]
 _TYPE_PGR = PageGroupResponseDescriptor.TYPE
 _TYPE_WAIT = InvWaitDescriptor.TYPE
 
@@ -88,7 +88,13 @@ class InvalidationQueue:
         self.iqei = 0  # IQER.IQEI
         self.iwc = False  # ICS.IWC (a wait with IF=1 completed)
         self.status_memory: dict[int, int] = {}  # status writes of wait descriptors (addr -> data)
-        self.counters: Counter[str] = unit.counters
+        self.hot_counters = unit.hot_counters
+        self.cold_counters = unit.cold_counters
+
+    @property
+    def counters(self) -> Counter[str]:
+        """The unit's counters (the IQ counts there)."""
+        return self.unit.counters
 
     # ------------------------------------------------------------------ software side
     def submit(self, descs: Sequence[InvDescriptor]) -> None:
@@ -136,18 +142,20 @@ class InvalidationQueue:
     def _execute_pending(self) -> None:
         ring = self.ring
         size = self.size_bytes
+        unit = self.unit
+        prs = unit.spec.prs
+        c = self.hot_counters
+        unpack_from = _QWORDS.unpack_from
         while self.head != self.tail and not self.iqe:
             h = self.head
             # Fast path for the two descriptors of every answer: read the qwords from
             # ring memory and act on them without building an object. Anything
             # unusual (reserved bits, a unit without PRS) takes the checked path below.
-            qw0, qw1, qw2, qw3 = _QWORDS.unpack_from(ring, h)
+            qw0, qw1, qw2, qw3 = unpack_from(ring, h)
             t = (qw0 & 0xF) | ((qw0 >> 9) & 7) << 4
-            if t == _TYPE_PGR and self.unit.spec.prs:
-                r = _PGR_RESERVED
-                if not (qw0 & r[0] | qw1 & r[1] | qw2 | qw3):
-                    self.counters["iq_descriptors_page_group_response"] += 1
-                    unit = self.unit
+            if t == _TYPE_PGR and prs:
+                if not (qw0 & _PGR_RESERVED0 | qw1 & _PGR_RESERVED1 | qw2 | qw3):
+                    c["iq_descriptors_page_group_response"] += 1
                     if unit.response_tap is not None:
                         unit.response_tap(
                             PageGroupResponseDescriptor.decode(bytes(ring[h : h + DESC_SIZE]))
@@ -157,12 +165,21 @@ class InvalidationQueue:
                     )
                     self.head = (h + DESC_SIZE) % size
                     continue
-            elif t == _TYPE_WAIT and not qw0 & 0x80:
-                r = _WAIT_RESERVED
-                if not (qw0 & r[0] | qw1 & r[1] | qw2 | qw3):
-                    self._wait_fields(False, qw0 & 0x20 != 0, qw0 >> 32, qw1, qw0 & 0x10 != 0)
-                    self.head = (h + DESC_SIZE) % size
-                    continue
+            elif (
+                t == _TYPE_WAIT
+                and not qw0 & 0x80
+                and not (qw0 & _WAIT_RESERVED0 | qw1 & _WAIT_RESERVED1 | qw2 | qw3)
+            ):
+                # ``_wait_fields`` with PD=0, inline: SW, then IF.
+                c["iq_descriptors_wait"] += 1
+                if qw0 & 0x20:
+                    self.status_memory[qw1] = qw0 >> 32
+                    c["iq_wait_status_writes"] += 1
+                if qw0 & 0x10:
+                    self.iwc = True
+                    self.cold_counters["iq_wait_interrupts"] += 1
+                self.head = (h + DESC_SIZE) % size
+                continue
             raw = bytes(ring[h : h + DESC_SIZE])
             try:
                 desc = decode_inv_descriptor(raw)
@@ -170,15 +187,15 @@ class InvalidationQueue:
             except (ValueError, _Invalid) as e:
                 self.iqe = True
                 self.iqei = e.iqei if isinstance(e, _Invalid) else IQEI_INVALID
-                self.counters["iq_errors"] += 1
+                self.cold_counters["iq_errors"] += 1
                 t = descriptor_type(raw)
-                self.counters[f"iq_errors_type_{t:#x}"] += 1
+                self.cold_counters[f"iq_errors_type_{t:#x}"] += 1
                 raise InvalidDescriptorError(self.unit.name, h, str(e)) from None
-            self.head = (h + DESC_SIZE) % self.size_bytes
+            self.head = (h + DESC_SIZE) % size
 
     def _execute(self, d: InvDescriptor) -> None:
         unit = self.unit
-        c = self.counters
+        c = self.cold_counters
         if isinstance(d, PageGroupResponseDescriptor):
             if not unit.spec.prs:
                 raise _Invalid("page group response on a unit without ECAP.PRS", IQEI_UNSUPPORTED)
@@ -234,9 +251,9 @@ class InvalidationQueue:
         ep = self.unit.endpoints.get(sid)
         if ep is None or not ep.present:
             # A real unit would time out (ITE); the model ignores it and counts it.
-            self.counters["dev_tlb_inv_to_absent"] += 1
+            self.cold_counters["dev_tlb_inv_to_absent"] += 1
             return
-        self.counters["atc_entries_invalidated"] += ep.invalidate_atc(
+        self.cold_counters["atc_entries_invalidated"] += ep.invalidate_atc(
             pasid, start, size, all_pasids
         )
 
@@ -249,7 +266,7 @@ class InvalidationQueue:
         self, pd: bool, sw: bool, status_data: int, status_addr: int, if_flag: bool
     ) -> None:
         unit = self.unit
-        c = self.counters
+        c = self.cold_counters
         c["iq_descriptors_wait"] += 1
         if pd:
             # SPEC 7.10 / vtd-hw.md 4.1: the status write becomes visible only after the PRQ

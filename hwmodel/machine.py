@@ -14,9 +14,12 @@ from collections import Counter, deque
 
 from hwmodel.descriptors import PageRequestDescriptor
 from hwmodel.iommu import IommuUnit
-from hwmodel.pci import DmaStatus, DmaTransfer, PciFunction, _State, page_count
-from hwmodel.rid import Perm, Rid, perm_of
+from hwmodel.pci import _DUE, DmaStatus, DmaTransfer, PciFunction
+from hwmodel.rid import PAGE_SHIFT, Perm, Rid, perm_of
 from hwmodel.topology import TopologySpec
+
+#: READ | WRITE | EXEC as an int: a DMA needs one of them (no enum arithmetic per DMA).
+_ACCESS = int(Perm.READ | Perm.WRITE | Perm.EXEC)
 
 
 class Machine:
@@ -40,10 +43,15 @@ class Machine:
         self.prg_max_pages = prg_max_pages
         self.now = 0
         self._counters: Counter[str] = Counter()
+        self._dma_pages = 0  # counted on every DMA: an int, in ``counters`` as dma_pages
         self.iommus: dict[str, IommuUnit] = {}
+        # Units whose page-request event fired since ``take_interrupts`` (each unit
+        # appends itself), so a service pass with no event looks at no unit.
+        self._fired: list[IommuUnit] = []
         for u in spec.iommus:
             unit = IommuUnit(u)
             unit.drain_hook = self._drain_unit
+            unit.irq_queue = self._fired
             self.iommus[u.name] = unit
         self.functions: dict[str, PciFunction] = {}
         by_rid: dict[Rid, PciFunction] = {}
@@ -76,6 +84,8 @@ class Machine:
     def counters(self) -> Counter[str]:
         """Machine-wide sums: the machine's own counters plus every unit's and function's."""
         total: Counter[str] = Counter(self._counters)
+        if self._dma_pages:
+            total["dma_pages"] += self._dma_pages
         for u in self.iommus.values():
             total.update(u.counters)
         for f in self.functions.values():
@@ -89,7 +99,7 @@ class Machine:
         self._posted += 1
 
     def schedule(self, t: DmaTransfer, due: int) -> None:
-        t._state = _State.DUE
+        t._state = _DUE
         t._due = due
         t._gen += 1
         self._seq += 1
@@ -114,24 +124,40 @@ class Machine:
         ``ValueError`` for a malformed request (length <= 0, no permission, a PASID on a
         function whose PASID capability is not enabled or too wide for it).
         """
-        self._tick(now)
-        fn = self.function(rid)
+        if now > self.now:  # noqa: PLR1730 - max() is a call, on the hot path
+            self.now = now
+        fn = self._by_rid[rid] if isinstance(rid, Rid) else self.function(rid)
         if length <= 0 or iova < 0 or iova + length > 1 << 64:
             raise ValueError(f"bad DMA range iova={iova:#x} length={length:#x}")
-        perm = perm_of(int(perm))
-        if not perm & (Perm.READ | Perm.WRITE | Perm.EXEC):
+        access = int(perm)
+        perm = perm_of(access)
+        if not access & _ACCESS:
             raise ValueError("a DMA needs READ, WRITE or EXEC")
         if pasid is not None:
             if not fn.pasid_enabled:
                 raise ValueError(f"{fn.rid}: PASID capability not enabled")
             if not 0 <= pasid < 1 << fn.spec.pasid_bits:
                 raise ValueError(f"{fn.rid}: PASID {pasid:#x} exceeds {fn.spec.pasid_bits} bits")
+        # positional: id, rid, pasid, iova, length, perm, tag, status, faults, bytes,
+        # retries, started_ns, finished_ns, _next
         t = DmaTransfer(
-            self._next_id, fn.rid, pasid, iova, length, perm, tag=tag, started_ns=self.now
+            self._next_id,
+            fn.rid,
+            pasid,
+            iova,
+            length,
+            perm,
+            tag,
+            None,
+            0,
+            0,
+            0,
+            self.now,
+            None,
+            iova,
         )
-        t._next = iova
         self._next_id += 1
-        self._counters["dma_pages"] += page_count(iova, length)
+        self._dma_pages += ((iova + length - 1) >> PAGE_SHIFT) - (iova >> PAGE_SHIFT) + 1
         if not fn.present:
             t._function = fn
             t.status = DmaStatus.REMOVED
@@ -160,10 +186,14 @@ class Machine:
 
     def advance(self, now: int) -> None:
         """Deliver posted page requests and run retries due by ``now``, until quiet."""
-        self._tick(now)
+        if now > self.now:  # noqa: PLR1730 - max() is a call, on the hot path
+            self.now = now
+        heap = self._heap
+        if not self._posted and not (heap and heap[0][0] <= self.now):
+            return  # nothing posted, nothing due: the common case of a service pass
         for _ in range(10_000):
-            delivered = self._deliver_all()
-            ran = self._run_due()
+            delivered = self._deliver_all() if self._posted else 0
+            ran = self._run_due() if heap and heap[0][0] <= self.now else 0
             if not delivered and not ran:
                 return
         raise RuntimeError("machine did not settle")  # pragma: no cover
@@ -176,14 +206,26 @@ class Machine:
         heap = self._heap
         while heap:
             due, _, gen, t = heap[0]
-            if t._state == _State.DUE and t._gen == gen and t.status is None:
+            if t._state == _DUE and t._gen == gen and t.status is None:
                 return due
             heapq.heappop(heap)
         return None
 
     def take_interrupts(self) -> list[IommuUnit]:
         """Units whose page-request event fired since the last call."""
+        fired = self._fired
+        if not fired:
+            return []  # no event since the last call: no scan of the units
+        if len(fired) == 1:
+            u = fired[0]
+            fired.clear()
+            if not u.irq_pending:
+                return []
+            u.irq_pending = False
+            return [u]
+        # several: in the units' order, each once
         out = [u for u in self.iommus.values() if u.irq_pending]
+        fired.clear()
         for u in out:
             u.irq_pending = False
         return out
@@ -218,7 +260,12 @@ class Machine:
     def _deliver_all(self) -> int:
         if not self._posted:
             return 0
-        return sum(self._deliver_unit(u) for u in self.iommus.values())
+        links = self._links
+        n = 0
+        for u in self.iommus.values():
+            if links[u.name]:
+                n += self._deliver_unit(u)
+        return n
 
     def _run_due(self) -> int:
         heap = self._heap
@@ -226,7 +273,7 @@ class Machine:
         ran = 0
         while heap and heap[0][0] <= now:
             _, _, gen, t = heapq.heappop(heap)
-            if t._state != _State.DUE or t._gen != gen or t.status is not None:
+            if t._state != _DUE or t._gen != gen or t.status is not None:
                 continue
             fn = t._function
             assert fn is not None

@@ -13,13 +13,14 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hwmodel.counting import HotCounts
 from hwmodel.descriptors import (
     RESP_INVALID,
     RESP_SUCCESS,
     PageGroupResponseDescriptor,
     PageRequestDescriptor,
 )
-from hwmodel.iommu import IommuUnit, Translation
+from hwmodel.iommu import IommuUnit
 from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Perm, Rid
 from hwmodel.topology import FunctionSpec
 
@@ -56,6 +57,29 @@ class DmaStatus(enum.Enum):
     REMOVED = "removed"
 
 
+#: What a function counts on every fault (``hwmodel.counting``): hot, in a plain dict.
+_HOT_COUNTERS = dict.fromkeys(
+    (
+        "dma_started",
+        "atc_hits",
+        "atc_misses",
+        "ats_translation_requests",
+        "untranslated_requests",
+        "page_requests",
+        "page_request_groups",
+        "page_responses_received",
+        "page_responses_success",
+        "page_responses_to_injected",  # the admin inject, the fault path bench
+        "retries",
+        "dma_completed_ok",
+    ),
+    0,
+)
+#: The completion counter of every ``DmaStatus`` value: no string built per DMA, and
+#: keyed by the value string (an enum member's hash is a Python-level call).
+_COMPLETED_KEYS: dict[str, str] = {s.value: f"dma_completed_{s.value}" for s in DmaStatus}
+
+
 class _State(enum.Enum):
     RUNNING = 0
     WAIT_RESPONSE = 1
@@ -64,7 +88,22 @@ class _State(enum.Enum):
     DONE = 4
 
 
-@dataclass(eq=False)
+# Enum members as module constants: loading one as a class attribute goes through the
+# enum's metaclass, a slower lookup, and the DMA engine tests states on every page.
+_RUNNING = _State.RUNNING
+_WAIT_RESPONSE = _State.WAIT_RESPONSE
+_WAIT_CREDITS = _State.WAIT_CREDITS
+_DUE = _State.DUE
+_DONE = _State.DONE
+_ST_OK = DmaStatus.OK
+_ST_INVALID = DmaStatus.INVALID
+_ST_FAILURE = DmaStatus.FAILURE
+_ST_NO_PRI = DmaStatus.NO_PRI
+_ST_RETRY_LIMIT = DmaStatus.RETRY_LIMIT
+_ST_REMOVED = DmaStatus.REMOVED
+
+
+@dataclass(eq=False, slots=True)
 class PageRequestGroup:
     """An outstanding page request group (PRG) of one function."""
 
@@ -76,7 +115,7 @@ class PageRequestGroup:
     issued_ns: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class DmaTransfer:
     id: int
     rid: Rid
@@ -93,7 +132,7 @@ class DmaTransfer:
     finished_ns: int | None = None
     # engine state
     _next: int = field(default=0, repr=False)
-    _state: _State = field(default=_State.RUNNING, repr=False)
+    _state: _State = field(default=_RUNNING, repr=False)
     _successes: int = field(default=0, repr=False)  # Success answers for the current page
     _group: PageRequestGroup | None = field(default=None, repr=False)
     _due: int = field(default=0, repr=False)
@@ -108,9 +147,9 @@ class DmaTransfer:
     def waiting(self) -> str:
         """What the transfer waits for: "response", "credits", "retry", "" (running/done)."""
         return {
-            _State.WAIT_RESPONSE: "response",
-            _State.WAIT_CREDITS: "credits",
-            _State.DUE: "retry",
+            _WAIT_RESPONSE: "response",
+            _WAIT_CREDITS: "credits",
+            _DUE: "retry",
         }.get(self._state, "")
 
 
@@ -208,7 +247,7 @@ class PriCapability:
 
     def _clear_state(self) -> None:
         for fn in self.functions:
-            fn._abandon_pri_work(DmaStatus.FAILURE)
+            fn._abandon_pri_work(_ST_FAILURE)
         self.response_failure = False
         self.unexpected_prgi = False
         self.outstanding = 0
@@ -241,17 +280,27 @@ class PciFunction:
         # Insertion-ordered so that eviction of the oldest entry is O(1).
         self.atc: OrderedDict[tuple[int | None, int], tuple[int, Perm]] = OrderedDict()
         self.atc_entries = atc_entries
-        self.counters: Counter[str] = Counter()
+        self._counts = HotCounts(_HOT_COUNTERS)
+        #: Where the function counts (``hwmodel.counting``): the per-fault counts and
+        #: the rest; ``counters`` folds them for readers. A reader of one key that is
+        #: never hot (``unexpected_prgi``) may read ``cold_counters`` without the fold.
+        self.hot_counters = self._counts.hot
+        self.cold_counters = self._counts.cold
         self._fabric = fabric
         self._own_pri: PriCapability | None = None
+        # The PRI capability this function uses (its own, or its PF's), resolved once:
+        # it never changes, and the DMA engine reads it on every miss and answer.
+        self._pri: PriCapability
         if pf is None:
-            self._own_pri = PriCapability(
+            own = PriCapability(
                 spec.pri_capacity if spec.pri else 0, supported=spec.pri, pasid_required=spec.pasid
             )
-            self._own_pri.functions.append(self)
+            own.functions.append(self)
+            self._own_pri = self._pri = own
         else:
             pf.vfs.append(self)
             pf.pri.functions.append(self)
+            self._pri = pf.pri
         self._groups: dict[int, PageRequestGroup] = {}
         self._next_prgi = 0
         self._cancelled_prgis: set[int] = set()
@@ -261,14 +310,16 @@ class PciFunction:
     def __repr__(self) -> str:
         return f"<PciFunction {self.rid} {self.spec.name}>"
 
+    @property
+    def counters(self) -> Counter[str]:
+        """Everything this function counted (the hot counts folded in)."""
+        return self._counts.folded()
+
     # ------------------------------------------------------------------ capabilities
     @property
     def pri(self) -> PriCapability:
         """The PRI capability; a VF returns its PF's (PRI is a PF resource)."""
-        if self.pf is not None:
-            return self.pf.pri
-        assert self._own_pri is not None
-        return self._own_pri
+        return self._pri
 
     @property
     def is_vf(self) -> bool:
@@ -309,7 +360,7 @@ class PciFunction:
     # ------------------------------------------------------------------ ATC
     def invalidate_atc(self, pasid: int | None, start: int, size: int, all_pasids: bool) -> int:
         """Execute an ATS invalidation request; returns entries removed."""
-        self.counters["atc_invalidations"] += 1
+        self.cold_counters["atc_invalidations"] += 1
         atc = self.atc
         first, npages = start >> PAGE_SHIFT, size >> PAGE_SHIFT
         if not all_pasids and npages <= len(atc):
@@ -325,110 +376,113 @@ class PciFunction:
         atc = self.atc
         if key not in atc and len(atc) >= self.atc_entries:
             atc.popitem(last=False)
-            self.counters["atc_evictions"] += 1
+            self.cold_counters["atc_evictions"] += 1
         atc[key] = val
 
-    def _translate(self, pasid: int | None, addr: int, perm: Perm) -> Translation:
-        c = self.counters
+    def _translate(
+        self, pasid: int | None, addr: int, access: int
+    ) -> tuple[bool, int, Perm, bool, str]:
+        """One access through the ATC (ATS enabled) or the IOMMU, as the IOMMU's
+        ``translate_access`` tuple: ``(ok, addr, perm, table_fault, reason)``."""
+        c = self.hot_counters
         if self.ats_enabled:
             page = addr >> PAGE_SHIFT
             hit = self.atc.get((pasid, page))
-            if hit is not None and int(perm) & ~int(hit[1]) == 0:
+            if hit is not None and access & ~int(hit[1]) == 0:
                 c["atc_hits"] += 1
-                return Translation(True, hit[0] << PAGE_SHIFT | (addr & PAGE_MASK), hit[1], False)
+                return True, hit[0] << PAGE_SHIFT | (addr & PAGE_MASK), hit[1], False, ""
             c["atc_misses"] += 1
             c["ats_translation_requests"] += 1
-            tr = self.iommu.translate(self.sid, pasid, addr, perm)
-            if tr.ok or tr.reason == "permission":
-                self._atc_insert((pasid, page), (tr.addr >> PAGE_SHIFT, tr.perm))
+            tr = self.iommu.translate_access(self.sid, pasid, addr, access)
+            if tr[0] or tr[4] == "permission":
+                self._atc_insert((pasid, page), (tr[1] >> PAGE_SHIFT, tr[2]))
             return tr
         c["untranslated_requests"] += 1
-        return self.iommu.translate(self.sid, pasid, addr, perm)
+        return self.iommu.translate_access(self.sid, pasid, addr, access)
 
     # ------------------------------------------------------------------ DMA engine
     def _begin(self, t: DmaTransfer) -> None:
         t._function = self
         self._transfers[t.id] = t
-        self.counters["dma_started"] += 1
+        self.hot_counters["dma_started"] += 1
         self._run(t)
 
     def _run(self, t: DmaTransfer) -> None:
         """Walk pages from the cursor until done or waiting for the IOMMU."""
         if t.status is not None:
             return
-        t._state = _State.RUNNING
+        t._state = _RUNNING
         end = t.iova + t.length
-        fabric = self._fabric
+        pasid = t.pasid
+        access = int(t.perm)
+        translate = self._translate
         while t._next < end:
             addr = t._next
-            tr = self._translate(t.pasid, addr, t.perm)
-            if tr.ok:
-                nxt = min((addr | PAGE_MASK) + 1, end)
+            if translate(pasid, addr, access)[0]:
+                nxt = (addr | PAGE_MASK) + 1
+                if nxt > end:  # noqa: PLR1730 - min() is a call, once per page
+                    nxt = end
                 t.bytes += nxt - addr
                 t._next = nxt
                 t._successes = 0
                 continue
-            if t._successes > fabric.max_retries:
-                self._finish(t, DmaStatus.RETRY_LIMIT)
+            if t._successes > self._fabric.max_retries:
+                self._finish(t, _ST_RETRY_LIMIT)
                 return
-            pri = self.pri
+            pri = self._pri
             if not (pri.supported and pri.enabled and self.ats_enabled):
-                self._finish(t, DmaStatus.NO_PRI)
+                self._finish(t, _ST_NO_PRI)
                 return
             if pri.response_failure:
-                self._finish(t, DmaStatus.FAILURE)
+                self._finish(t, _ST_FAILURE)
                 return
             self._issue_group(t, pri, addr, end)
             return
-        self._finish(t, DmaStatus.OK)
+        self._finish(t, _ST_OK)
 
     def _issue_group(self, t: DmaTransfer, pri: PriCapability, addr: int, end: int) -> None:
         fabric = self._fabric
-        credits = pri.credits
+        credits = pri.allocation - pri.outstanding
         prgi = self._free_prgi() if credits > 0 else None
         if prgi is None:
-            t._state = _State.WAIT_CREDITS
+            t._state = _WAIT_CREDITS
             pri.credit_waiters.append(t)
-            self.counters["pri_credit_stalls"] += 1
+            self.cold_counters["pri_credit_stalls"] += 1
             return
         first = addr >> PAGE_SHIFT
-        last_page = (end - 1) >> PAGE_SHIFT
-        limit = min(fabric.prg_max_pages, credits, last_page - first + 1)
+        span = ((end - 1) >> PAGE_SHIFT) - first + 1  # pages left in the transfer
         n = 1
-        # Group further consecutive pages of the transfer that miss too.
-        while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT, t.perm).ok:
-            n += 1
         p = int(t.perm)
+        if span > 1:
+            limit = min(fabric.prg_max_pages, credits, span)
+            # Group further consecutive pages of the transfer that miss too.
+            while n < limit and not self._translate(t.pasid, (first + n) << PAGE_SHIFT, p)[0]:
+                n += 1
         pp = t.pasid is not None
         rd = p & 5 != 0 or p & 2 == 0  # READ, or EXEC (needs read), or PRIV alone
         wr = p & 2 != 0
         ex = p & 4 != 0
         pm = p & 8 != 0
         pasid = t.pasid if t.pasid is not None else 0
+        sid = self.sid
+        post = fabric.post
         for i in range(n):
-            fabric.post(
+            post(
                 self,
+                # positional (sid, pasid_present, pasid, exe, pm, rd, wr, lpig, prgi, addr)
                 PageRequestDescriptor(
-                    sid=self.sid,
-                    pasid_present=pp,
-                    pasid=pasid,
-                    exe_req=ex,
-                    pm_req=pm,
-                    rd_req=rd,
-                    wr_req=wr,
-                    lpig=i == n - 1,
-                    prg_index=prgi,
-                    addr=(first + i) << PAGE_SHIFT,
+                    sid, pp, pasid, ex, pm, rd, wr, i == n - 1, prgi, (first + i) << PAGE_SHIFT
                 ),
             )
         g = PageRequestGroup(prgi, t.pasid, first, n, t, fabric.now)
         self._groups[prgi] = g
-        self._cancelled_prgis.discard(prgi)
+        if self._cancelled_prgis:
+            self._cancelled_prgis.discard(prgi)
         pri.outstanding += n
         t._group = g
-        t._state = _State.WAIT_RESPONSE
+        t._state = _WAIT_RESPONSE
         t.faults += n
-        c = self.counters
+        c = self.hot_counters
         c["page_requests"] += n
         c["page_request_groups"] += 1
 
@@ -449,10 +503,14 @@ class PciFunction:
         if g is not None:
             self._drop_group(g)
         t.status = status
-        t._state = _State.DONE
+        t._state = _DONE
         t.finished_ns = self._fabric.now
         self._transfers.pop(t.id, None)
-        self.counters[f"dma_completed_{status.value}"] += 1
+        key = _COMPLETED_KEYS[status._value_]
+        if key == "dma_completed_ok":
+            self.hot_counters[key] += 1
+        else:
+            self.cold_counters[key] += 1
         self._fabric.complete(t)
 
     def _drop_group(self, g: PageRequestGroup) -> None:
@@ -461,14 +519,15 @@ class PciFunction:
         if self._groups.get(g.prg_index) is g:
             del self._groups[g.prg_index]
             self._cancelled_prgis.add(g.prg_index)
-            self.pri._return_credits(g.npages)
-            self._wake_credit_waiters()
+            self._pri._return_credits(g.npages)
+            if self._pri.credit_waiters:
+                self._wake_credit_waiters()
         g.transfer._group = None
 
     def _abandon_pri_work(self, status: DmaStatus) -> None:
         """End every transfer of this function that waits on PRI (response or credits)."""
         for t in list(self._transfers.values()):
-            if t._state in (_State.WAIT_RESPONSE, _State.WAIT_CREDITS):
+            if t._state in (_WAIT_RESPONSE, _WAIT_CREDITS):
                 self._finish(t, status)
 
     def _wake_credit_waiters(self) -> None:
@@ -476,7 +535,7 @@ class PciFunction:
         now = self._fabric.now
         while pri.credit_waiters and pri.credits > 0:
             t = pri.credit_waiters.popleft()
-            if t._state == _State.WAIT_CREDITS and t.status is None:
+            if t._state == _WAIT_CREDITS and t.status is None:
                 self._fabric.schedule(t, now)
 
     # ------------------------------------------------------------------ responses
@@ -487,39 +546,41 @@ class PciFunction:
     def receive_prg_response(self, prgi: int, rc: int) -> None:
         """A PRG Response message: its PRG index and response code are all the
         function acts on."""
-        c = self.counters
-        c["page_responses_received"] += 1
-        pri = self.pri
+        hot = self.hot_counters
+        hot["page_responses_received"] += 1
+        pri = self._pri
         if pri.response_failure:
-            c["page_responses_ignored_rf"] += 1
+            self.cold_counters["page_responses_ignored_rf"] += 1
             return
         g = self._groups.pop(prgi, None)
         if g is None:
             if self._injected.get(prgi, 0) > 0:
                 self._injected[prgi] -= 1
-                c["page_responses_to_injected"] += 1
+                hot["page_responses_to_injected"] += 1
             elif prgi in self._cancelled_prgis:
                 self._cancelled_prgis.discard(prgi)
-                c["page_responses_discarded"] += 1
+                self.cold_counters["page_responses_discarded"] += 1
             else:
                 pri.unexpected_prgi = True
-                c["unexpected_prgi"] += 1
+                self.cold_counters["unexpected_prgi"] += 1
             return
-        pri._return_credits(g.npages)
+        pri.outstanding -= g.npages  # ``_return_credits``, inline
+        assert pri.outstanding >= 0
         t = g.transfer
         t._group = None
         if t.status is not None:
             # The driver stopped the transfer meanwhile (``_stop_dma``): the answer only
             # settles the requests it had sent, and returns their credits.
-            c["page_responses_after_stop"] += 1
-            self._wake_credit_waiters()
+            self.cold_counters["page_responses_after_stop"] += 1
+            if pri.credit_waiters:
+                self._wake_credit_waiters()
             return
         fabric = self._fabric
         if rc == RESP_SUCCESS:
-            c["page_responses_success"] += 1
+            hot["page_responses_success"] += 1
             t._successes += 1
             t.retries += 1
-            c["retries"] += 1
+            hot["retries"] += 1
             k = t._successes
             delay = (
                 0
@@ -528,20 +589,21 @@ class PciFunction:
             )
             fabric.schedule(t, fabric.now + delay)
         elif rc == RESP_INVALID:
-            c["page_responses_invalid"] += 1
-            self._finish(t, DmaStatus.INVALID)
+            self.cold_counters["page_responses_invalid"] += 1
+            self._finish(t, _ST_INVALID)
         else:
             # 0xF, or a reserved code (treated as Response Failure): PRI stops.
-            c["page_responses_failure"] += 1
+            self.cold_counters["page_responses_failure"] += 1
             if rc != 0xF:
-                c["page_responses_reserved_code"] += 1
+                self.cold_counters["page_responses_reserved_code"] += 1
             pri.response_failure = True
-            self._finish(t, DmaStatus.FAILURE)
+            self._finish(t, _ST_FAILURE)
             for fn in pri.functions:
-                fn._abandon_pri_work(DmaStatus.FAILURE)
+                fn._abandon_pri_work(_ST_FAILURE)
             pri.credit_waiters.clear()
             return
-        self._wake_credit_waiters()
+        if pri.credit_waiters:
+            self._wake_credit_waiters()
 
     # ------------------------------------------------------------------ lifecycle
     def _stop_dma(self, status: DmaStatus) -> None:
@@ -554,7 +616,7 @@ class PciFunction:
 
     def _remove(self) -> None:
         for t in list(self._transfers.values()):
-            self._finish(t, DmaStatus.REMOVED)
+            self._finish(t, _ST_REMOVED)
         self.present = False
         self.atc.clear()
         self._injected.clear()
@@ -580,7 +642,7 @@ class PciFunction:
 
     def _flr(self) -> None:
         for t in list(self._transfers.values()):
-            self._finish(t, DmaStatus.FAILURE)
+            self._finish(t, _ST_FAILURE)
         self.atc.clear()
         if self._own_pri is not None:
             p = self._own_pri

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Generator
 
 from hwmodel import Machine
+from hwmodel.counting import HotCounts
 from iopfd.core.budgets import Budgets
 from iopfd.core.context import Context
 from iopfd.core.device import DmaTag
@@ -53,6 +54,21 @@ STATUS_COUNTERS = (
     "unplugs",
     "forced_unplugs",
 )
+#: What the core counts on every fault: in a plain dict (``hwmodel.counting``).
+CORE_HOT_COUNTERS = dict.fromkeys(
+    (
+        "page_requests",
+        "groups",
+        "delivered",
+        "responses",
+        "iq_descriptors_page_group_response",
+        "iq_descriptors_wait",
+        "dma_started",
+        "dma_completed",
+        "ioas_maps",
+    ),
+    0,
+)
 #: ``service`` stops after this many PRQ passes at one ``now`` (a guard, never reached
 #: in practice: the device's retries come after a back-off, so time must move on).
 MAX_SERVICE_ROUNDS = 1024
@@ -70,13 +86,17 @@ class Core:
         self.machine = machine
         self.limits = limits if limits is not None else CoreLimits()
         self.profile = profile if profile is not None else kernel_profile(DEFAULT_KERNEL)
-        self.counters: Counter[str] = Counter()
+        # Every layer counts into one Counter; what a fault counts goes to a plain dict
+        # folded into it on read (``hwmodel.counting``): see ``counters``.
+        self._counts = HotCounts(CORE_HOT_COUNTERS)
+        counters = self._counts.cold
+        hot = self._hot = self._counts.hot
         self.sink = EventSink()
-        self.iopf = IopfQueue(self.counters, self.limits, self.sink)
-        self.driver = IntelIommu(machine, self.profile, self.iopf, self.counters, self.sink)
+        self.iopf = IopfQueue(counters, self.limits, self.sink, hot)
+        self.driver = IntelIommu(machine, self.profile, self.iopf, counters, self.sink, hot=hot)
         self.iopf.driver = self.driver
-        self.iommu = IommuCore(self.driver, self.iopf, self.counters)
-        self.emulation = Emulation(self.iommu, self.driver, machine, self.counters, self.sink)
+        self.iommu = IommuCore(self.driver, self.iopf, counters)
+        self.emulation = Emulation(self.iommu, self.driver, machine, counters, self.sink)
         self.budgets = Budgets(self.limits)
         self.deadlines = ResponseDeadlines(self.limits.response_timeout_ns)
         self.services = CoreServices(
@@ -85,7 +105,8 @@ class Core:
             IdAllocator(),
             self.limits,
             self.profile,
-            self.counters,
+            counters,
+            hot,
             self.sink,
             self.budgets,
             self.deadlines,
@@ -101,6 +122,11 @@ class Core:
                 self.driver.probe_device(dev)
 
     # ------------------------------------------------------------------ layers' state
+    @property
+    def counters(self) -> Counter[str]:
+        """What every layer of the core counted (the per-fault counts folded in)."""
+        return self._counts.folded()
+
     @property
     def devices(self) -> dict[str, Device]:
         return self.iommu.devices
@@ -197,16 +223,17 @@ class Core:
                 deadlines.expire(now)
         completed = machine.take_completed()
         if completed:
-            self.counters["dma_completed"] += len(completed)
-            emit = self.sink.emit
+            self._hot["dma_completed"] += len(completed)
+            emit = self.sink.events.append
             for t in completed:
                 tag = t.tag
                 if isinstance(tag, DmaTag) and not tag.ctx.closed:
+                    status = t.status
                     emit(
                         DmaDone(
                             tag.ctx,
                             tag.tag,
-                            t.status.value if t.status else "failure",
+                            status._value_ if status is not None else "failure",
                             t.faults,
                             t.bytes,
                         )
@@ -273,11 +300,12 @@ class Core:
     def status_counters(self) -> dict[str, int]:
         out = dict.fromkeys(STATUS_COUNTERS, 0)
         out.update(self.counters)
+        # Counts that are never per-fault: read without folding (hwmodel.counting).
         out["hw_auto_responses"] = sum(
-            u.unit.counters["hw_auto_responses"] for u in self.units.values()
+            u.unit.cold_counters["hw_auto_responses"] for u in self.units.values()
         )
         out["unexpected_prgi"] = sum(
-            f.counters["unexpected_prgi"] for f in self.machine.functions.values()
+            f.cold_counters["unexpected_prgi"] for f in self.machine.functions.values()
         )
         out["pending"] = self.pending_count()
         out.update(self.budgets.counters())

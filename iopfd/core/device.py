@@ -366,7 +366,7 @@ class DeviceOps(ContextBase):
             )
         except ValueError as e:  # e.g. PRIV alone: the device has nothing to do
             raise CoreError(EINVAL, str(e)) from None
-        self.counters["dma_started"] += 1
+        self.hot["dma_started"] += 1
 
 
 def _check_pasid_compat(dev: Device, hwpt: HwPagetable, pasid: int | None) -> None:

@@ -87,6 +87,7 @@ class FaultQueue(IommufdObject):
         "deadlines",
         "delivered",
         "groups",
+        "hot",
         "iopf",
         "max_pending",
         "next_cookie",
@@ -101,6 +102,7 @@ class FaultQueue(IommufdObject):
         self.iopf = iopf
         self.deadlines: ResponseDeadlines = ctx.services.deadlines
         self.counters: Counter[str] = ctx.counters
+        self.hot = ctx.hot
         self.sink: EventSink = ctx.sink
         self.max_pending = ctx.limits.max_pending
         self.groups: dict[int, IopfGroup] = {}  # the kernel's ``response`` xarray
@@ -156,23 +158,38 @@ class FaultQueue(IommufdObject):
         attach.domain.pending += 1  # seed 004 step 6: the per-domain count
         self.deadlines.push(self, group, now)
         self.delivered += 1
-        counters["delivered"] += 1
-        dev_id = dev.dev_id
-        records = [
-            {
-                "flags": f[0],
-                "dev_id": dev_id,
-                "pasid": f[1],
-                "grpid": f[2],
-                "perm": f[3],
-                "addr": f[4],
-                "length": 0,
-            }
-            for f in group.faults
-        ]
+        self.hot["delivered"] += 1
+        binding = dev.binding
+        dev_id = binding.id if binding is not None else 0
+        faults = group.faults
+        if len(faults) == 1:  # the common group of one request: no comprehension frame
+            records = [
+                {
+                    "flags": last[0],
+                    "dev_id": dev_id,
+                    "pasid": last[1],
+                    "grpid": last[2],
+                    "perm": last[3],
+                    "addr": last[4],
+                    "length": 0,
+                }
+            ]
+        else:
+            records = [
+                {
+                    "flags": f[0],
+                    "dev_id": dev_id,
+                    "pasid": f[1],
+                    "grpid": f[2],
+                    "perm": f[3],
+                    "addr": f[4],
+                    "length": 0,
+                }
+                for f in faults
+            ]
         throttled = self.throttled_unreported
         self.throttled_unreported = 0
-        self.sink.emit(FaultDelivered(self.ctx, self.id, cookie, records, throttled))
+        self.sink.events.append(FaultDelivered(self.ctx, self.id, cookie, records, throttled))
         if self.sink.trace_enabled:
             self.sink.trace(
                 "fault",
@@ -206,7 +223,7 @@ class FaultQueue(IommufdObject):
             return False
         self._take(group)
         self.iopf.group_response(group, code)
-        self.counters["responses"] += 1
+        self.hot["responses"] += 1
         if self.sink.trace_enabled:
             last = group.faults[-1]
             self.sink.trace(

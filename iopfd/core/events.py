@@ -14,9 +14,13 @@ if TYPE_CHECKING:
     from iopfd.core.main import ContextBase as Context
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FaultDelivered:
-    """One page-request group for a fault queue: push ``{"event": "fault", ...}`` to ctx."""
+    """One page-request group for a fault queue: push ``{"event": "fault", ...}`` to ctx.
+
+    A value: treat it as immutable. Like ``DmaDone`` it is not a frozen dataclass only
+    because a frozen one's ``__init__`` (``object.__setattr__`` per field) costs three
+    times as much, and one is built per fault."""
 
     ctx: Context
     fault_id: int
@@ -25,9 +29,10 @@ class FaultDelivered:
     throttled: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class DmaDone:
-    """Completion of a ``dma`` request; ``tag`` is the caller's tag."""
+    """Completion of a ``dma`` request; ``tag`` is the caller's tag. A value, hashable
+    as a frozen one would be; not frozen for the cost (see ``FaultDelivered``)."""
 
     ctx: Context
     tag: object

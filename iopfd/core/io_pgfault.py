@@ -91,10 +91,13 @@ class IopfQueue:
     """``struct iopf_queue``: the fault path between the driver's PRQ thread and the
     fault queues, with the counters and the sink it reports to."""
 
-    __slots__ = ("counters", "driver", "limits", "sink")
+    __slots__ = ("counters", "driver", "hot", "limits", "sink")
 
-    def __init__(self, counters: Counter[str], limits: CoreLimits, sink: EventSink) -> None:
+    def __init__(
+        self, counters: Counter[str], limits: CoreLimits, sink: EventSink, hot: dict[str, int]
+    ) -> None:
         self.counters = counters
+        self.hot = hot  # the per-fault counts, folded into ``counters`` (``Core.counters``)
         self.limits = limits
         self.sink = sink
         self.driver: IommuDriver | None = None  # set once the driver exists
@@ -135,7 +138,7 @@ class IopfQueue:
             faults = [fault]
         else:
             faults.append(fault)
-        self.counters["groups"] += 1
+        self.hot["groups"] += 1
 
         # Steps 6-7: the handler queues it, or says how to answer at once.
         group = IopfGroup(dev, faults, attach, now)

@@ -116,6 +116,8 @@ class CoreServices:
     limits: CoreLimits
     profile: KernelProfile
     counters: Counter[str]
+    #: The per-fault counts, folded into ``counters`` on read (``Core.counters``).
+    hot: dict[str, int]
     sink: EventSink
     budgets: Budgets
     deadlines: ResponseDeadlines
@@ -132,6 +134,7 @@ class ContextBase:
         self.limits = services.limits
         self.profile = services.profile
         self.counters = services.counters
+        self.hot = services.hot
         self.sink = services.sink
         self.id = ctx_id
         self.label = label
@@ -186,14 +189,17 @@ class ContextBase:
 
     def bound_device(self, dev_id: int) -> IommufdDevice:
         """A device bound here, removed or not: ``ENOENT`` otherwise."""
-        obj = self.lookup(dev_id)
+        obj = self.objects.get(dev_id) if isinstance(dev_id, int) else None
         if obj is None or obj.kind != "device":
             raise CoreError(ENOENT, f"no device {dev_id!r}")
         return obj  # type: ignore[return-value]  # the only kind named "device"
 
     def device(self, dev_id: int) -> IommufdDevice:
         """A device bound here and present: ``ENOENT``, or ``ENODEV`` once removed."""
-        idev = self.bound_device(dev_id)
+        obj = self.objects.get(dev_id) if isinstance(dev_id, int) else None
+        if obj is None or obj.kind != "device":
+            raise CoreError(ENOENT, f"no device {dev_id!r}")
+        idev: IommufdDevice = obj  # type: ignore[assignment]  # the only kind named "device"
         if idev.removed:
             raise CoreError(ENODEV, f"device {idev.dev.name} was removed")
         return idev

@@ -78,16 +78,18 @@ def qi_submit_flush(unit: IommuUnit, descs: Sequence[InvDescriptor], counters: C
 _WAIT_SYNC_IMAGE = WAIT_SYNC.encode()
 
 
-def qi_submit_responses(unit: IommuUnit, images: Sequence[bytes], counters: Counter[str]) -> int:
+def qi_submit_responses(
+    unit: IommuUnit, images: Sequence[bytes], counters: Counter[str], hot: dict[str, int]
+) -> int:
     """Page group responses already encoded (``encode_page_group_response``), in
     ``qi_batch`` chunks each closed by a wait, as ``qi_submit_batched`` would send
-    them; no descriptor objects on the answer path. Returns the submissions made."""
+    them; no descriptor objects on the answer path. Returns the submissions made.
+    The descriptors are counted in ``hot`` (the per-fault counts, ``Core.counters``)."""
     n = 0
     for i in range(0, len(images), QI_MAX_BATCHED_DESC_COUNT):
-        chunk = list(images[i : i + QI_MAX_BATCHED_DESC_COUNT])
-        counters["iq_descriptors_page_group_response"] += len(chunk)
-        counters["iq_descriptors_wait"] += 1
-        chunk.append(_WAIT_SYNC_IMAGE)
+        chunk = [*images[i : i + QI_MAX_BATCHED_DESC_COUNT], _WAIT_SYNC_IMAGE]
+        hot["iq_descriptors_page_group_response"] += len(chunk) - 1
+        hot["iq_descriptors_wait"] += 1
         try:
             unit.iq.submit_images(chunk)
         except InvalidDescriptorError:
@@ -107,10 +109,11 @@ class ResponseBatch:
     The batch is sent even when the operation inside raised: an answer given is sent.
     """
 
-    __slots__ = ("counters", "depth", "out")
+    __slots__ = ("counters", "depth", "hot", "out")
 
-    def __init__(self, counters: Counter[str]) -> None:
+    def __init__(self, counters: Counter[str], hot: dict[str, int]) -> None:
         self.counters = counters
+        self.hot = hot
         self.depth = 0
         self.out: dict[str, tuple[IommuUnit, list[bytes]]] = {}
 
@@ -134,7 +137,7 @@ class ResponseBatch:
     ) -> None:
         image = encode_page_group_response(sid, pasid_valid, pasid, code, prgi, last)
         if not self.depth:
-            qi_submit_responses(unit, (image,), self.counters)
+            qi_submit_responses(unit, (image,), self.counters, self.hot)
             return
         out = self.out.get(unit.name)
         if out is None:
@@ -143,7 +146,13 @@ class ResponseBatch:
             out[1].append(image)
 
     def flush(self) -> None:
-        batches = list(self.out.values())
-        self.out.clear()
+        out = self.out
+        if len(out) == 1:  # the common case: one unit's answers
+            ((unit, images),) = out.values()
+            out.clear()
+            qi_submit_responses(unit, images, self.counters, self.hot)
+            return
+        batches = list(out.values())
+        out.clear()
         for unit, images in batches:
-            qi_submit_responses(unit, images, self.counters)
+            qi_submit_responses(unit, images, self.counters, self.hot)

@@ -99,7 +99,16 @@ class UnitState:
 class DeviceDomainInfo:
     """``struct device_domain_info``: what the driver keeps per device."""
 
-    __slots__ = ("fn", "iopf_refcount", "pfsid", "pri_enabled", "sid", "unit", "ustate")
+    __slots__ = (
+        "fn",
+        "iopf_refcount",
+        "pasid_bits",
+        "pfsid",
+        "pri_enabled",
+        "sid",
+        "unit",
+        "ustate",
+    )
 
     def __init__(self, fn: PciFunction, ustate: UnitState) -> None:
         self.fn = fn
@@ -109,16 +118,14 @@ class DeviceDomainInfo:
         self.unit = ustate.unit
         self.iopf_refcount = 0  # fault-capable attachments (the iopf queue's users)
         self.pri_enabled = False  # ``info->pri_enabled``: the driver turned PRI on
+        #: The PASID width both the function and its unit support (specs never change).
+        self.pasid_bits = min(fn.spec.pasid_bits, self.unit.spec.pasid_bits)
 
     @property
     def pri_supported(self) -> bool:
         """``pri_supported``: ATS, the unit's ECAP.PRS and the PF's PRI capability."""
         pf_spec = self.fn.pf.spec if self.fn.pf is not None else self.fn.spec
         return bool(self.fn.spec.ats and pf_spec.pri and self.unit.spec.prs)
-
-    @property
-    def pasid_bits(self) -> int:
-        return min(self.fn.spec.pasid_bits, self.unit.spec.pasid_bits)
 
 
 @dataclass(slots=True)
@@ -158,16 +165,19 @@ class IntelIommu:
         iopf: IopfQueue,
         counters: Counter[str],
         sink: EventSink,
+        *,
+        hot: dict[str, int],
     ) -> None:
         self.machine = machine
         self.profile = profile
         self.iopf = iopf
         self.counters = counters
+        self.hot = hot  # the per-fault counts, folded into ``counters`` (``Core.counters``)
         self.sink = sink
         self.units: dict[str, UnitState] = {
             name: UnitState(unit, i) for i, (name, unit) in enumerate(machine.iommus.items())
         }
-        self.batch = ResponseBatch(counters)
+        self.batch = ResponseBatch(counters, hot)
         self.last_flush = FlushStats()
 
     def response_batch(self) -> ResponseBatch:

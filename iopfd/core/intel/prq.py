@@ -21,6 +21,7 @@ _PAGE_REQ = struct.Struct("<QQ")  # qw0, qw1 of a page request descriptor
 _ADDR_MASK = 0xFFFF_FFFF_FFFF_F000
 _CANONICAL_LOW = 1 << 47  # 48-bit virtual addresses (4-level paging)
 _CANONICAL_HIGH = (1 << 64) - (1 << 47)
+_EXE_PM = 3 << 52  # qw0: execute and privileged-mode requested
 #: Bound on drain rounds repeated because of PRO; each round takes the ring to empty.
 MAX_DRAIN_ROUNDS = 64
 
@@ -42,10 +43,25 @@ def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
     ring = prq.ring
     # 2. Every descriptor from head to tail, read straight from the ring memory as the
     # driver reads ``struct page_req_dsc`` (vtd-hw.md 2.1): no object per request.
+    unpack_from = _PAGE_REQ.unpack_from
     while head != tail:
-        qw0, qw1 = _PAGE_REQ.unpack_from(ring, head)
+        qw0, qw1 = unpack_from(ring, head)
         head = (head + DESC_SIZE) % size
         taken += 1
+        addr = qw1 & _ADDR_MASK
+        if qw1 & 3 and not qw0 & _EXE_PM and addr < _CANONICAL_LOW:
+            # The common request: read and/or write, neither execute nor privileged, at
+            # a canonical user address; its perm is RD | WR << 1, the low bits of qw1.
+            dev = devices.get((qw0 >> 16) & 0xFFFF)
+            if dev is not None:
+                if qw0 & 0x100:  # PASID present
+                    pasid = (qw0 >> 32) & 0xFFFFF
+                    flags = (LAST_PAGE if qw1 & 4 else 0) | PASID_VALID | NEEDS_PASID
+                else:
+                    pasid = 0
+                    flags = LAST_PAGE if qw1 & 4 else 0
+                report(dev, (flags, pasid, (qw1 >> 3) & 0x1FF, qw1 & 3, addr), now)
+                continue
         sid = (qw0 >> 16) & 0xFFFF
         pp = (qw0 >> 8) & 1
         pasid = (qw0 >> 32) & 0xFFFFF if pp else 0
@@ -55,7 +71,6 @@ def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
         wr = (qw1 >> 1) & 1
         lpig = (qw1 >> 2) & 1
         prgi = (qw1 >> 3) & 0x1FF
-        addr = qw1 & _ADDR_MASK
         if (
             _CANONICAL_LOW <= addr < _CANONICAL_HIGH  # not canonical
             or (pm and (rd or wr))  # privileged mode: not supported
@@ -77,7 +92,7 @@ def prq_event_thread(drv: IntelIommu, us: UnitState, now: int) -> int:
         report(dev, (flags, pasid, prgi, rd | wr << 1 | exe << 2 | pm << 3, addr), now)
     # 3. PQH once for the whole batch.
     prq.write_head(tail)
-    counters["page_requests"] += taken
+    drv.hot["page_requests"] += taken
     # 4. Overflow: once the ring is empty, partial groups may have lost their last
     # request (auto-answered Success by the hardware): discard them, then clear PRO.
     if unit.read_prs() & PRS_PRO and prq.head == prq.tail:
