@@ -20,7 +20,7 @@ from hwmodel.descriptors import (
 from hwmodel.iq import InvalidationQueue
 from hwmodel.pagetable import PageTable
 from hwmodel.prq import PageRequestQueue
-from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, Perm
+from hwmodel.rid import PAGE_MASK, PAGE_SHIFT, Perm, perm_of
 from hwmodel.topology import IommuSpec
 
 PRS_PPR = 1  # PRS_REG bit 0: pending page request
@@ -30,9 +30,10 @@ PECTL_IP = 1 << 30
 
 RID_PASID = 0  # the PASID table slot used for requests without PASID (IOMMU_NO_PASID)
 
-_RW = Perm.READ | Perm.WRITE
-_S1_ONLY = Perm.EXEC | Perm.PRIV
-_NO_PERM = Perm(0)
+# Permissions as plain ints, as the page tables keep them (hwmodel/pagetable.py).
+_RW = int(Perm.READ | Perm.WRITE)
+_S1_ONLY = int(Perm.EXEC | Perm.PRIV)
+_NO_PERM = 0
 
 
 class Pgtt(enum.IntEnum):
@@ -131,7 +132,7 @@ _HOT_COUNTERS = dict.fromkeys(
 )
 
 _IotlbKey = tuple[int | None, int]  # (PASID tag or None for DID-only, page)
-_IotlbVal = tuple[int, Perm, Pgtt]  # (target page, perm, pgtt)
+_IotlbVal = tuple[int, int, Pgtt]  # (target page, perm as an int, pgtt)
 
 
 class IommuUnit:
@@ -244,11 +245,12 @@ class IommuUnit:
     # ------------------------------------------------------------------ translation
     def translate(self, sid: int, pasid: int | None, iova: int, perm: Perm) -> Translation:
         """Translate one access (an ATS translation request or an untranslated DMA)."""
-        return Translation(*self.translate_access(sid, pasid, iova, int(perm)))
+        ok, addr, tperm, table_fault, reason = self.translate_access(sid, pasid, iova, int(perm))
+        return Translation(ok, addr, perm_of(tperm), table_fault, reason)
 
     def translate_access(
         self, sid: int, pasid: int | None, iova: int, access: int
-    ) -> tuple[bool, int, Perm, bool, str]:
+    ) -> tuple[bool, int, int, bool, str]:
         """``translate`` as a plain tuple ``(ok, addr, perm, table_fault, reason)``, the
         access as an int: what the DMA engine calls twice a faulting page, where a
         ``Translation`` object and enum arithmetic would cost more than the lookup."""
@@ -292,7 +294,7 @@ class IommuUnit:
         return True, addr, tperm, False, ""
 
     @staticmethod
-    def _walk(e: PasidEntry, page: int) -> tuple[int, Perm] | None:
+    def _walk(e: PasidEntry, page: int) -> tuple[int, int] | None:
         pgtt = e.pgtt
         if pgtt == _PASS_THROUGH:
             return page, _RW

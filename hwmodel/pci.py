@@ -278,7 +278,7 @@ class PciFunction:
         self.ats_enabled = False
         self.pasid_enabled = False
         # Insertion-ordered so that eviction of the oldest entry is O(1).
-        self.atc: OrderedDict[tuple[int | None, int], tuple[int, Perm]] = OrderedDict()
+        self.atc: OrderedDict[tuple[int | None, int], tuple[int, int]] = OrderedDict()
         self.atc_entries = atc_entries
         self._counts = HotCounts(_HOT_COUNTERS)
         #: Where the function counts (``hwmodel.counting``): the per-fault counts and
@@ -372,7 +372,7 @@ class PciFunction:
             del atc[k]
         return len(keys)
 
-    def _atc_insert(self, key: tuple[int | None, int], val: tuple[int, Perm]) -> None:
+    def _atc_insert(self, key: tuple[int | None, int], val: tuple[int, int]) -> None:
         atc = self.atc
         if key not in atc and len(atc) >= self.atc_entries:
             atc.popitem(last=False)
@@ -381,7 +381,7 @@ class PciFunction:
 
     def _translate(
         self, pasid: int | None, addr: int, access: int
-    ) -> tuple[bool, int, Perm, bool, str]:
+    ) -> tuple[bool, int, int, bool, str]:
         """One access through the ATC (ATS enabled) or the IOMMU, as the IOMMU's
         ``translate_access`` tuple: ``(ok, addr, perm, table_fault, reason)``."""
         c = self.hot_counters

@@ -282,7 +282,7 @@ def _all_hwpts(core: Core) -> list[HwPagetable]:
     ]
 
 
-def _walk(hwpt: HwPagetable, page: int) -> tuple[int, Perm] | None:
+def _walk(hwpt: HwPagetable, page: int) -> tuple[int, int] | None:
     d = hwpt.domain
     if d.s1 is None:
         return d.s2.lookup_page(page)
@@ -292,5 +292,5 @@ def _walk(hwpt: HwPagetable, page: int) -> tuple[int, Perm] | None:
     s2 = d.s2.lookup_page(s1[0])
     if s2 is None:
         return None
-    rw = Perm.READ | Perm.WRITE
-    return s2[0], (s1[1] & s2[1] & rw) | (s1[1] & (Perm.EXEC | Perm.PRIV))
+    rw = int(Perm.READ | Perm.WRITE)
+    return s2[0], (s1[1] & s2[1] & rw) | (s1[1] & int(Perm.EXEC | Perm.PRIV))

@@ -3,6 +3,8 @@ invalidation descriptor executes (vtd-hw.md 5.4), and nested walks."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from hwmodel import (
@@ -15,6 +17,7 @@ from hwmodel import (
     DmaStatus,
     IotlbInvDescriptor,
     Machine,
+    PageTable,
     PasidDevTlbInvDescriptor,
     PasidEntry,
     PasidIotlbInvDescriptor,
@@ -210,3 +213,13 @@ def test_iotlb_is_bounded_and_evicts_oldest(accel: Bound) -> None:
         assert unit.translate(SID, 5, i << 12, Perm.READ).ok
     assert unit.iotlb_size == 8 and unit.counters["iotlb_evictions"] == 8
     assert not unit.iotlb_cached(2, None, 0) and unit.iotlb_cached(2, None, 15)
+
+
+def test_page_table_entries_are_left_alone_by_the_cyclic_collector() -> None:
+    """A mapped page is a tuple of two ints: the collector untracks it, so a full
+    collection with a million pages mapped does not walk them all."""
+    pt = PageTable()
+    pt.map(0x10000, 0x20000, 64 * 4096, Perm.READ | Perm.WRITE)
+    gc.collect()
+    assert not any(gc.is_tracked(v) for v in pt._pages.values())
+    assert pt.lookup(0x10000) == (0x20000, Perm.READ | Perm.WRITE)
