@@ -44,6 +44,11 @@ FLUSH_TIMEOUT_S: Final = 2.0
 REQUESTS_PER_SLICE: Final = 64
 SLICE_S: Final = 0.005
 
+#: The one buffer every connection's reader reads into (one thread, and each read is
+#: copied out before the reader yields); allocated once, see ``Connection._receive``.
+_READ_BUFFER: Final = [bytearray(RECEIVE_SIZE)]
+_READ_VIEW: Final = memoryview(_READ_BUFFER[0])
+
 
 class Host(Protocol):
     """What a connection needs of the daemon that owns it (``Daemon`` is one)."""
@@ -136,6 +141,9 @@ class Connection:
         self.released = False
         self._scope: trio.CancelScope | None = None
         self._fd = stream_fd(stream)
+        #: The reader's fairness slice: requests left, and when it ends (perf_counter).
+        self._slice_left = REQUESTS_PER_SLICE
+        self._slice_end = time.perf_counter() + SLICE_S
 
     # --- output ------------------------------------------------------------------
 
@@ -344,24 +352,70 @@ class Connection:
                     "connection closed", reason=self.close_reason, requests=self.session.requests
                 )
 
+    def _new_slice(self) -> None:
+        """The reader just yielded: a fresh fairness slice starts."""
+        self._slice_left = REQUESTS_PER_SLICE
+        self._slice_end = time.perf_counter() + SLICE_S
+
+    async def _receive(self) -> bytes | bytearray | None:
+        """The next read: bytes, ``b""`` at EOF, ``None`` when the peer reset.
+
+        On a socket the reader reads the fd itself, into the daemon's one read buffer,
+        and parks in ``wait_readable`` only when nothing is there: a read that finds
+        data costs one ``readv`` instead of trio's stream layers and the scheduler pass
+        its ``receive_some`` takes after every successful read (about a third of a
+        trio round trip). Fairness does not rest on that pass: :meth:`_reader` yields
+        once a slice is used up, counted across reads. ``readv`` into a buffer
+        allocated once also spares the per-read allocation of ``RECEIVE_SIZE`` bytes
+        (above malloc's mmap threshold: tens of microseconds a read)."""
+        fd = self._fd
+        if fd is None:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            self._new_slice()  # receive_some always yields
+            return data
+        while True:
+            try:
+                n = os.readv(fd, _READ_BUFFER)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                self._new_slice()
+                continue
+            except OSError:
+                return None  # ECONNRESET, or the fd closed under us
+            # A copy: the buffer is the next read's as soon as this task yields.
+            data = _READ_VIEW[:n].tobytes()
+            # A read counts in the slice as a request does (a stream of partial frames
+            # completes none). A client that also speaks on fault fds gets the pass
+            # always: what it did there before this read (answers written, an fd
+            # closed) is seen first, as it was sent.
+            self._slice_left -= 1
+            if self.fault_fds or self._slice_left <= 0 or time.perf_counter() > self._slice_end:
+                await trio.lowlevel.checkpoint()
+                self._new_slice()
+            return data
+
     async def _reader(self) -> None:
         session = self.session
         host = self.host
         hello_timeout = host.limits.hello_timeout_s
         hello_deadline = trio.current_time() + hello_timeout
+        perf = time.perf_counter
         while True:
-            try:
-                if session.hello_done:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                else:
-                    # A connection that never says hello must not hold a slot forever.
-                    with trio.move_on_at(hello_deadline) as waited:
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                    if waited.cancelled_caught:
-                        self._rejected(session.hello_timeout(hello_timeout))
-                        self.close_reason = "hello_timeout"
-                        return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data: bytes | bytearray | None
+            if session.hello_done:
+                data = await self._receive()
+            else:
+                # A connection that never says hello must not hold a slot forever.
+                with trio.move_on_at(hello_deadline) as waited:
+                    data = await self._receive()
+                if waited.cancelled_caught:
+                    self._rejected(session.hello_timeout(hello_timeout))
+                    self.close_reason = "hello_timeout"
+                    return
+            if data is None:
                 self.close_reason = "reset"
                 return
             if not data:
@@ -372,11 +426,11 @@ class Connection:
             # Every request of this read runs to its end, then the hardware is serviced
             # once for all of them (the emulated interrupt): one PRQ pass, one head
             # write and batched answers for a burst. Between two requests the reader
-            # yields once a slice is used up, so one burst cannot stall the others.
+            # yields once a slice is used up (REQUESTS_PER_SLICE requests or SLICE_S,
+            # whichever first, since it last yielded), so one burst cannot stall the
+            # others.
             self._in_batch = True
             ran = False
-            slice_left = REQUESTS_PER_SLICE
-            slice_end = time.perf_counter() + SLICE_S
             try:
                 for item in session.iter_requests(data):
                     if type(item) is Request:
@@ -387,13 +441,12 @@ class Connection:
                         self._rejected(item)
                     if self.closed or session.closed:
                         return
-                    slice_left -= 1
-                    if slice_left <= 0 or time.perf_counter() > slice_end:
+                    self._slice_left -= 1
+                    if self._slice_left <= 0 or perf() > self._slice_end:
                         await trio.lowlevel.checkpoint()
                         if self.closed:
                             return
-                        slice_left = REQUESTS_PER_SLICE
-                        slice_end = time.perf_counter() + SLICE_S
+                        self._new_slice()
             finally:
                 if ran:
                     host.after_call(now_ns())
