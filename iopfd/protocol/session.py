@@ -222,7 +222,8 @@ class ServerSession:
         key never overrides them."""
         self.seq += 1
         msg: dict[str, object] = {"event": name, "seq": self.seq, **body}
-        msg["event"], msg["seq"] = name, self.seq
+        if len(msg) != len(body) + 2:  # body named one of them
+            msg["event"], msg["seq"] = name, self.seq
         return encode_frame(msg)
 
 

@@ -429,13 +429,16 @@ class Connection:
             # yields once a slice is used up (REQUESTS_PER_SLICE requests or SLICE_S,
             # whichever first, since it last yielded), so one burst cannot stall the
             # others.
+            # The requests of one read arrived together: they run at one instant of the
+            # core's clock (read again after a yield), the service after them at its own.
             self._in_batch = True
             ran = False
+            now = now_ns()
             try:
                 for item in session.iter_requests(data):
                     if type(item) is Request:
                         ran = True
-                        host.run_request(self, item, now_ns())
+                        host.run_request(self, item, now)
                     else:
                         assert isinstance(item, Rejected)
                         self._rejected(item)
@@ -447,6 +450,7 @@ class Connection:
                         if self.closed:
                             return
                         self._new_slice()
+                        now = now_ns()
             finally:
                 if ran:
                     host.after_call(now_ns())
