@@ -161,7 +161,7 @@ def same_values(fast: FastArgs, valid: m.Args) -> None:
             assert a == b and type(a) is type(b), (name, a, b)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(requests())
 def test_the_fast_path_accepts_exactly_what_the_model_accepts_with_the_same_values(
     request: tuple[str, dict[str, Any]],
@@ -222,7 +222,7 @@ def test_every_edge_of_every_field_alike() -> None:
     assert cases > 500
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(requests())
 def test_the_session_answers_the_hot_ops_as_the_model_would(
     request: tuple[str, dict[str, Any]],
