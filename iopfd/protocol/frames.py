@@ -8,6 +8,7 @@ writes a socket.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Final
 
@@ -15,6 +16,8 @@ import msgpack
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
+_unpackb: Final = msgpack.unpackb
+
 #: ``max_frame`` unless ``hello`` says otherwise (docs/protocol.md, *Framing*).
 DEFAULT_MAX_FRAME: Final = 1 << 20
 
@@ -23,16 +26,27 @@ class ProtocolViolation(Exception):
     """The byte stream broke the framing rules; the connection must be closed."""
 
 
+#: One ``msgpack.Packer`` per thread: ``packb`` builds a new one per call, which costs
+#: twice what packing a small reply does.
+_PACKERS = threading.local()
+
+
 def encode_frame(obj: Mapping[str, object]) -> bytes:
     """One frame: the length header and the msgpack encoding of ``obj``."""
-    body: bytes = msgpack.packb(obj, use_bin_type=True)
-    return HEADER.pack(len(body)) + body
+    try:
+        pack = _PACKERS.pack
+    except AttributeError:
+        pack = _PACKERS.pack = msgpack.Packer(use_bin_type=True).pack
+    body: bytes = pack(obj)
+    return len(body).to_bytes(HEADER_SIZE, "big") + body
 
 
 def decode_body(body: bytes) -> dict[str, object]:
     """Decode one frame's payload, which must be exactly one msgpack map with str keys."""
     try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+        # raw=False and use_list=True are msgpack's defaults (>= 1.0); each keyword
+        # costs as much as the decoding of a small request, so only the one needed.
+        obj = _unpackb(body, strict_map_key=False)
     except msgpack.ExtraData as exc:
         raise ProtocolViolation("trailing bytes after the msgpack object") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
@@ -78,31 +92,42 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray) -> list[dict[str, object]]:
         self.check()
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            # Nothing held back (the usual case): frames are cut straight out of
+            # ``data``, and only an incomplete tail is kept.
+            src = data
         out: list[dict[str, object]] = []
         pos = 0
-        try:
-            while (frame := self._next_frame(pos)) is not None:
-                msg, pos = frame
-                out.append(msg)
-        except ProtocolViolation as exc:
+        end = len(src)
+        max_frame = self.max_frame
+        unpack_from = HEADER.unpack_from
+        violation = None
+        while end - pos >= HEADER_SIZE:
+            (length,) = unpack_from(src, pos)
+            if length == 0 or length > max_frame:
+                violation = ProtocolViolation(f"frame length {length} out of range 1..{max_frame}")
+                break
+            stop = pos + HEADER_SIZE + length
+            if stop > end:
+                break
+            try:
+                out.append(decode_body(bytes(src[pos + HEADER_SIZE : stop])))
+            except ProtocolViolation as exc:
+                violation = exc
+                break
+            pos = stop
+        if violation is not None:
             buf.clear()
             if not out:
-                raise
-            self._violation = exc
+                raise violation
+            self._violation = violation
             return out
-        if pos:
-            del buf[:pos]
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
         return out
-
-    def _next_frame(self, pos: int) -> tuple[dict[str, object], int] | None:
-        buf = self._buf
-        if len(buf) - pos < HEADER_SIZE:
-            return None
-        (length,) = HEADER.unpack_from(buf, pos)
-        if length == 0 or length > self.max_frame:
-            raise ProtocolViolation(f"frame length {length} out of range 1..{self.max_frame}")
-        stop = pos + HEADER_SIZE + length
-        if stop > len(buf):
-            return None
-        return decode_body(bytes(buf[pos + HEADER_SIZE : stop])), stop

@@ -272,6 +272,10 @@ class PageResponseArgs(Args):
     fault_id: U32
     responses: list[PageResponseItem]
 
+    def pairs(self) -> list[tuple[int, int]]:
+        """``responses`` as ``(cookie, code)`` pairs, which is what the core takes."""
+        return [(r.cookie, r.code) for r in self.responses]
+
 
 class FaultFdArgs(Args):
     """``fault_fd``: the fault queue's groups as kernel records on a passed fd."""

@@ -30,6 +30,7 @@ from iopfd.protocol.errors import (
     EPROTONOSUPPORT,
     RequestError,
 )
+from iopfd.protocol.fastargs import FastArgs, fast_args
 from iopfd.protocol.frames import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
@@ -42,13 +43,16 @@ from iopfd.protocol.ops import OPS, OpSpec, Result
 MAX_ERROR_MESSAGE: Final = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
-    """A request that passed every session rule: run it, then ``reply`` or ``error``."""
+    """A request that passed every session rule: run it, then ``reply`` or ``error``.
+    ``args``: the op's model, or for the fault path's ops the named tuple of
+    :mod:`iopfd.protocol.fastargs` with the same fields. (Not frozen: a frozen
+    dataclass pays an ``object.__setattr__`` per field, on every request.)"""
 
     op: str
     id: int
-    args: m.Args
+    args: m.Args | FastArgs
     spec: OpSpec
 
 
@@ -156,7 +160,11 @@ class ServerSession:
             raise RequestError(EINVAL, "unknown op", rid)
         if spec.admin and not self.admin:
             raise RequestError(EPERM, f"{op} is an admin op", rid)
-        args = m.validate_args(op, {k: v for k, v in msg.items() if k != "op" and k != "id"}, rid)
+        args: m.Args | FastArgs | None = fast_args(op, msg)
+        if args is None:
+            args = m.validate_args(
+                op, {k: v for k, v in msg.items() if k != "op" and k != "id"}, rid
+            )
         if op == "hello":
             self._hello(args, rid)
         if spec.deferred:
@@ -182,7 +190,7 @@ class ServerSession:
         if op is not None and self._waiting[op]:
             self._waiting[op] -= 1
 
-    def _hello(self, args: m.Args, rid: int) -> None:
+    def _hello(self, args: m.Args | FastArgs, rid: int) -> None:
         assert isinstance(args, m.HelloArgs)
         if self.hello_done:
             raise RequestError(EINVAL, "hello was already accepted on this connection", rid)
@@ -218,7 +226,8 @@ class ServerSession:
         key never overrides them."""
         self.seq += 1
         msg: dict[str, object] = {"event": name, "seq": self.seq, **body}
-        msg["event"], msg["seq"] = name, self.seq
+        if len(msg) != len(body) + 2:  # body named one of them
+            msg["event"], msg["seq"] = name, self.seq
         return encode_frame(msg)
 
 

@@ -45,6 +45,11 @@ FLUSH_TIMEOUT_S: Final = 2.0
 REQUESTS_PER_SLICE: Final = 64
 SLICE_S: Final = 0.005
 
+#: The one buffer every connection's reader reads into (one thread, and each read is
+#: copied out before the reader yields); allocated once, see ``Connection._receive``.
+_READ_BUFFER: Final = [bytearray(RECEIVE_SIZE)]
+_READ_VIEW: Final = memoryview(_READ_BUFFER[0])
+
 
 class Host(Protocol):
     """What a connection needs of the daemon that owns it (``Daemon`` is one)."""
@@ -141,7 +146,8 @@ class Connection:
         self.released = False
         self._scope: trio.CancelScope | None = None
         self._fd = stream_fd(stream)
-        #: The slice this connection's requests draw on: its uid's.
+        #: The reader's fairness slice: requests left, and when it ends (perf_counter).
+        #: The slice this connection's requests draw on: its uid's (``take_slice``).
         self._share = uid_out if uid_out is not None else UidOutput(1 << 62)
 
     # --- output ------------------------------------------------------------------
@@ -351,35 +357,82 @@ class Connection:
                     "connection closed", reason=self.close_reason, requests=self.session.requests
                 )
 
+    async def _receive(self) -> bytes | bytearray | None:
+        """The next read: bytes, ``b""`` at EOF, ``None`` when the peer reset.
+
+        On a socket the reader reads the fd itself, into the daemon's one read buffer,
+        and parks in ``wait_readable`` only when nothing is there: a read that finds
+        data costs one ``readv`` instead of trio's stream layers and the scheduler pass
+        its ``receive_some`` takes after every successful read (about a third of a
+        trio round trip). Fairness does not rest on that pass: :meth:`_reader` yields
+        once the uid's slice is used up, counted across reads (``take_slice``).
+        ``readv`` into a buffer allocated once also spares the per-read allocation of
+        ``RECEIVE_SIZE`` bytes (above malloc's mmap threshold: tens of microseconds a
+        read)."""
+        fd = self._fd
+        if fd is None:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            return data
+        while True:
+            try:
+                n = os.readv(fd, _READ_BUFFER)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            except OSError:
+                return None  # ECONNRESET, or the fd closed under us
+            # A copy: the buffer is the next read's as soon as this task yields.
+            data = _READ_VIEW[:n].tobytes()
+            # A read counts in the slice as a request does (a stream of partial frames
+            # completes none). A client that also speaks on fault fds gets the pass
+            # always: what it did there before this read (answers written, an fd
+            # closed) is seen first, as it was sent.
+            share = self._share
+            share.slice_left -= 1
+            if self.fault_fds:
+                await trio.lowlevel.checkpoint()
+            if (
+                share.resume is not None
+                or share.slice_left <= 0
+                or time.perf_counter() > share.slice_end
+            ):
+                await self.take_slice()
+            return data
+
     async def _reader(self) -> None:
         session = self.session
         host = self.host
         hello_timeout = host.limits.hello_timeout_s
         hello_deadline = trio.current_time() + hello_timeout
         idle_timeout = host.limits.idle_timeout_s
+        perf = time.perf_counter
+        share = self._share
         while True:
-            try:
-                if session.hello_done:
-                    if idle_timeout and self.holds_nothing:
-                        with trio.move_on_after(idle_timeout) as waited:
-                            data = await self.stream.receive_some(RECEIVE_SIZE)
-                        if waited.cancelled_caught:
-                            if not self.holds_nothing:
-                                continue
-                            self._rejected(session.idle_timeout(idle_timeout))
-                            self.close_reason = "idle_timeout"
-                            return
-                    else:
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                else:
-                    # A connection that never says hello must not hold a slot forever.
-                    with trio.move_on_at(hello_deadline) as waited:
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                    if waited.cancelled_caught:
-                        self._rejected(session.hello_timeout(hello_timeout))
-                        self.close_reason = "hello_timeout"
+            data: bytes | bytearray | None
+            if session.hello_done:
+                if idle_timeout and self.holds_nothing:
+                    with trio.move_on_after(idle_timeout) as idle:
+                        data = await self._receive()
+                    if idle.cancelled_caught:
+                        if not self.holds_nothing:
+                            continue
+                        self._rejected(session.idle_timeout(idle_timeout))
+                        self.close_reason = "idle_timeout"
                         return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                else:
+                    data = await self._receive()
+            else:
+                # A connection that never says hello must not hold a slot forever.
+                with trio.move_on_at(hello_deadline) as waited:
+                    data = await self._receive()
+                if waited.cancelled_caught:
+                    self._rejected(session.hello_timeout(hello_timeout))
+                    self.close_reason = "hello_timeout"
+                    return
+            if data is None:
                 self.close_reason = "reset"
                 return
             if not data:
@@ -390,26 +443,32 @@ class Connection:
             # Every request of this read runs to its end, then the hardware is serviced
             # once for all of them (the emulated interrupt): one PRQ pass, one head
             # write and batched answers for a burst. Between two requests the reader
-            # yields once a slice is used up, so one burst cannot stall the others.
+            # yields once a slice is used up (REQUESTS_PER_SLICE requests or SLICE_S,
+            # whichever first, since it last yielded), so one burst cannot stall the
+            # others.
+            # The requests of one read arrived together: they run at one instant of the
+            # core's clock (read again after a yield), the service after them at its own.
             self._in_batch = True
             ran = False
-            share = self._share
+            now = now_ns()
             try:
                 for item in session.iter_requests(data):
                     if (
                         share.resume is not None
                         or share.slice_left <= 0
-                        or time.perf_counter() > share.slice_end
+                        or perf() > share.slice_end
                     ):
                         await self.take_slice()
                         if self.closed:
                             return
+                        now = now_ns()
                     share.slice_left -= 1
                     if type(item) is Request:
                         ran = True
-                        sliced = host.run_request(self, item, now_ns())
+                        sliced = host.run_request(self, item, now)
                         if sliced is not None:
                             await self._finish_sliced(item.id, sliced)
+                            now = now_ns()
                     else:
                         assert isinstance(item, Rejected)
                         self._rejected(item)

@@ -38,7 +38,7 @@ from iopfd.server.config import Config, Limits
 from iopfd.server.connection import Connection, now_ns, stream_fd
 from iopfd.server.faultfd import FaultFd
 from iopfd.server.listener import BoundSocket, bind_unix_socket
-from iopfd.server.logconfig import log_dropped, printable
+from iopfd.server.logconfig import debug_enabled, log_dropped, printable
 from iopfd.server.ops import HANDLERS, OBSERVING_OPS, Deferred, PassFd, Sliced
 from iopfd.server.peer import PeerCred, is_admin, peer_credentials, resolve_group
 from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
@@ -132,9 +132,12 @@ class Daemon:
         except Exception as exc:
             self._internal_error(conn, rid, exc, request.op)
         else:
-            if isinstance(result, PassFd):
+            kind = type(result)
+            if kind is PassFd:
+                assert isinstance(result, PassFd)
                 conn.reply_ok_with_fd(rid, result.result, result.sock)
-            elif not isinstance(result, Deferred | Sliced):
+            elif kind is not Deferred and kind is not Sliced:
+                assert not isinstance(result, Deferred | PassFd | Sliced)
                 conn.reply_ok(rid, result)
         return None
 
@@ -230,13 +233,14 @@ class Daemon:
         if ev.throttled:
             body["throttled"] = ev.throttled
         conn.push_event("fault", body)
-        log.debug(
-            "fault delivered",
-            conn=conn.id,
-            fault_id=ev.fault_id,
-            cookie=ev.cookie,
-            records=len(ev.faults),
-        )
+        if debug_enabled():
+            log.debug(
+                "fault delivered",
+                conn=conn.id,
+                fault_id=ev.fault_id,
+                cookie=ev.cookie,
+                records=len(ev.faults),
+            )
 
     def open_fault_fd(self, conn: Connection, fault_id: int) -> socket.socket:
         """``fault_fd``: the daemon keeps one end of a SOCK_SEQPACKET socketpair (its

@@ -116,6 +116,17 @@ class QueuedWriter:
 _SINKS: list[QueuedWriter] = []
 
 
+#: Whether debug lines are written: structlog's default (before ``configure_logging``,
+#: in-process tests) writes them.
+_DEBUG: list[bool] = [True]
+
+
+def debug_enabled() -> bool:
+    """Whether a ``debug`` line would be written: the per-fault lines are built only
+    then (a filtered call still costs a lazy-proxy lookup and the keyword dict)."""
+    return _DEBUG[0]
+
+
 def log_dropped() -> int:
     """Lines dropped so far (``status``: ``daemon_log_dropped``)."""
     return _SINKS[0].dropped if _SINKS else 0
@@ -139,6 +150,7 @@ def configure_logging(log_format: str | None, level: str = "info") -> None:
     if not _SINKS:
         _SINKS.append(QueuedWriter(sys.stderr))
     sink = _SINKS[0]
+    _DEBUG[0] = _LEVELS[level] <= logging.DEBUG
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -21,6 +21,7 @@ import structlog
 from iopfd.core.errors import CoreError
 from iopfd.protocol import models as m
 from iopfd.protocol.errors import EBUSY, ENOENT, EOPNOTSUPP
+from iopfd.protocol.fastargs import DmaFast, IoasMapFast, PageResponseFast
 from iopfd.protocol.ops import OPS
 
 if TYPE_CHECKING:
@@ -151,7 +152,9 @@ def _iova_reply(iova: int) -> Mapping[str, object]:
     return {"iova": iova}
 
 
-def op_ioas_map(srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs, now: int) -> Result:
+def op_ioas_map(
+    srv: Server, conn: Connection, rid: int, args: m.IoasMapArgs | IoasMapFast, now: int
+) -> Result:
     ctx = _ctx(conn)
     if args.iova is None:  # the daemon picks: a search of the IOAS's areas, in steps
         steps = ctx.ioas_map_steps(args.ioas_id, None, args.length, args.perm, now)
@@ -198,11 +201,10 @@ def op_detach(srv: Server, conn: Connection, rid: int, args: m.DetachArgs, now: 
 
 
 def op_page_response(
-    srv: Server, conn: Connection, rid: int, args: m.PageResponseArgs, now: int
+    srv: Server, conn: Connection, rid: int, args: m.PageResponseArgs | PageResponseFast, now: int
 ) -> Result:
     # The fault fd's write(): ``done`` entries applied, processing stopped at the next.
-    responses = [(r.cookie, r.code) for r in args.responses]
-    return {"done": _ctx(conn).page_response(args.fault_id, responses, now)}
+    return {"done": _ctx(conn).page_response(args.fault_id, args.pairs(), now)}
 
 
 def op_fault_fd(srv: Server, conn: Connection, rid: int, args: m.FaultFdArgs, now: int) -> Result:
@@ -220,7 +222,7 @@ def op_fault_fd(srv: Server, conn: Connection, rid: int, args: m.FaultFdArgs, no
     return PassFd(EMPTY, theirs)
 
 
-def op_dma(srv: Server, conn: Connection, rid: int, args: m.DmaArgs, now: int) -> Result:
+def op_dma(srv: Server, conn: Connection, rid: int, args: m.DmaArgs | DmaFast, now: int) -> Result:
     # The request id rides in the transfer's tag; DmaDone brings it back for the reply.
     _ctx(conn).dma(args.dev_id, args.pasid, args.iova, args.length, args.perm, now, rid)
     return DEFERRED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from bench.faults import INV_LARGE, INV_SMALL, _ranges, invalidation_minimum
+from bench.faults import INV_LARGE, INV_SMALL, _ranges, invalidation_minimum, summarize_py_spy
 from bench.wire import generated_functions, topology_toml
 from hwmodel.topology import generated_topology, topology_from_dict
 
@@ -40,3 +40,17 @@ def test_generated_topology_file_matches_hwmodel_generated_topology() -> None:
 def test_answers_map_contiguous_faulting_pages_as_one_range() -> None:
     pages = [0x5000, 0x3000, 0x4000, 0x9000, 0x4000]
     assert _ranges(pages) == [(0x3000, 0x3000), (0x9000, 0x1000)]
+
+
+def test_a_profile_charges_each_sample_to_the_innermost_project_package() -> None:
+    raw = "\n".join(
+        [
+            # the standard library under the core counts for the core
+            "run (trio/_core/_run.py:1);service (iopfd/core/core.py:2);heappop (heapq.py:3) 6",
+            "run (trio/_core/_run.py:1);_admit (iopfd/protocol/session.py:4) 3",
+            "run (trio/_core/_run.py:1) 1",
+        ]
+    )
+    text = summarize_py_spy(raw)
+    shares = text.split("self, by package:")[1].split("self:")[0].split()
+    assert shares == ["60.0%", "iopfd.core", "30.0%", "iopfd.protocol", "10.0%", "trio"]

@@ -5,6 +5,7 @@ between."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -12,10 +13,11 @@ import pytest
 import trio
 import trio.testing
 from iopfd_flows import ACCEL0
-from iopfd_inprocess import NOBODY, ROOT, connect, identity_holds, running
+from iopfd_inprocess import NOBODY, ROOT, connect, identity_holds, running, socket_pair
 
 from iopfd.core import ioas as ioas_module
 from iopfd.core.ioas import UNMAP_PAGES_PER_STEP
+from iopfd.server import connection as server_connection
 from iopfd.server import ops as server_ops
 from iopfd.server.connection import REQUESTS_PER_SLICE
 from iopfd.server.peer import PeerCred
@@ -53,6 +55,83 @@ async def test_a_burst_in_one_read_does_not_hold_other_connections_until_its_end
         assert 0 < order.index("status") < BURST
         for rid in range(2, 2 + BURST):
             assert (await tenant.reply(rid)).ok
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch, order: list[str]) -> None:
+    for op in ("devices", "status"):
+        real = server_ops.HANDLERS[op]
+
+        def handler(*args: Any, _op: str = op, _real: Any = real) -> Any:
+            order.append(_op)
+            return _real(*args)
+
+        monkeypatch.setitem(server_ops.HANDLERS, op, handler)
+
+
+async def test_on_a_socket_a_burst_in_one_read_yields_to_other_connections(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a socket the reader reads the fd itself (no scheduler pass per read): the
+    # slice alone makes it yield.
+    order: list[str] = []
+    _recording(monkeypatch, order)
+    async with running() as daemon:
+        tenant = await connect(daemon, NOBODY, pair=socket_pair)
+        admin = await connect(daemon, ROOT, pair=socket_pair)
+        order.clear()
+        await tenant.send(*(tenant.frame("devices")[1] for _ in range(BURST)))
+        with trio.fail_after(60):
+            while not order:
+                await trio.sleep(0)
+        assert (await admin.call("status"))["clients"] == 2
+        assert 0 < order.index("status") < BURST
+        for rid in range(2, 2 + BURST):
+            assert (await tenant.reply(rid)).ok
+        await tenant.aclose()
+        await admin.aclose()
+
+
+async def test_on_a_socket_reads_that_always_find_data_still_yield_by_the_slice(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many small reads, each finding the next one's data already there: the slice is
+    # counted across reads, so the other connection is served before the last of them.
+    order: list[str] = []
+    _recording(monkeypatch, order)
+    async with running() as daemon:
+        tenant = await connect(daemon, NOBODY, pair=socket_pair)
+        admin = await connect(daemon, ROOT, pair=socket_pair)
+        reads: list[int] = []
+        (conn,) = (c for c in daemon.connections.values() if not c.admin)
+        real_receive = conn._receive
+
+        async def one_frame_per_read() -> bytes | bytearray | None:
+            data = await real_receive()
+            reads.append(len(data or b""))
+            return data
+
+        monkeypatch.setattr(conn, "_receive", one_frame_per_read)
+        n = 3 * REQUESTS_PER_SLICE  # one small write each: the socket buffer holds them
+        frames = [tenant.frame("devices")[1] for _ in range(n)]
+        # One frame per write, all written before the daemon runs again: each read
+        # (the buffer is as large as the frame) finds the next frame already there.
+        small = bytearray(len(frames[0]))
+        monkeypatch.setattr(server_connection, "_READ_BUFFER", [small])
+        monkeypatch.setattr(server_connection, "_READ_VIEW", memoryview(small))
+        order.clear()
+        client_fd = tenant.stream.socket.fileno()  # type: ignore[attr-defined]
+        for f in frames:
+            assert os.write(client_fd, f) == len(f)  # all there before the daemon runs
+        with trio.fail_after(60):
+            while not order:
+                await trio.sleep(0)
+        assert (await admin.call("status"))["clients"] == 2
+        assert 0 < order.index("status") < n
+        for rid in range(2, 2 + n):
+            assert (await tenant.reply(rid)).ok
+        assert len(reads) >= n
+        await tenant.aclose()
+        await admin.aclose()
 
 
 async def test_a_teardown_of_hundreds_of_attachments_lets_others_be_served(
