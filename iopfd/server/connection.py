@@ -147,6 +147,8 @@ class Connection:
         self._scope: trio.CancelScope | None = None
         self._fd = stream_fd(stream)
         #: The reader's fairness slice: requests left, and when it ends (perf_counter).
+        #: ``outbytes`` went back to the uid's count (``_release_output``).
+        self._out_released = False
         #: The slice this connection's requests draw on: its uid's (``take_slice``).
         self._share = uid_out if uid_out is not None else UidOutput(1 << 62)
 
@@ -310,9 +312,18 @@ class Connection:
             self._writer_wake.set()
 
     def _sent(self, n: int) -> None:
+        if self._out_released:
+            return  # abort gave it all back already
         self.outbytes -= n
         if self.uid_out is not None:
             self.uid_out.bytes -= n
+
+    def _release_output(self) -> None:
+        """What is queued or in flight leaves the uid's count at once: a connection
+        dropped over the uid's output budget must not keep the uid over it while its
+        teardown runs, and get the uid's other connections dropped too."""
+        self._sent(self.outbytes)
+        self._out_released = True
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -323,6 +334,7 @@ class Connection:
             self.close_reason = reason
             self.drop_fd_frames()
             self._out.clear()
+            self._release_output()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -351,7 +363,7 @@ class Connection:
                 self.closed = True
                 with trio.CancelScope(shield=True):
                     await self.host.release_sliced(self)
-                    self._sent(self.outbytes)  # what was never sent leaves the uid's budget
+                    self._release_output()  # what was never sent leaves the uid's budget
                     await self.stream.aclose()
                 log.info(
                     "connection closed", reason=self.close_reason, requests=self.session.requests

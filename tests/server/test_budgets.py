@@ -3,6 +3,10 @@ mapped pages across one uid's connections, and unsent output per uid."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Generator
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -145,3 +149,53 @@ async def test_objects_and_pending_page_their_rows_and_say_where_the_next_page_s
         assert await c.error("objects", limit=0) == "EINVAL"
         page = await c.call("pending", limit=10)
         assert (page["pending"], page["total"], page["next"]) == ([], 0, None)
+
+
+async def test_a_connection_dropped_over_the_uids_output_budget_gives_its_bytes_back_at_once(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its teardown may take a while (sliced); meanwhile the uid's other connections
+    are not charged for what the dropped one will never send."""
+    release = trio.Event()
+    async with running(max_frame=65536, max_outbuf=1 << 20, max_outbuf_per_uid=65536) as daemon:
+        core = daemon.core
+        real_steps = core.close_context_steps
+
+        def slow_steps(ctx: Any, now: int) -> Generator[None, None, None]:
+            while not release.is_set():
+                yield  # the teardown has not finished
+            yield from real_steps(ctx, now)
+
+        monkeypatch.setattr(core, "close_context_steps", slow_steps)
+        flood = await connect(daemon, NOBODY, pair=trio.testing.lockstep_stream_pair)
+        await flood.call("ioas_alloc")  # something to tear down
+        quiet = await connect(daemon, NOBODY)
+        frame = flood.frame("topology")[1]
+
+        async def send_forever() -> None:  # never reads a reply
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for _ in range(5000):
+                    await flood.send(frame)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_forever)
+            # (The stalled teardown never lets the mock clock jump: poll by checkpoints.)
+            for _ in range(1_000_000):
+                if daemon.counters["outbuf_overflows"]:
+                    break
+                await trio.sleep(0)
+            dropped = next(c for c in daemon.connections.values() if c.closed)
+            share = dropped.uid_out
+            assert share is not None
+            # The dropped connection is still tearing down, yet its bytes are gone.
+            assert not dropped.released
+            assert share.bytes == sum(
+                c.outbytes
+                for c in daemon.connections.values()
+                if c.cred.uid == 65534 and not c.closed
+            )
+            for _ in range(50):
+                assert (await quiet.call("devices"))["devices"]
+            assert daemon.counters["outbuf_overflows"] == 1
+            release.set()
+            nursery.cancel_scope.cancel()
