@@ -16,6 +16,8 @@ import bisect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from mypy_extensions import trait
+
 from hwmodel import PageTable, Perm, perm_of
 from iopfd.core.errors import EBUSY, EINVAL, ENOENT, ENOSPC, EOPNOTSUPP, EPERM, CoreError
 from iopfd.core.main import (
@@ -154,6 +156,7 @@ def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
 register_object_ops(Ioas, ObjectOps(destroy=_destroy, teardown_rank=lambda o: 3))
 
 
+@trait
 class IoasOps(ContextBase):
     """The context's IOAS operations (``IOMMU_IOAS_*``)."""
 

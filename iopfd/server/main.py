@@ -94,7 +94,8 @@ def partials_fitting(max_frame: int) -> int:
     """Partial requests set aside per device, so that the largest group (its partials
     and its last request) always fits one ``fault`` event within ``max_frame``."""
     fit = (max_frame - FAULT_EVENT_OVERHEAD_BYTES) // FAULT_RECORD_MAX_BYTES - 1
-    return max(1, min(CoreLimits.max_partials_per_device, fit))
+    # The default from an instance: compiled (make accel), the class holds a descriptor.
+    return max(1, min(CoreLimits().max_partials_per_device, fit))
 
 
 #: Fds per connection the daemon budgets for (the socket, fault fds) and the fixed rest.
