@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="behave as this LTS kernel where they differ (default: from the "
         f"config, else {DEFAULT_KERNEL}); hello and status report it",
     )
-    p.add_argument("--version", action="version", version=f"iopfd {__version__}")
+    # Which build of hwmodel/ and iopfd/core/ runs: the mypyc one of make accel, or Python.
+    build = " (accelerated: mypyc)" if hwmodel.COMPILED else ""
+    p.add_argument("--version", action="version", version=f"iopfd {__version__}{build}")
     return p
 
 
