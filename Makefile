@@ -43,7 +43,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# With the mypyc build too (make accel), for the <entry>_mypyc figures of hwmodel and core.
+bench: $(STAMP) accel
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean:

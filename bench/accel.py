@@ -129,6 +129,8 @@ def _string_annotations() -> None:
 
     if not str(classdef.__file__).endswith(".py"):
         raise RuntimeError("mypyc was imported compiled before bench.accel could intercept it")
+    if "load_type" not in vars(classdef):
+        raise RuntimeError("mypyc.irbuild.classdef has no load_type: update _string_annotations")
 
     def annotation(builder: IRBuilder, typ: TypeInfo, unbound: Type | None, line: int) -> Value:
         if isinstance(unbound, UnboundType) and unbound.name.rpartition(".")[2] == "ClassVar":
