@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test lint typecheck bench clean systemd-analyze cc c c-build c-bench demo-c
+.PHONY: all venv demo test lint typecheck bench clean systemd-analyze cc c c-build c-bench demo-c \
+	accel test-accel
 
 all: test
 
@@ -33,6 +34,7 @@ test: $(STAMP) systemd-analyze c
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+	@$(MAKE) --no-print-directory test-accel
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -41,11 +43,31 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# With the mypyc build too (make accel), for the <entry>_mypyc figures of hwmodel and core.
+bench: $(STAMP) accel
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(VMM_C)
+
+# --- accelerated: hwmodel/ and iopfd/core/ compiled with mypyc (bench/accel.py) --------
+# An overlay in build/accel, never .so files in the sources: the default stays pure
+# Python, and a run is accelerated only with PYTHONPATH=build/accel (children inherit it).
+# Without a C compiler (or Python's headers) nothing is built and the accelerated run
+# says it is skipped.
+ACCEL := $(CURDIR)/build/accel
+
+accel: $(STAMP) cc
+	$(BIN)/python -m bench.accel --if-stale
+
+# The whole suite again, on the compiled modules (make test runs it after the pure run).
+test-accel: $(STAMP) systemd-analyze c accel
+	@if $(BIN)/python -m bench.accel --can-build >/dev/null; then \
+	  PYTHONPATH=$(ACCEL) $(BIN)/python -c 'import hwmodel, sys; sys.exit(not hwmodel.COMPILED)' || \
+	    { echo "error: $(ACCEL) is on PYTHONPATH but hwmodel is not compiled"; exit 1; }; \
+	  echo "accelerated run: PYTHONPATH=$(ACCEL)"; \
+	  PYTHONPATH=$(ACCEL) $(BIN)/python -m pytest -q; \
+	else echo "note: no mypyc build (see make accel); the accelerated test run is skipped"; fi
 
 # --- C: libiopf-preload.so, the C reference VMM, the C tests (clients/c, tests/c) ------
 # gcc comes from apt where we can (root), as systemd-analyze does; without a compiler

@@ -270,6 +270,7 @@ _SHOWN = (
     "peak_kib",
     "flat",
     "page_requests",
+    "python",  # an <entry>_mypyc's figure on the pure-Python build (bench/run.py)
     "note",
 )
 

@@ -6,8 +6,9 @@ Runs, one after another in this one process tree: the transport ceilings
 (bench/ceilings.py), the daemon benches (bench/faults.py), the C client on the kernel
 fault fd (bench/faultfd.py; skipped, with a note, without a C compiler), the attack
 measures of issue 11 (bench/attacks.py: other uids attack, so it needs root), and the
-model-only and
-sans-IO core benches of bench/bench_hwmodel.py and bench/bench_core.py when present,
+model-only and sans-IO core benches of bench/bench_hwmodel.py and bench/bench_core.py
+when present (again on the mypyc build, as ``<entry>_mypyc``, where ``make accel`` has
+built it),
 then writes `bench/results/latest.json` and `bench/results/latest.md` (with `--quick`:
 `bench/results/quick/latest.*`, so a smoke run never overwrites the committed figures).
 
@@ -29,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import ceilings
+from bench import accel, ceilings
 from bench.common import REPO, RESULTS, Entry, machine_facts, python_cmd, write_results
 
 SECTIONS = ("ceilings", "faults", "faultfd", "attacks", "hwmodel", "core")
@@ -61,14 +62,16 @@ def _entries_from_component(name: str, doc: Any) -> list[Entry]:
     return out
 
 
-def run_component(name: str, quick: bool, timeout: float) -> tuple[list[Entry], Any]:
+def run_component(
+    name: str, quick: bool, timeout: float, env: dict[str, str] | None = None
+) -> tuple[list[Entry], Any]:
     """Run another engineer's bench module as a subprocess; it prints JSON on stdout."""
     module = COMPONENTS[name]
     if importlib.util.find_spec(module) is None:
         raise FileNotFoundError(f"{module} is not in the tree yet")
     args = python_cmd("-m", module, *(["--quick"] if quick else []))
     proc = subprocess.run(
-        args, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+        args, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{module} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
@@ -197,8 +200,27 @@ def main(argv: list[str] | None = None) -> int:
             components[name] = doc
         except FileNotFoundError as exc:
             notes.append(str(exc))
+            continue
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if accel.stale():
+            continue
+        # The same bench on the mypyc build (make accel), when it is built and current:
+        # <entry>_mypyc, with the pure-Python figure beside it.
+        log(f"component bench {COMPONENTS[name]} (mypyc)")
+        try:
+            env = {**os.environ, "PYTHONPATH": str(accel.ACCEL)}
+            fast, doc = run_component(name, args.quick, 120 if args.quick else 600, env)
+            components[f"{name}_mypyc"] = doc
+        except Exception as exc:
+            errors[f"{name}_mypyc"] = f"{type(exc).__name__}: {exc}"
+            continue
+        python = {e.name: round(e.figure, 2) for e in comp_entries}
+        for e in fast:
+            e.detail = {"python": python.get(e.name)}
+            e.name += "_mypyc"
+        entries += fast
 
     notes += cost_notes(entries)
     facts["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -1,5 +1,10 @@
 """hwmodel: a sans-IO model of Intel VT-d page requests and PCIe ATS/PRI/PASID."""
 
+from hwmodel.accel import compiled, overlay_path
+
+# ``make accel``: a mypyc build on PYTHONPATH comes ahead of these sources (accel.py).
+__path__[:0] = overlay_path(__name__)
+
 from hwmodel.descriptors import (
     CC_G_DEVICE,
     CC_G_DOMAIN,
@@ -65,6 +70,9 @@ from hwmodel.topology import (
     load_topology,
     topology_from_dict,
 )
+
+#: Whether the mypyc build is in use; ``iopfd --version`` says so.
+COMPILED = compiled("hwmodel.iommu")
 
 __all__ = [
     "CC_G_DEVICE",

@@ -128,7 +128,10 @@ class _Layout:
             for word, lo, mask, width in segs:
                 v |= ((words[word] >> lo) & mask) << pos
                 pos += width
-            out[name] = v != 0 if is_bool else v << shift
+            if is_bool:  # not one conditional expression: typed int, mypyc makes True 1
+                out[name] = v != 0
+            else:
+                out[name] = v << shift
         return out
 
 

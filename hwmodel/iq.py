@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from hwmodel.descriptors import (
@@ -90,6 +90,8 @@ class InvalidationQueue:
         self.status_memory: dict[int, int] = {}  # status writes of wait descriptors (addr -> data)
         self.hot_counters = unit.hot_counters
         self.cold_counters = unit.cold_counters
+        # An observer of each submission's size in descriptors (tests, tracing).
+        self.submit_tap: Callable[[int], None] | None = None
 
     @property
     def counters(self) -> Counter[str]:
@@ -112,6 +114,8 @@ class InvalidationQueue:
             raise InvalidDescriptorError(
                 self.unit.name, self.head, "queue halted: FSTS.IQE still set (call clear_iqe)"
             )
+        if self.submit_tap is not None:
+            self.submit_tap(len(images))
         for raw in images:
             if (self.tail + DESC_SIZE) % self.size_bytes == self.head:
                 self._execute_pending()  # ring full: wait for hardware to make room

@@ -6,6 +6,11 @@ then ``core.service(now)``, then forwards ``core.take_events()``. See docs/core.
 the path of a page request and docs/architecture.md for the layers.
 """
 
+from hwmodel.accel import overlay_path
+
+# ``make accel``: a mypyc build on PYTHONPATH comes ahead of these sources (hwmodel/accel.py).
+__path__[:0] = overlay_path(__name__)
+
 from iopfd.core.context import Context
 from iopfd.core.core import STATUS_COUNTERS, Core
 from iopfd.core.emulation import DEFAULT_UNPLUG_GRACE_NS, Emulation

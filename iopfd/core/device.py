@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
+from mypy_extensions import trait
+
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, CoreError
 from iopfd.core.eventq import auto_response_faults
 from iopfd.core.hw_pagetable import HwPagetable, new_paging_hwpt, put_hwpt
@@ -144,6 +146,7 @@ register_object_ops(
 )
 
 
+@trait
 class DeviceOps(ContextBase):
     """The context's device operations (bind, attach, reset and DMA of a VFIO device)."""
 

@@ -14,6 +14,8 @@ import heapq
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from mypy_extensions import trait
+
 from hwmodel import RESP_INVALID, RESP_SUCCESS
 from iopfd.core.errors import EINVAL, ENOENT, CoreError
 from iopfd.core.events import FaultDelivered
@@ -282,6 +284,7 @@ def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
 register_object_ops(FaultQueue, ObjectOps(destroy=_destroy, teardown_rank=lambda o: 3))
 
 
+@trait
 class FaultOps(ContextBase):
     """The context's fault queue operations."""
 

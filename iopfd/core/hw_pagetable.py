@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from mypy_extensions import trait
+
 from iopfd.core.errors import EINVAL, ENOENT, EOPNOTSUPP, CoreError
 from iopfd.core.eventq import FaultQueue
 from iopfd.core.ioas import ALL_PERMS, Ioas, IoasOps, check_perm
@@ -171,6 +173,7 @@ register_object_ops(
 )
 
 
+@trait
 class HwptOps(IoasOps):
     """The context's HWPT operations (``IOMMU_HWPT_ALLOC``, ``IOMMU_HWPT_INVALIDATE``,
     and the guest's stage-1 writes)."""

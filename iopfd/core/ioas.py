@@ -16,6 +16,8 @@ import bisect
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
+from mypy_extensions import trait
+
 from hwmodel import PageTable, Perm, perm_of
 from iopfd.core.errors import EBUSY, EINVAL, ENOENT, ENOSPC, EOPNOTSUPP, EPERM, CoreError
 from iopfd.core.main import (
@@ -198,6 +200,7 @@ def _destroy(ctx: ContextBase, obj: IommufdObject, now: int) -> None:
 register_object_ops(Ioas, ObjectOps(destroy=_destroy, teardown_rank=lambda o: 3))
 
 
+@trait
 class IoasOps(ContextBase):
     """The context's IOAS operations (``IOMMU_IOAS_*``)."""
 

@@ -20,6 +20,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from mypy_extensions import trait
+
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, ENOSPC, CoreError
 
 if TYPE_CHECKING:
@@ -123,6 +125,9 @@ class CoreServices:
     deadlines: ResponseDeadlines
 
 
+# A trait, as are the *Ops classes: mypyc (make accel) compiles Context's several bases
+# only as traits. Plain Python ignores the decorator.
+@trait
 class ContextBase:
     """``struct iommufd_ctx``: one client's objects, every ID visible to it alone."""
 

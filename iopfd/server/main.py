@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="behave as this LTS kernel where they differ (default: from the "
         f"config, else {DEFAULT_KERNEL}); hello and status report it",
     )
-    p.add_argument("--version", action="version", version=f"iopfd {__version__}")
+    # Which build of hwmodel/ and iopfd/core/ runs: the mypyc one of make accel, or Python.
+    build = " (accelerated: mypyc)" if hwmodel.COMPILED else ""
+    p.add_argument("--version", action="version", version=f"iopfd {__version__}{build}")
     return p
 
 
@@ -95,7 +97,8 @@ def partials_fitting(max_frame: int) -> int:
     """Partial requests set aside per device, so that the largest group (its partials
     and its last request) always fits one ``fault`` event within ``max_frame``."""
     fit = (max_frame - FAULT_EVENT_OVERHEAD_BYTES) // FAULT_RECORD_MAX_BYTES - 1
-    return max(1, min(CoreLimits.max_partials_per_device, fit))
+    # The default from an instance: compiled (make accel), the class holds a descriptor.
+    return max(1, min(CoreLimits().max_partials_per_device, fit))
 
 
 #: Fds per connection the daemon budgets for (the socket, fault fds) and the fixed rest.

@@ -11,6 +11,7 @@ from hwmodel import (
     Machine,
     PageRequestDescriptor,
     Perm,
+    Rid,
     default_topology,
 )
 from hwmodel.testing import ACCEL, ACCEL1, Bound, bind, response_for
@@ -132,7 +133,7 @@ def test_start_dma_rejects_malformed_requests(accel: Bound) -> None:
     with pytest.raises(ValueError):
         m.start_dma(accel.fn.rid, 1 << 20, 0, 0x1000, Perm.READ, now=0)
     with pytest.raises(KeyError):
-        m.start_dma("0000:99:00.0", 5, 0, 0x1000, Perm.READ, now=0)  # type: ignore[arg-type]
+        m.start_dma(Rid.parse("0000:99:00.0"), 5, 0, 0x1000, Perm.READ, now=0)
 
 
 def test_unaligned_transfer_counts_bytes_not_pages(accel: Bound) -> None:
