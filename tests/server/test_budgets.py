@@ -174,23 +174,26 @@ async def test_a_connection_dropped_over_the_uids_output_budget_gives_its_bytes_
                 for _ in range(5000):
                     await flood.send(frame)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_forever)
-            with trio.fail_after(60):
-                while not daemon.counters["outbuf_overflows"]:
-                    await trio.sleep(0.01)
-            dropped = next(c for c in daemon.connections.values() if c.closed)
-            share = dropped.uid_out
-            assert share is not None
-            # The dropped connection is still tearing down, yet its bytes are gone.
-            assert not dropped.released
-            assert share.bytes == sum(
-                c.outbytes
-                for c in daemon.connections.values()
-                if c.cred.uid == 65534 and not c.closed
-            )
-            for _ in range(50):
-                assert (await quiet.call("devices"))["devices"]
-            assert daemon.counters["outbuf_overflows"] == 1
-            release.set()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_forever)
+                with trio.fail_after(60):
+                    while not daemon.counters["outbuf_overflows"]:
+                        await trio.sleep(0.01)
+                dropped = next(c for c in daemon.connections.values() if c.closed)
+                share = dropped.uid_out
+                assert share is not None
+                # The dropped connection is still tearing down, yet its bytes are gone.
+                assert not dropped.released
+                assert share.bytes == sum(
+                    c.outbytes
+                    for c in daemon.connections.values()
+                    if c.cred.uid == 65534 and not c.closed
+                )
+                for _ in range(50):
+                    assert (await quiet.call("devices"))["devices"]
+                assert daemon.counters["outbuf_overflows"] == 1
+                release.set()
+                nursery.cancel_scope.cancel()
+        finally:
+            release.set()  # whatever happened, the teardown may finish
