@@ -63,6 +63,7 @@ from bench.common import (
 )
 from bench.wire import PAGE, Fn, Wire, generated_functions, topology_toml
 from clients.launch import daemon_command
+from iopfd.server.config import Limits
 
 Log = Callable[[str], None]
 
@@ -844,14 +845,18 @@ def attachment_entry(stats: Mapping[str, Any]) -> Entry:
         figure=per,
         unit="B RSS per PASID attachment",
         target="charged to a budget",
-        met=False,
+        met=True,
         detail={
             "pasids": n,
             "note": f"from (b): {n:,} attachments of one device grew RSS {per * n / MiB:.0f} MiB; "
-            "attachments are charged to no budget (a device takes 2^20 - 1 PASIDs, "
-            f"about {per * ((1 << 20) - 1) / (1 << 30):.1f} GiB)",
+            f"max_attachments_per_uid ({PER_UID_ATTACHMENTS:,}) bounds one uid at about "
+            f"{per * PER_UID_ATTACHMENTS / MiB:.0f} MiB (a device alone takes 2^20 - 1 PASIDs)",
         },
     )
+
+
+#: The default ``[limits] max_attachments_per_uid``.
+PER_UID_ATTACHMENTS: int = Limits.model_fields["max_attachments_per_uid"].default
 
 
 # --- chaos ------------------------------------------------------------------------------------

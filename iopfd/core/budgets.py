@@ -1,4 +1,5 @@
-"""Budgets per uid and for the whole daemon: objects, mapped pages, domain IDs.
+"""Budgets per uid and for the whole daemon: objects, mapped pages, domain IDs, and
+attachments (each (device, PASID) a HWPT is attached at).
 
 The kernel charges a process's pinned pages to its ``RLIMIT_MEMLOCK`` (``user->locked_vm``
 in ``iopt_pages``) and IDs to the user's cgroup; iopfd has one process for every tenant,
@@ -20,7 +21,7 @@ from iopfd.core.errors import ENOSPC, CoreError, CoreLimits
 class UidAccount:
     """What one uid holds across all its contexts."""
 
-    __slots__ = ("budgets", "contexts", "dids", "mapped_pages", "objects", "uid")
+    __slots__ = ("attachments", "budgets", "contexts", "dids", "mapped_pages", "objects", "uid")
 
     def __init__(self, budgets: Budgets, uid: int | None) -> None:
         self.budgets = budgets
@@ -28,6 +29,7 @@ class UidAccount:
         self.contexts = 0
         self.objects = 0
         self.mapped_pages = 0
+        self.attachments = 0
         #: IOMMU unit name -> domain IDs this uid's domains hold on it.
         self.dids: Counter[str] = Counter()
 
@@ -76,6 +78,31 @@ class UidAccount:
         self.mapped_pages -= npages
         self.budgets.mapped_pages -= npages
 
+    # ------------------------------------------------------------------ attachments
+    def charge_attachment(self) -> None:
+        """One more (device, PASID) attached: ``ENOSPC`` past ``max_attachments_per_uid``
+        or ``max_attachments_total``. An attachment is about 0.5-1 KiB of the daemon
+        (handle, PASID entry, tags) and a device takes 2^20 - 1 PASIDs: without a
+        budget one tenant could grow the daemon by a gigabyte per device."""
+        b = self.budgets
+        limits = b.limits
+        if self.attachments >= limits.max_attachments_per_uid:
+            b.refused["attachments_uid"] += 1
+            raise CoreError(
+                ENOSPC,
+                f"uid {self.uid} holds max_attachments_per_uid "
+                f"({limits.max_attachments_per_uid}) attachments",
+            )
+        if b.attachments >= limits.max_attachments_total:
+            b.refused["attachments_total"] += 1
+            raise CoreError(ENOSPC, "the daemon holds max_attachments_total attachments")
+        self.attachments += 1
+        b.attachments += 1
+
+    def release_attachment(self) -> None:
+        self.attachments -= 1
+        self.budgets.attachments -= 1
+
     # ------------------------------------------------------------------ domain IDs
     def charge_did(self, unit: str) -> None:
         """One more domain ID on ``unit`` (``domain_attach_iommu``): ``ENOSPC`` past
@@ -101,6 +128,7 @@ class Budgets:
         self.accounts: dict[int | None, UidAccount] = {}
         self.objects = 0
         self.mapped_pages = 0
+        self.attachments = 0
         #: Charges refused, by budget (``status``: ``budget_refused_*``).
         self.refused: Counter[str] = Counter()
 
@@ -115,7 +143,9 @@ class Budgets:
     def close(self, acct: UidAccount) -> None:
         """One context of the uid is gone; an idle account is forgotten."""
         acct.contexts -= 1
-        if not (acct.contexts or acct.objects or acct.mapped_pages or acct.dids):
+        if not (
+            acct.contexts or acct.objects or acct.mapped_pages or acct.attachments or acct.dids
+        ):
             self.accounts.pop(acct.uid, None)
 
     def counters(self) -> dict[str, int]:
@@ -123,16 +153,27 @@ class Budgets:
         out = {
             "budget_objects": self.objects,
             "budget_mapped_pages": self.mapped_pages,
+            "budget_attachments": self.attachments,
             "budget_uids": len(self.accounts),
             "budget_max_objects_uid": max((a.objects for a in self.accounts.values()), default=0),
             "budget_max_mapped_pages_uid": max(
                 (a.mapped_pages for a in self.accounts.values()), default=0
             ),
+            "budget_max_attachments_uid": max(
+                (a.attachments for a in self.accounts.values()), default=0
+            ),
             "budget_max_dids_uid": max(
                 (n for a in self.accounts.values() for n in a.dids.values()), default=0
             ),
         }
-        for key in ("objects_uid", "objects_total", "mapped_pages_uid", "mapped_pages_total"):
+        for key in (
+            "objects_uid",
+            "objects_total",
+            "mapped_pages_uid",
+            "mapped_pages_total",
+            "attachments_uid",
+            "attachments_total",
+        ):
             out[f"budget_refused_{key}"] = self.refused[key]
         out["budget_refused_dids_uid"] = self.refused["dids_uid"]
         return out
@@ -145,6 +186,7 @@ class Budgets:
                 "contexts": a.contexts,
                 "objects": a.objects,
                 "mapped_pages": a.mapped_pages,
+                "attachments": a.attachments,
                 "dids": dict(sorted(a.dids.items())),
             }
             for a in sorted(self.accounts.values(), key=lambda a: (a.uid is None, a.uid or 0))

@@ -130,6 +130,7 @@ def detach_handle(iommu: IommuCore, dev: Device, pasid: int | None, now: int, re
     with iommu.response_batch():
         old = iommu.detach_device_pasid(dev, pasid, now)
         auto_response_faults(old, reason, now)
+    old.hwpt.ctx.account.release_attachment()
     put_hwpt(old.hwpt, now)
 
 
@@ -299,7 +300,12 @@ class DeviceOps(ContextBase):
         if pasid in dev.handles:
             self._replace(dev, pasid, hwpt, now)
             return
-        self.iommu.attach_device_pasid(dev, pasid, hwpt)
+        self.account.charge_attachment()
+        try:
+            self.iommu.attach_device_pasid(dev, pasid, hwpt)
+        except CoreError:
+            self.account.release_attachment()
+            raise
         hwpt.users += 1
         hwpt.attached += 1
 

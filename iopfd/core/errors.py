@@ -40,6 +40,8 @@ class CoreLimits:
     max_objects_total: int = 1 << 20
     max_mapped_pages_per_uid: int = 1 << 20
     max_mapped_pages_total: int = 1 << 23
+    max_attachments_per_uid: int = 131072  # (device, PASID) attachments one uid may hold
+    max_attachments_total: int = 1 << 20
     max_dids_per_uid: int = 4096  # domain IDs one uid may hold on one IOMMU unit
     # A group its client leaves unanswered this long is answered INVALID by the daemon
     # (0: never, as the kernel). PRI credits are shared by a PF and its VFs, so one

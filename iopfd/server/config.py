@@ -86,6 +86,9 @@ class Limits(BaseModel):
     max_mapped_pages_per_uid: Annotated[int, Field(ge=1, le=1 << 28)] = 1 << 20
     max_mapped_pages_total: Annotated[int, Field(ge=1, le=1 << 30)] = 1 << 23
     #: Domain IDs one uid may hold on one IOMMU unit (a unit has 65534).
+    #: (device, PASID) attachments one uid may hold, and the daemon (ENOSPC beyond).
+    max_attachments_per_uid: Annotated[int, Field(ge=1, le=1 << 24)] = 131072
+    max_attachments_total: Annotated[int, Field(ge=1, le=1 << 26)] = 1 << 20
     max_dids_per_uid: Annotated[int, Field(ge=1, le=65534)] = 4096
     #: Unsent outgoing bytes across one uid's connections; beyond, the connection
     #: whose frame crossed it is dropped (as for ``max_outbuf``).

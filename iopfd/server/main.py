@@ -80,6 +80,8 @@ def build_core(config: Config) -> Core:
             max_objects_total=limits.max_objects_total,
             max_mapped_pages_per_uid=limits.max_mapped_pages_per_uid,
             max_mapped_pages_total=limits.max_mapped_pages_total,
+            max_attachments_per_uid=limits.max_attachments_per_uid,
+            max_attachments_total=limits.max_attachments_total,
             max_dids_per_uid=limits.max_dids_per_uid,
             response_timeout_ns=int(limits.response_timeout_s * 1e9),
         ),

@@ -125,3 +125,29 @@ def test_domain_ids_are_released_to_the_uid_on_detach_and_close() -> None:
     env.core.close_context(ctx, env.now)
     assert MALLORY not in env.core.budgets.accounts
     assert env.core.budgets.objects == 0
+
+
+def test_attachments_are_charged_per_uid_and_given_back_by_every_detach() -> None:
+    env = Env(limits=CoreLimits(max_attachments_per_uid=5, max_attachments_total=8))
+    ctx = env.ctx
+    dev, _ioas, _fq, hwpt = env.fault_hwpt(ACCEL, pasid=1)
+    for pasid in range(2, 6):
+        ctx.attach(dev, hwpt, pasid, env.now)
+    with pytest.raises(CoreError) as ei:
+        ctx.attach(dev, hwpt, 6, env.now)
+    assert ei.value.errno == "ENOSPC"
+    assert ctx.account.attachments == 5
+    ctx.attach(dev, hwpt, 5, env.now)  # a replace where attached takes nothing more
+    ctx.detach(dev, 5, env.now)
+    ctx.attach(dev, hwpt, 6, env.now)
+    # Another uid has its own budget, under the daemon's total.
+    other = env.core.open_context("other", uid=1000)
+    odev, _, _, ohwpt = env.fault_hwpt(NIC_PF, pasid=None, ctx=other)
+    assert other.account.attachments == 1
+    c = env.core.status_counters()
+    assert c["budget_attachments"] == 6 and c["budget_refused_attachments_uid"] == 1
+    # unbind, a teardown and an unplug give them all back.
+    ctx.unbind(dev, env.now)
+    assert ctx.account.attachments == 0
+    env.core.close_context(other, env.now)
+    assert env.core.budgets.attachments == 0
