@@ -64,6 +64,15 @@ class PageTable:
         """(target page number, perm) for a page number, or None."""
         return self._pages.get(page)
 
+    def drop_some(self, n: int) -> int:
+        """Remove up to ``n`` mappings, whichever; how many went. A table being thrown
+        away in bounded steps (freeing a million entries at once takes tens of ms)."""
+        pages = self._pages
+        k = min(n, len(pages))
+        for _ in range(k):
+            pages.popitem()
+        return k
+
     def __len__(self) -> int:
         """Number of mapped 4 KiB pages."""
         return len(self._pages)

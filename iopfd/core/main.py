@@ -15,7 +15,7 @@ themselves live in the module of the object kind they act on (``ioas.py``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
@@ -211,17 +211,35 @@ class ContextBase:
 
     def destroy(self, obj_id: int, now: int) -> None:
         """``IOMMU_DESTROY``: ``EBUSY`` while another object uses it."""
+        obj = self._destroyable(obj_id)
+        OBJECT_OPS[type(obj)].destroy(self, obj, now)
+        self.remove(obj)
+
+    def destroy_steps(self, obj_id: int, now: int) -> Generator[None, None, None]:
+        """``destroy`` in the object's bounded steps where it has them (an IOAS with a
+        million pages); checked at the call, before any step."""
+        obj = self._destroyable(obj_id)
+        return self._destroy_in_steps(obj, now)
+
+    def _destroy_in_steps(self, obj: IommufdObject, now: int) -> Generator[None, None, None]:
+        ops = OBJECT_OPS[type(obj)]
+        if ops.destroy_steps is None:
+            ops.destroy(self, obj, now)
+        else:
+            yield from ops.destroy_steps(self, obj, now)
+        if self.objects.get(obj.id) is obj:
+            self.remove(obj)
+
+    def _destroyable(self, obj_id: int) -> IommufdObject:
         obj = self.lookup(obj_id)
         if obj is None:
             raise CoreError(ENOENT, f"no object {obj_id!r}")
-        ops = OBJECT_OPS[type(obj)]
-        refusal = ops.refuse(obj)
+        refusal = OBJECT_OPS[type(obj)].refuse(obj)
         if refusal is not None:
             raise CoreError(EBUSY, refusal)
         if obj.users:
             raise CoreError(EBUSY, f"object {obj_id} is in use ({obj.users} users)")
-        ops.destroy(self, obj, now)
-        self.remove(obj)
+        return obj
 
     def teardown(self, now: int) -> None:
         """Release everything, as closing ``/dev/iommu`` does: users before what they

@@ -229,11 +229,14 @@ def op_dma(srv: Server, conn: Connection, rid: int, args: m.DmaArgs | DmaFast, n
 
 
 def op_destroy(srv: Server, conn: Connection, rid: int, args: m.DestroyArgs, now: int) -> Result:
-    _ctx(conn).destroy(args.obj_id, now)
-    ffd = conn.fault_fds.get(args.obj_id)
-    if ffd is not None:
-        ffd.close("fault_destroy")  # its groups were answered: the backlog goes
-    return EMPTY
+    def destroyed(_: None) -> Mapping[str, object]:
+        ffd = conn.fault_fds.get(args.obj_id)
+        if ffd is not None:
+            ffd.close("fault_destroy")  # its groups were answered: the backlog goes
+        return EMPTY
+
+    # In steps where the object has them (an IOAS holding a million pages).
+    return Sliced(_ctx(conn).destroy_steps(args.obj_id, now), destroyed)
 
 
 def op_device_reset(srv: Server, conn: Connection, rid: int, args: m.DevIdArgs, now: int) -> Result:

@@ -183,3 +183,34 @@ def test_a_daemon_picked_iova_is_searched_in_steps_of_areas(
     src = ctx.ioas_alloc()
     ctx.ioas_map(src, BASE, PAGE, RW, env.now)
     assert ctx.ioas_copy(src, BASE, ioas_id, None, PAGE, RW, env.now) == low + 3 * PAGE
+
+
+def test_an_ioas_holding_many_pages_is_destroyed_in_steps() -> None:
+    env = Env()
+    ctx = env.ctx
+    ioas_id = ctx.ioas_alloc()
+    for i in range(3):
+        ctx.ioas_map(ioas_id, BASE + i * CHUNK, CHUNK, RW, env.now)
+    steps = ctx.destroy_steps(ioas_id, env.now)
+    yields = 0
+    for _ in steps:
+        yields += 1
+        assert ioas_id in ctx.objects  # it goes with the last step
+        assert ctx.mapped_pages == (3 - yields) * UNMAP_PAGES_PER_STEP
+    assert yields == 2
+    assert ioas_id not in ctx.objects and ctx.mapped_pages == 0
+    assert env.core.budgets.objects == 0 and env.core.budgets.mapped_pages == 0
+
+
+def test_an_ioas_destroy_left_half_done_is_finished_by_the_teardown() -> None:
+    env = Env()
+    ctx = env.ctx
+    ioas_id = ctx.ioas_alloc()
+    for i in range(3):
+        ctx.ioas_map(ioas_id, BASE + i * CHUNK, CHUNK, RW, env.now)
+    steps = ctx.destroy_steps(ioas_id, env.now)
+    next(steps)
+    steps.close()
+    assert ctx.mapped_pages == 2 * UNMAP_PAGES_PER_STEP
+    env.core.close_context(ctx, env.now)
+    assert env.core.budgets.objects == 0 and env.core.budgets.mapped_pages == 0
