@@ -53,6 +53,8 @@ RESERVED_IOVAS = ((MSI_RESERVED[0], MSI_RESERVED[1] - 1), (IOVA_LIMIT, (1 << 64)
 IOVA_ALIGNMENT = PAGE_SIZE
 #: ``IOMMU_OPTION`` values: ``option`` -> ``action`` -> ...
 OPTIONS = ("rlimit_mode", "huge_pages")
+#: File maps an IOAS's ``objects`` row lists (``map_files_total`` counts them all).
+MAP_FILES_SHOWN = 64
 #: Areas one step of a daemon-picked IOVA's search walks (a few milliseconds).
 HOLE_AREAS_PER_STEP = 16384
 #: Pages one step of a sliced ``ioas_unmap`` removes (as many as one ``ioas_map`` of
@@ -172,10 +174,18 @@ class Ioas(IommufdObject):
         row["hwpts"] = sorted(self.hwpts)
         row["huge_pages"] = self.huge_pages
         row["allowed_iovas"] = [{"start": a, "last": b} for a, b in self.allowed]
+        # The lowest few, in IOVA order (``file_firsts`` is sorted): a row costs the
+        # same however many file maps a tenant made (up to one per mapped page).
+        maps = self.file_maps
         row["map_files"] = [
-            {"iova": first * PAGE_SIZE, "length": n * PAGE_SIZE, "start": start}
-            for first, (n, start) in sorted(self.file_maps.items())
+            {
+                "iova": first * PAGE_SIZE,
+                "length": maps[first][0] * PAGE_SIZE,
+                "start": maps[first][1],
+            }
+            for first in self.file_firsts[:MAP_FILES_SHOWN]
         ]
+        row["map_files_total"] = len(maps)
         return row
 
 

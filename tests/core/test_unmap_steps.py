@@ -214,3 +214,17 @@ def test_an_ioas_destroy_left_half_done_is_finished_by_the_teardown() -> None:
     assert ctx.mapped_pages == 2 * UNMAP_PAGES_PER_STEP
     env.core.close_context(ctx, env.now)
     assert env.core.budgets.objects == 0 and env.core.budgets.mapped_pages == 0
+
+
+def test_an_ioas_row_lists_its_lowest_file_maps_and_counts_them_all() -> None:
+    env = Env()
+    ctx = env.ctx
+    ioas_id = ctx.ioas_alloc()
+    n = ioas_module.MAP_FILES_SHOWN + 10
+    for i in reversed(range(n)):
+        ctx.ioas_map_file(ioas_id, BASE + 2 * i * PAGE, i * PAGE, PAGE, RW, env.now)
+    row = next(r for r in env.core.objects() if r["id"] == ioas_id)
+    shown = row["map_files"]
+    assert isinstance(shown, list) and len(shown) == ioas_module.MAP_FILES_SHOWN
+    assert [m["iova"] for m in shown] == [BASE + 2 * i * PAGE for i in range(len(shown))]
+    assert row["map_files_total"] == n
