@@ -6,7 +6,7 @@ between."""
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -138,14 +138,7 @@ async def test_a_teardown_of_hundreds_of_attachments_lets_others_be_served(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with running() as daemon:
-        tenant = await connect(daemon, NOBODY)
-        dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
-        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
-        hwpt = (await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"]))["hwpt_id"]
-        frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p)[1] for p in range(1, 400)]
-        await tenant.send(*frames)
-        for rid in range(5, 5 + len(frames)):
-            assert (await tenant.reply(rid)).ok
+        tenant, dev = await _tenant_with_pasids(daemon)
         admin = await connect(daemon, ROOT)
 
         # The teardown's progress, read from the core's state (the core may be compiled,
@@ -170,6 +163,38 @@ async def test_a_teardown_of_hundreds_of_attachments_lets_others_be_served(
         assert not handles and tenant_ctx.id not in core.contexts
         assert identity_holds(daemon)
         assert core.devices[ACCEL0].binding is None
+
+
+PASIDS = 399
+
+
+async def _tenant_with_pasids(daemon: Any, *, fault: bool = False) -> tuple[Any, int]:
+    """A tenant with ACCEL0 bound and attached at PASIDs 1..PASIDS through one HWPT (a
+    fault-capable one with ``fault``); (the tenant, its dev_id)."""
+    tenant = await connect(daemon, NOBODY)
+    dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
+    ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
+    extra = {"fault_id": (await tenant.call("fault_alloc"))["fault_id"]} if fault else {}
+    hwpt = (await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"], **extra))[
+        "hwpt_id"
+    ]
+    frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p) for p in range(1, PASIDS + 1)]
+    await tenant.send(*(f for _, f in frames))
+    for rid, _ in frames:
+        assert (await tenant.reply(rid)).ok
+    return tenant, dev
+
+
+def _count_steps(monkeypatch: pytest.MonkeyPatch, op: str, progress: dict[str, int]) -> None:
+    """``op``'s sliced results count their steps in ``progress`` (``_counting``); its
+    other results pass as they are."""
+    real = server_ops.HANDLERS[op]
+
+    def handler(*args: Any) -> Any:
+        result = real(*args)
+        return _counting(progress, result) if isinstance(result, server_ops.Sliced) else result
+
+    monkeypatch.setitem(server_ops.HANDLERS, op, handler)
 
 
 def _counting(progress: dict[str, int], sliced: server_ops.Result) -> server_ops.Sliced:
@@ -214,21 +239,9 @@ async def test_an_unbind_of_hundreds_of_pasids_lets_others_be_served_then_replie
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     progress = {"steps": 0, "done": 0, "go": 0}
-    real_unbind = server_ops.HANDLERS["unbind"]
-
-    def unbind(*args: Any) -> Any:
-        return _counting(progress, real_unbind(*args))
-
-    monkeypatch.setitem(server_ops.HANDLERS, "unbind", unbind)
+    _count_steps(monkeypatch, "unbind", progress)
     async with running() as daemon:
-        tenant = await connect(daemon, NOBODY)
-        dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
-        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
-        hwpt = (await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"]))["hwpt_id"]
-        frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p)[1] for p in range(1, 400)]
-        await tenant.send(*frames)
-        for rid in range(5, 5 + len(frames)):
-            assert (await tenant.reply(rid)).ok
+        tenant, dev = await _tenant_with_pasids(daemon)
         admin = await connect(daemon, ROOT)
         unbind_id, unbind_frame = tenant.frame("unbind", dev_id=dev)
         # The tenant's next request waits for the unbind, as the ioctl's caller would:
@@ -236,7 +249,7 @@ async def test_an_unbind_of_hundreds_of_pasids_lets_others_be_served_then_replie
         bind_id, bind_frame = tenant.frame("bind", rid=ACCEL0)
         await _served_while_sliced(daemon, tenant, admin, progress, unbind_frame, bind_frame)
         assert (await tenant.reply(unbind_id)).ok
-        assert progress["done"] and progress["steps"] >= 399 // 64
+        assert progress["done"] and progress["steps"] >= PASIDS // 64
         assert (await tenant.reply(bind_id)).ok
         assert identity_holds(daemon)
         assert not daemon.core.devices[ACCEL0].handles
@@ -246,12 +259,7 @@ async def test_an_unmap_of_a_big_range_lets_others_be_served_then_replies(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     progress = {"steps": 0, "done": 0, "go": 0}
-    real_unmap = server_ops.HANDLERS["ioas_unmap"]
-
-    def ioas_unmap(*args: Any) -> Any:
-        return _counting(progress, real_unmap(*args))
-
-    monkeypatch.setitem(server_ops.HANDLERS, "ioas_unmap", ioas_unmap)
+    _count_steps(monkeypatch, "ioas_unmap", progress)
     chunk = UNMAP_PAGES_PER_STEP * 4096
     base = 1 << 32
     async with running() as daemon:
@@ -276,21 +284,9 @@ async def test_a_connection_closed_during_a_sliced_unbind_is_released_whole(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     progress = {"steps": 0, "done": 0, "go": 0}
-    real_unbind = server_ops.HANDLERS["unbind"]
-
-    def unbind(*args: Any) -> Any:
-        return _counting(progress, real_unbind(*args))
-
-    monkeypatch.setitem(server_ops.HANDLERS, "unbind", unbind)
+    _count_steps(monkeypatch, "unbind", progress)
     async with running() as daemon:
-        tenant = await connect(daemon, NOBODY)
-        dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
-        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
-        hwpt = (await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"]))["hwpt_id"]
-        frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p)[1] for p in range(1, 400)]
-        await tenant.send(*frames)
-        for rid in range(5, 5 + len(frames)):
-            assert (await tenant.reply(rid)).ok
+        tenant, dev = await _tenant_with_pasids(daemon)
         admin = await connect(daemon, ROOT)
         _, unbind_frame = tenant.frame("unbind", dev_id=dev)
         await _served_while_sliced(daemon, tenant, admin, progress, unbind_frame)
@@ -312,13 +308,7 @@ async def test_a_map_whose_iova_the_daemon_picks_lets_others_be_served_then_repl
 ) -> None:
     monkeypatch.setattr(ioas_module, "HOLE_AREAS_PER_STEP", 4)
     progress = {"steps": 0, "done": 0, "go": 0}
-    real_map = server_ops.HANDLERS["ioas_map"]
-
-    def ioas_map(*args: Any) -> Any:
-        result = real_map(*args)
-        return result if isinstance(result, Mapping) else _counting(progress, result)
-
-    monkeypatch.setitem(server_ops.HANDLERS, "ioas_map", ioas_map)
+    _count_steps(monkeypatch, "ioas_map", progress)
     low = ioas_module.IOVA_ALLOC_START
     async with running() as daemon:
         tenant = await connect(daemon, NOBODY)
@@ -342,17 +332,7 @@ async def test_a_shutdown_answers_every_pending_group_without_detaching_each_pas
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with running() as daemon:
-        tenant = await connect(daemon, NOBODY)
-        dev = (await tenant.call("bind", rid=ACCEL0))["dev_id"]
-        ioas = (await tenant.call("ioas_alloc"))["ioas_id"]
-        fault = (await tenant.call("fault_alloc"))["fault_id"]
-        hwpt = (
-            await tenant.call("hwpt_alloc", dev_id=dev, pt_id=ioas, flags=["pasid"], fault_id=fault)
-        )["hwpt_id"]
-        frames = [tenant.frame("attach", dev_id=dev, pt_id=hwpt, pasid=p)[1] for p in range(1, 400)]
-        await tenant.send(*frames)
-        for rid in range(6, 6 + len(frames)):
-            assert (await tenant.reply(rid)).ok
+        tenant, dev = await _tenant_with_pasids(daemon, fault=True)
         admin = await connect(daemon, ROOT)
         await admin.call("inject", rid=ACCEL0, pasid=7, addr=0x1000, perm=1, grpid=1, last=True)
         await tenant.event("fault")
