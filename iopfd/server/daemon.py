@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import structlog
 import trio
@@ -44,6 +44,8 @@ from iopfd.server.peer import PeerCred, is_admin, peer_credentials, resolve_grou
 from iopfd.server.systemd import Notifier, listen_fds, watchdog_interval_s
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from iopfd.core import Context, Core
 
 log = structlog.get_logger("iopfd.daemon")
@@ -132,13 +134,13 @@ class Daemon:
         except Exception as exc:
             self._internal_error(conn, rid, exc, request.op)
         else:
+            # Type identity, not isinstance: this runs for every request of the fault path.
             kind = type(result)
             if kind is PassFd:
-                assert isinstance(result, PassFd)
-                conn.reply_ok_with_fd(rid, result.result, result.sock)
+                fd_result = cast(PassFd, result)
+                conn.reply_ok_with_fd(rid, fd_result.result, fd_result.sock)
             elif kind is not Deferred and kind is not Sliced:
-                assert not isinstance(result, Deferred | PassFd | Sliced)
-                conn.reply_ok(rid, result)
+                conn.reply_ok(rid, cast("Mapping[str, object]", result))
         return None
 
     def continue_request(self, conn: Connection, rid: int, sliced: Sliced) -> bool:
