@@ -28,7 +28,7 @@ from mypy_extensions import trait
 from iopfd.core.errors import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, CoreError
 from iopfd.core.eventq import auto_response_faults
 from iopfd.core.hw_pagetable import HwPagetable, new_paging_hwpt, put_hwpt
-from iopfd.core.ioas import ALL_PERMS, Ioas, check_perm
+from iopfd.core.ioas import ALL_PERMS, Ioas, check_perm, drive
 from iopfd.core.main import (
     UINT32_MAX,
     ContextBase,
@@ -177,8 +177,7 @@ class DeviceOps(ContextBase):
         return obj_id
 
     def unbind(self, dev_id: int, now: int) -> None:
-        for _ in self.unbind_steps(dev_id, now):
-            pass
+        drive(self.unbind_steps(dev_id, now))
 
     def unbind_steps(self, dev_id: int, now: int) -> Generator[None, None, None]:
         """``unbind`` in steps of ``DETACHES_PER_STEP`` detaches (``release_device_steps``),

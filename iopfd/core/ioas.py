@@ -122,15 +122,12 @@ class IovaAreas:
             i += 1
         return end
 
-    def find_hole(self, npages: int, first: int, limit: int) -> int | None:
-        """The lowest start >= ``first`` of ``npages`` free pages below ``limit``."""
-        return drive(self.find_hole_steps(npages, first, limit))
-
     def find_hole_steps(
         self, npages: int, first: int, limit: int
     ) -> Generator[None, None, int | None]:
-        """``find_hole``, yielding after every ``HOLE_AREAS_PER_STEP`` areas walked: an
-        IOAS of a million scattered pages takes a daemon-picked IOVA in slices."""
+        """The lowest start >= ``first`` of ``npages`` free pages below ``limit``,
+        yielding after every ``HOLE_AREAS_PER_STEP`` areas walked: an IOAS of a million
+        scattered pages takes a daemon-picked IOVA in slices."""
         starts, ends = self.starts, self.ends
         cur = first
         i = max(0, bisect.bisect_right(starts, first) - 1)
