@@ -41,6 +41,7 @@ import trio
 from bench import ceilings
 from bench.ceilings import PIPELINE_WINDOW
 from bench.common import REPO, Entry, latency_summary_us, median, python_cmd, running
+from bench.faults import serial_entry, throughput_entry
 from bench.wire import Daemon, daemon, generated_functions
 
 Log = Callable[[str], None]
@@ -163,31 +164,18 @@ async def _bench(d: Daemon, quick: bool, ceiling_sock: str) -> list[Entry]:
         )
     finally:
         client.close()
-    rates = [r["rate"] for r in runs]
     halves = [c / 2 for c in ceils]
-    ratios = [r / c for r, c in zip(rates, halves, strict=True)]
-    ratio = round(median(ratios), 3)
-    samples = [s for r in runs for s in r["samples_ns"]]
     entries.append(
-        Entry(
-            name="fault.serial_round_trip_faultfd",
-            figure=round(median(rates)),
-            unit="faults/s",
-            ceiling=round(median(halves)),
-            ratio=ratio,
-            target=">= 0.8 x trio ceiling / 2",
-            met=ratio >= 0.8,
-            detail={
-                **latency_summary_us(samples),
-                "rates": [round(r) for r in rates],
-                "paired_ceilings_half": [round(c) for c in halves],
-                "pair_ratios": [round(r, 3) for r in ratios],
-                "daemon_cpu_us_per_fault": _cpu_us(runs, "daemon_cpu_ns"),
-                "client_cpu_us_per_fault": _cpu_us(runs, "client_cpu_ns"),
-                "note": "C client on the fault fd (libiopf-preload): iopf_dma -> read() -> "
-                "IOMMU_IOAS_MAP -> write() -> iopf_dma returns, one at a time; ceiling: trio "
-                "round trips / 2, measured next to each rep",
-            },
+        serial_entry(
+            "fault.serial_round_trip_faultfd",
+            [r["rate"] for r in runs],
+            halves,
+            latency_summary_us([s for r in runs for s in r["samples_ns"]]),
+            cpu_us=_cpu_us(runs, "daemon_cpu_ns"),
+            client_cpu_us=_cpu_us(runs, "client_cpu_ns"),
+            note="C client on the fault fd (libiopf-preload): iopf_dma -> read() -> "
+            "IOMMU_IOAS_MAP -> write() -> iopf_dma returns, one at a time; ceiling: trio "
+            "round trips / 2, measured next to each rep",
         )
     )
 
@@ -204,33 +192,24 @@ async def _bench(d: Daemon, quick: bool, ceiling_sock: str) -> list[Entry]:
     finally:
         client.close()
     rates = [r["rate"] for r in runs]
-    ratios = [r / c for r, c in zip(rates, ceils, strict=True)]
-    ratio = round(median(ratios), 3)
-    rate = median(rates)
-    best = min(runs, key=lambda r: abs(r["rate"] - rate))
+    best = min(runs, key=lambda r: abs(r["rate"] - median(rates)))
+    batches = max(1, best["batches"])
     entries.append(
-        Entry(
-            name="fault.throughput_faultfd",
-            figure=round(rate),
-            unit="groups/s",
-            ceiling=round(median(ceils)),
-            ratio=ratio,
-            target=">= 0.25 x pipelined ceiling",
-            met=ratio >= 0.25,
-            detail={
-                **latency_summary_us([s for r in runs for s in r["samples_ns"]]),
-                "rates": [round(r) for r in rates],
-                "paired_ceilings": [round(c) for c in ceils],
-                "pair_ratios": [round(r, 3) for r in ratios],
-                "groups_per_batch": round(best["groups"] / max(1, best["batches"]), 1),
-                "maps_per_batch": round(best["maps"] / max(1, best["batches"]), 1),
-                "daemon_cpu_us_per_group": _cpu_us(runs, "daemon_cpu_ns"),
-                "client_cpu_us_per_group": _cpu_us(runs, "client_cpu_ns"),
-                "note": f"C client on the fault fd: {DEVICES} devices x {PASIDS} PASIDs, "
-                f"{PIPELINE_WINDOW} iopf_dma threads, one read() per batch, one "
-                "IOMMU_IOAS_MAP per contiguous run, one write() of every answer; p50/p99: "
-                "dma latency; ceiling measured next to each rep",
+        throughput_entry(
+            "fault.throughput_faultfd",
+            rates,
+            ceils,
+            latency_summary_us([s for r in runs for s in r["samples_ns"]]),
+            {
+                "groups_per_batch": round(best["groups"] / batches, 1),
+                "maps_per_batch": round(best["maps"] / batches, 1),
             },
+            cpu_us=_cpu_us(runs, "daemon_cpu_ns"),
+            client_cpu_us=_cpu_us(runs, "client_cpu_ns"),
+            note=f"C client on the fault fd: {DEVICES} devices x {PASIDS} PASIDs, "
+            f"{PIPELINE_WINDOW} iopf_dma threads, one read() per batch, one "
+            "IOMMU_IOAS_MAP per contiguous run, one write() of every answer; p50/p99: "
+            "dma latency; ceiling measured next to each rep",
         )
     )
     return entries

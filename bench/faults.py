@@ -75,6 +75,76 @@ class Vmm:
         return iova
 
 
+def serial_entry(
+    name: str,
+    rates: list[float],
+    ceilings_half: list[float],
+    latency: dict[str, Any],
+    *,
+    cpu_us: float,
+    client_cpu_us: float,
+    note: str,
+) -> Entry:
+    """A serial fault bench's entry: each rep's rate against the trio ceiling / 2 measured
+    next to it, the median of those ratios against 0.8."""
+    ratios = [r / c for r, c in zip(rates, ceilings_half, strict=True)]
+    ratio = round(median(ratios), 3)
+    return Entry(
+        name=name,
+        figure=round(median(rates)),
+        unit="faults/s",
+        ceiling=round(median(ceilings_half)),
+        ratio=ratio,
+        target=">= 0.8 x trio ceiling / 2",
+        met=ratio >= 0.8,
+        detail={
+            **latency,
+            "rates": [round(r) for r in rates],
+            "paired_ceilings_half": [round(c) for c in ceilings_half],
+            "pair_ratios": [round(r, 3) for r in ratios],
+            "daemon_cpu_us_per_fault": cpu_us,
+            "client_cpu_us_per_fault": client_cpu_us,
+            "note": note,
+        },
+    )
+
+
+def throughput_entry(
+    name: str,
+    rates: list[float],
+    ceilings_pipelined: list[float],
+    latency: dict[str, Any],
+    batches: dict[str, float],
+    *,
+    cpu_us: float,
+    client_cpu_us: float,
+    note: str,
+) -> Entry:
+    """A throughput bench's entry: each rep's rate against the pipelined ceiling measured
+    next to it, the median of those ratios against 0.25."""
+    ratios = [r / c for r, c in zip(rates, ceilings_pipelined, strict=True)]
+    ratio = round(median(ratios), 3)
+    return Entry(
+        name=name,
+        figure=round(median(rates)),
+        unit="groups/s",
+        ceiling=round(median(ceilings_pipelined)),
+        ratio=ratio,
+        target=">= 0.25 x pipelined ceiling",
+        met=ratio >= 0.25,
+        detail={
+            **latency,
+            "rates": [round(r) for r in rates],
+            "paired_ceilings": [round(c) for c in ceilings_pipelined],
+            "pair_ratios": [round(r, 3) for r in ratios],
+            **batches,
+            "daemon_cpu_us_per_group": cpu_us,
+            "client_cpu_us_per_group": client_cpu_us,
+            "note": note,
+        },
+    )
+
+
 async def open_vmm(
     path: str,
     name: str,
@@ -360,7 +430,7 @@ async def _bench_serial_and_throughput(d: Daemon, quick: bool, ceiling_sock: str
     entries = []
 
     vmm = await open_vmm(d.socket, "bench-serial", rids[:1], (None,))
-    rates_s, ceil_s, ratios, samples_all, cpu, client_cpu = [], [], [], [], [], []
+    rates_s, ceil_s, samples_all, cpu, client_cpu = [], [], [], [], []
     for k in range(reps):
         # Alternate which of the pair runs first, so a trend in the load cancels too.
         if k % 2:
@@ -373,34 +443,23 @@ async def _bench_serial_and_throughput(d: Daemon, quick: bool, ceiling_sock: str
         client_cpu.append(meter.client_ns / n / 1000)
         rates_s.append(n / elapsed)
         ceil_s.append(cn / cel / 2)
-        ratios.append(rates_s[-1] / ceil_s[-1])
         samples_all += samples
     await vmm.wire.aclose()
-    ratio = round(median(ratios), 3)
     entries.append(
-        Entry(
-            name="fault.serial_round_trip",
-            figure=round(median(rates_s)),
-            unit="faults/s",
-            ceiling=round(median(ceil_s)),
-            ratio=ratio,
-            target=">= 0.8 x trio ceiling / 2",
-            met=ratio >= 0.8,
-            detail={
-                **latency_summary_us(samples_all),
-                "rates": [round(r) for r in rates_s],
-                "paired_ceilings_half": [round(c) for c in ceil_s],
-                "pair_ratios": [round(r, 3) for r in ratios],
-                "daemon_cpu_us_per_fault": round(median(cpu), 1),
-                "client_cpu_us_per_fault": round(median(client_cpu), 1),
-                "note": "dma -> fault -> ioas_map+page_response -> dma reply, one at a time; "
-                "ceiling: trio round trips / 2, measured next to each rep",
-            },
+        serial_entry(
+            "fault.serial_round_trip",
+            rates_s,
+            ceil_s,
+            latency_summary_us(samples_all),
+            cpu_us=round(median(cpu), 1),
+            client_cpu_us=round(median(client_cpu), 1),
+            note="dma -> fault -> ioas_map+page_response -> dma reply, one at a time; "
+            "ceiling: trio round trips / 2, measured next to each rep",
         )
     )
 
     vmm = await open_vmm(d.socket, "bench-throughput", rids, (1, 2, 3, 4))
-    runs, ceil_p, ratios, cpu, client_cpu = [], [], [], [], []
+    runs, ceil_p, cpu, client_cpu = [], [], [], []
     seconds, reps = (0.3, 2) if quick else (0.5, 6)
     for k in range(reps):
         if k % 2:
@@ -413,31 +472,19 @@ async def _bench_serial_and_throughput(d: Daemon, quick: bool, ceiling_sock: str
         client_cpu.append(meter.client_ns / max(1, r["groups"]) / 1000)
         runs.append(r)
         ceil_p.append(cn / cel)
-        ratios.append(r["rate"] / ceil_p[-1])
     await vmm.wire.aclose()
-    rate = median([r["rate"] for r in runs])
-    ratio = round(median(ratios), 3)
-    best = min(runs, key=lambda r: abs(r["rate"] - rate))
+    best = min(runs, key=lambda r: abs(r["rate"] - median([r["rate"] for r in runs])))
     entries.append(
-        Entry(
-            name="fault.throughput",
-            figure=round(rate),
-            unit="groups/s",
-            ceiling=round(median(ceil_p)),
-            ratio=ratio,
-            target=">= 0.25 x pipelined ceiling",
-            met=ratio >= 0.25,
-            detail={
-                **best["latency"],
-                "rates": [round(r["rate"]) for r in runs],
-                "paired_ceilings": [round(c) for c in ceil_p],
-                "pair_ratios": [round(r, 3) for r in ratios],
-                "groups_per_batch": round(best["groups"] / max(1, best["batches"]), 1),
-                "daemon_cpu_us_per_group": round(median(cpu), 1),
-                "client_cpu_us_per_group": round(median(client_cpu), 1),
-                "note": f"16 devices x 4 PASIDs, {PIPELINE_WINDOW} dma in flight, batched "
-                "answers; p50/p99: dma latency; ceiling measured next to each rep",
-            },
+        throughput_entry(
+            "fault.throughput",
+            [r["rate"] for r in runs],
+            ceil_p,
+            best["latency"],
+            {"groups_per_batch": round(best["groups"] / max(1, best["batches"]), 1)},
+            cpu_us=round(median(cpu), 1),
+            client_cpu_us=round(median(client_cpu), 1),
+            note=f"16 devices x 4 PASIDs, {PIPELINE_WINDOW} dma in flight, batched "
+            "answers; p50/p99: dma latency; ceiling measured next to each rep",
         )
     )
     return entries
