@@ -15,6 +15,10 @@ from iopfd_harness import DaemonProc, finish, iopfd_command, start_daemon
 from iopfd_rawclient import RawClient, frame
 
 
+def _state_of(admin: RawClient, rid: str) -> object:
+    return next(d["state"] for d in admin.call("devices")["devices"] if d["rid"] == rid)
+
+
 def _pending_of(admin: RawClient, fault_id: int) -> list[dict[str, object]]:
     return [r for r in admin.call("pending")["pending"] if r["fault_id"] == fault_id]
 
@@ -111,11 +115,16 @@ def test_a_client_that_stops_reading_is_dropped_past_max_outbuf(tmp_path: Path) 
             ):
                 time.sleep(0.02)
             assert admin.call("status")["counters"]["daemon_outbuf_overflows"] == 1
+            slow.close()
+            # Its release runs after the drop, in steps (docs/protocol.md): wait for it,
+            # then everything it owned is gone, its group answered.
+            deadline = time.monotonic() + 10
+            while _state_of(admin, ACCEL0) != "free" and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert _pending_of(admin, p.fault_id) == []
-            admin.call("bind", rid=ACCEL0)  # everything it owned was released
+            admin.call("bind", rid=ACCEL0)
             # The neighbour was never stalled.
             assert admin.call("devices")["devices"]
-            slow.close()
         d.assert_identity_at_rest()
     finally:
         finish(d)
