@@ -19,7 +19,7 @@ from hwmodel import Machine
 from hwmodel.counting import HotCounts
 from iopfd.core.budgets import Budgets
 from iopfd.core.context import Context
-from iopfd.core.device import DmaTag
+from iopfd.core.device import DmaTag, attached_row
 from iopfd.core.emulation import Emulation
 from iopfd.core.errors import CoreLimits
 from iopfd.core.eventq import FaultQueue, ResponseDeadlines
@@ -333,9 +333,8 @@ class Core:
             row = dict(row)
             row["owner"] = dev.binding.ctx.label if dev.binding is not None else None
             row["dev_id"] = dev.dev_id or None
-            row["attached"] = {
-                ("rid" if p is None else str(p)): a.hwpt.id for p, a in dev.handles.items()
-            }
+            row["attached"] = attached_row(dev)
+            row["attached_total"] = len(dev.handles)
             row["partials"] = dev.fault_param.n_partials
             devices.append(row)
         return {"iommus": iommus, "devices": devices}

@@ -20,6 +20,7 @@ through the old HWPT is cached anywhere.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
@@ -58,14 +59,24 @@ class IommufdDevice(IommufdObject):
         row.update(
             rid=self.dev.name,
             removed=self.removed,
-            attached={
-                ("rid" if p is None else str(p)): a.hwpt.id
-                for p, a in sorted(
-                    self.dev.handles.items(), key=lambda kv: -1 if kv[0] is None else kv[0]
-                )
-            },
+            attached=attached_row(self.dev),
+            attached_total=len(self.dev.handles),
         )
         return row
+
+
+#: Attachments a device's row lists (``attached_total`` counts them all).
+ATTACHED_SHOWN = 64
+
+
+def attached_row(dev: Device) -> dict[str, int]:
+    """The device's first ``ATTACHED_SHOWN`` attachments (in attach order), RID or
+    PASID -> HWPT: a row costs the same however many PASIDs a tenant attached (up to
+    ``max_attachments_per_uid``)."""
+    return {
+        ("rid" if p is None else str(p)): a.hwpt.id
+        for p, a in itertools.islice(dev.handles.items(), ATTACHED_SHOWN)
+    }
 
 
 class DmaTag:
@@ -398,6 +409,7 @@ __all__ = [
     "DeviceOps",
     "DmaTag",
     "IommufdDevice",
+    "attached_row",
     "detach_handle",
     "release_device",
     "release_device_steps",

@@ -8,6 +8,7 @@ import pytest
 
 from hwmodel import Rid, default_topology
 from iopfd.core import CoreError, CoreLimits
+from iopfd.core.device import ATTACHED_SHOWN
 from iopfd.core.testing import (
     ACCEL,
     ACCEL1,
@@ -488,3 +489,18 @@ def test_an_ioas_maps_each_iova_to_the_same_host_address(env: Env) -> None:
     table = env.ctx.objects[ioas].table  # type: ignore[attr-defined]
     assert table.lookup(fixed + 0x1008) == (fixed + 0x1008, 3)
     assert table.lookup(picked) == (picked, 1)
+
+
+def test_a_device_row_lists_its_first_attachments_and_counts_them_all() -> None:
+    env = Env()
+    dev, _ioas, _fq, hwpt = env.fault_hwpt(ACCEL, pasid=1)
+    n = ATTACHED_SHOWN + 36
+    for pasid in range(2, n + 1):
+        env.ctx.attach(dev, hwpt, pasid, env.now)
+    row = next(r for r in env.core.objects() if r["id"] == dev)
+    assert row["attached"] == {str(p): hwpt for p in range(1, ATTACHED_SHOWN + 1)}
+    assert row["attached_total"] == n
+    devices = env.core.topology()["devices"]
+    assert isinstance(devices, list)
+    topo = next(d for d in devices if d["rid"] == ACCEL)
+    assert topo["attached"] == row["attached"] and topo["attached_total"] == n
